@@ -1,0 +1,115 @@
+//! The ingest function: events from the ingest queue, fanned out to the delivery queue.
+//!
+//! A message that can never be accepted (bad JSON, bad fields, too large, an id reused for other
+//! content) goes straight to the ingest DLQ with its reason and leaves the queue; one that
+//! failed for a passing reason (throttling, an AWS outage) is reported in `batchItemFailures`
+//! and comes back.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use chrono::Utc;
+use futures::future::join_all;
+use shared::domain::IngestMessage;
+use shared::ingest::Publisher;
+use shared::queue::Queues;
+use shared::services::Services;
+use shared::store::Tenant;
+use shared::Error;
+
+#[derive(Clone)]
+pub struct Ingest {
+    publisher: Publisher,
+    queues: Queues,
+    dlq_url: String,
+}
+
+/// Why a record did not go through.
+enum Refusal {
+    /// Never acceptable: dead-letter it with this reason.
+    Permanent(String),
+    /// Try again later.
+    Transient(String),
+}
+
+impl Ingest {
+    pub fn new(publisher: Publisher, queues: Queues, dlq_url: String) -> Self {
+        Self {
+            publisher,
+            queues,
+            dlq_url,
+        }
+    }
+
+    pub fn from_services(services: &Services) -> Self {
+        let publisher = Publisher::new(
+            services.store.clone(),
+            services.queues.clone(),
+            services.config.limits.max_payload_bytes,
+        );
+        Self::new(
+            publisher,
+            services.queues.clone(),
+            services.config.resources.ingest_dlq_url.clone(),
+        )
+    }
+
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let results = join_all(event.records.iter().map(|r| self.handle_record(r))).await;
+        let mut response = SqsBatchResponse::default();
+        for (record, ok) in event.records.iter().zip(results) {
+            if !ok {
+                response.add_failure(record.message_id.clone().unwrap_or_default());
+            }
+        }
+        response
+    }
+
+    /// `true` when the record may leave the queue.
+    async fn handle_record(&self, record: &SqsMessage) -> bool {
+        let message_id = record.message_id.as_deref().unwrap_or("");
+        let body = record.body.as_deref().unwrap_or("");
+        match self.accept(body).await {
+            Ok(()) => true,
+            Err(Refusal::Transient(reason)) => {
+                tracing::warn!(
+                    message_id,
+                    reason,
+                    "ingest failed; the message will be retried"
+                );
+                false
+            }
+            Err(Refusal::Permanent(reason)) => {
+                tracing::error!(
+                    message_id,
+                    reason,
+                    "unacceptable ingest message; sent to the DLQ"
+                );
+                match self.queues.dead_letter(&self.dlq_url, body, &reason).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(message_id, error = %e, "could not dead-letter; retrying");
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    async fn accept(&self, body: &str) -> Result<(), Refusal> {
+        self.publisher
+            .check_size(body.len())
+            .map_err(|e| Refusal::Permanent(e.to_string()))?;
+        let message: IngestMessage = serde_json::from_str(body)
+            .map_err(|e| Refusal::Permanent(format!("not an ingest message: {e}")))?;
+        let (venue, request) = message
+            .split()
+            .map_err(|e| Refusal::Permanent(e.to_string()))?;
+        let tenant = Tenant::from_internal_message(venue);
+        match self.publisher.publish(&tenant, request, Utc::now()).await {
+            Ok(_) => Ok(()),
+            Err(
+                e @ (Error::Validation(_) | Error::Conflict(_) | Error::PayloadTooLarge { .. }),
+            ) => Err(Refusal::Permanent(e.to_string())),
+            Err(e) => Err(Refusal::Transient(e.to_string())),
+        }
+    }
+}

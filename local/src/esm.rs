@@ -1,0 +1,148 @@
+//! The local stand-in for Lambda's SQS event source mapping: long-polls a queue, hands each
+//! batch to the function as the `SqsEvent` JSON Lambda would send, and deletes the messages
+//! that succeeded. With `ReportBatchItemFailures`, only the listed records stay on the queue; a
+//! failed invocation leaves the whole batch. Messages that stay become visible again after the
+//! queue's visibility timeout, and the queue's redrive policy moves them to the DLQ.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::provision::QueueTrigger;
+
+pub type Handler =
+    Arc<dyn Fn(SqsEvent) -> Pin<Box<dyn Future<Output = SqsBatchResponse> + Send>> + Send + Sync>;
+
+/// Polls until `shutdown` turns true.
+pub async fn run(
+    sqs: aws_sdk_sqs::Client,
+    trigger: QueueTrigger,
+    handler: Handler,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let received = tokio::select! {
+            r = sqs
+                .receive_message()
+                .queue_url(&trigger.queue_url)
+                .max_number_of_messages(trigger.batch_size.clamp(1, 10))
+                .wait_time_seconds(1)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .message_attribute_names("All")
+                .send() => r,
+            _ = shutdown.changed() => return,
+        };
+        let messages = match received {
+            Ok(out) => out.messages.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(
+                    queue = trigger.queue_url,
+                    error = shared::error::error_chain(&e),
+                    "receive failed; retrying"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        let event = match to_event(&trigger, &messages) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::error!(error = %e, "could not build the SQS event");
+                continue;
+            }
+        };
+        let response = handler(event).await;
+        let failed: HashSet<String> = if trigger.reports_batch_item_failures {
+            response
+                .batch_item_failures
+                .into_iter()
+                .map(|f| f.item_identifier)
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        let done: Vec<DeleteMessageBatchRequestEntry> = messages
+            .iter()
+            .filter(|m| !m.message_id.as_ref().is_some_and(|id| failed.contains(id)))
+            .enumerate()
+            .filter_map(|(i, m)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .set_receipt_handle(m.receipt_handle.clone())
+                    .build()
+                    .ok()
+            })
+            .collect();
+        if done.is_empty() {
+            continue;
+        }
+        if let Err(e) = sqs
+            .delete_message_batch()
+            .queue_url(&trigger.queue_url)
+            .set_entries(Some(done))
+            .send()
+            .await
+        {
+            tracing::warn!(
+                error = shared::error::error_chain(&e),
+                "delete failed; the messages will be received again"
+            );
+        }
+    }
+}
+
+/// The event exactly as Lambda shapes it (`Records`, camelCase fields, string attributes).
+fn to_event(trigger: &QueueTrigger, messages: &[Message]) -> Result<SqsEvent, serde_json::Error> {
+    let region = trigger.queue_arn.split(':').nth(3).unwrap_or("us-east-1");
+    let records: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|m| {
+            let attributes: serde_json::Map<String, serde_json::Value> = m
+                .attributes
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.as_str().to_owned(), json!(v)))
+                .collect();
+            let message_attributes: serde_json::Map<String, serde_json::Value> = m
+                .message_attributes
+                .iter()
+                .flatten()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        json!({
+                            "stringValue": v.string_value,
+                            "dataType": v.data_type,
+                            "stringListValues": [],
+                            "binaryListValues": [],
+                        }),
+                    )
+                })
+                .collect();
+            json!({
+                "messageId": m.message_id,
+                "receiptHandle": m.receipt_handle,
+                "body": m.body,
+                "attributes": attributes,
+                "messageAttributes": message_attributes,
+                "md5OfBody": m.md5_of_body,
+                "eventSource": "aws:sqs",
+                "eventSourceARN": trigger.queue_arn,
+                "awsRegion": region,
+            })
+        })
+        .collect();
+    serde_json::from_value(json!({ "Records": records }))
+}

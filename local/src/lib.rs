@@ -1,0 +1,196 @@
+//! The local stack around the three functions: the template's tables and queues on moto
+//! ([`provision`]), API Gateway in front of the api function ([`gateway`]), and the SQS event
+//! source mappings that trigger ingest and deliver ([`esm`]). `make dev` runs it; the
+//! integration tests start one per test, each under its own resource prefix.
+
+pub mod esm;
+pub mod gateway;
+pub mod provision;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use aws_config::SdkConfig;
+use shared::config::Config;
+use shared::secret::Secret;
+use shared::services::Services;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use provision::{ProvisionError, Provisioned};
+
+pub const API_FUNCTION: &str = "ApiFunction";
+pub const INGEST_FUNCTION: &str = "IngestFunction";
+pub const DELIVER_FUNCTION: &str = "DeliverFunction";
+
+/// `infra/template.yaml` of this checkout.
+pub fn default_template() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../infra/template.yaml"
+    ))
+}
+
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    pub template: PathBuf,
+    /// Prefix of every table and queue name.
+    pub prefix: String,
+    pub api_addr: SocketAddr,
+    /// Values of the template's parameters (`AdminApiKey`, `DestinationAllowCidrs`, …).
+    pub parameters: HashMap<String, String>,
+    /// Environment set on top of what the template gives every function.
+    pub env_overrides: HashMap<String, String>,
+    pub run_api: bool,
+    pub run_ingest: bool,
+    pub run_deliver: bool,
+    /// Concurrent pollers per queue (Lambda runs several per mapping).
+    pub pollers: usize,
+}
+
+impl StackOptions {
+    /// The local defaults: loopback destinations allowed, every function running.
+    pub fn local(prefix: &str, api_addr: SocketAddr, admin_key: &str) -> Self {
+        Self {
+            template: default_template(),
+            prefix: prefix.to_owned(),
+            api_addr,
+            parameters: HashMap::from([
+                ("AdminApiKey".to_owned(), admin_key.to_owned()),
+                (
+                    "DestinationAllowCidrs".to_owned(),
+                    "127.0.0.0/8,::1/128".to_owned(),
+                ),
+            ]),
+            env_overrides: HashMap::new(),
+            run_api: true,
+            run_ingest: true,
+            run_deliver: true,
+            pollers: 2,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    #[error(transparent)]
+    Config(#[from] shared::config::ConfigError),
+    #[error("{0}")]
+    Start(String),
+}
+
+pub struct Stack {
+    pub api_url: String,
+    pub provisioned: Provisioned,
+    pub aws: SdkConfig,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Stack {
+    pub async fn start(aws: SdkConfig, options: StackOptions) -> Result<Self, StackError> {
+        let provisioned = provision::provision(
+            &aws,
+            &options.template,
+            &options.prefix,
+            &options.parameters,
+        )
+        .await?;
+        let (shutdown, watch_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let services_of = |function: &str| -> Result<Services, StackError> {
+            let mut env = provisioned.env_of(function)?.clone();
+            env.extend(options.env_overrides.clone());
+            Ok(Services::new(Config::from_map(&env)?, &aws))
+        };
+
+        let listener = TcpListener::bind(options.api_addr)
+            .await
+            .map_err(|e| StackError::Start(format!("binding {}: {e}", options.api_addr)))?;
+        let api_url = format!(
+            "http://{}",
+            listener
+                .local_addr()
+                .map_err(|e| StackError::Start(e.to_string()))?
+        );
+        if options.run_api {
+            let env = provisioned.env_of(API_FUNCTION)?;
+            let admin_key = env
+                .get("ADMIN_API_KEY")
+                .cloned()
+                .ok_or_else(|| StackError::Start("ADMIN_API_KEY is not set".into()))?;
+            let api = api::Api::new(&services_of(API_FUNCTION)?, Secret::from_config(admin_key));
+            tasks.push(tokio::spawn(gateway::serve(
+                listener,
+                Arc::new(api),
+                watch_rx.clone(),
+            )));
+        }
+        let sqs = aws_sdk_sqs::Client::new(&aws);
+        if options.run_ingest {
+            let ingest = Arc::new(ingest::Ingest::from_services(&services_of(
+                INGEST_FUNCTION,
+            )?));
+            let handler: esm::Handler = Arc::new(move |event| {
+                let ingest = ingest.clone();
+                Box::pin(async move { ingest.handle(event).await })
+            });
+            let trigger = provisioned.trigger_of(INGEST_FUNCTION)?.clone();
+            for _ in 0..options.pollers {
+                tasks.push(tokio::spawn(esm::run(
+                    sqs.clone(),
+                    trigger.clone(),
+                    handler.clone(),
+                    watch_rx.clone(),
+                )));
+            }
+        }
+        if options.run_deliver {
+            let deliver = deliver::Deliver::from_services(&services_of(DELIVER_FUNCTION)?)
+                .map_err(|e| StackError::Start(e.to_string()))?;
+            let deliver = Arc::new(deliver);
+            let handler: esm::Handler = Arc::new(move |event| {
+                let deliver = deliver.clone();
+                Box::pin(async move { deliver.handle(event).await })
+            });
+            let trigger = provisioned.trigger_of(DELIVER_FUNCTION)?.clone();
+            for _ in 0..options.pollers {
+                tasks.push(tokio::spawn(esm::run(
+                    sqs.clone(),
+                    trigger.clone(),
+                    handler.clone(),
+                    watch_rx.clone(),
+                )));
+            }
+        }
+        Ok(Self {
+            api_url,
+            provisioned,
+            aws,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The URL of a queue by its logical id in the template (`IngestQueue`, …).
+    pub fn queue_url(&self, logical_id: &str) -> &str {
+        self.provisioned
+            .physical
+            .get(logical_id)
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+
+    /// Stops serving and polling; in-flight batches finish first.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Creates the tables and queues of `infra/template.yaml` on the local AWS endpoint (moto) and
+//! resolves the functions' environment and queue triggers from the same template, so that the
+//! code runs against exactly what the template defines.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+};
+use aws_sdk_sqs::types::QueueAttributeName;
+use serde_yaml::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("reading the template: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("parsing the template: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    #[error("template: {0}")]
+    Template(String),
+    #[error("AWS: {0}")]
+    Aws(String),
+}
+
+fn aws_err(e: impl std::error::Error + 'static) -> ProvisionError {
+    ProvisionError::Aws(shared::error::error_chain(&e))
+}
+
+fn bad(message: impl Into<String>) -> ProvisionError {
+    ProvisionError::Template(message.into())
+}
+
+/// A queue-triggered function, as its `Events: … Type: SQS` entry declares it.
+#[derive(Clone, Debug)]
+pub struct QueueTrigger {
+    pub function: String,
+    pub queue_url: String,
+    pub queue_arn: String,
+    pub batch_size: i32,
+    pub reports_batch_item_failures: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Provisioned {
+    /// Logical id → physical name (tables) or URL (queues).
+    pub physical: BTreeMap<String, String>,
+    /// Function logical id → its environment variables.
+    pub function_env: BTreeMap<String, HashMap<String, String>>,
+    pub triggers: Vec<QueueTrigger>,
+}
+
+impl Provisioned {
+    pub fn env_of(&self, function: &str) -> Result<&HashMap<String, String>, ProvisionError> {
+        self.function_env
+            .get(function)
+            .ok_or_else(|| bad(format!("no function {function}")))
+    }
+
+    pub fn trigger_of(&self, function: &str) -> Result<&QueueTrigger, ProvisionError> {
+        self.triggers
+            .iter()
+            .find(|t| t.function == function)
+            .ok_or_else(|| bad(format!("{function} has no SQS trigger")))
+    }
+}
+
+fn get<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+    value.as_mapping().and_then(|m| m.get(key))
+}
+
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn str_at(value: &Value, key: &str) -> Result<String, ProvisionError> {
+    get(value, key)
+        .and_then(scalar)
+        .ok_or_else(|| bad(format!("missing {key}")))
+}
+
+/// Provisions every `AWS::DynamoDB::Table` and `AWS::SQS::Queue` of the template under
+/// `{prefix}-{LogicalId}` names. `parameters` override the template's parameter defaults.
+pub async fn provision(
+    aws: &SdkConfig,
+    template: &Path,
+    prefix: &str,
+    parameters: &HashMap<String, String>,
+) -> Result<Provisioned, ProvisionError> {
+    let doc: Value = serde_yaml::from_str(&std::fs::read_to_string(template)?)?;
+    let resources = get(&doc, "Resources")
+        .and_then(Value::as_mapping)
+        .ok_or_else(|| bad("no Resources"))?;
+    let ddb = aws_sdk_dynamodb::Client::new(aws);
+    let sqs = aws_sdk_sqs::Client::new(aws);
+    let mut out = Provisioned::default();
+    let mut arns: HashMap<String, String> = HashMap::new();
+
+    for (id, resource) in resources {
+        let id = id.as_str().ok_or_else(|| bad("resource id"))?.to_owned();
+        let kind = str_at(resource, "Type")?;
+        let props = get(resource, "Properties").cloned().unwrap_or(Value::Null);
+        let name = format!("{prefix}-{id}");
+        match kind.as_str() {
+            "AWS::DynamoDB::Table" => {
+                create_table(&ddb, &name, &props).await?;
+                out.physical.insert(id, name);
+            }
+            "AWS::SQS::Queue" => {
+                let mut attrs = HashMap::new();
+                for key in [
+                    "VisibilityTimeout",
+                    "MessageRetentionPeriod",
+                    "DelaySeconds",
+                ] {
+                    if let Some(v) = get(&props, key).and_then(scalar) {
+                        attrs.insert(QueueAttributeName::from(key), v);
+                    }
+                }
+                let url = sqs
+                    .create_queue()
+                    .queue_name(&name)
+                    .set_attributes(Some(attrs))
+                    .send()
+                    .await
+                    .map_err(aws_err)?
+                    .queue_url
+                    .ok_or_else(|| ProvisionError::Aws("no queue URL".into()))?;
+                let arn = sqs
+                    .get_queue_attributes()
+                    .queue_url(&url)
+                    .attribute_names(QueueAttributeName::QueueArn)
+                    .send()
+                    .await
+                    .map_err(aws_err)?
+                    .attributes
+                    .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+                    .ok_or_else(|| ProvisionError::Aws("no queue ARN".into()))?;
+                arns.insert(id.clone(), arn);
+                out.physical.insert(id, url);
+            }
+            _ => {}
+        }
+    }
+
+    let resolver = Resolver {
+        doc: &doc,
+        physical: &out.physical,
+        arns: &arns,
+        parameters,
+    };
+
+    // Redrive policies name other queues, so they are set once every queue exists.
+    for (id, resource) in resources {
+        let Some(policy) = get(resource, "Properties").and_then(|p| get(p, "RedrivePolicy")) else {
+            continue;
+        };
+        let id = id.as_str().unwrap_or_default();
+        let target = resolver.resolve(
+            get(policy, "deadLetterTargetArn").ok_or_else(|| bad("deadLetterTargetArn"))?,
+        )?;
+        let max = str_at(policy, "maxReceiveCount")?;
+        let redrive = serde_json::json!({"deadLetterTargetArn": target, "maxReceiveCount": max});
+        sqs.set_queue_attributes()
+            .queue_url(&out.physical[id])
+            .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+            .send()
+            .await
+            .map_err(aws_err)?;
+    }
+
+    let globals = get(&doc, "Globals")
+        .and_then(|g| get(g, "Function"))
+        .and_then(|f| get(f, "Environment"))
+        .and_then(|e| get(e, "Variables"))
+        .and_then(Value::as_mapping)
+        .cloned()
+        .unwrap_or_default();
+    for (id, resource) in resources {
+        if get(resource, "Type").and_then(Value::as_str) != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        let id = id.as_str().unwrap_or_default().to_owned();
+        let props = get(resource, "Properties").cloned().unwrap_or(Value::Null);
+        let own = get(&props, "Environment")
+            .and_then(|e| get(e, "Variables"))
+            .and_then(Value::as_mapping)
+            .cloned()
+            .unwrap_or_default();
+        let mut env = HashMap::new();
+        for (k, v) in globals.iter().chain(own.iter()) {
+            let k = k.as_str().ok_or_else(|| bad("variable name"))?;
+            env.insert(k.to_owned(), resolver.resolve(v)?);
+        }
+        out.function_env.insert(id.clone(), env);
+        for (_, event) in get(&props, "Events")
+            .and_then(Value::as_mapping)
+            .into_iter()
+            .flatten()
+        {
+            if get(event, "Type").and_then(Value::as_str) != Some("SQS") {
+                continue;
+            }
+            let p = get(event, "Properties").ok_or_else(|| bad("SQS event properties"))?;
+            let queue_arn = resolver.resolve(get(p, "Queue").ok_or_else(|| bad("Queue"))?)?;
+            let queue_id = arns
+                .iter()
+                .find(|(_, arn)| **arn == queue_arn)
+                .map(|(qid, _)| qid.clone())
+                .ok_or_else(|| bad("SQS event of an unknown queue"))?;
+            out.triggers.push(QueueTrigger {
+                function: id.clone(),
+                queue_url: out.physical[&queue_id].clone(),
+                queue_arn,
+                batch_size: get(p, "BatchSize")
+                    .and_then(scalar)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(10),
+                reports_batch_item_failures: get(p, "FunctionResponseTypes")
+                    .and_then(Value::as_sequence)
+                    .is_some_and(|s| {
+                        s.iter()
+                            .any(|t| t.as_str() == Some("ReportBatchItemFailures"))
+                    }),
+            });
+        }
+    }
+    Ok(out)
+}
+
+struct Resolver<'a> {
+    doc: &'a Value,
+    physical: &'a BTreeMap<String, String>,
+    arns: &'a HashMap<String, String>,
+    parameters: &'a HashMap<String, String>,
+}
+
+impl Resolver<'_> {
+    /// Resolves the intrinsics the template uses for values the code reads: plain scalars,
+    /// `!Ref` (resources and parameters) and `!GetAtt Queue.Arn`.
+    fn resolve(&self, value: &Value) -> Result<String, ProvisionError> {
+        if let Some(s) = scalar(value) {
+            return Ok(s);
+        }
+        let Value::Tagged(tagged) = value else {
+            return Err(bad(format!("cannot resolve {value:?}")));
+        };
+        let target = scalar(&tagged.value).ok_or_else(|| bad("intrinsic argument"))?;
+        match tagged.tag.to_string().trim_start_matches('!') {
+            "Ref" => {
+                if let Some(p) = self.physical.get(&target) {
+                    return Ok(p.clone());
+                }
+                if let Some(v) = self.parameters.get(&target) {
+                    return Ok(v.clone());
+                }
+                get(self.doc, "Parameters")
+                    .and_then(|p| get(p, &target))
+                    .and_then(|p| get(p, "Default"))
+                    .and_then(scalar)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "!Ref {target}: no such resource, and no value for the parameter"
+                        ))
+                    })
+            }
+            "GetAtt" => match target.split_once('.') {
+                Some((id, "Arn")) if self.arns.contains_key(id) => Ok(self.arns[id].clone()),
+                _ => Err(bad(format!("cannot resolve !GetAtt {target} locally"))),
+            },
+            other => Err(bad(format!("cannot resolve !{other} locally"))),
+        }
+    }
+}
+
+async fn create_table(
+    ddb: &aws_sdk_dynamodb::Client,
+    name: &str,
+    props: &Value,
+) -> Result<(), ProvisionError> {
+    let attribute_definitions = get(props, "AttributeDefinitions")
+        .and_then(Value::as_sequence)
+        .ok_or_else(|| bad("AttributeDefinitions"))?
+        .iter()
+        .map(|a| {
+            AttributeDefinition::builder()
+                .attribute_name(str_at(a, "AttributeName")?)
+                .attribute_type(ScalarAttributeType::from(
+                    str_at(a, "AttributeType")?.as_str(),
+                ))
+                .build()
+                .map_err(aws_err)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut create = ddb
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .set_attribute_definitions(Some(attribute_definitions))
+        .set_key_schema(Some(key_schema(props)?));
+    for gsi in get(props, "GlobalSecondaryIndexes")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+    {
+        let projection = get(gsi, "Projection").ok_or_else(|| bad("Projection"))?;
+        let non_key = get(projection, "NonKeyAttributes")
+            .and_then(Value::as_sequence)
+            .map(|s| s.iter().filter_map(scalar).collect());
+        create = create.global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(str_at(gsi, "IndexName")?)
+                .set_key_schema(Some(key_schema(gsi)?))
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::from(
+                            str_at(projection, "ProjectionType")?.as_str(),
+                        ))
+                        .set_non_key_attributes(non_key)
+                        .build(),
+                )
+                .build()
+                .map_err(aws_err)?,
+        );
+    }
+    match create.send().await {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_in_use_exception()) =>
+        {
+            // Already provisioned (a restarted `make dev` on a running moto).
+            return Ok(());
+        }
+        Err(e) => return Err(aws_err(e)),
+    }
+    if let Some(ttl) = get(props, "TimeToLiveSpecification") {
+        ddb.update_time_to_live()
+            .table_name(name)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name(str_at(ttl, "AttributeName")?)
+                    .enabled(true)
+                    .build()
+                    .map_err(aws_err)?,
+            )
+            .send()
+            .await
+            .map_err(aws_err)?;
+    }
+    Ok(())
+}
+
+fn key_schema(value: &Value) -> Result<Vec<KeySchemaElement>, ProvisionError> {
+    get(value, "KeySchema")
+        .and_then(Value::as_sequence)
+        .ok_or_else(|| bad("KeySchema"))?
+        .iter()
+        .map(|k| {
+            KeySchemaElement::builder()
+                .attribute_name(str_at(k, "AttributeName")?)
+                .key_type(KeyType::from(str_at(k, "KeyType")?.as_str()))
+                .build()
+                .map_err(aws_err)
+        })
+        .collect()
+}

@@ -1,0 +1,110 @@
+//! Runtime configuration, read once at start-up from the environment the SAM template sets.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("missing environment variable {0}")]
+    Missing(&'static str),
+    #[error("environment variable {name}: {message}")]
+    Invalid { name: &'static str, message: String },
+}
+
+/// Names of the tables and queues the functions use. On AWS they come from the template's
+/// `!Ref`s; locally the provisioner resolves the same template.
+#[derive(Clone, Debug)]
+pub struct Resources {
+    pub endpoints_table: String,
+    pub events_table: String,
+    pub deliveries_table: String,
+    pub delivery_queue_url: String,
+    pub delivery_dlq_url: String,
+    pub ingest_dlq_url: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest accepted event body (`POST /events` and the ingest queue).
+    pub max_payload_bytes: usize,
+    /// How long one delivery request may take, connect to last byte.
+    pub request_timeout: Duration,
+    /// How much of a receiver's response body is read and kept.
+    pub response_excerpt_bytes: usize,
+    /// How long events and delivery history are kept.
+    pub retention_days: i64,
+}
+
+/// Which destinations may be dialled in spite of the public-address rule, and which may use
+/// plain `http`. Empty in production; loopback locally.
+#[derive(Clone, Debug, Default)]
+pub struct DestinationPolicy {
+    pub allow_cidrs: Vec<IpNet>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub resources: Resources,
+    pub limits: Limits,
+    pub destinations: DestinationPolicy,
+    pub user_agent: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| map.get(name).cloned())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let required = |name: &'static str| {
+            get(name)
+                .filter(|v| !v.is_empty())
+                .ok_or(ConfigError::Missing(name))
+        };
+        let number = |name: &'static str, default: u64| -> Result<u64, ConfigError> {
+            match get(name).filter(|v| !v.is_empty()) {
+                None => Ok(default),
+                Some(v) => v.parse().map_err(|_| ConfigError::Invalid {
+                    name,
+                    message: format!("`{v}` is not a whole number"),
+                }),
+            }
+        };
+        let allow_cidrs = get("DESTINATION_ALLOW_CIDRS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<IpNet>().map_err(|_| ConfigError::Invalid {
+                    name: "DESTINATION_ALLOW_CIDRS",
+                    message: format!("`{s}` is not a CIDR such as 127.0.0.0/8"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Config {
+            resources: Resources {
+                endpoints_table: required("ENDPOINTS_TABLE")?,
+                events_table: required("EVENTS_TABLE")?,
+                deliveries_table: required("DELIVERIES_TABLE")?,
+                delivery_queue_url: required("DELIVERY_QUEUE_URL")?,
+                delivery_dlq_url: required("DELIVERY_DLQ_URL")?,
+                ingest_dlq_url: required("INGEST_DLQ_URL")?,
+            },
+            limits: Limits {
+                max_payload_bytes: number("MAX_PAYLOAD_BYTES", 256 * 1024)? as usize,
+                request_timeout: Duration::from_millis(number("REQUEST_TIMEOUT_MS", 15_000)?),
+                response_excerpt_bytes: number("RESPONSE_EXCERPT_BYTES", 4096)? as usize,
+                retention_days: number("RETENTION_DAYS", 30)? as i64,
+            },
+            destinations: DestinationPolicy { allow_cidrs },
+            user_agent: format!("PopupWebhooks/{}", env!("CARGO_PKG_VERSION")),
+        })
+    }
+}

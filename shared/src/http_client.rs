@@ -1,0 +1,229 @@
+//! The delivery HTTP client: one keep-alive pool per process, no redirects, no proxies, a total
+//! timeout, bounded response reads, and DNS answers filtered by the destination policy so the
+//! address actually dialled is the one that was checked. Knows nothing of DynamoDB or signing.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use url::{Host, Url};
+
+use crate::config::{Config, DestinationPolicy};
+use crate::destination::{parse_destination, NOT_PUBLIC};
+use crate::error::error_chain;
+
+/// The client could not be built (TLS set-up).
+pub type BuildError = reqwest::Error;
+
+/// Why a request failed, for history and for the retry policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    Dns,
+    Connect,
+    Tls,
+    Timeout,
+    Redirect,
+    BlockedAddress,
+    Http4xx,
+    Http5xx,
+    Other,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Dns => "dns",
+            ErrorClass::Connect => "connect",
+            ErrorClass::Tls => "tls",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Redirect => "redirect",
+            ErrorClass::BlockedAddress => "blocked_address",
+            ErrorClass::Http4xx => "http_4xx",
+            ErrorClass::Http5xx => "http_5xx",
+            ErrorClass::Other => "other",
+        }
+    }
+}
+
+/// What came of one POST.
+#[derive(Clone, Debug)]
+pub struct Response {
+    pub status_code: Option<u16>,
+    pub duration: Duration,
+    pub error: Option<(ErrorClass, String)>,
+    /// The first bytes of the body, up to the configured excerpt size.
+    pub body_excerpt: Option<String>,
+    /// The raw `Retry-After` header, if the receiver sent one.
+    pub retry_after: Option<String>,
+}
+
+impl Response {
+    pub fn succeeded(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+#[derive(Clone)]
+pub struct DeliveryClient {
+    client: reqwest::Client,
+    policy: Arc<DestinationPolicy>,
+    excerpt_bytes: usize,
+}
+
+/// Resolves with the system resolver, then drops every address the policy forbids.
+struct GuardedResolver {
+    policy: Arc<DestinationPolicy>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{NOT_PUBLIC}")]
+struct Blocked;
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((name.as_str(), 0)).await?;
+            let allowed = policy.filter(found);
+            if allowed.is_empty() {
+                return Err(Box::new(Blocked) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+impl DeliveryClient {
+    pub fn new(config: &Config) -> Result<Self, BuildError> {
+        let policy = Arc::new(config.destinations.clone());
+        let client = reqwest::Client::builder()
+            .user_agent(&config.user_agent)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(config.limits.request_timeout)
+            .connect_timeout(config.limits.request_timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: policy.clone(),
+            }))
+            .build()?;
+        Ok(Self {
+            client,
+            policy,
+            excerpt_bytes: config.limits.response_excerpt_bytes,
+        })
+    }
+
+    /// POSTs `body` with `headers` and reports the outcome; never returns an error, since every
+    /// failure is an outcome to record.
+    pub async fn post(&self, url: &str, headers: http::HeaderMap, body: Vec<u8>) -> Response {
+        let started = Instant::now();
+        let failed = |class, message: String| Response {
+            status_code: None,
+            duration: started.elapsed(),
+            error: Some((class, message)),
+            body_excerpt: None,
+            retry_after: None,
+        };
+        let url = match self.check_literal(url) {
+            Ok(url) => url,
+            Err(class) => return failed(class, NOT_PUBLIC.to_owned()),
+        };
+        let sent = self
+            .client
+            .post(url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let (class, message) = classify(&e);
+                return failed(class, message);
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut excerpt = Vec::new();
+        let mut body_error = None;
+        while excerpt.len() < self.excerpt_bytes {
+            match response.chunk().await {
+                Ok(Some(chunk)) => excerpt.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    body_error = Some(classify(&e));
+                    break;
+                }
+            }
+        }
+        excerpt.truncate(self.excerpt_bytes);
+        let error = match status {
+            200..=299 => None,
+            300..=399 => Some((
+                ErrorClass::Redirect,
+                format!("the receiver answered {status} (a redirect); redirects are not followed: update the URL to the final address"),
+            )),
+            400..=499 => Some((ErrorClass::Http4xx, format!("the receiver answered {status}"))),
+            _ => Some((ErrorClass::Http5xx, format!("the receiver answered {status}"))),
+        };
+        // A 2xx whose body then failed is still a success: the receiver accepted it.
+        let error = error.or(if (200..300).contains(&status) {
+            None
+        } else {
+            body_error
+        });
+        Response {
+            status_code: Some(status),
+            duration: started.elapsed(),
+            error,
+            body_excerpt: Some(String::from_utf8_lossy(&excerpt).into_owned()),
+            retry_after,
+        }
+    }
+
+    /// IP-literal hosts never reach the resolver, so they are checked here.
+    fn check_literal(&self, raw: &str) -> Result<Url, ErrorClass> {
+        let url = parse_destination(raw).map_err(|_| ErrorClass::Other)?;
+        let literal = match url.host() {
+            Some(Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        };
+        match literal {
+            Some(ip) if !self.policy.permits(ip) => Err(ErrorClass::BlockedAddress),
+            _ => Ok(url),
+        }
+    }
+}
+
+fn classify(e: &reqwest::Error) -> (ErrorClass, String) {
+    let chain = error_chain(e);
+    let class = if e.is_timeout() {
+        ErrorClass::Timeout
+    } else if chain.contains(NOT_PUBLIC) {
+        ErrorClass::BlockedAddress
+    } else if e.is_connect() {
+        if chain.contains("dns error") || chain.contains("failed to lookup") {
+            ErrorClass::Dns
+        } else if chain.contains("certificate") || chain.contains("tls") || chain.contains("TLS") {
+            ErrorClass::Tls
+        } else {
+            ErrorClass::Connect
+        }
+    } else {
+        ErrorClass::Other
+    };
+    let message = match class {
+        ErrorClass::Timeout => "the receiver did not answer within the request timeout".to_owned(),
+        ErrorClass::BlockedAddress => NOT_PUBLIC.to_owned(),
+        _ => chain,
+    };
+    (class, message)
+}

@@ -1,0 +1,184 @@
+//! Typed, prefixed identifiers. Generated ids are `prefix_` + a ULID, so they sort by creation
+//! time as plain strings; that makes them usable as DynamoDB sort keys and pagination cursors.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ValidationError;
+
+macro_rules! generated_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A new id, sortable by creation time.
+            pub fn generate() -> Self {
+                Self(format!("{}_{}", $prefix, ulid::Ulid::new()))
+            }
+
+            /// Parses an id from a path or a cursor: right prefix, then a ULID.
+            pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+                let valid = raw
+                    .strip_prefix(concat!($prefix, "_"))
+                    .is_some_and(|rest| ulid::Ulid::from_string(rest).is_ok());
+                if valid {
+                    Ok(Self(raw.to_owned()))
+                } else {
+                    Err(ValidationError::new(
+                        stringify!($name),
+                        format!("`{raw}` is not a valid id: expected `{}_` followed by 26 characters", $prefix),
+                    ))
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+generated_id!(
+    /// An endpoint (`ep_…`).
+    EndpointId,
+    "ep"
+);
+generated_id!(
+    /// One delivery of one event to one endpoint (`dlv_…`).
+    DeliveryId,
+    "dlv"
+);
+
+/// A venue, as named by the Popup platform: `[A-Za-z0-9_-]`, 1 to 64 characters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct VenueId(String);
+
+impl VenueId {
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        if is_token(raw, 64) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(ValidationError::new(
+                "venue_id",
+                "must be 1 to 64 characters of A-Z, a-z, 0-9, `_` or `-`",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for VenueId {
+    type Error = ValidationError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<VenueId> for String {
+    fn from(value: VenueId) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for VenueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An event id: producer-supplied idempotency key or generated `evt_` + ULID. It is part of the
+/// signed content (`{id}.{timestamp}.{body}`), so a `.` is never allowed in it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EventId(String);
+
+impl EventId {
+    pub fn generate() -> Self {
+        Self(format!("evt_{}", ulid::Ulid::new()))
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        if is_token(raw, 64) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(ValidationError::new(
+                "id",
+                "an event id must be 1 to 64 characters of A-Z, a-z, 0-9, `_` or `-`",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for EventId {
+    type Error = ValidationError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<EventId> for String {
+    fn from(value: EventId) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn is_token(raw: &str, max: usize) -> bool {
+    !raw.is_empty()
+        && raw.len() <= max
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_prefixed_parseable_and_time_sortable() {
+        let a = EndpointId::generate();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = EndpointId::generate();
+        assert!(a.as_str().starts_with("ep_"));
+        assert_eq!(EndpointId::parse(a.as_str()).unwrap(), a);
+        assert!(a < b, "{a} should sort before {b}");
+    }
+
+    #[test]
+    fn ids_of_the_wrong_kind_or_shape_are_refused() {
+        let dlv = DeliveryId::generate();
+        assert!(EndpointId::parse(dlv.as_str()).is_err());
+        assert!(EndpointId::parse("ep_short").is_err());
+        assert!(EventId::parse("has.dot").is_err());
+        assert!(EventId::parse(&"x".repeat(65)).is_err());
+        assert!(EventId::parse("order-123_A").is_ok());
+        assert!(VenueId::parse("").is_err());
+        assert!(VenueId::parse("venue/1").is_err());
+    }
+}

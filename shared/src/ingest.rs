@@ -1,0 +1,137 @@
+//! Accepting an event: validate, store it once, fan out one delivery job per subscribed
+//! endpoint. Used by the ingest function (SQS) and by the API (`POST /venues/{id}/events`).
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::domain::{Event, PublishRequest, Target};
+use crate::error::{Error, Result};
+use crate::ids::DeliveryId;
+use crate::queue::{DeliveryJob, Queues, INLINE_EVENT_BYTES};
+use crate::store::{EventRecord, Store, Tenant};
+
+/// How long after acceptance a repeated publish of the same event re-sends its jobs. This is
+/// what makes a crash between storing the event and enqueueing its jobs harmless: the source
+/// retries (SQS redelivery, or the HTTP client), and the fan-out is finished then.
+const RESUME_WINDOW: Duration = Duration::hours(1);
+
+#[derive(Debug)]
+pub struct Accepted {
+    pub record: EventRecord,
+    /// The id had been accepted before, with the same type and data.
+    pub duplicate: bool,
+}
+
+#[derive(Clone)]
+pub struct Publisher {
+    store: Store,
+    queues: Queues,
+    max_payload_bytes: usize,
+}
+
+impl Publisher {
+    pub fn new(store: Store, queues: Queues, max_payload_bytes: usize) -> Self {
+        Self {
+            store,
+            queues,
+            max_payload_bytes,
+        }
+    }
+
+    /// Refuses a body over the payload limit before anything is parsed or written.
+    pub fn check_size(&self, size: usize) -> Result<()> {
+        if size > self.max_payload_bytes {
+            return Err(Error::PayloadTooLarge {
+                size,
+                limit: self.max_payload_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn publish(
+        &self,
+        tenant: &Tenant,
+        request: PublishRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Accepted> {
+        let event = request.into_event(now)?;
+        let endpoints = self.store.enabled_endpoints(tenant).await?;
+        let targets: Vec<Target> = endpoints
+            .iter()
+            .filter(|ep| ep.subscribes_to(&event.event_type))
+            .map(|ep| Target {
+                endpoint_id: ep.endpoint_id.clone(),
+                delivery_id: DeliveryId::generate(),
+            })
+            .collect();
+        let record = EventRecord {
+            venue_id: tenant.venue().clone(),
+            event_id: event.id.clone(),
+            event_type: event.event_type.clone(),
+            timestamp: event.timestamp.clone(),
+            data: event.data.get().to_owned(),
+            targets,
+            accepted_at: now,
+            expires_at: self.store.expiry(now),
+        };
+        let (stored, is_new) = self.store.put_event(&record).await?;
+        if !is_new {
+            if stored.event_type != record.event_type || stored.data != record.data {
+                return Err(Error::Conflict(format!(
+                    "event id `{}` was already used for a different event; use a new id",
+                    stored.event_id
+                )));
+            }
+            if now - stored.accepted_at < RESUME_WINDOW {
+                self.enqueue(&stored, true).await?;
+            }
+            tracing::info!(venue_id = %tenant.venue(), event_id = %stored.event_id, "duplicate event id; not fanned out again");
+            return Ok(Accepted {
+                record: stored,
+                duplicate: true,
+            });
+        }
+        self.enqueue(&stored, false).await?;
+        tracing::info!(
+            venue_id = %tenant.venue(),
+            event_id = %stored.event_id,
+            event_type = %stored.event_type,
+            deliveries = stored.targets.len(),
+            "event accepted"
+        );
+        Ok(Accepted {
+            record: stored,
+            duplicate: false,
+        })
+    }
+
+    async fn enqueue(&self, record: &EventRecord, resumed: bool) -> Result<()> {
+        let inline = (record.data.len() <= INLINE_EVENT_BYTES)
+            .then(|| record_event(record))
+            .transpose()?;
+        let jobs: Vec<DeliveryJob> = record
+            .targets
+            .iter()
+            .map(|t| DeliveryJob {
+                delivery_id: t.delivery_id.clone(),
+                venue_id: record.venue_id.clone(),
+                endpoint_id: t.endpoint_id.clone(),
+                event_id: record.event_id.clone(),
+                event: inline.clone(),
+                resumed,
+            })
+            .collect();
+        self.queues.send_jobs(&jobs).await
+    }
+}
+
+/// The event as deliveries carry it.
+pub fn record_event(record: &EventRecord) -> Result<Event> {
+    Ok(Event {
+        id: record.event_id.clone(),
+        event_type: record.event_type.clone(),
+        timestamp: record.timestamp.clone(),
+        data: serde_json::value::RawValue::from_string(record.data.clone())
+            .map_err(|e| Error::Corrupt(format!("event data: {e}")))?,
+    })
+}

@@ -1,0 +1,24 @@
+//! The library every Popup Webhooks function uses.
+//!
+//! - [`domain`], [`ids`], [`secret`]: what endpoints, events and deliveries are, and their rules.
+//! - [`envelope`], [`signing`]: the wire format and the Standard Webhooks signature.
+//! - [`store`] (DynamoDB) and [`queue`] (SQS): persistence and jobs.
+//! - [`destination`], [`http_client`]: where a webhook may go and how it is sent.
+//! - [`ingest`], [`dispatch`]: accepting an event and attempting one delivery.
+
+pub mod config;
+pub mod destination;
+pub mod dispatch;
+pub mod domain;
+pub mod envelope;
+pub mod error;
+pub mod http_client;
+pub mod ids;
+pub mod ingest;
+pub mod queue;
+pub mod secret;
+pub mod services;
+pub mod signing;
+pub mod store;
+
+pub use error::{Error, Result, ValidationError};

@@ -1,0 +1,170 @@
+//! SQS: delivery jobs (batched sends) and dead-letter hand-offs with a reason.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::Client;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::Event;
+use crate::error::{Error, Result};
+use crate::ids::{DeliveryId, EndpointId, EventId, VenueId};
+
+/// Events up to this size travel inside the job, which saves the deliver function a read;
+/// larger ones are read from the events table.
+pub const INLINE_EVENT_BYTES: usize = 16 * 1024;
+const MAX_BATCH_ENTRIES: usize = 10;
+/// SendMessageBatch's limit on the sum of the bodies.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// One delivery of one event to one endpoint, as queued for the deliver function.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeliveryJob {
+    pub delivery_id: DeliveryId,
+    pub venue_id: VenueId,
+    pub endpoint_id: EndpointId,
+    pub event_id: EventId,
+    /// The event itself when small enough.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Event>,
+    /// Set when fan-out was resumed after an interruption: the delivery may already exist.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
+}
+
+#[derive(Clone)]
+pub struct Queues {
+    sqs: Client,
+    delivery_queue_url: String,
+}
+
+impl Queues {
+    pub fn new(sqs: Client, delivery_queue_url: String) -> Self {
+        Self {
+            sqs,
+            delivery_queue_url,
+        }
+    }
+
+    /// Enqueues jobs with as few SendMessageBatch calls as the limits allow, re-sending entries
+    /// that SQS reports as failed. Either every job is on the queue or this returns an error.
+    pub async fn send_jobs(&self, jobs: &[DeliveryJob]) -> Result<()> {
+        let bodies = jobs
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
+        for batch in batches(&bodies) {
+            self.send_batch(batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_batch(&self, mut pending: Vec<&String>) -> Result<()> {
+        for round in 0..4u32 {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(50 * 2u64.pow(round))).await;
+            }
+            let entries = pending
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(body.as_str())
+                        .build()
+                        .map_err(|e| Error::aws("sqs", e))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let out = self
+                .sqs
+                .send_message_batch()
+                .queue_url(&self.delivery_queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| Error::aws("sqs", e))?;
+            if out.failed.is_empty() {
+                return Ok(());
+            }
+            let failed: Vec<usize> = out
+                .failed
+                .iter()
+                .filter_map(|f| f.id.parse().ok())
+                .collect();
+            tracing::warn!(
+                failed = failed.len(),
+                round,
+                "SQS refused part of a batch; re-sending"
+            );
+            pending = failed
+                .into_iter()
+                .filter_map(|i| pending.get(i).copied())
+                .collect();
+        }
+        Err(Error::Aws {
+            service: "sqs",
+            message: "SendMessageBatch kept failing for some entries".into(),
+        })
+    }
+
+    /// Hands a message that can never be processed to a dead-letter queue, with the reason as
+    /// a message attribute, so that it is kept and not retried.
+    pub async fn dead_letter(&self, dlq_url: &str, body: &str, reason: &str) -> Result<()> {
+        let reason_attr = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(truncate(reason, 1024))
+            .build()
+            .map_err(|e| Error::aws("sqs", e))?;
+        self.sqs
+            .send_message()
+            .queue_url(dlq_url)
+            .message_body(body)
+            .message_attributes("reason", reason_attr)
+            .send()
+            .await
+            .map_err(|e| Error::aws("sqs", e))?;
+        Ok(())
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+/// Groups bodies into SendMessageBatch calls: at most 10 entries and 256 KiB each.
+fn batches(bodies: &[String]) -> Vec<Vec<&String>> {
+    let mut out: Vec<Vec<&String>> = Vec::new();
+    let mut size = 0;
+    for body in bodies {
+        let full = out
+            .last()
+            .is_none_or(|b| b.len() == MAX_BATCH_ENTRIES || size + body.len() > MAX_BATCH_BYTES);
+        if full {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += body.len();
+        if let Some(last) = out.last_mut() {
+            last.push(body);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_count_and_size() {
+        let small: Vec<String> = (0..25).map(|i| i.to_string()).collect();
+        let sizes: Vec<usize> = batches(&small).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![10, 10, 5]);
+
+        let big: Vec<String> = (0..4).map(|_| "x".repeat(100 * 1024)).collect();
+        let sizes: Vec<usize> = batches(&big).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![2, 2]);
+        assert!(batches(&[]).is_empty());
+    }
+}

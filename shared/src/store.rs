@@ -1,0 +1,559 @@
+//! DynamoDB storage of endpoints, events and deliveries.
+//!
+//! Every venue-owned read or write takes a [`Tenant`]: the only way to name a venue's data is
+//! through a value that the API's authorisation (or a trusted internal queue) produced, so an
+//! unscoped query cannot be written by accident.
+//!
+//! Tables (see `infra/template.yaml`):
+//! - endpoints: `venue_id` (hash) + `endpoint_id` (range).
+//! - events: `venue_id` + `event_id`; the conditional put on the id is the de-duplication.
+//! - deliveries: `delivery_id` (hash), one item per (event, endpoint) holding its attempts; the
+//!   `by_endpoint` index (`endpoint_id` + `delivery_id`) serves history newest first.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValue};
+use aws_sdk_dynamodb::Client;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Resources;
+use crate::domain::{Attempt, DeliveryStatus, Endpoint, Target};
+use crate::error::{Error, Result};
+use crate::ids::{DeliveryId, EndpointId, EventId, VenueId};
+
+/// A venue whose data the caller may touch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tenant(VenueId);
+
+impl Tenant {
+    /// For the API's authorisation layer, after it has checked the caller's key.
+    pub fn authorized(venue: VenueId) -> Self {
+        Self(venue)
+    }
+
+    /// For messages on our own queues, whose venue was authorised when they were accepted.
+    pub fn from_internal_message(venue: VenueId) -> Self {
+        Self(venue)
+    }
+
+    pub fn venue(&self) -> &VenueId {
+        &self.0
+    }
+}
+
+/// An accepted event as stored, with where it fans out to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub venue_id: VenueId,
+    pub event_id: EventId,
+    pub event_type: String,
+    pub timestamp: String,
+    /// Compact JSON of the data object.
+    pub data: String,
+    pub targets: Vec<Target>,
+    pub accepted_at: DateTime<Utc>,
+    pub expires_at: i64,
+}
+
+/// A delivery as stored: the history item of one event at one endpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub delivery_id: DeliveryId,
+    pub venue_id: VenueId,
+    pub endpoint_id: EndpointId,
+    pub event_id: EventId,
+    pub event_type: String,
+    pub status: DeliveryStatus,
+    #[serde(default)]
+    pub attempt_count: u32,
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub last_status_code: Option<u16>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub expires_at: i64,
+}
+
+/// What one attempt changes on its delivery.
+pub struct AttemptRecord<'a> {
+    pub delivery_id: &'a DeliveryId,
+    pub tenant: &'a Tenant,
+    pub endpoint_id: &'a EndpointId,
+    pub event_id: &'a EventId,
+    pub event_type: &'a str,
+    pub attempt: Attempt,
+    pub status: DeliveryStatus,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The SQS receive this attempt came from; an attempt from an older or equal receive is a
+    /// duplicate and is not recorded again. `None` for manual and test attempts.
+    pub receive: Option<u32>,
+}
+
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    ddb: Client,
+    endpoints: String,
+    events: String,
+    deliveries: String,
+    retention: Duration,
+}
+
+const BY_ENDPOINT: &str = "by_endpoint";
+/// How many index pages one filtered history request may read before it answers with a cursor.
+const MAX_FILTER_PAGES: usize = 5;
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn from_item<T: serde::de::DeserializeOwned>(item: HashMap<String, AttributeValue>) -> Result<T> {
+    serde_dynamo::from_item(item).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn to_item<T: Serialize>(value: &T) -> Result<HashMap<String, AttributeValue>> {
+    serde_dynamo::to_item(value).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn to_attr<T: Serialize>(value: &T) -> Result<AttributeValue> {
+    serde_dynamo::to_attribute_value(value).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn is_conditional_failure<E>(err: &aws_sdk_dynamodb::error::SdkError<E>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    err.as_service_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "ConditionalCheckFailedException")
+}
+
+impl Store {
+    pub fn new(ddb: Client, resources: &Resources, retention_days: i64) -> Self {
+        Self {
+            ddb,
+            endpoints: resources.endpoints_table.clone(),
+            events: resources.events_table.clone(),
+            deliveries: resources.deliveries_table.clone(),
+            retention: Duration::days(retention_days),
+        }
+    }
+
+    /// Unix seconds at which an item written now expires (the tables' TTL attribute).
+    pub fn expiry(&self, now: DateTime<Utc>) -> i64 {
+        (now + self.retention).timestamp()
+    }
+
+    // ---- endpoints ----
+
+    pub async fn create_endpoint(&self, endpoint: &Endpoint) -> Result<()> {
+        self.ddb
+            .put_item()
+            .table_name(&self.endpoints)
+            .set_item(Some(to_item(endpoint)?))
+            .condition_expression("attribute_not_exists(endpoint_id)")
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        Ok(())
+    }
+
+    /// Replaces an endpoint, provided nobody else changed it since `previous_updated_at`.
+    pub async fn replace_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        previous_updated_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let result = self
+            .ddb
+            .put_item()
+            .table_name(&self.endpoints)
+            .set_item(Some(to_item(endpoint)?))
+            .condition_expression("attribute_exists(endpoint_id) AND updated_at = :prev")
+            .expression_attribute_values(":prev", to_attr(&previous_updated_at)?)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Err(Error::Conflict(
+                "the endpoint was changed or deleted by another request; read it again and retry"
+                    .into(),
+            )),
+            Err(e) => Err(Error::aws("dynamodb", e)),
+        }
+    }
+
+    pub async fn get_endpoint(&self, tenant: &Tenant, id: &EndpointId) -> Result<Option<Endpoint>> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.endpoints)
+            .key("venue_id", s(tenant.venue().as_str()))
+            .key("endpoint_id", s(id.as_str()))
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        out.item.map(from_item).transpose()
+    }
+
+    pub async fn delete_endpoint(&self, tenant: &Tenant, id: &EndpointId) -> Result<()> {
+        let result = self
+            .ddb
+            .delete_item()
+            .table_name(&self.endpoints)
+            .key("venue_id", s(tenant.venue().as_str()))
+            .key("endpoint_id", s(id.as_str()))
+            .condition_expression("attribute_exists(endpoint_id)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Err(Error::NotFound("endpoint")),
+            Err(e) => Err(Error::aws("dynamodb", e)),
+        }
+    }
+
+    /// One page of a venue's endpoints, oldest first.
+    pub async fn list_endpoints(
+        &self,
+        tenant: &Tenant,
+        limit: i32,
+        after: Option<&EndpointId>,
+    ) -> Result<Page<Endpoint>> {
+        let mut query = self
+            .ddb
+            .query()
+            .table_name(&self.endpoints)
+            .key_condition_expression("venue_id = :v")
+            .expression_attribute_values(":v", s(tenant.venue().as_str()))
+            .limit(limit);
+        if let Some(after) = after {
+            query = query
+                .exclusive_start_key("venue_id", s(tenant.venue().as_str()))
+                .exclusive_start_key("endpoint_id", s(after.as_str()));
+        }
+        let out = query.send().await.map_err(|e| Error::aws("dynamodb", e))?;
+        let items: Vec<Endpoint> = out
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(from_item)
+            .collect::<Result<_>>()?;
+        let next_cursor = out
+            .last_evaluated_key
+            .and_then(|key| key.get("endpoint_id").and_then(|v| v.as_s().ok()).cloned());
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Every enabled endpoint of a venue (the fan-out set), all pages.
+    pub async fn enabled_endpoints(&self, tenant: &Tenant) -> Result<Vec<Endpoint>> {
+        let mut found = Vec::new();
+        let mut pages = self
+            .ddb
+            .query()
+            .table_name(&self.endpoints)
+            .key_condition_expression("venue_id = :v")
+            .filter_expression("enabled = :t")
+            .expression_attribute_values(":v", s(tenant.venue().as_str()))
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            found.push(from_item(item.map_err(|e| Error::aws("dynamodb", e))?)?);
+        }
+        Ok(found)
+    }
+
+    // ---- events ----
+
+    /// Stores an event unless its id is taken. Returns the stored record: the new one, or the
+    /// one that already had this id (`false`).
+    pub async fn put_event(&self, record: &EventRecord) -> Result<(EventRecord, bool)> {
+        let result = self
+            .ddb
+            .put_item()
+            .table_name(&self.events)
+            .set_item(Some(to_item(record)?))
+            .condition_expression("attribute_not_exists(event_id)")
+            .return_values_on_condition_check_failure(
+                aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok((record.clone(), true)),
+            Err(e) if is_conditional_failure(&e) => {
+                let existing = match e.into_service_error() {
+                    PutItemError::ConditionalCheckFailedException(c) => c.item,
+                    _ => None,
+                };
+                match existing {
+                    Some(item) => Ok((from_item(item)?, false)),
+                    None => {
+                        let tenant = Tenant(record.venue_id.clone());
+                        let found = self.get_event(&tenant, &record.event_id).await?;
+                        found
+                            .map(|r| (r, false))
+                            .ok_or_else(|| Error::Conflict("event id is being written".into()))
+                    }
+                }
+            }
+            Err(e) => Err(Error::aws("dynamodb", e)),
+        }
+    }
+
+    pub async fn get_event(&self, tenant: &Tenant, id: &EventId) -> Result<Option<EventRecord>> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.events)
+            .key("venue_id", s(tenant.venue().as_str()))
+            .key("event_id", s(id.as_str()))
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        let now = Utc::now().timestamp();
+        // TTL deletion is lazy (and never happens locally): an expired item is gone.
+        Ok(out
+            .item
+            .map(from_item::<EventRecord>)
+            .transpose()?
+            .filter(|r| r.expires_at > now))
+    }
+
+    // ---- deliveries ----
+
+    /// Appends one attempt to its delivery, creating the delivery on its first attempt.
+    /// Returns `false` when the attempt was a duplicate of one already recorded.
+    pub async fn record_attempt(&self, rec: AttemptRecord<'_>) -> Result<bool> {
+        let now = rec.attempt.at;
+        let mut update = self
+            .ddb
+            .update_item()
+            .table_name(&self.deliveries)
+            .key("delivery_id", s(rec.delivery_id.as_str()))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":venue", s(rec.tenant.venue().as_str()))
+            .expression_attribute_values(":endpoint", s(rec.endpoint_id.as_str()))
+            .expression_attribute_values(":event", s(rec.event_id.as_str()))
+            .expression_attribute_values(":type", s(rec.event_type))
+            .expression_attribute_values(":now", to_attr(&now)?)
+            .expression_attribute_values(":status", s(rec.status.as_str()))
+            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(
+                ":attempt",
+                AttributeValue::L(vec![to_attr(&rec.attempt)?]),
+            )
+            .expression_attribute_values(":code", to_attr(&rec.attempt.status_code)?)
+            .expression_attribute_values(":error", to_attr(&rec.attempt.error)?)
+            .expression_attribute_values(":next", to_attr(&rec.next_attempt_at)?)
+            .expression_attribute_values(":ttl", n(self.expiry(now)))
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::None);
+        let mut set = String::from(
+            "SET venue_id = :venue, endpoint_id = :endpoint, event_id = :event, event_type = :type, \
+             created_at = if_not_exists(created_at, :now), updated_at = :now, #status = :status, \
+             attempts = list_append(if_not_exists(attempts, :empty), :attempt), \
+             last_status_code = :code, last_error = :error, next_attempt_at = :next, expires_at = :ttl",
+        );
+        if let Some(receive) = rec.receive {
+            set.push_str(", last_receive = :receive");
+            update = update
+                .expression_attribute_values(":receive", n(receive))
+                .expression_attribute_values(":succeeded", s(DeliveryStatus::Succeeded.as_str()))
+                .condition_expression(
+                    "attribute_not_exists(delivery_id) OR \
+                     (last_receive < :receive AND #status <> :succeeded)",
+                );
+        }
+        let result = update
+            .update_expression(format!("{set} ADD attempt_count :one"))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(Error::aws("dynamodb", e)),
+        }
+    }
+
+    /// A delivery with its attempts; `None` if it is another venue's or expired.
+    pub async fn get_delivery(
+        &self,
+        tenant: &Tenant,
+        id: &DeliveryId,
+    ) -> Result<Option<DeliveryRecord>> {
+        self.get_delivery_unscoped(id).await.map(|found| {
+            found.filter(|d| &d.venue_id == tenant.venue() && d.expires_at > Utc::now().timestamp())
+        })
+    }
+
+    /// For the deliver function's duplicate check, which has the id from its own queue.
+    pub async fn get_delivery_unscoped(&self, id: &DeliveryId) -> Result<Option<DeliveryRecord>> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.deliveries)
+            .key("delivery_id", s(id.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        out.item.map(from_item).transpose()
+    }
+
+    /// Several deliveries by id (an event's fan-out), without their attempts.
+    pub async fn get_deliveries(
+        &self,
+        tenant: &Tenant,
+        ids: &[DeliveryId],
+    ) -> Result<Vec<DeliveryRecord>> {
+        let mut found = Vec::new();
+        for chunk in ids.chunks(100) {
+            let mut keys: Vec<HashMap<String, AttributeValue>> = chunk
+                .iter()
+                .map(|id| HashMap::from([("delivery_id".to_owned(), s(id.as_str()))]))
+                .collect();
+            // BatchGetItem may return only part; ask again for what it left (bounded).
+            for _ in 0..5 {
+                if keys.is_empty() {
+                    break;
+                }
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .projection_expression(SUMMARY_PROJECTION)
+                    .set_expression_attribute_names(Some(HashMap::from([(
+                        "#status".to_owned(),
+                        "status".to_owned(),
+                    )])))
+                    .build()
+                    .map_err(|e| Error::aws("dynamodb", e))?;
+                let out = self
+                    .ddb
+                    .batch_get_item()
+                    .request_items(&self.deliveries, request)
+                    .send()
+                    .await
+                    .map_err(|e| Error::aws("dynamodb", e))?;
+                for item in out
+                    .responses
+                    .and_then(|mut r| r.remove(&self.deliveries))
+                    .unwrap_or_default()
+                {
+                    found.push(from_item::<DeliveryRecord>(item)?);
+                }
+                keys = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.deliveries))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+            }
+        }
+        let venue = tenant.venue();
+        found.retain(|d| &d.venue_id == venue);
+        Ok(found)
+    }
+
+    /// An endpoint's deliveries, newest first, optionally filtered.
+    pub async fn list_deliveries(
+        &self,
+        tenant: &Tenant,
+        endpoint: &EndpointId,
+        filter: &DeliveryFilter,
+        limit: usize,
+        before: Option<&DeliveryId>,
+    ) -> Result<Page<DeliveryRecord>> {
+        let mut items = Vec::new();
+        let mut start = before.map(|id| id.as_str().to_owned());
+        let now = Utc::now().timestamp();
+        for _ in 0..MAX_FILTER_PAGES {
+            let mut query = self
+                .ddb
+                .query()
+                .table_name(&self.deliveries)
+                .index_name(BY_ENDPOINT)
+                .key_condition_expression("endpoint_id = :e")
+                .filter_expression(filter.expression())
+                .expression_attribute_values(":e", s(endpoint.as_str()))
+                .expression_attribute_values(":venue", s(tenant.venue().as_str()))
+                .expression_attribute_values(":now", n(now))
+                .scan_index_forward(false)
+                .limit(limit as i32);
+            if let Some(status) = filter.status {
+                query = query
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":status", s(status.as_str()));
+            }
+            if let Some(event_type) = &filter.event_type {
+                query = query.expression_attribute_values(":type", s(event_type.as_str()));
+            }
+            if let Some(after) = &start {
+                query = query
+                    .exclusive_start_key("endpoint_id", s(endpoint.as_str()))
+                    .exclusive_start_key("delivery_id", s(after.as_str()));
+            }
+            let out = query.send().await.map_err(|e| Error::aws("dynamodb", e))?;
+            for item in out.items.unwrap_or_default() {
+                let record: DeliveryRecord = from_item(item)?;
+                items.push(record);
+                if items.len() == limit {
+                    let cursor = items.last().map(|d| d.delivery_id.to_string());
+                    return Ok(Page {
+                        items,
+                        next_cursor: cursor,
+                    });
+                }
+            }
+            start = out
+                .last_evaluated_key
+                .and_then(|key| key.get("delivery_id").and_then(|v| v.as_s().ok()).cloned());
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(Page {
+            items,
+            next_cursor: start,
+        })
+    }
+}
+
+/// The attributes of a delivery without its attempts (what the index holds).
+const SUMMARY_PROJECTION: &str = "delivery_id, venue_id, endpoint_id, event_id, event_type, \
+    #status, attempt_count, created_at, updated_at, last_status_code, last_error, \
+    next_attempt_at, expires_at";
+
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryFilter {
+    pub status: Option<DeliveryStatus>,
+    pub event_type: Option<String>,
+}
+
+impl DeliveryFilter {
+    fn expression(&self) -> String {
+        let mut parts = vec!["venue_id = :venue", "expires_at > :now"];
+        if self.status.is_some() {
+            parts.push("#status = :status");
+        }
+        if self.event_type.is_some() {
+            parts.push("event_type = :type");
+        }
+        parts.join(" AND ")
+    }
+}
