@@ -1,1 +1,564 @@
+//! End to end on the local stack (moto + the three functions + real HTTP receivers).
 
+use std::collections::HashSet;
+use std::time::Duration;
+
+use integration_tests::*;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn venue() -> String {
+    format!("venue-{}", unique_prefix())
+}
+
+async fn deliveries_of(api: &Client, venue: &str, endpoint: &str) -> Vec<Value> {
+    let (status, page) = api
+        .get(&format!("/venues/{venue}/endpoints/{endpoint}/deliveries"))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    page["data"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribed_endpoints_receive_exact_signed_envelopes_from_http_and_queue() {
+    let stack = start_stack().await;
+    let api = Client::new(&stack);
+    let venue = venue();
+
+    let signed_rx = Receiver::start(200).await;
+    let bearer_rx = Receiver::start(204).await;
+    let unsubscribed_rx = Receiver::start(200).await;
+    let disabled_rx = Receiver::start(200).await;
+
+    let signed = api
+        .create_endpoint(
+            &venue,
+            json!({"url": signed_rx.url, "event_types": ["order.*"], "description": "CRM"}),
+        )
+        .await;
+    let secret = signed["secret"]
+        .as_str()
+        .expect("secret shown once")
+        .to_owned();
+    assert!(secret.starts_with("whsec_"));
+    assert_eq!(signed["auth"]["mode"], "signed_secret");
+
+    let token = "venue-own-token-0123456789";
+    let bearer = api
+        .create_endpoint(
+            &venue,
+            json!({"url": bearer_rx.url, "event_types": ["order.created"],
+                   "auth": {"mode": "bearer_token", "token": token}}),
+        )
+        .await;
+    assert_eq!(bearer["token"], token);
+    api.create_endpoint(
+        &venue,
+        json!({"url": unsubscribed_rx.url, "event_types": ["registration.*"]}),
+    )
+    .await;
+    api.create_endpoint(
+        &venue,
+        json!({"url": disabled_rx.url, "event_types": ["*"], "enabled": false}),
+    )
+    .await;
+
+    // Reads never show the secret again.
+    let signed_id = signed["id"].as_str().unwrap().to_owned();
+    let (status, read) = api
+        .get(&format!("/venues/{venue}/endpoints/{signed_id}"))
+        .await;
+    assert_eq!(status, 200);
+    assert!(read.get("secret").is_none());
+    assert!(!read.to_string().contains(&secret[6..]));
+    assert_eq!(
+        read["auth"]["secret_hint"],
+        format!("whsec_…{}", &secret[secret.len() - 4..])
+    );
+
+    // One event over HTTP, one through the ingest queue.
+    let (status, published) = api
+        .post(
+            &format!("/venues/{venue}/events"),
+            json!({"type": "order.created", "data": {"order_id": "o-1", "total": 12.5, "items": [1, 2]},
+                   "timestamp": "2026-11-27T10:15:00Z"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{published}");
+    let http_event_id = published["id"].as_str().unwrap().to_owned();
+    assert!(http_event_id.starts_with("evt_"));
+
+    let sqs = aws_sdk_sqs::Client::new(&stack.aws);
+    sqs.send_message()
+        .queue_url(stack.queue_url("IngestQueue"))
+        .message_body(
+            json!({"venue_id": venue, "type": "order.created", "id": "order-2-created",
+                   "timestamp": "2026-11-27T10:16:00Z", "data": {"order_id": "o-2"}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("send to ingest queue");
+
+    let got = signed_rx.wait_for(2, WAIT).await;
+    assert_eq!(got.len(), 2, "signed endpoint gets both events");
+    let bodies: HashSet<String> = got.iter().map(|c| c.body.clone()).collect();
+    let expected: HashSet<String> = [
+        format!(r#"{{"id":"{http_event_id}","type":"order.created","timestamp":"2026-11-27T10:15:00Z","data":{{"order_id":"o-1","total":12.5,"items":[1,2]}}}}"#),
+        r#"{"id":"order-2-created","type":"order.created","timestamp":"2026-11-27T10:16:00Z","data":{"order_id":"o-2"}}"#.to_owned(),
+    ]
+    .into();
+    assert_eq!(bodies, expected);
+    for c in &got {
+        assert_eq!(c.headers["content-type"], "application/json");
+        assert!(c.headers["user-agent"].starts_with("PopupWebhooks/"));
+        let body: Value = serde_json::from_str(&c.body).unwrap();
+        assert_eq!(c.headers["webhook-id"], body["id"].as_str().unwrap());
+        assert!(!c.headers.contains_key("authorization"));
+    }
+    assert_eq!(verify_with_python(&secret, &got), vec!["ok", "ok"]);
+    assert_eq!(verify_with_node(&secret, &got), vec!["ok", "ok"]);
+    // A wrong secret must fail, or the verifiers prove nothing.
+    let other = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    assert!(verify_with_python(other, &got[..1])[0].starts_with("fail"));
+    assert!(verify_with_node(other, &got[..1])[0].starts_with("fail"));
+
+    let got = bearer_rx.wait_for(2, WAIT).await;
+    assert_eq!(got.len(), 2);
+    for c in &got {
+        assert_eq!(c.headers["authorization"], format!("Bearer {token}"));
+        assert!(!c.headers.contains_key("webhook-signature"));
+    }
+
+    // Let any stray delivery arrive before checking that none did.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        unsubscribed_rx.received().is_empty(),
+        "unsubscribed endpoint got a request"
+    );
+    assert!(
+        disabled_rx.received().is_empty(),
+        "disabled endpoint got a request"
+    );
+
+    // History: each delivery with its attempt.
+    let history = eventually(WAIT, || async {
+        let h = deliveries_of(&api, &venue, &signed_id).await;
+        (h.len() == 2 && h.iter().all(|d| d["status"] == "succeeded")).then_some(h)
+    })
+    .await
+    .expect("history shows both deliveries succeeded");
+    assert!(
+        history[0]["id"].as_str() > history[1]["id"].as_str(),
+        "newest first"
+    );
+    for d in &history {
+        assert_eq!(d["attempt_count"], 1);
+        assert_eq!(d["last_status_code"], 200);
+    }
+    let delivery_id = history[0]["id"].as_str().unwrap();
+    let (status, delivery) = api
+        .get(&format!("/venues/{venue}/deliveries/{delivery_id}"))
+        .await;
+    assert_eq!(status, 200);
+    let attempts = delivery["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0]["attempt"], 1);
+    assert_eq!(attempts[0]["trigger"], "scheduled");
+    assert_eq!(attempts[0]["status_code"], 200);
+    assert_eq!(attempts[0]["response_body"], "receiver answered 200");
+    assert!(attempts[0]["duration_ms"].is_u64());
+
+    // The event shows where it went: the signed and the bearer endpoint, both succeeded.
+    let (status, event) = api
+        .get(&format!("/venues/{venue}/events/order-2-created"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(event["type"], "order.created");
+    assert_eq!(event["data"], json!({"order_id": "o-2"}));
+    let statuses: Vec<&str> = event["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, vec!["succeeded", "succeeded"]);
+
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_receiver_fails_only_its_own_record_of_the_batch() {
+    let mut options = local_options();
+    options.run_deliver = false; // the test plays Lambda for the deliver function
+    let stack = start_with(options).await;
+    let api = Client::new(&stack);
+    let venue = venue();
+    let ok_a = Receiver::start(200).await;
+    let ok_b = Receiver::start(201).await;
+    let broken = Receiver::start(500).await;
+    let mut ids = Vec::new();
+    for rx in [&ok_a, &ok_b, &broken] {
+        let ep = api
+            .create_endpoint(&venue, json!({"url": rx.url, "event_types": ["*"]}))
+            .await;
+        ids.push(ep["id"].as_str().unwrap().to_owned());
+    }
+    let (status, _) = api
+        .post(
+            &format!("/venues/{venue}/events"),
+            json!({"type": "registration.created", "data": {"attendee": "A"}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+
+    // Receive the three jobs the way the event source mapping does, and invoke deliver.
+    let sqs = aws_sdk_sqs::Client::new(&stack.aws);
+    let trigger = stack
+        .provisioned
+        .trigger_of(local::DELIVER_FUNCTION)
+        .unwrap()
+        .clone();
+    let mut messages = Vec::new();
+    for _ in 0..10 {
+        let out = sqs
+            .receive_message()
+            .queue_url(&trigger.queue_url)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        messages.extend(out.messages.unwrap_or_default());
+        if messages.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(messages.len(), 3, "one job per endpoint");
+    let event = local::esm::to_event(&trigger, &messages).unwrap();
+    let env = stack.provisioned.env_of(local::DELIVER_FUNCTION).unwrap();
+    let config = shared::config::Config::from_map(env).unwrap();
+    let services = shared::services::Services::new(config, &stack.aws);
+    let deliver = deliver::Deliver::from_services(&services).unwrap();
+    let response = deliver.handle(event).await;
+
+    let broken_message = messages
+        .iter()
+        .find(|m| m.body().unwrap_or_default().contains(&ids[2]))
+        .and_then(|m| m.message_id.clone())
+        .unwrap();
+    let failed: Vec<String> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    assert_eq!(failed, vec![broken_message]);
+    assert_eq!(ok_a.received().len(), 1);
+    assert_eq!(ok_b.received().len(), 1);
+    assert_eq!(broken.received().len(), 1);
+
+    let failing_history = deliveries_of(&api, &venue, &ids[2]).await;
+    assert_eq!(failing_history.len(), 1);
+    assert_eq!(failing_history[0]["status"], "pending");
+    assert_eq!(failing_history[0]["last_status_code"], 500);
+    let (_, pending) = api
+        .get(&format!(
+            "/venues/{venue}/endpoints/{}/deliveries?status=pending",
+            ids[2]
+        ))
+        .await;
+    assert_eq!(pending["data"].as_array().unwrap().len(), 1);
+    let (_, succeeded) = api
+        .get(&format!(
+            "/venues/{venue}/endpoints/{}/deliveries?status=succeeded",
+            ids[2]
+        ))
+        .await;
+    assert!(succeeded["data"].as_array().unwrap().is_empty());
+    for id in &ids[..2] {
+        let h = deliveries_of(&api, &venue, id).await;
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0]["status"], "succeeded");
+    }
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_signatures_match_the_python_reference_library() {
+    let secrets = [
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned(),
+        shared::secret::Secret::generate_signing()
+            .expose()
+            .to_owned(),
+        shared::secret::Secret::generate_signing()
+            .expose()
+            .to_owned(),
+    ];
+    let bodies = [
+        r#"{"test": 2432232314}"#.to_owned(),
+        r#"{"id":"evt_1","type":"order.created","timestamp":"2026-11-27T10:15:00Z","data":{"name":"Zoë ✓"}}"#.to_owned(),
+        "x".repeat(70_000),
+    ];
+    let mut inputs = Vec::new();
+    for (i, secret) in secrets.iter().enumerate() {
+        for (j, body) in bodies.iter().enumerate() {
+            inputs.push((
+                secret.clone(),
+                format!("evt_{i}_{j}"),
+                1_614_265_330 + (i * 10 + j) as i64,
+                body.clone(),
+            ));
+        }
+    }
+    let reference = sign_with_python(&inputs);
+    assert_eq!(reference.len(), inputs.len());
+    for ((secret, id, ts, body), expected) in inputs.iter().zip(reference) {
+        let secret: shared::secret::Secret = serde_json::from_value(json!(secret)).unwrap();
+        let key = secret.signing_key().unwrap();
+        assert_eq!(
+            shared::signing::sign(&key, id, *ts, body.as_bytes()),
+            expected
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_4xx_and_stores_nothing() {
+    let stack = start_stack().await;
+    let api = Client::new(&stack);
+    let venue = venue();
+    let endpoints = format!("/venues/{venue}/endpoints");
+    let events = format!("/venues/{venue}/events");
+    let good_url = "http://127.0.0.1:9/hooks";
+    let limit_zero = format!("{endpoints}?limit=0");
+    let unknown_endpoint = format!("{endpoints}/ep_nope");
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        ("POST", &endpoints, b"not json".to_vec(), 400, "invalid_json"),
+        ("POST", &endpoints, b"".to_vec(), 400, "invalid_json"),
+        ("POST", &endpoints, br#"{"event_types":["*"]}"#.to_vec(), 422, "missing field `url`"),
+        ("POST", &endpoints, format!(r#"{{"url":"{good_url}","event_types":"*"}}"#).into_bytes(), 422, "invalid type"),
+        ("POST", &endpoints, format!(r#"{{"url":"{good_url}","event_types":["*"],"auth":{{"mode":"basic"}}}}"#).into_bytes(), 422, "unknown variant `basic`"),
+        ("POST", &endpoints, br#"{"url":"not a url","event_types":["*"]}"#.to_vec(), 422, "url:"),
+        ("POST", &endpoints, br#"{"url":"ftp://127.0.0.1/x","event_types":["*"]}"#.to_vec(), 422, "scheme must be https"),
+        ("POST", &endpoints, br#"{"url":"https://10.0.0.7/x","event_types":["*"]}"#.to_vec(), 422, "public internet address"),
+        ("POST", &endpoints, br#"{"url":"https://169.254.169.254/latest","event_types":["*"]}"#.to_vec(), 422, "public internet address"),
+        ("POST", &endpoints, format!(r#"{{"url":"{good_url}","event_types":["order created"]}}"#).into_bytes(), 422, "event_types"),
+        ("POST", &endpoints, format!(r#"{{"url":"{good_url}","event_types":[]}}"#).into_bytes(), 422, "at least one"),
+        ("POST", &endpoints, format!(r#"{{"url":"{good_url}","event_types":["*"],"colour":"red"}}"#).into_bytes(), 422, "unknown field `colour`"),
+        ("POST", &endpoints, format!(r#"{{"url":"{good_url}","event_types":["*"],"auth":{{"mode":"bearer_token","token":"short"}}}}"#).into_bytes(), 422, "16 to 256"),
+        ("POST", &events, br#"{"type":"order created","data":{}}"#.to_vec(), 422, "not an event type"),
+        ("POST", &events, br#"{"type":"order.created","data":[1]}"#.to_vec(), 422, "JSON object"),
+        ("POST", &events, br#"{"type":"order.created","data":{},"id":"has.dot"}"#.to_vec(), 422, "event id"),
+        ("POST", &events, br#"{"type":"order.created","data":{},"timestamp":"yesterday"}"#.to_vec(), 422, "RFC 3339"),
+        ("POST", &events, format!(r#"{{"type":"order.created","data":{{"blob":"{}"}}}}"#, "x".repeat(300 * 1024)).into_bytes(), 413, "limit"),
+        ("GET", &limit_zero, Vec::new(), 422, "limit"),
+        ("GET", &unknown_endpoint, Vec::new(), 404, "endpoint not found"),
+        ("PUT", &endpoints, Vec::new(), 405, "not supported"),
+        ("GET", "/nowhere", Vec::new(), 404, "route"),
+    ];
+    for (method, path, body, status, needle) in cases {
+        let body = (!body.is_empty()).then_some(body);
+        let (got, answer) = api.send_raw(method, path, body).await;
+        assert_eq!(got, status, "{method} {path}: {answer}");
+        let message = format!("{} {}", answer["error"]["code"], answer["error"]["message"]);
+        assert!(
+            message.contains(needle),
+            "{method} {path}: `{message}` lacks `{needle}`"
+        );
+    }
+
+    let (status, answer) = Client::without_key(&stack).get(&endpoints).await;
+    assert_eq!(status, 401);
+    assert_eq!(answer["error"]["code"], "unauthorized");
+    let mut wrong = Client::new(&stack);
+    wrong.key = Some("not-the-key".into());
+    assert_eq!(wrong.get(&endpoints).await.0, 401);
+    assert_eq!(
+        wrong
+            .post(&endpoints, json!({"url": good_url, "event_types": ["*"]}))
+            .await
+            .0,
+        401
+    );
+
+    // Nothing was stored.
+    let (status, list) = api.get(&endpoints).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["data"], json!([]));
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_paginate_patch_and_delete() {
+    let stack = start_stack().await;
+    let api = Client::new(&stack);
+    let venue = venue();
+    let rx = Receiver::start(200).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let ep = api
+            .create_endpoint(
+                &venue,
+                json!({"url": rx.url, "event_types": ["order.created"], "description": format!("n{i}")}),
+            )
+            .await;
+        ids.push(ep["id"].as_str().unwrap().to_owned());
+    }
+    let (_, first) = api.get(&format!("/venues/{venue}/endpoints?limit=2")).await;
+    let first_ids: Vec<&str> = first["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(first_ids, vec![ids[0].as_str(), ids[1].as_str()]);
+    let cursor = first["next_cursor"].as_str().expect("a next page");
+    let (_, second) = api
+        .get(&format!(
+            "/venues/{venue}/endpoints?limit=2&cursor={cursor}"
+        ))
+        .await;
+    let second_ids: Vec<&str> = second["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(second_ids, vec![ids[2].as_str()]);
+
+    // Another venue sees none of them.
+    let (status, other) = api.get(&format!("/venues/other-{venue}/endpoints")).await;
+    assert_eq!(status, 200);
+    assert_eq!(other["data"], json!([]));
+    let (status, _) = api
+        .get(&format!("/venues/other-{venue}/endpoints/{}", ids[0]))
+        .await;
+    assert_eq!(status, 404);
+
+    // PATCH: absent fields stay, null clears, and a disabled endpoint receives nothing.
+    let path = format!("/venues/{venue}/endpoints/{}", ids[0]);
+    let (status, patched) = api.patch(&path, json!({"enabled": false})).await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["enabled"], false);
+    assert_eq!(patched["description"], "n0");
+    let (_, patched) = api.patch(&path, json!({"description": null})).await;
+    assert_eq!(patched["description"], Value::Null);
+    assert_eq!(patched["enabled"], false);
+    let (status, answer) = api.patch(&path, json!({"url": null})).await;
+    assert_eq!(status, 422, "{answer}");
+    let (status, _) = api.patch(&path, json!({"url": "https://10.1.1.1/"})).await;
+    assert_eq!(status, 422);
+
+    // Delete: gone, and a second delete is a 404.
+    let gone = format!("/venues/{venue}/endpoints/{}", ids[1]);
+    assert_eq!(api.delete(&gone).await.0, 204);
+    assert_eq!(api.get(&gone).await.0, 404);
+    assert_eq!(api.delete(&gone).await.0, 404);
+
+    let (status, _) = api
+        .post(
+            &format!("/venues/{venue}/events"),
+            json!({"type": "order.created", "data": {}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let got = rx.wait_for(1, WAIT).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "only the one enabled, remaining endpoint receives it"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rx.received().len(), 1);
+    assert_eq!(deliveries_of(&api, &venue, &ids[2]).await.len(), 1);
+    assert!(deliveries_of(&api, &venue, &ids[0]).await.is_empty());
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_the_same_event_id_twice_delivers_once() {
+    let stack = start_stack().await;
+    let api = Client::new(&stack);
+    let venue = venue();
+    let rx = Receiver::start(200).await;
+    api.create_endpoint(&venue, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    let event = json!({"type": "lead.created", "id": "lead-42", "data": {"email": "a@b.c"}});
+    let path = format!("/venues/{venue}/events");
+    let (status, first) = api.post(&path, event.clone()).await;
+    assert_eq!((status, first["duplicate"].clone()), (202, json!(false)));
+    let (status, again) = api.post(&path, event).await;
+    assert_eq!(status, 202);
+    assert_eq!(again["id"], "lead-42");
+    assert_eq!(again["duplicate"], true);
+    let (status, conflict) = api
+        .post(
+            &path,
+            json!({"type": "lead.created", "id": "lead-42", "data": {"email": "other"}}),
+        )
+        .await;
+    assert_eq!(status, 409, "{conflict}");
+    rx.wait_for(1, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rx.received().len(), 1, "delivered once");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacceptable_ingest_messages_go_to_the_dlq_with_their_reason() {
+    let stack = start_stack().await;
+    let sqs = aws_sdk_sqs::Client::new(&stack.aws);
+    for body in [
+        "this is not json".to_owned(),
+        json!({"venue_id": "v", "type": "bad type", "data": {}}).to_string(),
+        json!({"type": "order.created", "data": {}}).to_string(),
+    ] {
+        sqs.send_message()
+            .queue_url(stack.queue_url("IngestQueue"))
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    let dlq = stack.queue_url("IngestDeadLetterQueue").to_owned();
+    let mut reasons = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while reasons.len() < 3 && tokio::time::Instant::now() < deadline {
+        let out = sqs
+            .receive_message()
+            .queue_url(&dlq)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap();
+        for m in out.messages.unwrap_or_default() {
+            let reason = m
+                .message_attributes
+                .and_then(|a| a.get("reason").and_then(|r| r.string_value.clone()))
+                .unwrap_or_default();
+            reasons.push(reason);
+        }
+    }
+    assert_eq!(reasons.len(), 3, "three dead letters, got {reasons:?}");
+    reasons.sort();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("not an ingest message: expected")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("not an event type")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("missing field `venue_id`")),
+        "{reasons:?}"
+    );
+    stack.stop().await;
+}

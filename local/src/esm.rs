@@ -104,7 +104,10 @@ pub async fn run(
 }
 
 /// The event exactly as Lambda shapes it (`Records`, camelCase fields, string attributes).
-fn to_event(trigger: &QueueTrigger, messages: &[Message]) -> Result<SqsEvent, serde_json::Error> {
+pub fn to_event(
+    trigger: &QueueTrigger,
+    messages: &[Message],
+) -> Result<SqsEvent, serde_json::Error> {
     let region = trigger.queue_arn.split(':').nth(3).unwrap_or("us-east-1");
     let records: Vec<serde_json::Value> = messages
         .iter()

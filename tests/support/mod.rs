@@ -1,1 +1,308 @@
+//! Test support: a whole local stack per test (own tables and queues on moto), real HTTP
+//! receivers on loopback, an API client, and the third-party signature verifiers.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use local::{Stack, StackOptions};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef0123";
+
+/// The workspace root, where `.venv` and `tests/verifiers` live.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+pub async fn aws() -> aws_config::SdkConfig {
+    assert!(
+        std::env::var("AWS_ENDPOINT_URL").is_ok(),
+        "AWS_ENDPOINT_URL is not set: run the integration tests with `make test`, which starts moto"
+    );
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+/// A unique resource prefix, so tests run side by side on one moto.
+pub fn unique_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("t{:x}{:04x}", nanos, rand_u16())
+}
+
+fn rand_u16() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish() as u16
+}
+
+pub fn local_options() -> StackOptions {
+    StackOptions::local(
+        &unique_prefix(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        ADMIN_KEY,
+    )
+}
+
+/// A stack with every function running.
+pub async fn start_stack() -> Stack {
+    start_with(local_options()).await
+}
+
+pub async fn start_with(options: StackOptions) -> Stack {
+    Stack::start(aws().await, options)
+        .await
+        .expect("local stack starts")
+}
+
+/// The API as a venue admin's tool would call it.
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    pub key: Option<String>,
+}
+
+impl Client {
+    pub fn new(stack: &Stack) -> Self {
+        Self {
+            base: stack.api_url.clone(),
+            http: reqwest::Client::new(),
+            key: Some(ADMIN_KEY.to_owned()),
+        }
+    }
+
+    pub fn without_key(stack: &Stack) -> Self {
+        Self {
+            key: None,
+            ..Self::new(stack)
+        }
+    }
+
+    pub async fn send_raw(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(key) = &self.key {
+            req = req.header("authorization", format!("Bearer {key}"));
+        }
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        let resp = req.send().await.expect("API answers");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("API answered non-JSON: {text}"))
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send_raw("GET", path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send_raw("POST", path, Some(body.to_string().into_bytes()))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send_raw("PATCH", path, Some(body.to_string().into_bytes()))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send_raw("DELETE", path, None).await
+    }
+
+    /// Creates an endpoint and returns the 201 body (with its secret or token).
+    pub async fn create_endpoint(&self, venue: &str, body: Value) -> Value {
+        let (status, created) = self.post(&format!("/venues/{venue}/endpoints"), body).await;
+        assert_eq!(status, 201, "{created}");
+        created
+    }
+}
+
+/// One request as a receiver saw it.
+#[derive(Clone, Debug)]
+pub struct Captured {
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+/// A real HTTP receiver on loopback that records what it gets and answers with a set status.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    captured: Arc<Mutex<Vec<Captured>>>,
+    status: Arc<AtomicU16>,
+}
+
+impl Receiver {
+    pub async fn start(status: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let receiver = Receiver {
+            url: format!("http://{addr}/hooks"),
+            captured: Arc::default(),
+            status: Arc::new(AtomicU16::new(status)),
+        };
+        let handle = receiver.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let handle = handle.clone();
+                        async move {
+                            let headers = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| {
+                                    (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
+                                })
+                                .collect();
+                            let body = req.into_body().collect().await?.to_bytes();
+                            handle.captured.lock().unwrap().push(Captured {
+                                headers,
+                                body: String::from_utf8_lossy(&body).into_owned(),
+                            });
+                            let status = handle.status.load(Ordering::SeqCst);
+                            let mut resp = hyper::Response::new(Full::new(Bytes::from(format!(
+                                "receiver answered {status}"
+                            ))));
+                            *resp.status_mut() =
+                                hyper::StatusCode::from_u16(status).unwrap_or_default();
+                            Ok::<_, hyper::Error>(resp)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        receiver
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn received(&self) -> Vec<Captured> {
+        self.captured.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived (at most `timeout`), then returns them all.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Captured> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let got = self.received();
+            if got.len() >= n || tokio::time::Instant::now() >= deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(found) = check().await {
+            return Some(found);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn run_verifier(mut command: Command, input: &Value) -> Vec<String> {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("starting {command:?}: {e} (run `make test` to install the verifiers)")
+        });
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.to_string().as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("verifier runs");
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn verifier_input(secret: &str, requests: &[Captured]) -> Value {
+    Value::Array(
+        requests
+            .iter()
+            .map(|r| json!({"secret": secret, "headers": r.headers, "body": r.body}))
+            .collect(),
+    )
+}
+
+/// Verifies with the PyPI `standardwebhooks` library: one "ok" or "fail …" per request.
+pub fn verify_with_python(secret: &str, requests: &[Captured]) -> Vec<String> {
+    let root = repo_root();
+    let mut cmd = Command::new(root.join(".venv/bin/python"));
+    cmd.arg(root.join("tests/verifiers/verify.py"));
+    run_verifier(cmd, &verifier_input(secret, requests))
+}
+
+/// Verifies with the npm `standardwebhooks` and `svix` libraries.
+pub fn verify_with_node(secret: &str, requests: &[Captured]) -> Vec<String> {
+    let root = repo_root();
+    let mut cmd = Command::new("node");
+    cmd.arg(root.join("tests/verifiers/verify.mjs"));
+    run_verifier(cmd, &verifier_input(secret, requests))
+}
+
+/// Signatures computed by the PyPI library for `(secret, id, timestamp, body)` inputs.
+pub fn sign_with_python(inputs: &[(String, String, i64, String)]) -> Vec<String> {
+    let root = repo_root();
+    let mut cmd = Command::new(root.join(".venv/bin/python"));
+    cmd.arg(root.join("tests/verifiers/verify.py"))
+        .arg("--sign");
+    let input = Value::Array(
+        inputs
+            .iter()
+            .map(|(secret, id, ts, body)| {
+                json!({"secret": secret, "id": id, "timestamp": ts.to_string(), "body": body})
+            })
+            .collect(),
+    );
+    run_verifier(cmd, &input)
+}

@@ -1,0 +1,50 @@
+# Popup Webhooks — the two commands: `make dev` (the whole system locally) and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+VERIFIERS := tests/verifiers
+export CARGO_BUILD_JOBS ?= 2
+
+.PHONY: help dev test check lint venv verifiers build lambda-build invoke-fixtures clean
+
+help:
+	@echo "make dev    - run the whole system locally (moto + API on :9000 + ingest/deliver on their queues)"
+	@echo "make test   - fmt, clippy, cfn-lint, unit and integration tests (starts what it needs)"
+	@echo "make lambda-build - build the three functions for Lambda (arm64) with cargo-lambda"
+
+# A pinned Python venv: moto (local DynamoDB/SQS), cfn-lint, cargo-lambda, standardwebhooks.
+$(VENV)/.installed: requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# The npm Standard Webhooks verifiers (standardwebhooks, svix) the tests check signatures with.
+$(VERIFIERS)/node_modules/.installed: $(VERIFIERS)/package.json $(VERIFIERS)/package-lock.json
+	cd $(VERIFIERS) && npm ci --no-audit --no-fund --silent
+	touch $@
+
+verifiers: $(VERIFIERS)/node_modules/.installed
+
+build:
+	cargo build --workspace
+
+dev: venv build
+	scripts/dev.sh
+
+lint: venv
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/cfn-lint infra/template.yaml
+
+test: venv verifiers lint
+	scripts/test.sh
+
+lambda-build: venv
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo lambda build --release --arm64 --workspace
+
+clean:
+	cargo clean
+	rm -rf $(VENV) $(VERIFIERS)/node_modules .dev
