@@ -6,11 +6,12 @@ VENV := .venv
 VERIFIERS := tests/verifiers
 export CARGO_BUILD_JOBS ?= 2
 
-.PHONY: help dev test check lint venv verifiers build lambda-build invoke-fixtures clean
+.PHONY: help dev test lint venv verifiers build lambda-build lambda-watch clean
 
 help:
 	@echo "make dev    - run the whole system locally (moto + API on :9000 + ingest/deliver on their queues)"
 	@echo "make test   - fmt, clippy, cfn-lint, unit and integration tests (starts what it needs)"
+	@echo "make lambda-watch - (beside make dev) the functions under cargo lambda watch on :9100, for cargo lambda invoke"
 	@echo "make lambda-build - build the three functions for Lambda (arm64) with cargo-lambda"
 
 # A pinned Python venv: moto (local DynamoDB/SQS), cfn-lint, cargo-lambda, standardwebhooks.
@@ -41,6 +42,9 @@ lint: venv
 
 test: venv verifiers lint
 	scripts/test.sh
+
+lambda-watch: venv build
+	scripts/lambda-watch.sh
 
 lambda-build: venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo lambda build --release --arm64 --workspace
