@@ -562,3 +562,54 @@ async fn unacceptable_ingest_messages_go_to_the_dlq_with_their_reason() {
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_functions_use_exactly_the_tables_and_queues_of_the_template() {
+    let mut options = local_options();
+    options.run_api = false;
+    options.run_ingest = false;
+    options.run_deliver = false;
+    let stack = start_with(options).await;
+    let provisioned = &stack.provisioned;
+    let physical: HashSet<&String> = provisioned.physical.values().collect();
+    for function in [
+        local::API_FUNCTION,
+        local::INGEST_FUNCTION,
+        local::DELIVER_FUNCTION,
+    ] {
+        let env = provisioned.env_of(function).unwrap();
+        let config = shared::config::Config::from_map(env).unwrap();
+        let r = &config.resources;
+        for name in [
+            &r.endpoints_table,
+            &r.events_table,
+            &r.deliveries_table,
+            &r.delivery_queue_url,
+            &r.delivery_dlq_url,
+            &r.ingest_dlq_url,
+        ] {
+            assert!(physical.contains(name), "{function} uses {name}, not in the template");
+        }
+    }
+    let ingest = provisioned.trigger_of(local::INGEST_FUNCTION).unwrap();
+    assert_eq!(ingest.queue_url, stack.queue_url("IngestQueue"));
+    assert!(ingest.reports_batch_item_failures);
+    let deliver = provisioned.trigger_of(local::DELIVER_FUNCTION).unwrap();
+    assert_eq!(deliver.queue_url, stack.queue_url("DeliveryQueue"));
+    assert!(deliver.reports_batch_item_failures);
+
+    // The redrive policies of the template are in force.
+    let sqs = aws_sdk_sqs::Client::new(&stack.aws);
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(stack.queue_url("DeliveryQueue"))
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap();
+    let redrive = &attrs[&aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy];
+    assert!(redrive.contains("DeliveryDeadLetterQueue"), "{redrive}");
+    stack.stop().await;
+}
