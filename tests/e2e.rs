@@ -588,7 +588,10 @@ async fn the_functions_use_exactly_the_tables_and_queues_of_the_template() {
             &r.delivery_dlq_url,
             &r.ingest_dlq_url,
         ] {
-            assert!(physical.contains(name), "{function} uses {name}, not in the template");
+            assert!(
+                physical.contains(name),
+                "{function} uses {name}, not in the template"
+            );
         }
     }
     let ingest = provisioned.trigger_of(local::INGEST_FUNCTION).unwrap();
