@@ -44,6 +44,9 @@ pub struct StackOptions {
     pub parameters: HashMap<String, String>,
     /// Environment set on top of what the template gives every function.
     pub env_overrides: HashMap<String, String>,
+    /// Queue attributes set on top of the template's, by logical id (tests shorten the
+    /// visibility timeout so crashed jobs come back in seconds).
+    pub queue_overrides: HashMap<String, HashMap<String, String>>,
     pub run_api: bool,
     pub run_ingest: bool,
     pub run_deliver: bool,
@@ -66,6 +69,7 @@ impl StackOptions {
                 ),
             ]),
             env_overrides: HashMap::new(),
+            queue_overrides: HashMap::new(),
             run_api: true,
             run_ingest: true,
             run_deliver: true,
@@ -99,6 +103,7 @@ impl Stack {
             &options.template,
             &options.prefix,
             &options.parameters,
+            &options.queue_overrides,
         )
         .await?;
         let (shutdown, watch_rx) = watch::channel(false);
@@ -124,7 +129,8 @@ impl Stack {
                 .get("ADMIN_API_KEY")
                 .cloned()
                 .ok_or_else(|| StackError::Start("ADMIN_API_KEY is not set".into()))?;
-            let api = api::Api::new(&services_of(API_FUNCTION)?, Secret::from_config(admin_key));
+            let api = api::Api::new(&services_of(API_FUNCTION)?, Secret::from_config(admin_key))
+                .map_err(|e| StackError::Start(e.to_string()))?;
             tasks.push(tokio::spawn(gateway::serve(
                 listener,
                 Arc::new(api),
@@ -184,6 +190,14 @@ impl Stack {
             .get(logical_id)
             .map(String::as_str)
             .unwrap_or_default()
+    }
+
+    /// Ends every function at once, mid-batch if need be, as a crashed process would: nothing
+    /// in flight is finished, recorded or deleted.
+    pub fn abort(self) {
+        for task in self.tasks {
+            task.abort();
+        }
     }
 
     /// Stops serving and polling; in-flight batches finish first.

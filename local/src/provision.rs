@@ -93,6 +93,7 @@ pub async fn provision(
     template: &Path,
     prefix: &str,
     parameters: &HashMap<String, String>,
+    queue_overrides: &HashMap<String, HashMap<String, String>>,
 ) -> Result<Provisioned, ProvisionError> {
     let doc: Value = serde_yaml::from_str(&std::fs::read_to_string(template)?)?;
     let resources = get(&doc, "Resources")
@@ -124,15 +125,40 @@ pub async fn provision(
                         attrs.insert(QueueAttributeName::from(key), v);
                     }
                 }
-                let url = sqs
+                for (key, value) in queue_overrides.get(&id).into_iter().flatten() {
+                    attrs.insert(QueueAttributeName::from(key.as_str()), value.clone());
+                }
+                let created = sqs
                     .create_queue()
                     .queue_name(&name)
-                    .set_attributes(Some(attrs))
+                    .set_attributes(Some(attrs.clone()))
                     .send()
-                    .await
-                    .map_err(aws_err)?
-                    .queue_url
-                    .ok_or_else(|| ProvisionError::Aws("no queue URL".into()))?;
+                    .await;
+                let url = match created {
+                    Ok(out) => out.queue_url,
+                    // Already there with other attributes (changed by hand or by a test).
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|s| s.is_queue_name_exists()) =>
+                    {
+                        let url = sqs
+                            .get_queue_url()
+                            .queue_name(&name)
+                            .send()
+                            .await
+                            .map_err(aws_err)?
+                            .queue_url;
+                        sqs.set_queue_attributes()
+                            .set_queue_url(url.clone())
+                            .set_attributes(Some(attrs))
+                            .send()
+                            .await
+                            .map_err(aws_err)?;
+                        url
+                    }
+                    Err(e) => return Err(aws_err(e)),
+                }
+                .ok_or_else(|| ProvisionError::Aws("no queue URL".into()))?;
                 let arn = sqs
                     .get_queue_attributes()
                     .queue_url(&url)

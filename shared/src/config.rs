@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::retry::RetryPolicy;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("missing environment variable {0}")]
@@ -48,6 +50,10 @@ pub struct DestinationPolicy {
 pub struct Config {
     pub resources: Resources,
     pub limits: Limits,
+    pub retry: RetryPolicy,
+    /// The longest one SQS visibility change may hide a job (SQS allows 12 h from receipt);
+    /// longer waits take several hops.
+    pub max_hop: Duration,
     pub destinations: DestinationPolicy,
     pub user_agent: String,
 }
@@ -103,6 +109,39 @@ impl Config {
                 response_excerpt_bytes: number("RESPONSE_EXCERPT_BYTES", 4096)? as usize,
                 retention_days: number("RETENTION_DAYS", 30)? as i64,
             },
+            retry: {
+                let defaults = RetryPolicy::default();
+                let schedule = match get("RETRY_SCHEDULE_SECONDS").filter(|v| !v.is_empty()) {
+                    None => defaults.schedule,
+                    Some(list) => list
+                        .split(',')
+                        .map(|s| {
+                            s.trim()
+                                .parse::<f64>()
+                                .ok()
+                                .filter(|v| *v >= 0.0)
+                                .map(Duration::from_secs_f64)
+                                .ok_or_else(|| ConfigError::Invalid {
+                                    name: "RETRY_SCHEDULE_SECONDS",
+                                    message: format!("`{s}` is not a number of seconds"),
+                                })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                };
+                RetryPolicy {
+                    schedule,
+                    jitter: defaults.jitter,
+                    overload_wait: Duration::from_millis(number(
+                        "OVERLOAD_WAIT_MS",
+                        defaults.overload_wait.as_millis() as u64,
+                    )?),
+                    disable_after: Duration::from_secs(number(
+                        "DISABLE_AFTER_SECONDS",
+                        defaults.disable_after.as_secs(),
+                    )?),
+                }
+            },
+            max_hop: Duration::from_secs(number("MAX_HOP_SECONDS", 43_000)?.clamp(1, 43_000)),
             destinations: DestinationPolicy { allow_cidrs },
             user_agent: format!("PopupWebhooks/{}", env!("CARGO_PKG_VERSION")),
         })

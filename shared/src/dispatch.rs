@@ -1,77 +1,110 @@
 //! One delivery attempt end to end: render, sign, POST, record. The deliver function runs it
 //! per queued job; the API's manual retry and send-test use the same [`Dispatcher::send`].
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderValue};
 
-use crate::domain::{Attempt, Credential, DeliveryStatus, Endpoint, Event, Trigger};
+use crate::config::Config;
+use crate::domain::{rfc3339, Attempt, Credential, DeliveryStatus, Endpoint, Event, Trigger};
 use crate::envelope;
 use crate::error::{Error, Result};
 use crate::http_client::{DeliveryClient, Response};
 use crate::ingest::record_event;
 use crate::queue::DeliveryJob;
+use crate::retry::{Decision, Outcome, RetryPolicy};
 use crate::signing;
-use crate::store::{AttemptRecord, Store, Tenant};
+use crate::store::{AttemptRecord, DeliveryRecord, Store, Tenant};
 
 /// What became of a queued job.
 #[derive(Debug, PartialEq, Eq)]
 pub enum JobOutcome {
-    Delivered,
-    /// The attempt failed; the job stays queued for a later try.
-    RetryLater,
-    /// Nothing to send (already done, endpoint gone or disabled); the job leaves the queue.
-    Skipped(&'static str),
+    /// Finished: delivered, failed for good, or nothing to do. The job leaves the queue.
+    Done(&'static str),
+    /// Not finished: the job stays queued and comes back after this long.
+    RetryIn(Duration),
 }
 
 #[derive(Clone)]
 pub struct Dispatcher {
     store: Store,
     http: DeliveryClient,
+    policy: RetryPolicy,
+    max_hop: Duration,
 }
 
 impl Dispatcher {
-    pub fn new(store: Store, http: DeliveryClient) -> Self {
-        Self { store, http }
+    pub fn new(store: Store, http: DeliveryClient, config: &Config) -> Self {
+        Self {
+            store,
+            http,
+            policy: config.retry.clone(),
+            max_hop: config.max_hop,
+        }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    /// Runs one queued job. `receive` is SQS's receive count of the message: it numbers the
-    /// attempt and makes a duplicate receive of an attempt already recorded harmless.
+    /// Runs one queued job. `receive` is SQS's receive count of the message; only a message
+    /// received before (or a resumed or manual job) can find its delivery already under way,
+    /// so only those read it first.
     pub async fn run_job(&self, job: &DeliveryJob, receive: u32) -> Result<JobOutcome> {
         let tenant = Tenant::from_internal_message(job.venue_id.clone());
-        if job.resumed || receive > 1 {
-            // Only a redelivered or resumed job can find its delivery already finished.
-            if let Some(existing) = self.store.get_delivery_unscoped(&job.delivery_id).await? {
-                if existing.status != DeliveryStatus::Pending {
-                    return Ok(JobOutcome::Skipped("delivery already finished"));
+        let now = Utc::now();
+        let existing = if job.resumed || job.manual || receive > 1 {
+            self.store.get_delivery_unscoped(&job.delivery_id).await?
+        } else {
+            None
+        };
+        if job.manual {
+            let Some(delivery) = existing else {
+                return Ok(JobOutcome::Done("replayed delivery no longer exists"));
+            };
+            self.retry_now(&tenant, &delivery).await?;
+            return Ok(JobOutcome::Done("replayed"));
+        }
+        if let Some(delivery) = &existing {
+            if delivery.status != DeliveryStatus::Pending {
+                return Ok(JobOutcome::Done("delivery already finished"));
+            }
+            if let Some(due) = delivery.next_attempt_at {
+                // Back early: a wait longer than one visibility hop, or a crash retry.
+                if let Ok(left) = (due - now).to_std() {
+                    if left > Duration::from_millis(500) {
+                        return Ok(JobOutcome::RetryIn(left.min(self.max_hop)));
+                    }
                 }
             }
         }
+        let number = existing.as_ref().map_or(0, |d| d.scheduled_attempts) + 1;
         let Some(endpoint) = self.store.get_endpoint(&tenant, &job.endpoint_id).await? else {
-            return Ok(JobOutcome::Skipped("endpoint deleted"));
+            self.end_unsent(&tenant, job, "the endpoint was deleted")
+                .await?;
+            return Ok(JobOutcome::Done("endpoint deleted"));
         };
         if !endpoint.enabled {
-            return Ok(JobOutcome::Skipped("endpoint disabled"));
+            self.end_unsent(&tenant, job, "the endpoint is disabled")
+                .await?;
+            return Ok(JobOutcome::Done("endpoint disabled"));
         }
-        let event = match &job.event {
-            Some(event) => event.clone(),
-            None => {
-                let record = self
-                    .store
-                    .get_event(&tenant, &job.event_id)
-                    .await?
-                    .ok_or(Error::NotFound("event"))?;
-                record_event(&record)?
-            }
-        };
-        let now = Utc::now();
+        let event = self.event_of(&tenant, job).await?;
         let (attempt, response) = self
-            .send(&endpoint, &event, Trigger::Scheduled, receive, now)
+            .send(&endpoint, &event, Trigger::Scheduled, number, now)
             .await;
-        let delivered = attempt.succeeded();
+        let decision = self.policy.decide(
+            number,
+            &Outcome::of(&response, now),
+            now,
+            rand::random::<f64>(),
+        );
+        let (status, next_attempt_at) = match decision {
+            Decision::Delivered => (DeliveryStatus::Succeeded, None),
+            Decision::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
+            Decision::GiveUp | Decision::DisableEndpoint => (DeliveryStatus::Failed, None),
+        };
         let recorded = self
             .store
             .record_attempt(AttemptRecord {
@@ -80,14 +113,10 @@ impl Dispatcher {
                 endpoint_id: &endpoint.endpoint_id,
                 event_id: &event.id,
                 event_type: &event.event_type,
-                status: if delivered {
-                    DeliveryStatus::Succeeded
-                } else {
-                    DeliveryStatus::Pending
-                },
-                next_attempt_at: None,
+                status,
+                next_attempt_at,
                 attempt: attempt.clone(),
-                receive: Some(receive),
+                scheduled: Some(number),
             })
             .await?;
         tracing::info!(
@@ -95,18 +124,142 @@ impl Dispatcher {
             endpoint_id = %endpoint.endpoint_id,
             event_id = %event.id,
             delivery_id = %job.delivery_id,
-            attempt = receive,
+            attempt = number,
             status_code = attempt.status_code,
             duration_ms = attempt.duration_ms,
             error_class = response.error.as_ref().map(|(c, _)| c.as_str()),
+            outcome = ?decision,
             recorded,
             "delivery attempt"
         );
-        Ok(if delivered {
-            JobOutcome::Delivered
-        } else {
-            JobOutcome::RetryLater
+        if !recorded {
+            // Another copy of this job recorded this attempt first; it owns what follows.
+            return Ok(JobOutcome::Done("duplicate job"));
+        }
+        self.track_health(&tenant, &endpoint, &decision, now)
+            .await?;
+        Ok(match decision {
+            Decision::Delivered => JobOutcome::Done("delivered"),
+            Decision::RetryAt(at) => {
+                JobOutcome::RetryIn((at - now).to_std().unwrap_or_default().min(self.max_hop))
+            }
+            Decision::GiveUp => JobOutcome::Done("failed after the last attempt"),
+            Decision::DisableEndpoint => JobOutcome::Done("receiver answered 410 Gone"),
         })
+    }
+
+    /// One manual attempt of a delivery, now: recorded with trigger `manual`, not followed by
+    /// scheduled retries. A success finishes the delivery; a failure leaves a pending delivery
+    /// to its schedule and a failed one failed.
+    pub async fn retry_now(&self, tenant: &Tenant, delivery: &DeliveryRecord) -> Result<Attempt> {
+        let endpoint = self
+            .store
+            .get_endpoint(tenant, &delivery.endpoint_id)
+            .await?
+            .ok_or(Error::NotFound("endpoint"))?;
+        let record = self
+            .store
+            .get_event(tenant, &delivery.event_id)
+            .await?
+            .ok_or(Error::NotFound("event (it is past its retention)"))?;
+        let event = record_event(&record)?;
+        let now = Utc::now();
+        let (attempt, _) = self
+            .send(
+                &endpoint,
+                &event,
+                Trigger::Manual,
+                delivery.attempt_count + 1,
+                now,
+            )
+            .await;
+        let status = if attempt.succeeded() {
+            DeliveryStatus::Succeeded
+        } else {
+            delivery.status
+        };
+        self.store
+            .record_attempt(AttemptRecord {
+                delivery_id: &delivery.delivery_id,
+                tenant,
+                endpoint_id: &endpoint.endpoint_id,
+                event_id: &event.id,
+                event_type: &event.event_type,
+                status,
+                next_attempt_at: (status == DeliveryStatus::Pending)
+                    .then_some(delivery.next_attempt_at)
+                    .flatten(),
+                attempt: attempt.clone(),
+                scheduled: None,
+            })
+            .await?;
+        if attempt.succeeded() && endpoint.failing_since.is_some() {
+            self.store
+                .clear_failing(tenant, &endpoint.endpoint_id)
+                .await?;
+        }
+        Ok(attempt)
+    }
+
+    async fn event_of(&self, tenant: &Tenant, job: &DeliveryJob) -> Result<Event> {
+        match &job.event {
+            Some(event) => Ok(event.clone()),
+            None => {
+                let record = self
+                    .store
+                    .get_event(tenant, &job.event_id)
+                    .await?
+                    .ok_or(Error::NotFound("event"))?;
+                record_event(&record)
+            }
+        }
+    }
+
+    async fn end_unsent(&self, tenant: &Tenant, job: &DeliveryJob, reason: &str) -> Result<()> {
+        self.store
+            .finish_without_attempt(
+                &job.delivery_id,
+                tenant,
+                &job.endpoint_id,
+                &job.event_id,
+                &job.event_type,
+                reason,
+            )
+            .await
+    }
+
+    /// The endpoint's failure clock: started by a failure, stopped by a success, and the
+    /// endpoint disabled when it has run too long or the receiver answered 410.
+    async fn track_health(
+        &self,
+        tenant: &Tenant,
+        endpoint: &Endpoint,
+        decision: &Decision,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let id = &endpoint.endpoint_id;
+        match (decision, endpoint.failing_since) {
+            (Decision::Delivered, Some(_)) => self.store.clear_failing(tenant, id).await,
+            (Decision::Delivered, None) => Ok(()),
+            (Decision::DisableEndpoint, _) => {
+                tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %id, "receiver answered 410 Gone; endpoint disabled");
+                self.store
+                    .disable_endpoint(tenant, id, "the receiver answered 410 Gone")
+                    .await
+            }
+            (_, None) => self.store.mark_failing(tenant, id, now).await,
+            (_, Some(since)) if self.policy.should_disable(since, now) => {
+                tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %id, %since, "failing too long; endpoint disabled");
+                self.store
+                    .disable_endpoint(
+                        tenant,
+                        id,
+                        &format!("every delivery failed since {}", rfc3339(since)),
+                    )
+                    .await
+            }
+            (_, Some(_)) => Ok(()),
+        }
     }
 
     /// Renders, signs and POSTs one event to one endpoint; the attempt describes the outcome.
@@ -128,6 +281,10 @@ impl Dispatcher {
             status_code: response.status_code,
             duration_ms: response.duration.as_millis() as u64,
             error: response.error.as_ref().map(|(_, message)| message.clone()),
+            error_class: response
+                .error
+                .as_ref()
+                .map(|(class, _)| class.as_str().to_owned()),
             response_body: response.body_excerpt.clone(),
         };
         (attempt, response)

@@ -86,6 +86,12 @@ pub struct Endpoint {
     #[serde(default)]
     pub payload_format: PayloadFormat,
     pub enabled: bool,
+    /// Why the system disabled it (410 Gone, failing too long); cleared on re-enable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    /// Start of the current run of failures; cleared by any success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -308,6 +314,10 @@ pub struct Attempt {
     pub duration_ms: u64,
     #[serde(default)]
     pub error: Option<String>,
+    /// What kind of failure: `dns`, `connect`, `tls`, `timeout`, `redirect`,
+    /// `blocked_address`, `http_4xx`, `http_5xx`, `other`.
+    #[serde(default)]
+    pub error_class: Option<String>,
     /// The first bytes of the response body (lossy UTF-8).
     #[serde(default)]
     pub response_body: Option<String>,

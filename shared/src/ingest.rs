@@ -117,8 +117,10 @@ impl Publisher {
                 venue_id: record.venue_id.clone(),
                 endpoint_id: t.endpoint_id.clone(),
                 event_id: record.event_id.clone(),
+                event_type: record.event_type.clone(),
                 event: inline.clone(),
                 resumed,
+                manual: false,
             })
             .collect();
         self.queues.send_jobs(&jobs).await

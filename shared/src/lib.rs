@@ -16,6 +16,7 @@ pub mod http_client;
 pub mod ids;
 pub mod ingest;
 pub mod queue;
+pub mod retry;
 pub mod secret;
 pub mod services;
 pub mod signing;

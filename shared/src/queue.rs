@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, MessageAttributeValue, SendMessageBatchRequestEntry,
+};
 use aws_sdk_sqs::Client;
 use serde::{Deserialize, Serialize};
 
@@ -24,12 +26,16 @@ pub struct DeliveryJob {
     pub venue_id: VenueId,
     pub endpoint_id: EndpointId,
     pub event_id: EventId,
+    pub event_type: String,
     /// The event itself when small enough.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<Event>,
     /// Set when fan-out was resumed after an interruption: the delivery may already exist.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resumed: bool,
+    /// A replay: one manual attempt, never followed by scheduled retries.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub manual: bool,
 }
 
 #[derive(Clone)]
@@ -106,6 +112,42 @@ impl Queues {
             service: "sqs",
             message: "SendMessageBatch kept failing for some entries".into(),
         })
+    }
+
+    /// Hides received jobs for a while (their retry wait): one ChangeMessageVisibilityBatch
+    /// call per ten. Entries: (receipt handle, seconds). Returns how many failed; a job whose
+    /// change failed simply comes back after the queue's visibility timeout.
+    pub async fn delay_received(&self, entries: &[(String, i32)]) -> usize {
+        let mut failed = 0;
+        for chunk in entries.chunks(MAX_BATCH_ENTRIES) {
+            let batch: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (handle, secs))| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(handle)
+                        .visibility_timeout(*secs)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            match self
+                .sqs
+                .change_message_visibility_batch()
+                .queue_url(&self.delivery_queue_url)
+                .set_entries(Some(batch))
+                .send()
+                .await
+            {
+                Ok(out) => failed += out.failed.len(),
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::error_chain(&e), "could not delay jobs");
+                    failed += chunk.len();
+                }
+            }
+        }
+        failed
     }
 
     /// Hands a message that can never be processed to a dead-letter queue, with the reason as

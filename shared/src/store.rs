@@ -66,8 +66,12 @@ pub struct DeliveryRecord {
     pub event_id: EventId,
     pub event_type: String,
     pub status: DeliveryStatus,
+    /// All attempts, scheduled and manual.
     #[serde(default)]
     pub attempt_count: u32,
+    /// Attempts of the retry schedule; manual ones do not move it.
+    #[serde(default)]
+    pub scheduled_attempts: u32,
     #[serde(default)]
     pub attempts: Vec<Attempt>,
     pub created_at: DateTime<Utc>,
@@ -91,9 +95,10 @@ pub struct AttemptRecord<'a> {
     pub attempt: Attempt,
     pub status: DeliveryStatus,
     pub next_attempt_at: Option<DateTime<Utc>>,
-    /// The SQS receive this attempt came from; an attempt from an older or equal receive is a
-    /// duplicate and is not recorded again. `None` for manual and test attempts.
-    pub receive: Option<u32>,
+    /// For a scheduled attempt, its number in the schedule: recorded only if the delivery
+    /// has exactly one scheduled attempt fewer, so a duplicate job cannot record twice.
+    /// `None` for manual attempts.
+    pub scheduled: Option<u32>,
 }
 
 pub struct Page<T> {
@@ -224,6 +229,84 @@ impl Store {
         match result {
             Ok(_) => Ok(()),
             Err(e) if is_conditional_failure(&e) => Err(Error::NotFound("endpoint")),
+            Err(e) => Err(Error::aws("dynamodb", e)),
+        }
+    }
+
+    /// Starts an endpoint's failure clock, unless it is already running.
+    pub async fn mark_failing(
+        &self,
+        tenant: &Tenant,
+        id: &EndpointId,
+        since: DateTime<Utc>,
+    ) -> Result<()> {
+        self.update_endpoint_health(
+            tenant,
+            id,
+            "SET failing_since = :since",
+            "attribute_exists(endpoint_id) AND attribute_not_exists(failing_since)",
+            vec![(":since", to_attr(&since)?)],
+        )
+        .await
+    }
+
+    /// A success stops the failure clock.
+    pub async fn clear_failing(&self, tenant: &Tenant, id: &EndpointId) -> Result<()> {
+        self.update_endpoint_health(
+            tenant,
+            id,
+            "REMOVE failing_since",
+            "attribute_exists(endpoint_id)",
+            vec![],
+        )
+        .await
+    }
+
+    /// Disables an endpoint on the system's own account, saying why.
+    pub async fn disable_endpoint(
+        &self,
+        tenant: &Tenant,
+        id: &EndpointId,
+        reason: &str,
+    ) -> Result<()> {
+        let now = Utc::now();
+        self.update_endpoint_health(
+            tenant,
+            id,
+            "SET enabled = :false, disabled_reason = :reason, updated_at = :now REMOVE failing_since",
+            "attribute_exists(endpoint_id)",
+            vec![
+                (":false", AttributeValue::Bool(false)),
+                (":reason", s(reason)),
+                (":now", to_attr(&now)?),
+            ],
+        )
+        .await
+    }
+
+    async fn update_endpoint_health(
+        &self,
+        tenant: &Tenant,
+        id: &EndpointId,
+        update: &str,
+        condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<()> {
+        let mut request = self
+            .ddb
+            .update_item()
+            .table_name(&self.endpoints)
+            .key("venue_id", s(tenant.venue().as_str()))
+            .key("endpoint_id", s(id.as_str()))
+            .update_expression(update)
+            .condition_expression(condition);
+        for (name, value) in values {
+            request = request.expression_attribute_values(name, value);
+        }
+        match request.send().await {
+            Ok(_) => Ok(()),
+            // Deleted meanwhile, or the clock was already running: nothing to do.
+            Err(e) if is_conditional_failure(&e) => Ok(()),
             Err(e) => Err(Error::aws("dynamodb", e)),
         }
     }
@@ -372,15 +455,17 @@ impl Store {
              attempts = list_append(if_not_exists(attempts, :empty), :attempt), \
              last_status_code = :code, last_error = :error, next_attempt_at = :next, expires_at = :ttl",
         );
-        if let Some(receive) = rec.receive {
-            set.push_str(", last_receive = :receive");
-            update = update
-                .expression_attribute_values(":receive", n(receive))
-                .expression_attribute_values(":succeeded", s(DeliveryStatus::Succeeded.as_str()))
-                .condition_expression(
-                    "attribute_not_exists(delivery_id) OR \
-                     (last_receive < :receive AND #status <> :succeeded)",
-                );
+        match rec.scheduled {
+            Some(number) => {
+                set.push_str(", scheduled_attempts = :number");
+                update = update
+                    .expression_attribute_values(":number", n(number))
+                    .expression_attribute_values(":previous", n(number.saturating_sub(1)))
+                    .condition_expression(
+                        "attribute_not_exists(scheduled_attempts) OR scheduled_attempts = :previous",
+                    );
+            }
+            None => update = update.condition_expression("attribute_exists(delivery_id)"),
         }
         let result = update
             .update_expression(format!("{set} ADD attempt_count :one"))
@@ -391,6 +476,52 @@ impl Store {
             Err(e) if is_conditional_failure(&e) => Ok(false),
             Err(e) => Err(Error::aws("dynamodb", e)),
         }
+    }
+
+    /// Ends a delivery without an attempt (its endpoint was disabled or deleted meanwhile).
+    pub async fn finish_without_attempt(
+        &self,
+        delivery_id: &DeliveryId,
+        tenant: &Tenant,
+        endpoint_id: &EndpointId,
+        event_id: &EventId,
+        event_type: &str,
+        reason: &str,
+    ) -> Result<()> {
+        let now = Utc::now();
+        self.ddb
+            .update_item()
+            .table_name(&self.deliveries)
+            .key("delivery_id", s(delivery_id.as_str()))
+            .update_expression(
+                "SET venue_id = :venue, endpoint_id = :endpoint, event_id = :event, \
+                 event_type = :type, created_at = if_not_exists(created_at, :now), \
+                 updated_at = :now, #status = :failed, last_error = :reason, \
+                 attempt_count = if_not_exists(attempt_count, :zero), expires_at = :ttl \
+                 REMOVE next_attempt_at",
+            )
+            .condition_expression("attribute_not_exists(#status) OR #status = :pending")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":venue", s(tenant.venue().as_str()))
+            .expression_attribute_values(":endpoint", s(endpoint_id.as_str()))
+            .expression_attribute_values(":event", s(event_id.as_str()))
+            .expression_attribute_values(":type", s(event_type))
+            .expression_attribute_values(":now", to_attr(&now)?)
+            .expression_attribute_values(":failed", s(DeliveryStatus::Failed.as_str()))
+            .expression_attribute_values(":pending", s(DeliveryStatus::Pending.as_str()))
+            .expression_attribute_values(":reason", s(reason))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":ttl", n(self.expiry(now)))
+            .send()
+            .await
+            .map(|_| ())
+            .or_else(|e| {
+                if is_conditional_failure(&e) {
+                    Ok(())
+                } else {
+                    Err(Error::aws("dynamodb", e))
+                }
+            })
     }
 
     /// A delivery with its attempts; `None` if it is another venue's or expired.
@@ -531,6 +662,53 @@ impl Store {
             items,
             next_cursor: start,
         })
+    }
+}
+
+impl Store {
+    /// The failed deliveries of an endpoint created in `[from, to)` (delivery ids sort by
+    /// creation time), at most `max`.
+    pub async fn failed_deliveries_between(
+        &self,
+        tenant: &Tenant,
+        endpoint: &EndpointId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        max: usize,
+    ) -> Result<Vec<DeliveryRecord>> {
+        let bound = |at: DateTime<Utc>, fill: u128| {
+            let ms = at.timestamp_millis().max(0) as u64;
+            format!(
+                "{}_{}",
+                DeliveryId::PREFIX,
+                ulid::Ulid::from_parts(ms, fill)
+            )
+        };
+        let mut pages = self
+            .ddb
+            .query()
+            .table_name(&self.deliveries)
+            .index_name(BY_ENDPOINT)
+            .key_condition_expression("endpoint_id = :e AND delivery_id BETWEEN :from AND :to")
+            .filter_expression("venue_id = :venue AND #status = :failed AND expires_at > :now")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":e", s(endpoint.as_str()))
+            .expression_attribute_values(":from", s(bound(from, 0)))
+            .expression_attribute_values(":to", s(bound(to, (1u128 << 80) - 1)))
+            .expression_attribute_values(":venue", s(tenant.venue().as_str()))
+            .expression_attribute_values(":failed", s(DeliveryStatus::Failed.as_str()))
+            .expression_attribute_values(":now", n(Utc::now().timestamp()))
+            .into_paginator()
+            .items()
+            .send();
+        let mut found = Vec::new();
+        while let Some(item) = pages.next().await {
+            found.push(from_item(item.map_err(|e| Error::aws("dynamodb", e))?)?);
+            if found.len() >= max {
+                break;
+            }
+        }
+        Ok(found)
     }
 }
 

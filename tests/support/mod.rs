@@ -1,6 +1,8 @@
 //! Test support: a whole local stack per test (own tables and queues on moto), real HTTP
 //! receivers on loopback, an API client, and the third-party signature verifiers.
 
+pub mod faults;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -61,7 +63,21 @@ pub async fn start_stack() -> Stack {
     start_with(local_options()).await
 }
 
+/// Logs of the functions under test, when `RUST_LOG` asks for them.
+fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
 pub async fn start_with(options: StackOptions) -> Stack {
+    init_logs();
     Stack::start(aws().await, options)
         .await
         .expect("local stack starts")

@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::json;
 use shared::domain::{Attempt, DeliveryStatus};
 use shared::ids::{DeliveryId, EndpointId, EventId};
+use shared::queue::DeliveryJob;
 use shared::store::{DeliveryFilter, DeliveryRecord, Tenant};
 
 use crate::endpoints::parse_endpoint_id;
@@ -111,5 +112,87 @@ pub async fn get(api: &Api, tenant: &Tenant, raw_id: &str) -> ApiResult {
             summary: SummaryView::of(&delivery),
             attempts: &delivery.attempts,
         }),
+    ))
+}
+
+/// `POST .../deliveries/{id}/retry`: one attempt now, answered with its outcome.
+pub async fn retry(api: &Api, tenant: &Tenant, raw_id: &str) -> ApiResult {
+    let id = DeliveryId::parse(raw_id).map_err(|_| ApiError::not_found("delivery"))?;
+    let delivery = api
+        .store
+        .get_delivery(tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("delivery"))?;
+    let attempt = api.dispatcher.retry_now(tenant, &delivery).await?;
+    Ok((StatusCode::OK, to_json(&attempt)))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayRequest {
+    since: DateTime<Utc>,
+    #[serde(default)]
+    until: Option<DateTime<Utc>>,
+}
+
+/// How far back a replay may reach, and how many deliveries one replay re-sends at most.
+pub const REPLAY_MAX_WINDOW_DAYS: i64 = 14;
+pub const REPLAY_MAX_DELIVERIES: usize = 10_000;
+
+/// `POST .../endpoints/{id}/replay {since, until?}`: queues one manual attempt for every failed
+/// delivery created in the window; 202 with how many.
+pub async fn replay(api: &Api, tenant: &Tenant, raw_endpoint: &str, call: &Call<'_>) -> ApiResult {
+    let request: ReplayRequest = crate::error::parse_json(call.body)?;
+    let endpoint_id = parse_endpoint_id(raw_endpoint)?;
+    if api
+        .store
+        .get_endpoint(tenant, &endpoint_id)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found("endpoint"));
+    }
+    let now = Utc::now();
+    let until = request.until.unwrap_or(now).min(now);
+    if request.since >= until {
+        return Err(ApiError::invalid(
+            "since",
+            "must be before `until` (and before now)",
+        ));
+    }
+    if now - request.since > chrono::Duration::days(REPLAY_MAX_WINDOW_DAYS) {
+        return Err(ApiError::invalid(
+            "since",
+            format!("a replay reaches back at most {REPLAY_MAX_WINDOW_DAYS} days"),
+        ));
+    }
+    let failed = api
+        .store
+        .failed_deliveries_between(
+            tenant,
+            &endpoint_id,
+            request.since,
+            until,
+            REPLAY_MAX_DELIVERIES,
+        )
+        .await?;
+    let jobs: Vec<DeliveryJob> = failed
+        .iter()
+        .map(|d| DeliveryJob {
+            delivery_id: d.delivery_id.clone(),
+            venue_id: d.venue_id.clone(),
+            endpoint_id: d.endpoint_id.clone(),
+            event_id: d.event_id.clone(),
+            event_type: d.event_type.clone(),
+            event: None,
+            resumed: false,
+            manual: true,
+        })
+        .collect();
+    api.queues.send_jobs(&jobs).await?;
+    tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint_id, replaying = jobs.len(), "replay queued");
+    Ok((
+        StatusCode::ACCEPTED,
+        json!({"replaying": jobs.len(), "since": request.since, "until": until}),
     ))
 }

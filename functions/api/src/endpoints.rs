@@ -88,6 +88,10 @@ pub struct EndpointView<'a> {
     auth: AuthView,
     payload_format: PayloadFormat,
     enabled: bool,
+    /// Why the system disabled it, if it did.
+    disabled_reason: Option<&'a str>,
+    /// Since when every delivery has failed, if they do.
+    failing_since: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -109,6 +113,8 @@ impl<'a> EndpointView<'a> {
             },
             payload_format: ep.payload_format,
             enabled: ep.enabled,
+            disabled_reason: ep.disabled_reason.as_deref(),
+            failing_since: ep.failing_since,
             created_at: ep.created_at,
             updated_at: ep.updated_at,
         }
@@ -158,6 +164,8 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
         credential,
         payload_format: req.payload_format.unwrap_or_default(),
         enabled: req.enabled.unwrap_or(true),
+        disabled_reason: None,
+        failing_since: None,
         created_at: now,
         updated_at: now,
     };
@@ -229,7 +237,13 @@ pub async fn update(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -
         endpoint.payload_format = required("payload_format", format)?;
     }
     if let Some(enabled) = req.enabled {
-        endpoint.enabled = required("enabled", enabled)?;
+        let enabled = required("enabled", enabled)?;
+        if enabled && !endpoint.enabled {
+            // Re-enabled by the venue: a fresh start for the failure clock.
+            endpoint.disabled_reason = None;
+            endpoint.failing_since = None;
+        }
+        endpoint.enabled = enabled;
     }
     endpoint.updated_at = Utc::now().max(previous + chrono::Duration::microseconds(1));
     api.store.replace_endpoint(&endpoint, previous).await?;

@@ -15,8 +15,11 @@ use http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 use shared::config::DestinationPolicy;
+use shared::dispatch::Dispatcher;
+use shared::http_client::{BuildError, DeliveryClient};
 use shared::ids::VenueId;
 use shared::ingest::Publisher;
+use shared::queue::Queues;
 use shared::secret::Secret;
 use shared::services::Services;
 use shared::store::{Store, Tenant};
@@ -29,6 +32,8 @@ pub type ApiResult = Result<(StatusCode, serde_json::Value), ApiError>;
 #[derive(Clone)]
 pub struct Api {
     store: Store,
+    queues: Queues,
+    dispatcher: Dispatcher,
     publisher: Publisher,
     destinations: DestinationPolicy,
     admin_key: Secret,
@@ -66,10 +71,13 @@ impl Call<'_> {
 }
 
 impl Api {
-    pub fn new(services: &Services, admin_key: Secret) -> Self {
+    pub fn new(services: &Services, admin_key: Secret) -> Result<Self, BuildError> {
         let config = &services.config;
-        Self {
+        let http = DeliveryClient::new(config)?;
+        Ok(Self {
             store: services.store.clone(),
+            queues: services.queues.clone(),
+            dispatcher: Dispatcher::new(services.store.clone(), http, config),
             publisher: Publisher::new(
                 services.store.clone(),
                 services.queues.clone(),
@@ -79,7 +87,7 @@ impl Api {
             admin_key,
             // Room for the JSON around the largest accepted event.
             max_body_bytes: config.limits.max_payload_bytes + 16 * 1024,
-        }
+        })
     }
 
     pub async fn handle(&self, request: Request) -> Response<Body> {
@@ -153,14 +161,22 @@ impl Api {
             (["endpoints", id, "deliveries"], &Method::GET) => {
                 deliveries::list(self, tenant, id, call).await
             }
+            (["endpoints", id, "replay"], &Method::POST) => {
+                deliveries::replay(self, tenant, id, call).await
+            }
             (["deliveries", id], &Method::GET) => deliveries::get(self, tenant, id).await,
+            (["deliveries", id, "retry"], &Method::POST) => {
+                deliveries::retry(self, tenant, id).await
+            }
             (["events"], &Method::POST) => events::publish(self, tenant, call).await,
             (["events", id], &Method::GET) => events::get(self, tenant, id).await,
             (
                 ["endpoints"]
                 | ["endpoints", _]
                 | ["endpoints", _, "deliveries"]
+                | ["endpoints", _, "replay"]
                 | ["deliveries", _]
+                | ["deliveries", _, "retry"]
                 | ["events"]
                 | ["events", _],
                 _,

@@ -9,7 +9,7 @@ async fn main() -> Result<(), Error> {
     let services = Services::from_env().await?;
     let admin_key =
         std::env::var("ADMIN_API_KEY").map_err(|_| "missing environment variable ADMIN_API_KEY")?;
-    let api = Api::new(&services, Secret::from_config(admin_key));
+    let api = Api::new(&services, Secret::from_config(admin_key))?;
     let api = &api;
     lambda_http::run(service_fn(move |request: Request| async move {
         Ok::<_, Error>(api.handle(request).await)

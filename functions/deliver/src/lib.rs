@@ -2,6 +2,8 @@
 //! Records whose attempt failed are returned in `batchItemFailures` so that only they come
 //! back; a job that can never be processed goes to the delivery DLQ with its reason.
 
+use std::time::Duration;
+
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::future::join_all;
 use shared::dispatch::{Dispatcher, JobOutcome};
@@ -28,7 +30,7 @@ impl Deliver {
     pub fn from_services(services: &Services) -> Result<Self, BuildError> {
         let http = DeliveryClient::new(&services.config)?;
         Ok(Self::new(
-            Dispatcher::new(services.store.clone(), http),
+            Dispatcher::new(services.store.clone(), http, &services.config),
             services.queues.clone(),
             services.config.resources.delivery_dlq_url.clone(),
         ))
@@ -37,16 +39,29 @@ impl Deliver {
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
         let results = join_all(event.records.iter().map(|r| self.handle_record(r))).await;
         let mut response = SqsBatchResponse::default();
-        for (record, done) in event.records.iter().zip(results) {
-            if !done {
-                response.add_failure(record.message_id.clone().unwrap_or_default());
+        let mut delays = Vec::new();
+        for (record, result) in event.records.iter().zip(results) {
+            let id = record.message_id.clone().unwrap_or_default();
+            match result {
+                Handled::Done => {}
+                Handled::RetryIn(wait) => {
+                    // Seconds, rounded up: SQS counts whole seconds.
+                    let secs = wait.as_secs_f64().ceil().max(1.0) as i32;
+                    if let Some(handle) = &record.receipt_handle {
+                        delays.push((handle.clone(), secs));
+                    }
+                    response.add_failure(id);
+                }
+                Handled::Failed => response.add_failure(id),
             }
+        }
+        if !delays.is_empty() {
+            self.queues.delay_received(&delays).await;
         }
         response
     }
 
-    /// `true` when the record may leave the queue.
-    async fn handle_record(&self, record: &SqsMessage) -> bool {
+    async fn handle_record(&self, record: &SqsMessage) -> Handled {
         let message_id = record.message_id.as_deref().unwrap_or("");
         let body = record.body.as_deref().unwrap_or("");
         let job: DeliveryJob = match serde_json::from_str(body) {
@@ -54,27 +69,31 @@ impl Deliver {
             Err(e) => {
                 let reason = format!("not a delivery job: {e}");
                 tracing::error!(message_id, reason, "poison delivery job; sent to the DLQ");
-                return self
-                    .queues
-                    .dead_letter(&self.dlq_url, body, &reason)
-                    .await
-                    .is_ok();
+                return match self.queues.dead_letter(&self.dlq_url, body, &reason).await {
+                    Ok(()) => Handled::Done,
+                    Err(_) => Handled::Failed,
+                };
             }
         };
-        let receive = receive_count(record);
-        match self.dispatcher.run_job(&job, receive).await {
-            Ok(JobOutcome::Delivered) => true,
-            Ok(JobOutcome::Skipped(why)) => {
-                tracing::info!(delivery_id = %job.delivery_id, endpoint_id = %job.endpoint_id, why, "job skipped");
-                true
+        match self.dispatcher.run_job(&job, receive_count(record)).await {
+            Ok(JobOutcome::Done(why)) => {
+                tracing::debug!(delivery_id = %job.delivery_id, why, "job done");
+                Handled::Done
             }
-            Ok(JobOutcome::RetryLater) => false,
+            Ok(JobOutcome::RetryIn(wait)) => Handled::RetryIn(wait),
             Err(e) => {
                 tracing::error!(delivery_id = %job.delivery_id, error = %e, "job failed; it will be retried");
-                false
+                Handled::Failed
             }
         }
     }
+}
+
+enum Handled {
+    Done,
+    RetryIn(Duration),
+    /// Something broke (AWS unavailable…): back after the queue's visibility timeout.
+    Failed,
 }
 
 /// SQS's count of how often this message was received, 1 on the first.

@@ -1,0 +1,556 @@
+//! The fault suite: what a misbehaving receiver, a crashed worker or an unreachable AWS
+//! endpoint does to deliveries. Runs on the local stack with a compressed retry schedule
+//! (waits of 1 s instead of 5 s…10 h, 2 s instead of 60 s after overload, a 1.5 s request
+//! timeout), so each case ends in seconds. The table in docs/FAULTS.md is this file.
+
+use std::time::{Duration, Instant};
+
+use integration_tests::faults::{FaultReceiver, FlakyProxy, Mode};
+use integration_tests::*;
+use local::StackOptions;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn options(extra: &[(&str, &str)]) -> StackOptions {
+    let mut o = local_options();
+    // Jobs of a crashed worker come back after 2 s instead of the template's 180 s.
+    o.queue_overrides.insert(
+        "DeliveryQueue".into(),
+        [("VisibilityTimeout".to_owned(), "2".to_owned())].into(),
+    );
+    for (k, v) in [
+        ("RETRY_SCHEDULE_SECONDS", "1,1,1"),
+        ("OVERLOAD_WAIT_MS", "2000"),
+        ("REQUEST_TIMEOUT_MS", "1500"),
+    ]
+    .iter()
+    .chain(extra)
+    {
+        o.env_overrides.insert(k.to_string(), v.to_string());
+    }
+    o
+}
+
+struct Case {
+    api: Client,
+    venue: String,
+    endpoint: String,
+}
+
+impl Case {
+    async fn new(stack: &local::Stack, url: &str) -> Self {
+        let api = Client::new(stack);
+        let venue = format!("venue-{}", unique_prefix());
+        let ep = api
+            .create_endpoint(&venue, json!({"url": url, "event_types": ["*"]}))
+            .await;
+        let endpoint = ep["id"].as_str().unwrap().to_owned();
+        Case {
+            api,
+            venue,
+            endpoint,
+        }
+    }
+
+    async fn publish(&self, n: usize) {
+        for i in 0..n {
+            let (status, body) = self
+                .api
+                .post(
+                    &format!("/venues/{}/events", self.venue),
+                    json!({"type": "order.created", "data": {"n": i}}),
+                )
+                .await;
+            assert_eq!(status, 202, "{body}");
+        }
+    }
+
+    async fn endpoint(&self) -> Value {
+        self.api
+            .get(&format!(
+                "/venues/{}/endpoints/{}",
+                self.venue, self.endpoint
+            ))
+            .await
+            .1
+    }
+
+    /// Every delivery of the endpoint with its attempts, once none is pending (or `WAIT`).
+    async fn settled(&self, expected: usize) -> Vec<Value> {
+        let last = std::sync::Mutex::new(Value::Null);
+        let found = eventually(WAIT, || async {
+            let (_, page) = self
+                .api
+                .get(&format!(
+                    "/venues/{}/endpoints/{}/deliveries?limit=100",
+                    self.venue, self.endpoint
+                ))
+                .await;
+            let list = page["data"].as_array().cloned().unwrap_or_default();
+            *last.lock().unwrap() = page.clone();
+            (list.len() == expected && list.iter().all(|d| d["status"] != "pending"))
+                .then_some(list)
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "{expected} deliveries did not settle: {}",
+                last.lock().unwrap()
+            )
+        });
+        let mut full = Vec::new();
+        for d in found {
+            let (_, detail) = self
+                .api
+                .get(&format!(
+                    "/venues/{}/deliveries/{}",
+                    self.venue,
+                    d["id"].as_str().unwrap()
+                ))
+                .await;
+            full.push(detail);
+        }
+        full
+    }
+}
+
+fn attempts(delivery: &Value) -> Vec<Value> {
+    delivery["attempts"].as_array().cloned().unwrap_or_default()
+}
+
+fn gaps(hits: &[integration_tests::faults::Hit]) -> Vec<Duration> {
+    hits.windows(2).map(|w| w[1].at - w[0].at).collect()
+}
+
+/// No job of this stack is left on the delivery queue.
+async fn queue_drains(stack: &local::Stack) {
+    let sqs = aws_sdk_sqs::Client::new(&stack.aws);
+    let url = stack.queue_url("DeliveryQueue").to_owned();
+    let drained = eventually(WAIT, || async {
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+            .send()
+            .await
+            .ok()?
+            .attributes?;
+        let count = |name: &str| {
+            attrs
+                .get(&aws_sdk_sqs::types::QueueAttributeName::from(name))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        (count("ApproximateNumberOfMessages") + count("ApproximateNumberOfMessagesNotVisible") == 0)
+            .then_some(())
+    })
+    .await;
+    assert!(drained.is_some(), "jobs left on the delivery queue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_500_is_retried_on_schedule_then_failed_for_good() {
+    let stack = start_with(options(&[])).await;
+    let rx = FaultReceiver::start(vec![Mode::Status(500)]).await;
+    let case = Case::new(&stack, &rx.url).await;
+    case.publish(1).await;
+    let deliveries = case.settled(1).await;
+    let d = &deliveries[0];
+    assert_eq!(d["status"], "failed");
+    let tries = attempts(d);
+    assert_eq!(tries.len(), 4, "1 + 3 scheduled retries");
+    for (i, a) in tries.iter().enumerate() {
+        assert_eq!(a["attempt"], i as u64 + 1);
+        assert_eq!(a["status_code"], 500);
+        assert_eq!(a["error_class"], "http_5xx");
+        assert_eq!(a["trigger"], "scheduled");
+    }
+    assert_eq!(rx.hits().len(), 4);
+    for gap in gaps(&rx.hits()) {
+        assert!(
+            gap >= Duration::from_millis(750),
+            "waited {gap:?}, the schedule says 1 s ±20%"
+        );
+    }
+    queue_drains(&stack).await;
+    let ep = case.endpoint().await;
+    assert_eq!(ep["enabled"], true);
+    assert!(ep["failing_since"].is_string(), "{ep}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_recovers_gets_the_delivery_and_its_failure_clock_resets() {
+    let stack = start_with(options(&[])).await;
+    let rx = FaultReceiver::start(vec![Mode::Status(502), Mode::Reset, Mode::Status(200)]).await;
+    let case = Case::new(&stack, &rx.url).await;
+    case.publish(1).await;
+    let d = &case.settled(1).await[0];
+    assert_eq!(d["status"], "succeeded");
+    let classes: Vec<Value> = attempts(d)
+        .iter()
+        .map(|a| a["error_class"].clone())
+        .collect();
+    assert_eq!(classes[0], "http_5xx");
+    assert!(
+        classes[1] == "connect" || classes[1] == "other",
+        "{classes:?}"
+    );
+    assert_eq!(classes[2], Value::Null);
+    let ep = case.endpoint().await;
+    assert_eq!(
+        ep["failing_since"],
+        Value::Null,
+        "a success stops the clock: {ep}"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_and_overload_stretch_the_wait() {
+    let stack = start_with(options(&[])).await;
+    let rx = FaultReceiver::start(vec![
+        Mode::StatusWith(503, vec![("retry-after", "3".into())]),
+        Mode::Status(429),
+        Mode::Status(200),
+    ])
+    .await;
+    let case = Case::new(&stack, &rx.url).await;
+    case.publish(1).await;
+    let d = &case.settled(1).await[0];
+    assert_eq!(d["status"], "succeeded");
+    let gaps = gaps(&rx.hits());
+    // 503 + Retry-After: 3 → max(1 s planned, 2 s overload) = 2 s, asked 3 s, allowed ≤ 4 s.
+    assert!(gaps[0] >= Duration::from_millis(2900), "{gaps:?}");
+    assert!(gaps[0] < Duration::from_millis(6000), "{gaps:?}");
+    // 429 without Retry-After: at least the overload wait.
+    assert!(gaps[1] >= Duration::from_millis(1900), "{gaps:?}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_the_endpoint_at_once_until_it_is_re_enabled() {
+    let stack = start_with(options(&[])).await;
+    let rx = FaultReceiver::start(vec![Mode::Status(410)]).await;
+    let case = Case::new(&stack, &rx.url).await;
+    case.publish(1).await;
+    let d = &case.settled(1).await[0];
+    assert_eq!(d["status"], "failed");
+    assert_eq!(attempts(d).len(), 1, "410 is final");
+    let ep = case.endpoint().await;
+    assert_eq!(ep["enabled"], false);
+    assert!(
+        ep["disabled_reason"].as_str().unwrap().contains("410"),
+        "{ep}"
+    );
+
+    case.publish(1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rx.hits().len(), 1, "a disabled endpoint receives nothing");
+
+    rx.set_script(vec![Mode::Status(200)]);
+    let (status, ep) = case
+        .api
+        .patch(
+            &format!("/venues/{}/endpoints/{}", case.venue, case.endpoint),
+            json!({"enabled": true}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(ep["disabled_reason"], Value::Null);
+    case.publish(1).await;
+    assert_eq!(
+        rx.wait_for(2, WAIT).await.len(),
+        2,
+        "re-enabled: new events arrive"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_slow_bodies_huge_bodies_and_redirects_are_bounded() {
+    let stack = start_with(options(&[("RETRY_SCHEDULE_SECONDS", "1")])).await;
+    let hang = FaultReceiver::start(vec![Mode::Hang(Duration::from_secs(8))]).await;
+    let trickle = FaultReceiver::start(vec![Mode::Trickle {
+        bytes: 100,
+        every: Duration::from_millis(100),
+    }])
+    .await;
+    let huge = FaultReceiver::start(vec![Mode::Huge(50 * 1024 * 1024)]).await;
+    let redirect = FaultReceiver::start(vec![Mode::StatusWith(
+        302,
+        vec![(
+            "location",
+            "http://169.254.169.254/latest/meta-data/".into(),
+        )],
+    )])
+    .await;
+    let cases = [
+        Case::new(&stack, &hang.url).await,
+        Case::new(&stack, &trickle.url).await,
+        Case::new(&stack, &huge.url).await,
+        Case::new(&stack, &redirect.url).await,
+    ];
+    for case in &cases {
+        case.publish(1).await;
+    }
+
+    // Hang past the 1.5 s timeout: a timeout, retried after the overload wait, failed.
+    let d = &cases[0].settled(1).await[0];
+    assert_eq!(d["status"], "failed");
+    for a in attempts(d) {
+        assert_eq!(a["error_class"], "timeout");
+        assert!(a["duration_ms"].as_u64().unwrap() < 3000, "{a}");
+    }
+    assert!(gaps(&hang.hits())[0] >= Duration::from_millis(1900));
+
+    // A 200 whose body trickles past the timeout is still a success, and the wait is bounded.
+    let d = &cases[1].settled(1).await[0];
+    assert_eq!(d["status"], "succeeded");
+    assert!(attempts(d)[0]["duration_ms"].as_u64().unwrap() < 3000);
+
+    // A 50 MiB answer: 4 KiB kept, the rest never read.
+    let d = &cases[2].settled(1).await[0];
+    assert_eq!(d["status"], "succeeded");
+    let a = &attempts(d)[0];
+    assert_eq!(a["response_body"].as_str().unwrap().len(), 4096);
+    assert!(a["duration_ms"].as_u64().unwrap() < 3000);
+
+    // A redirect to the metadata address is a failure and is never followed.
+    let d = &cases[3].settled(1).await[0];
+    assert_eq!(d["status"], "failed");
+    for a in attempts(d) {
+        assert_eq!(a["status_code"], 302);
+        assert_eq!(a["error_class"], "redirect");
+    }
+    assert_eq!(redirect.hits().len(), 2);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_longer_than_one_visibility_hop_is_honoured() {
+    // Each hop hides the job for at most 1 s; the planned wait is 4 s.
+    let stack = start_with(options(&[
+        ("RETRY_SCHEDULE_SECONDS", "4"),
+        ("MAX_HOP_SECONDS", "1"),
+    ]))
+    .await;
+    let rx = FaultReceiver::start(vec![Mode::Status(500), Mode::Status(200)]).await;
+    let case = Case::new(&stack, &rx.url).await;
+    case.publish(1).await;
+    let d = &case.settled(1).await[0];
+    assert_eq!(d["status"], "succeeded");
+    let gap = gaps(&rx.hits())[0];
+    assert!(
+        gap >= Duration::from_millis(3200),
+        "waited {gap:?}, planned 4 s ±20%"
+    );
+    assert!(gap < Duration::from_secs(8), "waited {gap:?}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_too_long_is_disabled() {
+    let stack = start_with(options(&[
+        ("RETRY_SCHEDULE_SECONDS", "1,1,1,1,1,1"),
+        ("DISABLE_AFTER_SECONDS", "2"),
+    ]))
+    .await;
+    let rx = FaultReceiver::start(vec![Mode::Status(500)]).await;
+    let case = Case::new(&stack, &rx.url).await;
+    case.publish(1).await;
+    let d = &case.settled(1).await[0];
+    assert_eq!(d["status"], "failed");
+    let ep = case.endpoint().await;
+    assert_eq!(ep["enabled"], false, "{ep}");
+    assert!(ep["disabled_reason"]
+        .as_str()
+        .unwrap()
+        .contains("failed since"));
+    assert!(
+        attempts(d).len() < 7,
+        "disabled before the schedule ran out"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_retry_and_replay_resend_failed_deliveries() {
+    let stack = start_with(options(&[("RETRY_SCHEDULE_SECONDS", "1")])).await;
+    let rx = FaultReceiver::start(vec![Mode::Status(500)]).await;
+    let case = Case::new(&stack, &rx.url).await;
+    let since = chrono::Utc::now() - chrono::Duration::seconds(5);
+    case.publish(3).await;
+    let failed = case.settled(3).await;
+    assert!(failed.iter().all(|d| d["status"] == "failed"));
+    assert_eq!(rx.hits().len(), 6);
+
+    rx.set_script(vec![Mode::Status(200)]);
+    let first = failed[0]["id"].as_str().unwrap();
+    let (status, attempt) = case
+        .api
+        .post(
+            &format!("/venues/{}/deliveries/{first}/retry", case.venue),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{attempt}");
+    assert_eq!(attempt["trigger"], "manual");
+    assert_eq!(attempt["status_code"], 200);
+    assert_eq!(attempt["attempt"], 3);
+    let (_, d) = case
+        .api
+        .get(&format!("/venues/{}/deliveries/{first}", case.venue))
+        .await;
+    assert_eq!(d["status"], "succeeded");
+
+    let (status, replay) = case
+        .api
+        .post(
+            &format!("/venues/{}/endpoints/{}/replay", case.venue, case.endpoint),
+            json!({"since": since}),
+        )
+        .await;
+    assert_eq!(status, 202, "{replay}");
+    assert_eq!(replay["replaying"], 2, "only the deliveries still failed");
+    let all = eventually(WAIT, || async {
+        let (_, page) = case
+            .api
+            .get(&format!(
+                "/venues/{}/endpoints/{}/deliveries?status=succeeded",
+                case.venue, case.endpoint
+            ))
+            .await;
+        (page["data"].as_array().map_or(0, Vec::len) == 3).then_some(())
+    })
+    .await;
+    assert!(all.is_some(), "replayed deliveries succeed");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        rx.hits().len(),
+        6 + 1 + 2,
+        "one manual attempt each, no scheduled retries after"
+    );
+
+    let (status, bad) = case
+        .api
+        .post(
+            &format!("/venues/{}/endpoints/{}/replay", case.venue, case.endpoint),
+            json!({"since": "2020-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{bad}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deliver_worker_killed_mid_batch_loses_nothing() {
+    let mut first = options(&[]);
+    let prefix = first.prefix.clone();
+    first.pollers = 1;
+    let stack = start_with(first).await;
+    let rx = FaultReceiver::start(vec![Mode::Hang(Duration::from_secs(1))]).await;
+    let case = Case::new(&stack, &rx.url).await;
+    case.publish(5).await;
+    rx.wait_for(1, WAIT).await;
+    stack.abort(); // mid-batch: requests in flight, nothing recorded or deleted
+
+    rx.set_script(vec![Mode::Status(200)]);
+    let mut second = options(&[]);
+    second.prefix = prefix;
+    let stack = start_with(second).await;
+    let case = Case {
+        api: Client::new(&stack),
+        ..case
+    };
+    let deliveries = case.settled(5).await;
+    assert!(
+        deliveries.iter().all(|d| d["status"] == "succeeded"),
+        "every accepted event delivered"
+    );
+    for d in &deliveries {
+        for a in attempts(d) {
+            assert!(
+                a["status_code"].is_u64() || a["error"].is_string(),
+                "no half-written attempt: {a}"
+            );
+        }
+    }
+    queue_drains(&stack).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_aws_endpoint_during_a_batch_loses_nothing() {
+    let moto = std::env::var("AWS_ENDPOINT_URL").expect("make test sets AWS_ENDPOINT_URL");
+    let proxy = FlakyProxy::start(&moto).await;
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&proxy.url)
+        .load()
+        .await;
+    let options = options(&[]);
+    let stack = local::Stack::start(aws, options).await.expect("stack");
+    let rx = FaultReceiver::start(vec![Mode::Hang(Duration::from_millis(500))]).await;
+    let case = Case::new(&stack, &rx.url).await;
+    case.publish(6).await;
+    rx.wait_for(1, WAIT).await;
+    // DynamoDB and SQS vanish while the batch is being sent, for 3 s.
+    proxy.set_down(true);
+    let outage = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.set_down(false);
+    assert!(outage.elapsed() >= Duration::from_secs(3));
+
+    let deliveries = case.settled(6).await;
+    assert!(
+        deliveries.iter().all(|d| d["status"] == "succeeded"),
+        "every accepted event delivered: {deliveries:?}"
+    );
+    let mut bodies: Vec<String> = rx.hits().into_iter().map(|h| h.body).collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(
+        bodies.len(),
+        6,
+        "each event reached the receiver (at least once)"
+    );
+    queue_drains(&stack).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_time_checks_stop_what_the_save_time_check_allowed() {
+    // Saved while loopback was allow-listed; sent after the allow-list was emptied, as if
+    // the name had been re-pointed at an internal address.
+    let first = options(&[]);
+    let prefix = first.prefix.clone();
+    let stack = start_with(first).await;
+    let rx = Receiver::start(200).await;
+    let by_name = rx.url.replace("127.0.0.1", "localhost");
+    let literal = Case::new(&stack, &rx.url).await;
+    let named = Case::new(&stack, &by_name).await;
+    stack.stop().await;
+
+    let mut second = options(&[("DESTINATION_ALLOW_CIDRS", "")]);
+    second.prefix = prefix;
+    let stack = start_with(second).await;
+    for case in [literal, named] {
+        let case = Case {
+            api: Client::new(&stack),
+            ..case
+        };
+        case.publish(1).await;
+        let d = &case.settled(1).await[0];
+        assert_eq!(d["status"], "failed");
+        for a in attempts(d) {
+            assert_eq!(a["error_class"], "blocked_address", "{a}");
+            assert_eq!(a["status_code"], Value::Null);
+        }
+    }
+    assert!(
+        rx.received().is_empty(),
+        "no request reached the internal address"
+    );
+    stack.stop().await;
+}
