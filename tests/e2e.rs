@@ -616,3 +616,109 @@ async fn the_functions_use_exactly_the_tables_and_queues_of_the_template() {
     assert!(redrive.contains("DeliveryDeadLetterQueue"), "{redrive}");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_from_the_queues_record_one_delivery() {
+    // The same event twice on the ingest queue, and a delivery job that SQS hands out twice.
+    let mut options = local_options();
+    options.run_deliver = false;
+    let prefix = options.prefix.clone();
+    let stack = start_with(options).await;
+    let api = Client::new(&stack);
+    let venue = venue();
+    let rx = Receiver::start(200).await;
+    let ep = api
+        .create_endpoint(&venue, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    let sqs = aws_sdk_sqs::Client::new(&stack.aws);
+    let body = json!({"venue_id": venue, "type": "subscriber.created", "id": "sub-7",
+                      "data": {"email": "x@y.z"}})
+    .to_string();
+    for _ in 0..2 {
+        sqs.send_message()
+            .queue_url(stack.queue_url("IngestQueue"))
+            .message_body(&body)
+            .send()
+            .await
+            .unwrap();
+    }
+    // Both ingest messages handled: one job queued.
+    let delivery_queue = stack.queue_url("DeliveryQueue").to_owned();
+    let mut jobs = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        let out = sqs
+            .receive_message()
+            .queue_url(&delivery_queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for m in out.messages.unwrap_or_default() {
+            sqs.delete_message()
+                .queue_url(&delivery_queue)
+                .receipt_handle(m.receipt_handle.clone().unwrap())
+                .send()
+                .await
+                .unwrap();
+            jobs.push(m.body.unwrap());
+        }
+        let ingest_left = sqs
+            .get_queue_attributes()
+            .queue_url(stack.queue_url("IngestQueue"))
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .unwrap();
+        let empty = ingest_left
+            .attributes
+            .and_then(|a| a.values().next().cloned())
+            .is_some_and(|v| v == "0");
+        if empty && !jobs.is_empty() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if sqs
+                .receive_message()
+                .queue_url(&delivery_queue)
+                .send()
+                .await
+                .unwrap()
+                .messages
+                .unwrap_or_default()
+                .is_empty()
+            {
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        jobs.len(),
+        1,
+        "the duplicate event fanned out once: {jobs:?}"
+    );
+    stack.stop().await;
+
+    // Now SQS delivers that job twice (at-least-once); one success is recorded.
+    for _ in 0..2 {
+        sqs.send_message()
+            .queue_url(&delivery_queue)
+            .message_body(&jobs[0])
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut options = local_options();
+    options.prefix = prefix;
+    let stack = start_with(options).await;
+    let api = Client::new(&stack);
+    rx.wait_for(2, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let history = deliveries_of(&api, &venue, ep["id"].as_str().unwrap()).await;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0]["status"], "succeeded");
+    assert_eq!(
+        history[0]["attempt_count"], 1,
+        "one success recorded, not two"
+    );
+    stack.stop().await;
+}

@@ -231,20 +231,60 @@ mod tests {
         }
     }
 
+    /// Every way of writing an internal address in a URL, as a table: all refused with the
+    /// same message, whether the host is a literal or a name.
     #[tokio::test]
-    async fn odd_ipv4_spellings_normalise_to_the_address_they_reach() {
+    async fn every_spelling_of_an_internal_destination_is_refused() {
         let policy = DestinationPolicy::default();
         for url in [
-            "https://2130706433/",
-            "https://0x7f000001/",
-            "https://0177.0.0.1/",
-            "https://127.1/",
-            "https://[::ffff:7f00:1]/",
+            "https://127.0.0.1/",
+            "https://2130706433/",   // decimal
+            "https://0x7f000001/",   // hex
+            "https://0x7f.0.0.1/",   // hex octet
+            "https://0177.0.0.1/",   // octal
+            "https://017700000001/", // octal, whole
+            "https://127.1/",        // short form
+            "https://127.0.1/",      // short form
+            "https://0/",            // 0.0.0.0
+            "https://10.0.0.1/",
+            "https://172.16.5.4/",
+            "https://192.168.1.1/",
+            "https://100.64.0.1/",      // CGNAT
+            "https://100.100.100.200/", // CGNAT (a cloud metadata address)
             "https://169.254.169.254/latest/meta-data",
+            "https://192.0.2.10/", // documentation
+            "https://198.51.100.7/",
+            "https://203.0.113.9/",
+            "https://198.18.0.1/",      // benchmarking
+            "https://224.0.0.251/",     // multicast
+            "https://255.255.255.255/", // broadcast
+            "https://240.0.0.1/",       // reserved
+            "https://[::1]/",
+            "https://[::]/",
+            "https://[::ffff:127.0.0.1]/", // IPv4-mapped
+            "https://[::ffff:7f00:1]/",
+            "https://[::ffff:a9fe:a9fe]/",   // mapped metadata
+            "https://[::127.0.0.1]/",        // IPv4-compatible
+            "https://[64:ff9b::a9fe:a9fe]/", // NAT64 of the metadata address
+            "https://[64:ff9b:1::a00:1]/",   // local-use NAT64
+            "https://[2002:a9fe:a9fe::1]/",  // 6to4 of the metadata address
+            "https://[fd00:ec2::254]/",      // EC2 IPv6 metadata
+            "https://[fc00::1]/",            // ULA
+            "https://[fe80::1]/",            // link-local
+            "https://[fec0::1]/",            // site-local
+            "https://[ff02::1]/",            // multicast
+            "https://[2001:db8::1]/",        // documentation
+            "https://[2001::1]/",            // Teredo
+            "https://localhost/",            // a name that resolves to loopback
         ] {
             let err = policy.check_url(url).await.unwrap_err();
             assert_eq!(err.message, NOT_PUBLIC, "{url}");
         }
+        assert_eq!(
+            BLOCKED.len(),
+            BLOCKED_V4.len() + BLOCKED_V6.len(),
+            "every range parses"
+        );
     }
 
     #[tokio::test]
