@@ -506,7 +506,7 @@ async fn publishing_the_same_event_id_twice_delivers_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unacceptable_ingest_messages_go_to_the_dlq_with_their_reason() {
+async fn unprocessable_messages_go_to_their_dlq_with_the_reason() {
     let stack = start_stack().await;
     let sqs = aws_sdk_sqs::Client::new(&stack.aws);
     for body in [
@@ -516,6 +516,26 @@ async fn unacceptable_ingest_messages_go_to_the_dlq_with_their_reason() {
     ] {
         sqs.send_message()
             .queue_url(stack.queue_url("IngestQueue"))
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    // A delivery job that is not one, and one whose event does not exist.
+    let rx = Receiver::start(200).await;
+    let venue = venue();
+    let ep = Client::new(&stack)
+        .create_endpoint(&venue, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    for body in [
+        "garbage".to_owned(),
+        json!({"delivery_id": "dlv_01KB0000000000000000000000", "venue_id": venue,
+               "endpoint_id": ep["id"], "event_id": "evt_missing",
+               "event_type": "order.created"})
+        .to_string(),
+    ] {
+        sqs.send_message()
+            .queue_url(stack.queue_url("DeliveryQueue"))
             .message_body(body)
             .send()
             .await
@@ -560,6 +580,33 @@ async fn unacceptable_ingest_messages_go_to_the_dlq_with_their_reason() {
             .any(|r| r.contains("missing field `venue_id`")),
         "{reasons:?}"
     );
+
+    let dlq = stack.queue_url("DeliveryDeadLetterQueue").to_owned();
+    let mut reasons = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while reasons.len() < 2 && tokio::time::Instant::now() < deadline {
+        let out = sqs
+            .receive_message()
+            .queue_url(&dlq)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap();
+        for m in out.messages.unwrap_or_default() {
+            reasons.push(
+                m.message_attributes
+                    .and_then(|a| a.get("reason").and_then(|r| r.string_value.clone()))
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[0].starts_with("cannot be delivered"), "{reasons:?}");
+    assert!(reasons[1].starts_with("not a delivery job"), "{reasons:?}");
+    assert!(rx.received().is_empty());
     stack.stop().await;
 }
 

@@ -10,6 +10,7 @@ use shared::dispatch::{Dispatcher, JobOutcome};
 use shared::http_client::{BuildError, DeliveryClient};
 use shared::queue::{DeliveryJob, Queues};
 use shared::services::Services;
+use shared::Error;
 
 #[derive(Clone)]
 pub struct Deliver {
@@ -67,12 +68,9 @@ impl Deliver {
         let job: DeliveryJob = match serde_json::from_str(body) {
             Ok(job) => job,
             Err(e) => {
-                let reason = format!("not a delivery job: {e}");
-                tracing::error!(message_id, reason, "poison delivery job; sent to the DLQ");
-                return match self.queues.dead_letter(&self.dlq_url, body, &reason).await {
-                    Ok(()) => Handled::Done,
-                    Err(_) => Handled::Failed,
-                };
+                return self
+                    .poison(message_id, body, format!("not a delivery job: {e}"))
+                    .await
             }
         };
         match self.dispatcher.run_job(&job, receive_count(record)).await {
@@ -81,10 +79,26 @@ impl Deliver {
                 Handled::Done
             }
             Ok(JobOutcome::RetryIn(wait)) => Handled::RetryIn(wait),
+            // Retrying cannot make a missing event or a corrupt item appear.
+            Err(e @ (Error::NotFound(_) | Error::Corrupt(_))) => {
+                self.poison(message_id, body, format!("cannot be delivered: {e}"))
+                    .await
+            }
             Err(e) => {
                 tracing::error!(delivery_id = %job.delivery_id, error = %e, "job failed; it will be retried");
                 Handled::Failed
             }
+        }
+    }
+}
+
+impl Deliver {
+    /// Hands a job that can never succeed to the DLQ with its reason.
+    async fn poison(&self, message_id: &str, body: &str, reason: String) -> Handled {
+        tracing::error!(message_id, reason, "poison delivery job; sent to the DLQ");
+        match self.queues.dead_letter(&self.dlq_url, body, &reason).await {
+            Ok(()) => Handled::Done,
+            Err(_) => Handled::Failed,
         }
     }
 }
