@@ -73,7 +73,7 @@ impl Dispatcher {
             if let Some(due) = delivery.next_attempt_at {
                 // Back early: a wait longer than one visibility hop, or a crash retry.
                 if let Ok(left) = (due - now).to_std() {
-                    if left > Duration::from_millis(500) {
+                    if left > Duration::from_millis(50) {
                         return Ok(JobOutcome::RetryIn(left.min(self.max_hop)));
                     }
                 }
