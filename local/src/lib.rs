@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use aws_config::SdkConfig;
 use shared::config::Config;
-use shared::secret::Secret;
 use shared::services::Services;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -40,7 +39,7 @@ pub struct StackOptions {
     /// Prefix of every table and queue name.
     pub prefix: String,
     pub api_addr: SocketAddr,
-    /// Values of the template's parameters (`AdminApiKey`, `DestinationAllowCidrs`, …).
+    /// Values of the template's parameters (`AdminApiKeySha256`, `DestinationAllowCidrs`, …).
     pub parameters: HashMap<String, String>,
     /// Environment set on top of what the template gives every function.
     pub env_overrides: HashMap<String, String>,
@@ -62,7 +61,10 @@ impl StackOptions {
             prefix: prefix.to_owned(),
             api_addr,
             parameters: HashMap::from([
-                ("AdminApiKey".to_owned(), admin_key.to_owned()),
+                (
+                    "AdminApiKeySha256".to_owned(),
+                    shared::api_key::sha256_hex(admin_key),
+                ),
                 (
                     "DestinationAllowCidrs".to_owned(),
                     "127.0.0.0/8,::1/128".to_owned(),
@@ -125,11 +127,11 @@ impl Stack {
         );
         if options.run_api {
             let env = provisioned.env_of(API_FUNCTION)?;
-            let admin_key = env
-                .get("ADMIN_API_KEY")
+            let admin_key_sha256 = env
+                .get("ADMIN_API_KEY_SHA256")
                 .cloned()
-                .ok_or_else(|| StackError::Start("ADMIN_API_KEY is not set".into()))?;
-            let api = api::Api::new(&services_of(API_FUNCTION)?, Secret::from_config(admin_key))
+                .ok_or_else(|| StackError::Start("ADMIN_API_KEY_SHA256 is not set".into()))?;
+            let api = api::Api::new(&services_of(API_FUNCTION)?, admin_key_sha256)
                 .map_err(|e| StackError::Start(e.to_string()))?;
             tasks.push(tokio::spawn(gateway::serve(
                 listener,

@@ -101,6 +101,7 @@ pub async fn provision(
         .ok_or_else(|| bad("no Resources"))?;
     let ddb = aws_sdk_dynamodb::Client::new(aws);
     let sqs = aws_sdk_sqs::Client::new(aws);
+    let kms = aws_sdk_kms::Client::new(aws);
     let mut out = Provisioned::default();
     let mut arns: HashMap<String, String> = HashMap::new();
 
@@ -110,6 +111,35 @@ pub async fn provision(
         let props = get(resource, "Properties").cloned().unwrap_or(Value::Null);
         let name = format!("{prefix}-{id}");
         match kind.as_str() {
+            "AWS::KMS::Key" => {
+                // Found again by alias, so a restarted stack opens what it sealed before.
+                let alias = format!("alias/{name}");
+                let existing = kms.describe_key().key_id(&alias).send().await;
+                let key_id = match existing {
+                    Ok(out) => out.key_metadata.map(|m| m.key_id),
+                    Err(_) => {
+                        let created = kms
+                            .create_key()
+                            .description(format!("{name} (local)"))
+                            .send()
+                            .await
+                            .map_err(aws_err)?
+                            .key_metadata
+                            .map(|m| m.key_id);
+                        if let Some(key_id) = &created {
+                            kms.create_alias()
+                                .alias_name(&alias)
+                                .target_key_id(key_id)
+                                .send()
+                                .await
+                                .map_err(aws_err)?;
+                        }
+                        created
+                    }
+                }
+                .ok_or_else(|| ProvisionError::Aws("no key id".into()))?;
+                out.physical.insert(id, key_id);
+            }
             "AWS::DynamoDB::Table" => {
                 create_table(&ddb, &name, &props).await?;
                 out.physical.insert(id, name);

@@ -22,6 +22,9 @@ pub struct Resources {
     pub endpoints_table: String,
     pub events_table: String,
     pub deliveries_table: String,
+    pub api_keys_table: String,
+    /// The KMS key that encrypts the data keys sealing endpoint secrets.
+    pub secrets_kms_key_id: String,
     pub delivery_queue_url: String,
     pub delivery_dlq_url: String,
     pub ingest_dlq_url: String,
@@ -99,6 +102,8 @@ impl Config {
                 endpoints_table: required("ENDPOINTS_TABLE")?,
                 events_table: required("EVENTS_TABLE")?,
                 deliveries_table: required("DELIVERIES_TABLE")?,
+                api_keys_table: required("API_KEYS_TABLE")?,
+                secrets_kms_key_id: required("SECRETS_KMS_KEY_ID")?,
                 delivery_queue_url: required("DELIVERY_QUEUE_URL")?,
                 delivery_dlq_url: required("DELIVERY_DLQ_URL")?,
                 ingest_dlq_url: required("INGEST_DLQ_URL")?,

@@ -6,7 +6,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderValue};
 
-use crate::config::Config;
 use crate::domain::{rfc3339, Attempt, Credential, DeliveryStatus, Endpoint, Event, Trigger};
 use crate::envelope;
 use crate::error::{Error, Result};
@@ -14,6 +13,8 @@ use crate::http_client::{DeliveryClient, Response};
 use crate::ingest::record_event;
 use crate::queue::DeliveryJob;
 use crate::retry::{Decision, Outcome, RetryPolicy};
+use crate::sealing::Sealer;
+use crate::services::Services;
 use crate::signing;
 use crate::store::{AttemptRecord, DeliveryRecord, Store, Tenant};
 
@@ -29,15 +30,18 @@ pub enum JobOutcome {
 #[derive(Clone)]
 pub struct Dispatcher {
     store: Store,
+    sealer: Sealer,
     http: DeliveryClient,
     policy: RetryPolicy,
     max_hop: Duration,
 }
 
 impl Dispatcher {
-    pub fn new(store: Store, http: DeliveryClient, config: &Config) -> Self {
+    pub fn new(services: &Services, http: DeliveryClient) -> Self {
+        let config = &services.config;
         Self {
-            store,
+            store: services.store.clone(),
+            sealer: services.sealer.clone(),
             http,
             policy: config.retry.clone(),
             max_hop: config.max_hop,
@@ -93,7 +97,7 @@ impl Dispatcher {
         let event = self.event_of(&tenant, job).await?;
         let (attempt, response) = self
             .send(&endpoint, &event, Trigger::Scheduled, number, now)
-            .await;
+            .await?;
         let decision = self.policy.decide(
             number,
             &Outcome::of(&response, now),
@@ -172,7 +176,7 @@ impl Dispatcher {
                 delivery.attempt_count + 1,
                 now,
             )
-            .await;
+            .await?;
         let status = if attempt.succeeded() {
             DeliveryStatus::Succeeded
         } else {
@@ -270,9 +274,10 @@ impl Dispatcher {
         trigger: Trigger,
         attempt_number: u32,
         now: DateTime<Utc>,
-    ) -> (Attempt, Response) {
+    ) -> Result<(Attempt, Response)> {
+        let credential = self.sealer.open_credential(endpoint, now).await?;
         let body = envelope::render(event, endpoint.payload_format);
-        let headers = request_headers(&endpoint.credential, event, &body, now);
+        let headers = request_headers(&credential, event, &body, now);
         let response = self.http.post(&endpoint.url, headers, body).await;
         let attempt = Attempt {
             attempt: attempt_number,
@@ -287,7 +292,7 @@ impl Dispatcher {
                 .map(|(class, _)| class.as_str().to_owned()),
             response_body: response.body_excerpt.clone(),
         };
-        (attempt, response)
+        Ok((attempt, response))
     }
 }
 
@@ -311,7 +316,7 @@ pub fn request_headers(
     headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
     match credential {
         Credential::SignedSecret { .. } => {
-            let keys = credential.signing_keys(now);
+            let keys = credential.signing_keys();
             let signature = signing::signature_header(
                 keys.iter().map(Vec::as_slice),
                 event.id.as_str(),

@@ -6,6 +6,7 @@ use serde_json::value::RawValue;
 
 use crate::error::ValidationError;
 use crate::ids::{DeliveryId, EndpointId, EventId, VenueId};
+use crate::sealing::Sealed;
 use crate::secret::Secret;
 
 pub const MAX_EVENT_TYPE_LEN: usize = 128;
@@ -13,51 +14,61 @@ pub const MAX_EVENT_TYPES_PER_ENDPOINT: usize = 100;
 pub const MAX_DESCRIPTION_LEN: usize = 1024;
 pub const MAX_URL_LEN: usize = 2048;
 
-/// How an endpoint's requests are authenticated, with the secret material it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Standard Webhooks signatures (`webhook-signature`).
+    SignedSecret,
+    /// `authorization: Bearer <token>`.
+    BearerToken,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::SignedSecret => "signed_secret",
+            AuthMode::BearerToken => "bearer_token",
+        }
+    }
+}
+
+/// How an endpoint authenticates, as stored: the secrets only sealed (see [`crate::sealing`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "snake_case")]
+pub struct EndpointAuth {
+    pub mode: AuthMode,
+    /// What reads show of the current secret or token.
+    pub hint: String,
+    /// Newest first. Older signing secrets keep signing until their `expires_at` (a rotation
+    /// grace period); a bearer endpoint has exactly one.
+    pub secrets: Vec<SealedSecret>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SealedSecret {
+    pub sealed: Sealed,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The secrets of an endpoint, opened for one request: never stored, never logged.
+#[derive(Clone, Debug)]
 pub enum Credential {
-    /// Standard Webhooks signatures. `secrets` is newest first; older entries keep signing until
-    /// their `expires_at` (a rotation grace period).
+    /// Signing secrets valid now, newest first.
     SignedSecret {
-        secrets: Vec<SigningSecret>,
+        secrets: Vec<Secret>,
     },
     BearerToken {
         token: Secret,
     },
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SigningSecret {
-    pub secret: Secret,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<DateTime<Utc>>,
-}
-
 impl Credential {
-    pub fn mode(&self) -> &'static str {
+    /// HMAC keys that sign a request, newest first.
+    pub fn signing_keys(&self) -> Vec<Vec<u8>> {
         match self {
-            Credential::SignedSecret { .. } => "signed_secret",
-            Credential::BearerToken { .. } => "bearer_token",
-        }
-    }
-
-    /// The current secret or token: the one shown once, and hinted afterwards.
-    pub fn current(&self) -> Option<&Secret> {
-        match self {
-            Credential::SignedSecret { secrets } => secrets.first().map(|s| &s.secret),
-            Credential::BearerToken { token } => Some(token),
-        }
-    }
-
-    /// HMAC keys that sign a request sent at `now`, newest first.
-    pub fn signing_keys(&self, now: DateTime<Utc>) -> Vec<Vec<u8>> {
-        match self {
-            Credential::SignedSecret { secrets } => secrets
-                .iter()
-                .filter(|s| s.expires_at.is_none_or(|at| at > now))
-                .filter_map(|s| s.secret.signing_key())
-                .collect(),
+            Credential::SignedSecret { secrets } => {
+                secrets.iter().filter_map(Secret::signing_key).collect()
+            }
             Credential::BearerToken { .. } => Vec::new(),
         }
     }
@@ -82,7 +93,7 @@ pub struct Endpoint {
     #[serde(default)]
     pub description: Option<String>,
     pub event_types: Vec<String>,
-    pub credential: Credential,
+    pub auth: EndpointAuth,
     #[serde(default)]
     pub payload_format: PayloadFormat,
     pub enabled: bool,

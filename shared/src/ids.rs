@@ -60,6 +60,11 @@ generated_id!(
     DeliveryId,
     "dlv"
 );
+generated_id!(
+    /// A venue API key (`key_…`); the key itself is secret, this id is not.
+    ApiKeyId,
+    "key"
+);
 
 /// A venue, as named by the Popup platform: `[A-Za-z0-9_-]`, 1 to 64 characters.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

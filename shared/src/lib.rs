@@ -6,6 +6,7 @@
 //! - [`destination`], [`http_client`]: where a webhook may go and how it is sent.
 //! - [`ingest`], [`dispatch`]: accepting an event and attempting one delivery.
 
+pub mod api_key;
 pub mod config;
 pub mod destination;
 pub mod dispatch;
@@ -17,6 +18,7 @@ pub mod ids;
 pub mod ingest;
 pub mod queue;
 pub mod retry;
+pub mod sealing;
 pub mod secret;
 pub mod services;
 pub mod signing;

@@ -4,6 +4,7 @@ use aws_config::SdkConfig;
 
 use crate::config::{Config, ConfigError};
 use crate::queue::Queues;
+use crate::sealing::Sealer;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -11,6 +12,7 @@ pub struct Services {
     pub config: Config,
     pub store: Store,
     pub queues: Queues,
+    pub sealer: Sealer,
 }
 
 impl Services {
@@ -24,10 +26,15 @@ impl Services {
             aws_sdk_sqs::Client::new(aws),
             config.resources.delivery_queue_url.clone(),
         );
+        let sealer = Sealer::new(
+            aws_sdk_kms::Client::new(aws),
+            config.resources.secrets_kms_key_id.clone(),
+        );
         Self {
             config,
             store,
             queues,
+            sealer,
         }
     }
 

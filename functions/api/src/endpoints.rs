@@ -4,8 +4,7 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
 use shared::domain::{
-    validate_event_type_patterns, Credential, Endpoint, PayloadFormat, SigningSecret,
-    MAX_DESCRIPTION_LEN,
+    validate_event_type_patterns, AuthMode, Endpoint, PayloadFormat, MAX_DESCRIPTION_LEN,
 };
 use shared::ids::{EndpointId, VenueId};
 use shared::secret::Secret;
@@ -98,8 +97,8 @@ pub struct EndpointView<'a> {
 
 impl<'a> EndpointView<'a> {
     pub fn of(ep: &'a Endpoint) -> Self {
-        let hint = ep.credential.current().map(Secret::hint);
-        let signed = matches!(ep.credential, Credential::SignedSecret { .. });
+        let hint = Some(ep.auth.hint.clone());
+        let signed = ep.auth.mode == AuthMode::SignedSecret;
         EndpointView {
             id: &ep.endpoint_id,
             venue_id: &ep.venue_id,
@@ -107,7 +106,7 @@ impl<'a> EndpointView<'a> {
             description: ep.description.as_deref(),
             event_types: &ep.event_types,
             auth: AuthView {
-                mode: ep.credential.mode(),
+                mode: ep.auth.mode.as_str(),
                 secret_hint: if signed { hint.clone() } else { None },
                 token_hint: if signed { None } else { hint },
             },
@@ -140,28 +139,34 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
     let url = api.destinations.check_url(&req.url).await?;
     validate_event_type_patterns(&req.event_types)?;
     check_description(&req.description)?;
-    let credential = match req.auth.unwrap_or(AuthRequest::SignedSecret) {
-        AuthRequest::SignedSecret => Credential::SignedSecret {
-            secrets: vec![SigningSecret {
-                secret: Secret::generate_signing(),
-                expires_at: None,
-            }],
-        },
-        AuthRequest::BearerToken { token } => Credential::BearerToken {
-            token: match token {
+    let (mode, secret) = match req.auth.unwrap_or(AuthRequest::SignedSecret) {
+        AuthRequest::SignedSecret => (AuthMode::SignedSecret, Secret::generate_signing()),
+        AuthRequest::BearerToken { token } => (
+            AuthMode::BearerToken,
+            match token {
                 Some(raw) => Secret::bearer_token(raw)?,
                 None => Secret::generate_token(),
             },
-        },
+        ),
     };
     let now = Utc::now();
+    let endpoint_id = EndpointId::generate();
+    let auth = api
+        .sealer
+        .seal_auth(
+            tenant.venue(),
+            &endpoint_id,
+            mode,
+            &[(secret.clone(), None)],
+        )
+        .await?;
     let endpoint = Endpoint {
         venue_id: tenant.venue().clone(),
-        endpoint_id: EndpointId::generate(),
+        endpoint_id,
         url: url.to_string(),
         description: req.description,
         event_types: req.event_types,
-        credential,
+        auth,
         payload_format: req.payload_format.unwrap_or_default(),
         enabled: req.enabled.unwrap_or(true),
         disabled_reason: None,
@@ -170,17 +175,94 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
         updated_at: now,
     };
     api.store.create_endpoint(&endpoint).await?;
-    tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, auth = endpoint.credential.mode(), "endpoint created");
-    let mut body = to_json(&EndpointView::of(&endpoint));
-    // The only response that ever carries the secret or token.
-    if let (Some(secret), Some(map)) = (endpoint.credential.current(), body.as_object_mut()) {
-        let field = match endpoint.credential {
-            Credential::SignedSecret { .. } => "secret",
-            Credential::BearerToken { .. } => "token",
-        };
-        map.insert(field.into(), secret.expose().into());
+    tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, auth = mode.as_str(), "endpoint created");
+    Ok((StatusCode::CREATED, with_secret(&endpoint, &secret)))
+}
+
+/// The endpoint view plus the secret or token: the only responses that ever carry it are
+/// the ones that created it (create and rotate).
+fn with_secret(endpoint: &Endpoint, secret: &Secret) -> serde_json::Value {
+    let mut body = to_json(&EndpointView::of(endpoint));
+    let field = match endpoint.auth.mode {
+        AuthMode::SignedSecret => "secret",
+        AuthMode::BearerToken => "token",
+    };
+    body[field] = secret.expose().into();
+    body
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    #[serde(default)]
+    grace_period_seconds: Option<i64>,
+    /// Bearer endpoints only: the venue's own new token (else one is generated).
+    #[serde(default)]
+    token: Option<String>,
+}
+
+pub const DEFAULT_GRACE_SECONDS: i64 = 86_400;
+pub const MAX_GRACE_SECONDS: i64 = 604_800;
+/// Old signing secrets kept signing during their grace periods, at most.
+pub const MAX_OLD_SECRETS: usize = 10;
+
+/// `POST .../rotate`: a new secret (shown once). For signed endpoints the old secrets keep
+/// signing for the grace period, newest first; a bearer token is replaced at once.
+pub async fn rotate(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -> ApiResult {
+    let req: RotateRequest = if call.body.iter().all(u8::is_ascii_whitespace) {
+        RotateRequest::default()
+    } else {
+        parse_json(call.body)?
+    };
+    let grace = req.grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
+    if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
+        return Err(ApiError::invalid(
+            "grace_period_seconds",
+            format!("must be from 0 to {MAX_GRACE_SECONDS} (7 days)"),
+        ));
     }
-    Ok((StatusCode::CREATED, body))
+    let mut endpoint = load(api, tenant, raw_id).await?;
+    let previous = endpoint.updated_at;
+    let now = Utc::now();
+    let secret =
+        match (endpoint.auth.mode, req.token) {
+            (AuthMode::SignedSecret, Some(_)) => return Err(ApiError::invalid(
+                "token",
+                "a signed-secret endpoint gets a generated secret; `token` is for bearer endpoints",
+            )),
+            (AuthMode::SignedSecret, None) => Secret::generate_signing(),
+            (AuthMode::BearerToken, Some(raw)) => Secret::bearer_token(raw)?,
+            (AuthMode::BearerToken, None) => Secret::generate_token(),
+        };
+    let mut fresh = api
+        .sealer
+        .seal_auth(
+            tenant.venue(),
+            &endpoint.endpoint_id,
+            endpoint.auth.mode,
+            &[(secret.clone(), None)],
+        )
+        .await?;
+    if endpoint.auth.mode == AuthMode::SignedSecret && grace > 0 {
+        // The sealed old secrets are kept as they are; only their end changes.
+        let until = now + chrono::Duration::seconds(grace);
+        let old = endpoint
+            .auth
+            .secrets
+            .drain(..)
+            .filter(|s| s.expires_at.is_none_or(|at| at > now))
+            .map(|mut s| {
+                s.expires_at = Some(s.expires_at.map_or(until, |at| at.min(until)));
+                s
+            })
+            .take(MAX_OLD_SECRETS);
+        fresh.secrets.extend(old);
+    }
+    endpoint.auth = fresh;
+    endpoint.updated_at = now.max(previous + chrono::Duration::microseconds(1));
+    api.store.replace_endpoint(&endpoint, previous).await?;
+    tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, grace, "secret rotated");
+    Ok((StatusCode::OK, with_secret(&endpoint, &secret)))
 }
 
 pub async fn list(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {

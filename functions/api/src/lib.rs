@@ -4,6 +4,8 @@
 //! (see [`error`]); the handlers in [`endpoints`], [`events`] and [`deliveries`] receive an
 //! already-authorised [`Tenant`].
 
+pub mod api_keys;
+pub mod auth;
 pub mod deliveries;
 pub mod endpoints;
 pub mod error;
@@ -17,13 +19,13 @@ use serde::Serialize;
 use shared::config::DestinationPolicy;
 use shared::dispatch::Dispatcher;
 use shared::http_client::{BuildError, DeliveryClient};
-use shared::ids::VenueId;
 use shared::ingest::Publisher;
 use shared::queue::Queues;
-use shared::secret::Secret;
+use shared::sealing::Sealer;
 use shared::services::Services;
 use shared::store::{Store, Tenant};
-use subtle::ConstantTimeEq;
+
+use crate::auth::Authenticator;
 
 pub use error::ApiError;
 
@@ -32,27 +34,13 @@ pub type ApiResult = Result<(StatusCode, serde_json::Value), ApiError>;
 #[derive(Clone)]
 pub struct Api {
     store: Store,
+    sealer: Sealer,
     queues: Queues,
     dispatcher: Dispatcher,
     publisher: Publisher,
     destinations: DestinationPolicy,
-    admin_key: Secret,
+    auth: Authenticator,
     max_body_bytes: usize,
-}
-
-/// Who is calling, once the key is checked.
-enum Caller {
-    Admin,
-}
-
-impl Caller {
-    /// The venue this caller may act on. An admin acts for any venue.
-    fn tenant(&self, venue: &str) -> Result<Tenant, ApiError> {
-        let venue = VenueId::parse(venue).map_err(|_| ApiError::not_found("venue"))?;
-        match self {
-            Caller::Admin => Ok(Tenant::authorized(venue)),
-        }
-    }
 }
 
 /// The request after routing: method, path segments, query and body.
@@ -71,20 +59,22 @@ impl Call<'_> {
 }
 
 impl Api {
-    pub fn new(services: &Services, admin_key: Secret) -> Result<Self, BuildError> {
+    /// `admin_key_sha256`: the lowercase hex SHA-256 of the admin key.
+    pub fn new(services: &Services, admin_key_sha256: String) -> Result<Self, BuildError> {
         let config = &services.config;
         let http = DeliveryClient::new(config)?;
         Ok(Self {
             store: services.store.clone(),
+            sealer: services.sealer.clone(),
             queues: services.queues.clone(),
-            dispatcher: Dispatcher::new(services.store.clone(), http, config),
+            dispatcher: Dispatcher::new(services, http),
             publisher: Publisher::new(
                 services.store.clone(),
                 services.queues.clone(),
                 config.limits.max_payload_bytes,
             ),
             destinations: config.destinations.clone(),
-            admin_key,
+            auth: Authenticator::new(admin_key_sha256, services.store.clone()),
             // Room for the JSON around the largest accepted event.
             max_body_bytes: config.limits.max_payload_bytes + 16 * 1024,
         })
@@ -109,7 +99,11 @@ impl Api {
     }
 
     async fn dispatch(&self, request: &Request) -> ApiResult {
-        let caller = self.authenticate(request)?;
+        let authorization = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let caller = self.auth.authenticate(authorization).await?;
         let body = request.body().as_ref();
         if body.len() > self.max_body_bytes {
             return Err(ApiError::new(
@@ -137,6 +131,17 @@ impl Api {
         let segments: Vec<&str> = request.uri().path().trim_matches('/').split('/').collect();
         let method = request.method();
         match segments.as_slice() {
+            ["venues", venue, "api-keys", rest @ ..] => {
+                caller.require_admin()?;
+                let tenant = caller.tenant(venue)?;
+                match (rest, method) {
+                    ([], &Method::POST) => api_keys::create(self, &tenant, &call).await,
+                    ([], &Method::GET) => api_keys::list(self, &tenant).await,
+                    ([id], &Method::DELETE) => api_keys::revoke(self, &tenant, id).await,
+                    ([] | [_], _) => Err(method_not_allowed(method)),
+                    _ => Err(no_route()),
+                }
+            }
             ["venues", venue, rest @ ..] => {
                 let tenant = caller.tenant(venue)?;
                 self.venue_route(method, rest, &tenant, &call).await
@@ -158,6 +163,9 @@ impl Api {
             (["endpoints", id], &Method::GET) => endpoints::get(self, tenant, id).await,
             (["endpoints", id], &Method::PATCH) => endpoints::update(self, tenant, id, call).await,
             (["endpoints", id], &Method::DELETE) => endpoints::delete(self, tenant, id).await,
+            (["endpoints", id, "rotate"], &Method::POST) => {
+                endpoints::rotate(self, tenant, id, call).await
+            }
             (["endpoints", id, "deliveries"], &Method::GET) => {
                 deliveries::list(self, tenant, id, call).await
             }
@@ -175,34 +183,24 @@ impl Api {
                 | ["endpoints", _]
                 | ["endpoints", _, "deliveries"]
                 | ["endpoints", _, "replay"]
+                | ["endpoints", _, "rotate"]
                 | ["deliveries", _]
                 | ["deliveries", _, "retry"]
                 | ["events"]
                 | ["events", _],
                 _,
-            ) => Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{method} is not supported on this path"),
-            )),
+            ) => Err(method_not_allowed(method)),
             _ => Err(no_route()),
         }
     }
+}
 
-    fn authenticate(&self, request: &Request) -> Result<Caller, ApiError> {
-        let presented = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(ApiError::unauthorized)?;
-        let admin = self.admin_key.expose().as_bytes();
-        if bool::from(presented.as_bytes().ct_eq(admin)) {
-            Ok(Caller::Admin)
-        } else {
-            Err(ApiError::unauthorized())
-        }
-    }
+fn method_not_allowed(method: &Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not supported on this path"),
+    )
 }
 
 fn no_route() -> ApiError {

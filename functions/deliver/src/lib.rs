@@ -31,7 +31,7 @@ impl Deliver {
     pub fn from_services(services: &Services) -> Result<Self, BuildError> {
         let http = DeliveryClient::new(&services.config)?;
         Ok(Self::new(
-            Dispatcher::new(services.store.clone(), http, &services.config),
+            Dispatcher::new(services, http),
             services.queues.clone(),
             services.config.resources.delivery_dlq_url.clone(),
         ))

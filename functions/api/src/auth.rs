@@ -1,0 +1,87 @@
+//! Who is calling. The admin key (the Popup platform) acts for any venue; a venue key only for
+//! its own venue, and another venue's resources are a 404 to it. Handlers receive a [`Tenant`]
+//! made here, so a venue route cannot run without this check.
+
+use chrono::Utc;
+use http::StatusCode;
+use shared::api_key;
+use shared::ids::{ApiKeyId, VenueId};
+use shared::store::{Store, Tenant};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+
+pub enum Caller {
+    Admin,
+    Venue { venue: VenueId, key_id: ApiKeyId },
+}
+
+impl Caller {
+    /// The venue this caller may act on.
+    pub fn tenant(&self, venue: &str) -> Result<Tenant, ApiError> {
+        let venue = VenueId::parse(venue).map_err(|_| ApiError::not_found("venue"))?;
+        match self {
+            Caller::Admin => Ok(Tenant::authorized(venue)),
+            Caller::Venue { venue: own, .. } if *own == venue => Ok(Tenant::authorized(venue)),
+            // Indistinguishable from a venue with nothing in it that does not exist.
+            Caller::Venue { .. } => Err(ApiError::not_found("venue")),
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Venue { .. } => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only the admin key may manage API keys",
+            )),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Authenticator {
+    /// SHA-256 (lowercase hex) of the admin key; the key itself is never deployed.
+    admin_key_sha256: String,
+    store: Store,
+}
+
+impl Authenticator {
+    pub fn new(admin_key_sha256: String, store: Store) -> Self {
+        Self {
+            admin_key_sha256: admin_key_sha256.trim().to_ascii_lowercase(),
+            store,
+        }
+    }
+
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
+        let presented = authorization
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(ApiError::unauthorized)?;
+        let presented_hash = api_key::sha256_hex(presented);
+        if bool::from(
+            presented_hash
+                .as_bytes()
+                .ct_eq(self.admin_key_sha256.as_bytes()),
+        ) {
+            return Ok(Caller::Admin);
+        }
+        let id = api_key::claimed_id(presented).ok_or_else(ApiError::unauthorized)?;
+        let record = self
+            .store
+            .get_api_key(&id)
+            .await?
+            .filter(|r| api_key::matches(presented, &r.key_sha256))
+            .ok_or_else(ApiError::unauthorized)?;
+        if let Err(e) = self.store.touch_api_key(&record, Utc::now()).await {
+            tracing::warn!(key_id = %record.key_id, error = %e, "could not note the key's use");
+        }
+        Ok(Caller::Venue {
+            venue: record.venue_id,
+            key_id: record.key_id,
+        })
+    }
+}
