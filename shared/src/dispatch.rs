@@ -3,20 +3,23 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use http::{HeaderMap, HeaderValue};
 
-use crate::domain::{rfc3339, Attempt, Credential, DeliveryStatus, Endpoint, Event, Trigger};
+use crate::domain::{
+    rfc3339, Attempt, Credential, DeliveryStatus, Endpoint, Event, Target, Trigger,
+};
 use crate::envelope;
 use crate::error::{Error, Result};
 use crate::http_client::{DeliveryClient, Response};
+use crate::ids::{DeliveryId, EventId};
 use crate::ingest::record_event;
 use crate::queue::DeliveryJob;
 use crate::retry::{Decision, Outcome, RetryPolicy};
 use crate::sealing::Sealer;
 use crate::services::Services;
 use crate::signing;
-use crate::store::{AttemptRecord, DeliveryRecord, Store, Tenant};
+use crate::store::{AttemptRecord, DeliveryRecord, EventRecord, Store, Tenant};
 
 /// What became of a queued job.
 #[derive(Debug, PartialEq, Eq)]
@@ -205,6 +208,59 @@ impl Dispatcher {
         Ok(attempt)
     }
 
+    /// "Send test": one attempt now of a sample event, through the same rendering, signing
+    /// and HTTP client as every delivery. The event and the delivery are stored, so the
+    /// attempt shows in history (trigger `test`) and can be retried.
+    pub async fn send_test(
+        &self,
+        tenant: &Tenant,
+        endpoint: &Endpoint,
+        event_type: String,
+        data: Box<serde_json::value::RawValue>,
+    ) -> Result<(DeliveryId, Event, Attempt)> {
+        let now = Utc::now();
+        let event = Event {
+            id: EventId::generate(),
+            event_type,
+            timestamp: rfc3339(now.with_nanosecond(0).unwrap_or(now)),
+            data,
+        };
+        let delivery_id = DeliveryId::generate();
+        let record = EventRecord {
+            venue_id: tenant.venue().clone(),
+            event_id: event.id.clone(),
+            event_type: event.event_type.clone(),
+            timestamp: event.timestamp.clone(),
+            data: event.data.get().to_owned(),
+            targets: vec![Target {
+                endpoint_id: endpoint.endpoint_id.clone(),
+                delivery_id: delivery_id.clone(),
+            }],
+            accepted_at: now,
+            expires_at: self.store.expiry(now),
+        };
+        self.store.put_event(&record).await?;
+        let (attempt, _) = self.send(endpoint, &event, Trigger::Test, 1, now).await?;
+        self.store
+            .record_attempt(AttemptRecord {
+                delivery_id: &delivery_id,
+                tenant,
+                endpoint_id: &endpoint.endpoint_id,
+                event_id: &event.id,
+                event_type: &event.event_type,
+                status: if attempt.succeeded() {
+                    DeliveryStatus::Succeeded
+                } else {
+                    DeliveryStatus::Failed
+                },
+                next_attempt_at: None,
+                attempt: attempt.clone(),
+                scheduled: None,
+            })
+            .await?;
+        Ok((delivery_id, event, attempt))
+    }
+
     async fn event_of(&self, tenant: &Tenant, job: &DeliveryJob) -> Result<Event> {
         match &job.event {
             Some(event) => Ok(event.clone()),
@@ -290,6 +346,10 @@ impl Dispatcher {
                 .error
                 .as_ref()
                 .map(|(class, _)| class.as_str().to_owned()),
+            hint: response
+                .error
+                .as_ref()
+                .map(|(class, _)| class.hint(response.status_code).to_owned()),
             response_body: response.body_excerpt.clone(),
         };
         Ok((attempt, response))

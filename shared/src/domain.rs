@@ -329,6 +329,9 @@ pub struct Attempt {
     /// `blocked_address`, `http_4xx`, `http_5xx`, `other`.
     #[serde(default)]
     pub error_class: Option<String>,
+    /// For a failure: one line that points at the fix.
+    #[serde(default)]
+    pub hint: Option<String>,
     /// The first bytes of the response body (lossy UTF-8).
     #[serde(default)]
     pub response_body: Option<String>,

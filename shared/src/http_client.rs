@@ -46,6 +46,40 @@ impl ErrorClass {
     }
 }
 
+impl ErrorClass {
+    /// One line that points a venue admin at the fix.
+    pub fn hint(self, status: Option<u16>) -> &'static str {
+        match (self, status) {
+            (ErrorClass::Http4xx, Some(401 | 403)) => {
+                "the receiver refused our credentials: check that it uses this endpoint's current signing secret or token"
+            }
+            (ErrorClass::Http4xx, Some(404)) => "the receiver has no such path: check the endpoint URL",
+            (ErrorClass::Http4xx, Some(410)) => {
+                "the receiver says this endpoint is gone, so it was disabled: fix the URL and re-enable it"
+            }
+            (ErrorClass::Http4xx, Some(413)) => "the receiver refused the body size: raise its limit",
+            (ErrorClass::Http4xx, Some(429)) => {
+                "the receiver is rate-limiting us: we slow down; raise its limit if this persists"
+            }
+            (ErrorClass::Http4xx, _) => "the receiver rejected the request: check its logs for the reason",
+            (ErrorClass::Http5xx, _) => "the receiver failed: check its availability and logs",
+            (ErrorClass::Dns, _) => "the host name does not resolve: check the endpoint URL",
+            (ErrorClass::Connect, _) => {
+                "could not connect: check the endpoint URL and that the receiver is running"
+            }
+            (ErrorClass::Tls, _) => "the TLS handshake failed: check the receiver's certificate",
+            (ErrorClass::Timeout, _) => {
+                "no answer in time: check the receiver's availability, and answer before doing slow work"
+            }
+            (ErrorClass::Redirect, _) => "the receiver redirects: set the endpoint URL to the final address",
+            (ErrorClass::BlockedAddress, _) => {
+                "the URL leads to an address that may not receive webhooks: use a public address"
+            }
+            (ErrorClass::Other, _) => "the request failed: check the endpoint URL and the receiver",
+        }
+    }
+}
+
 /// What came of one POST.
 #[derive(Clone, Debug)]
 pub struct Response {

@@ -7,6 +7,7 @@
 //! - [`ingest`], [`dispatch`]: accepting an event and attempting one delivery.
 
 pub mod api_key;
+pub mod catalog;
 pub mod config;
 pub mod destination;
 pub mod dispatch;

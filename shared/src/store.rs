@@ -481,7 +481,8 @@ impl Store {
                         "attribute_not_exists(scheduled_attempts) OR scheduled_attempts = :previous",
                     );
             }
-            None => update = update.condition_expression("attribute_exists(delivery_id)"),
+            // Manual and test attempts: the caller knows the delivery; nothing to de-duplicate.
+            None => {}
         }
         let result = update
             .update_expression(format!("{set} ADD attempt_count :one"))

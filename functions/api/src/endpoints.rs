@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
+use shared::catalog::catalog;
 use shared::domain::{
     validate_event_type_patterns, AuthMode, Endpoint, PayloadFormat, MAX_DESCRIPTION_LEN,
 };
@@ -138,6 +139,7 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
     let req: CreateEndpoint = parse_json(call.body)?;
     let url = api.destinations.check_url(&req.url).await?;
     validate_event_type_patterns(&req.event_types)?;
+    catalog().check_patterns(&req.event_types)?;
     check_description(&req.description)?;
     let (mode, secret) = match req.auth.unwrap_or(AuthRequest::SignedSecret) {
         AuthRequest::SignedSecret => (AuthMode::SignedSecret, Secret::generate_signing()),
@@ -313,6 +315,7 @@ pub async fn update(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -
     if let Some(types) = req.event_types {
         let types = required("event_types", types)?;
         validate_event_type_patterns(&types)?;
+        catalog().check_patterns(&types)?;
         endpoint.event_types = types;
     }
     if let Some(format) = req.payload_format {
@@ -338,4 +341,45 @@ pub async fn delete(api: &Api, tenant: &Tenant, raw_id: &str) -> ApiResult {
     api.store.delete_endpoint(tenant, &id).await?;
     tracing::info!(venue_id = %tenant.venue(), endpoint_id = %id, "endpoint deleted");
     Ok((StatusCode::NO_CONTENT, serde_json::Value::Null))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TestRequest {
+    #[serde(default)]
+    event_type: Option<String>,
+    #[serde(default)]
+    data: Option<serde_json::Value>,
+}
+
+/// `POST .../test`: a sample event sent now; answers with the attempt's outcome.
+pub async fn send_test(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -> ApiResult {
+    let req: TestRequest = if call.body.iter().all(u8::is_ascii_whitespace) {
+        TestRequest::default()
+    } else {
+        parse_json(call.body)?
+    };
+    let event_type = req.event_type.unwrap_or_else(|| "webhook.test".to_owned());
+    let info = catalog().get(&event_type).ok_or_else(|| {
+        ApiError::invalid(
+            "event_type",
+            format!("`{event_type}` is not in the catalog; see GET /event-types"),
+        )
+    })?;
+    let data = req.data.unwrap_or_else(|| info.example.clone());
+    if !data.is_object() {
+        return Err(ApiError::invalid("data", "must be a JSON object"));
+    }
+    let data = serde_json::value::RawValue::from_string(data.to_string())
+        .map_err(|e| ApiError::invalid("data", e))?;
+    let endpoint = load(api, tenant, raw_id).await?;
+    let (delivery_id, event, attempt) = api
+        .dispatcher
+        .send_test(tenant, &endpoint, event_type, data)
+        .await?;
+    let mut body = to_json(&attempt);
+    body["succeeded"] = attempt.succeeded().into();
+    body["delivery_id"] = to_json(&delivery_id);
+    body["event_id"] = to_json(&event.id);
+    Ok((StatusCode::OK, body))
 }

@@ -131,6 +131,10 @@ impl Api {
         let segments: Vec<&str> = request.uri().path().trim_matches('/').split('/').collect();
         let method = request.method();
         match segments.as_slice() {
+            ["event-types"] if method == Method::GET => {
+                Ok((StatusCode::OK, to_json(shared::catalog::catalog())))
+            }
+            ["event-types"] => Err(method_not_allowed(method)),
             ["venues", venue, "api-keys", rest @ ..] => {
                 caller.require_admin()?;
                 let tenant = caller.tenant(venue)?;
@@ -163,6 +167,9 @@ impl Api {
             (["endpoints", id], &Method::GET) => endpoints::get(self, tenant, id).await,
             (["endpoints", id], &Method::PATCH) => endpoints::update(self, tenant, id, call).await,
             (["endpoints", id], &Method::DELETE) => endpoints::delete(self, tenant, id).await,
+            (["endpoints", id, "test"], &Method::POST) => {
+                endpoints::send_test(self, tenant, id, call).await
+            }
             (["endpoints", id, "rotate"], &Method::POST) => {
                 endpoints::rotate(self, tenant, id, call).await
             }
@@ -184,6 +191,7 @@ impl Api {
                 | ["endpoints", _, "deliveries"]
                 | ["endpoints", _, "replay"]
                 | ["endpoints", _, "rotate"]
+                | ["endpoints", _, "test"]
                 | ["deliveries", _]
                 | ["deliveries", _, "retry"]
                 | ["events"]

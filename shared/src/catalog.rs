@@ -1,0 +1,87 @@
+//! The catalog of Popup's event types (`shared/catalog/event-types.json`, versioned with the
+//! code): what endpoints may subscribe to, with a description and an example payload each.
+
+use std::sync::LazyLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::pattern_matches;
+use crate::error::ValidationError;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventTypeInfo {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub description: String,
+    pub example: serde_json::Value,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Catalog {
+    pub version: String,
+    pub event_types: Vec<EventTypeInfo>,
+}
+
+const SOURCE: &str = include_str!("../catalog/event-types.json");
+
+static CATALOG: LazyLock<Catalog> = LazyLock::new(|| {
+    // A file of this repository, checked by the unit test below: not input.
+    serde_json::from_str(SOURCE).expect("shared/catalog/event-types.json parses")
+});
+
+pub fn catalog() -> &'static Catalog {
+    &CATALOG
+}
+
+impl Catalog {
+    pub fn get(&self, event_type: &str) -> Option<&EventTypeInfo> {
+        self.event_types.iter().find(|t| t.event_type == event_type)
+    }
+
+    /// Every subscription pattern must name a catalog type or, as a wildcard, match one.
+    pub fn check_patterns(&self, patterns: &[String]) -> Result<(), ValidationError> {
+        for pattern in patterns {
+            let known = self
+                .event_types
+                .iter()
+                .any(|t| pattern_matches(pattern, &t.event_type));
+            if !known {
+                return Err(ValidationError::new(
+                    "event_types",
+                    format!(
+                        "`{pattern}` matches no event type of the catalog; see GET /event-types"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::validate_event_type;
+
+    #[test]
+    fn the_catalog_parses_and_its_entries_are_valid() {
+        let c = catalog();
+        assert!(!c.event_types.is_empty());
+        for t in &c.event_types {
+            validate_event_type("type", &t.event_type).unwrap();
+            assert!(t.example.is_object(), "{}", t.event_type);
+            assert!(!t.description.is_empty());
+        }
+        assert!(c.get("webhook.test").is_some());
+    }
+
+    #[test]
+    fn patterns_must_match_the_catalog() {
+        let c = catalog();
+        let ok =
+            |p: &[&str]| c.check_patterns(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(ok(&["order.created", "registration.*", "*"]).is_ok());
+        assert!(ok(&["order.exploded"]).is_err());
+        assert!(ok(&["nothing.*"]).is_err());
+    }
+}

@@ -1,0 +1,296 @@
+//! Settings → Webhooks: venue keys and isolation, rotation with grace, send test.
+
+use std::time::Duration;
+
+use integration_tests::*;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn venue(tag: &str) -> String {
+    format!("{tag}-{}", unique_prefix())
+}
+
+async fn issue_key(admin: &Client, venue: &str) -> String {
+    let (status, created) = admin
+        .post(
+            &format!("/venues/{venue}/api-keys"),
+            json!({"description": "CRM sync"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    created["key"].as_str().expect("key shown once").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_venue_key_reaches_only_its_own_venue() {
+    let stack = start_stack().await;
+    let admin = Client::new(&stack);
+    let (a, b) = (venue("a"), venue("b"));
+    let rx = Receiver::start(200).await;
+
+    // Venue A: an endpoint, an event, a delivery.
+    let ep = admin
+        .create_endpoint(&a, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    let ep_id = ep["id"].as_str().unwrap().to_owned();
+    let (_, event) = admin
+        .post(
+            &format!("/venues/{a}/events"),
+            json!({"type": "order.created", "data": {}}),
+        )
+        .await;
+    let event_id = event["id"].as_str().unwrap().to_owned();
+    let delivery_id = eventually(WAIT, || async {
+        let (_, page) = admin
+            .get(&format!("/venues/{a}/endpoints/{ep_id}/deliveries"))
+            .await;
+        page["data"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await
+    .expect("a delivery");
+
+    // Venue B's key, used on every venue route of A: 404, never A's data.
+    let key_b = issue_key(&admin, &b).await;
+    let mut as_b = Client::new(&stack);
+    as_b.key = Some(key_b.clone());
+    let routes: Vec<(&str, String, Option<Value>)> = vec![
+        ("GET", format!("/venues/{a}/endpoints"), None),
+        (
+            "POST",
+            format!("/venues/{a}/endpoints"),
+            Some(json!({"url": rx.url, "event_types": ["*"]})),
+        ),
+        ("GET", format!("/venues/{a}/endpoints/{ep_id}"), None),
+        (
+            "PATCH",
+            format!("/venues/{a}/endpoints/{ep_id}"),
+            Some(json!({"enabled": false})),
+        ),
+        ("DELETE", format!("/venues/{a}/endpoints/{ep_id}"), None),
+        (
+            "POST",
+            format!("/venues/{a}/endpoints/{ep_id}/rotate"),
+            Some(json!({})),
+        ),
+        (
+            "POST",
+            format!("/venues/{a}/endpoints/{ep_id}/test"),
+            Some(json!({})),
+        ),
+        (
+            "GET",
+            format!("/venues/{a}/endpoints/{ep_id}/deliveries"),
+            None,
+        ),
+        (
+            "POST",
+            format!("/venues/{a}/endpoints/{ep_id}/replay"),
+            Some(json!({"since": "2026-11-01T00:00:00Z"})),
+        ),
+        ("GET", format!("/venues/{a}/deliveries/{delivery_id}"), None),
+        (
+            "POST",
+            format!("/venues/{a}/deliveries/{delivery_id}/retry"),
+            Some(json!({})),
+        ),
+        (
+            "POST",
+            format!("/venues/{a}/events"),
+            Some(json!({"type": "order.created", "data": {}})),
+        ),
+        ("GET", format!("/venues/{a}/events/{event_id}"), None),
+        // A's ids through B's own venue.
+        ("GET", format!("/venues/{b}/endpoints/{ep_id}"), None),
+        (
+            "GET",
+            format!("/venues/{b}/endpoints/{ep_id}/deliveries"),
+            None,
+        ),
+        ("GET", format!("/venues/{b}/deliveries/{delivery_id}"), None),
+        (
+            "POST",
+            format!("/venues/{b}/deliveries/{delivery_id}/retry"),
+            Some(json!({})),
+        ),
+        ("GET", format!("/venues/{b}/events/{event_id}"), None),
+        (
+            "PATCH",
+            format!("/venues/{b}/endpoints/{ep_id}"),
+            Some(json!({"enabled": false})),
+        ),
+        ("DELETE", format!("/venues/{b}/endpoints/{ep_id}"), None),
+    ];
+    for (method, path, body) in &routes {
+        let body = body.as_ref().map(|b| b.to_string().into_bytes());
+        let (status, answer) = as_b.send_raw(method, path, body).await;
+        assert_eq!(
+            status, 404,
+            "{method} {path} with another venue's key: {answer}"
+        );
+        assert!(
+            !answer.to_string().contains(&ep_id) || path.contains(&ep_id),
+            "{answer}"
+        );
+        assert_eq!(answer["error"]["code"], "not_found");
+    }
+    // Nothing of A changed, and A's receiver got only A's one event.
+    let (_, still) = admin.get(&format!("/venues/{a}/endpoints/{ep_id}")).await;
+    assert_eq!(still["enabled"], true);
+    assert_eq!(still["auth"]["secret_hint"], ep["auth"]["secret_hint"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rx.received().len(), 1);
+
+    // B's key works on B, and its lists hold nothing of A.
+    let (status, own) = as_b.get(&format!("/venues/{b}/endpoints")).await;
+    assert_eq!((status, own["data"].clone()), (200, json!([])));
+    let created = as_b
+        .create_endpoint(&b, json!({"url": rx.url, "event_types": ["order.*"]}))
+        .await;
+    assert_eq!(created["venue_id"], b.as_str());
+
+    // Key management is the admin's: a venue key gets 403, even on its own venue.
+    for (method, path) in [
+        ("GET", format!("/venues/{b}/api-keys")),
+        ("POST", format!("/venues/{b}/api-keys")),
+        (
+            "DELETE",
+            format!("/venues/{b}/api-keys/key_01KB0000000000000000000000"),
+        ),
+    ] {
+        let (status, _) = as_b.send_raw(method, &path, None).await;
+        assert_eq!(status, 403, "{method} {path}");
+    }
+
+    // The admin sees B's key as a hint with its last use; revoking it is immediate.
+    let (status, keys) = admin.get(&format!("/venues/{b}/api-keys")).await;
+    assert_eq!(status, 200);
+    let listed = &keys["data"][0];
+    assert!(listed["hint"].as_str().unwrap().starts_with('…'));
+    assert!(listed["last_used_at"].is_string(), "{listed}");
+    assert!(!keys.to_string().contains(&key_b));
+    let key_id = listed["id"].as_str().unwrap();
+    let (status, _) = admin
+        .delete(&format!("/venues/{b}/api-keys/{key_id}"))
+        .await;
+    assert_eq!(status, 204);
+    let (status, answer) = as_b.get(&format!("/venues/{b}/endpoints")).await;
+    assert_eq!(status, 401, "{answer}");
+    // Revoking through another venue's path does nothing.
+    let key_c = issue_key(&admin, &b).await;
+    let (_, keys) = admin.get(&format!("/venues/{b}/api-keys")).await;
+    let c_id = keys["data"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        admin
+            .delete(&format!("/venues/{a}/api-keys/{c_id}"))
+            .await
+            .0,
+        404
+    );
+    as_b.key = Some(key_c);
+    assert_eq!(as_b.get(&format!("/venues/{b}/endpoints")).await.0, 200);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_signs_with_old_and_new_secrets_during_the_grace_only() {
+    let stack = start_stack().await;
+    let api = Client::new(&stack);
+    let v = venue("rot");
+    let rx = Receiver::start(200).await;
+    let ep = api
+        .create_endpoint(&v, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    let id = ep["id"].as_str().unwrap();
+    let old = ep["secret"].as_str().unwrap().to_owned();
+    let path = format!("/venues/{v}/endpoints/{id}/rotate");
+
+    let (status, bad) = api
+        .post(&path, json!({"grace_period_seconds": 604801}))
+        .await;
+    assert_eq!(status, 422, "{bad}");
+    let (status, rotated) = api.post(&path, json!({"grace_period_seconds": 3})).await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(
+        rotated["auth"]["secret_hint"],
+        format!("whsec_…{}", &new[new.len() - 4..])
+    );
+    let (_, read) = api.get(&format!("/venues/{v}/endpoints/{id}")).await;
+    assert!(read.get("secret").is_none());
+
+    let publish = || async {
+        let (status, _) = api
+            .post(
+                &format!("/venues/{v}/events"),
+                json!({"type": "order.created", "data": {}}),
+            )
+            .await;
+        assert_eq!(status, 202);
+    };
+    publish().await;
+    let during = rx.wait_for(1, WAIT).await;
+    assert_eq!(
+        during[0].headers["webhook-signature"].split(' ').count(),
+        2,
+        "new and old, newest first"
+    );
+    assert_eq!(verify_with_python(&new, &during), vec!["ok"]);
+    assert_eq!(
+        verify_with_python(&old, &during),
+        vec!["ok"],
+        "the old secret verifies during the grace"
+    );
+    assert_eq!(verify_with_node(&old, &during), vec!["ok"]);
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    publish().await;
+    let after = rx.wait_for(2, WAIT).await;
+    let last = &after[1..];
+    assert_eq!(last[0].headers["webhook-signature"].split(' ').count(), 1);
+    assert_eq!(verify_with_python(&new, last), vec!["ok"]);
+    assert!(
+        verify_with_python(&old, last)[0].starts_with("fail"),
+        "the old secret fails after the grace"
+    );
+    assert!(verify_with_node(&old, last)[0].starts_with("fail"));
+
+    // A bearer endpoint's token is replaced at once, and may be the venue's own.
+    let bearer_rx = Receiver::start(200).await;
+    let bearer = api
+        .create_endpoint(
+            &v,
+            json!({"url": bearer_rx.url, "event_types": ["lead.*"],
+                                    "auth": {"mode": "bearer_token"}}),
+        )
+        .await;
+    let bid = bearer["id"].as_str().unwrap();
+    let own = "a-brand-new-token-of-the-venue";
+    let (status, rotated) = api
+        .post(
+            &format!("/venues/{v}/endpoints/{bid}/rotate"),
+            json!({"token": own}),
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    assert_eq!(rotated["token"], own);
+    api.post(
+        &format!("/venues/{v}/events"),
+        json!({"type": "lead.created", "data": {}}),
+    )
+    .await;
+    let got = bearer_rx.wait_for(1, WAIT).await;
+    assert_eq!(got[0].headers["authorization"], format!("Bearer {own}"));
+
+    // Rotating a deleted endpoint is a 404.
+    assert_eq!(
+        api.delete(&format!("/venues/{v}/endpoints/{bid}")).await.0,
+        204
+    );
+    let (status, _) = api
+        .post(&format!("/venues/{v}/endpoints/{bid}/rotate"), json!({}))
+        .await;
+    assert_eq!(status, 404);
+    stack.stop().await;
+}
