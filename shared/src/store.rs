@@ -471,18 +471,15 @@ impl Store {
              attempts = list_append(if_not_exists(attempts, :empty), :attempt), \
              last_status_code = :code, last_error = :error, next_attempt_at = :next, expires_at = :ttl",
         );
-        match rec.scheduled {
-            Some(number) => {
-                set.push_str(", scheduled_attempts = :number");
-                update = update
-                    .expression_attribute_values(":number", n(number))
-                    .expression_attribute_values(":previous", n(number.saturating_sub(1)))
-                    .condition_expression(
-                        "attribute_not_exists(scheduled_attempts) OR scheduled_attempts = :previous",
-                    );
-            }
-            // Manual and test attempts: the caller knows the delivery; nothing to de-duplicate.
-            None => {}
+        // Manual and test attempts (no number) have nothing to de-duplicate.
+        if let Some(number) = rec.scheduled {
+            set.push_str(", scheduled_attempts = :number");
+            update = update
+                .expression_attribute_values(":number", n(number))
+                .expression_attribute_values(":previous", n(number.saturating_sub(1)))
+                .condition_expression(
+                    "attribute_not_exists(scheduled_attempts) OR scheduled_attempts = :previous",
+                );
         }
         let result = update
             .update_expression(format!("{set} ADD attempt_count :one"))
