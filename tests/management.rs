@@ -294,3 +294,106 @@ async fn rotation_signs_with_old_and_new_secrets_during_the_grace_only() {
     assert_eq!(status, 404);
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_test_reports_the_outcome_and_shows_in_history() {
+    let stack = start_stack().await;
+    let api = Client::new(&stack);
+    let v = venue("test");
+
+    let (status, catalog) = api.get("/event-types").await;
+    assert_eq!(status, 200);
+    assert!(catalog["version"].is_string());
+    let types = catalog["event_types"].as_array().unwrap();
+    let order = types
+        .iter()
+        .find(|t| t["type"] == "order.created")
+        .expect("order.created");
+    assert!(order["description"].is_string() && order["example"].is_object());
+
+    // Subscriptions must name the catalog.
+    let rx = Receiver::start(200).await;
+    for bad in [json!(["order.exploded"]), json!(["nothing.*"])] {
+        let (status, answer) = api
+            .post(
+                &format!("/venues/{v}/endpoints"),
+                json!({"url": rx.url, "event_types": bad}),
+            )
+            .await;
+        assert_eq!(status, 422, "{answer}");
+        assert!(answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("catalog"));
+    }
+
+    let ep = api
+        .create_endpoint(&v, json!({"url": rx.url, "event_types": ["order.*"]}))
+        .await;
+    let id = ep["id"].as_str().unwrap();
+    let secret = ep["secret"].as_str().unwrap();
+    let (status, outcome) = api
+        .post(&format!("/venues/{v}/endpoints/{id}/test"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["succeeded"], true);
+    assert_eq!(outcome["status_code"], 200);
+    assert_eq!(outcome["trigger"], "test");
+    assert_eq!(outcome["response_body"], "receiver answered 200");
+    let got = rx.received();
+    assert_eq!(got.len(), 1, "sent now, not queued");
+    let body: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(body["type"], "webhook.test");
+    assert_eq!(body["data"]["test"], true);
+    assert_eq!(verify_with_python(secret, &got), vec!["ok"]);
+
+    let (_, outcome) = api
+        .post(
+            &format!("/venues/{v}/endpoints/{id}/test"),
+            json!({"event_type": "order.created"}),
+        )
+        .await;
+    assert_eq!(outcome["succeeded"], true);
+    let body: Value = serde_json::from_str(&rx.received()[1].body).unwrap();
+    assert_eq!(
+        body["data"], order["example"],
+        "the catalog's example payload"
+    );
+
+    // A receiver that refuses: the outcome says so, with a hint that points at the fix.
+    rx.set_status(401);
+    let (status, outcome) = api
+        .post(&format!("/venues/{v}/endpoints/{id}/test"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(outcome["succeeded"], false);
+    assert_eq!(outcome["error_class"], "http_4xx");
+    assert!(
+        outcome["hint"].as_str().unwrap().contains("secret"),
+        "{outcome}"
+    );
+    let (status, _) = api
+        .post(
+            &format!("/venues/{v}/endpoints/{id}/test"),
+            json!({"event_type": "order.exploded"}),
+        )
+        .await;
+    assert_eq!(status, 422);
+
+    // All three in history, trigger `test`; the failed one is `failed`.
+    let (_, page) = api
+        .get(&format!("/venues/{v}/endpoints/{id}/deliveries"))
+        .await;
+    let list = page["data"].as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0]["status"], "failed");
+    let (_, detail) = api
+        .get(&format!(
+            "/venues/{v}/deliveries/{}",
+            list[0]["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(detail["attempts"][0]["trigger"], "test");
+    assert_eq!(detail["attempts"][0]["status_code"], 401);
+    stack.stop().await;
+}
