@@ -397,3 +397,58 @@ async fn send_test_reports_the_outcome_and_shows_in_history() {
     assert_eq!(detail["attempts"][0]["status_code"], 401);
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_filters_by_status_type_and_time_with_opaque_cursors() {
+    let stack = start_stack().await;
+    let api = Client::new(&stack);
+    let v = venue("hist");
+    let rx = Receiver::start(200).await;
+    let ep = api
+        .create_endpoint(&v, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    let id = ep["id"].as_str().unwrap();
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    for t in ["order.created", "order.paid", "order.created"] {
+        api.post(&format!("/venues/{v}/events"), json!({"type": t, "data": {}}))
+            .await;
+    }
+    rx.wait_for(3, WAIT).await;
+    let history = format!("/venues/{v}/endpoints/{id}/deliveries");
+    let all = eventually(WAIT, || async {
+        let (_, page) = api.get(&format!("{history}?status=succeeded")).await;
+        (page["data"].as_array().map_or(0, Vec::len) == 3).then_some(page)
+    })
+    .await
+    .expect("three succeeded");
+    let ids: Vec<&str> = all["data"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+
+    let (_, first) = api.get(&format!("{history}?limit=2")).await;
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    assert!(!cursor.starts_with("dlv_"), "cursors are opaque");
+    let (_, second) = api.get(&format!("{history}?limit=2&cursor={cursor}")).await;
+    let paged: Vec<&str> = first["data"].as_array().unwrap().iter()
+        .chain(second["data"].as_array().unwrap())
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(paged, ids, "newest first, no gap, no repeat");
+
+    let (_, paid) = api.get(&format!("{history}?event_type=order.paid")).await;
+    assert_eq!(paid["data"].as_array().unwrap().len(), 1);
+    let (_, pending) = api.get(&format!("{history}?status=pending")).await;
+    assert_eq!(pending["data"], json!([]));
+    let since = (chrono::Utc::now() + chrono::Duration::seconds(5)).to_rfc3339();
+    let (_, future) = api.get(&format!("{history}?since={}", since.replace('+', "%2B"))).await;
+    assert_eq!(future["data"], json!([]));
+    let until = before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (_, past) = api.get(&format!("{history}?until={until}")).await;
+    assert_eq!(past["data"], json!([]));
+    let from = before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (_, window) = api.get(&format!("{history}?since={from}")).await;
+    assert_eq!(window["data"].as_array().unwrap().len(), 3);
+    for bad in ["status=done", "since=yesterday", "cursor=%%%", "limit=101"] {
+        let (status, answer) = api.get(&format!("{history}?{bad}")).await;
+        assert_eq!(status, 422, "{bad}: {answer}");
+    }
+    stack.stop().await;
+}

@@ -40,6 +40,14 @@ macro_rules! generated_id {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// The smallest (or, `high`, the largest) id that could be generated at `at`:
+            /// bounds for a key range over ids, which sort by time.
+            pub fn bound(at: chrono::DateTime<chrono::Utc>, high: bool) -> String {
+                let ms = at.timestamp_millis().max(0) as u64;
+                let random = if high { (1u128 << 80) - 1 } else { 0 };
+                format!("{}_{}", $prefix, ulid::Ulid::from_parts(ms, random))
+            }
         }
 
         impl fmt::Display for $name {

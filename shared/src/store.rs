@@ -626,16 +626,23 @@ impl Store {
     ) -> Result<Page<DeliveryRecord>> {
         let mut items = Vec::new();
         let mut start = before.map(|id| id.as_str().to_owned());
-        let now = Utc::now().timestamp();
+        let now = Utc::now();
+        // Retention is enforced on read too: nothing older than it, whatever TTL has done.
+        let oldest = now - self.retention;
+        let from = DeliveryId::bound(filter.since.map_or(oldest, |s| s.max(oldest)), false);
+        let to = DeliveryId::bound(filter.until.unwrap_or(now), true);
+        let now = now.timestamp();
         for _ in 0..MAX_FILTER_PAGES {
             let mut query = self
                 .ddb
                 .query()
                 .table_name(&self.deliveries)
                 .index_name(BY_ENDPOINT)
-                .key_condition_expression("endpoint_id = :e")
+                .key_condition_expression("endpoint_id = :e AND delivery_id BETWEEN :from AND :to")
                 .filter_expression(filter.expression())
                 .expression_attribute_values(":e", s(endpoint.as_str()))
+                .expression_attribute_values(":from", s(from.clone()))
+                .expression_attribute_values(":to", s(to.clone()))
                 .expression_attribute_values(":venue", s(tenant.venue().as_str()))
                 .expression_attribute_values(":now", n(now))
                 .scan_index_forward(false)
@@ -690,14 +697,6 @@ impl Store {
         to: DateTime<Utc>,
         max: usize,
     ) -> Result<Vec<DeliveryRecord>> {
-        let bound = |at: DateTime<Utc>, fill: u128| {
-            let ms = at.timestamp_millis().max(0) as u64;
-            format!(
-                "{}_{}",
-                DeliveryId::PREFIX,
-                ulid::Ulid::from_parts(ms, fill)
-            )
-        };
         let mut pages = self
             .ddb
             .query()
@@ -707,8 +706,8 @@ impl Store {
             .filter_expression("venue_id = :venue AND #status = :failed AND expires_at > :now")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":e", s(endpoint.as_str()))
-            .expression_attribute_values(":from", s(bound(from, 0)))
-            .expression_attribute_values(":to", s(bound(to, (1u128 << 80) - 1)))
+            .expression_attribute_values(":from", s(DeliveryId::bound(from, false)))
+            .expression_attribute_values(":to", s(DeliveryId::bound(to, true)))
             .expression_attribute_values(":venue", s(tenant.venue().as_str()))
             .expression_attribute_values(":failed", s(DeliveryStatus::Failed.as_str()))
             .expression_attribute_values(":now", n(Utc::now().timestamp()))
@@ -828,6 +827,10 @@ const SUMMARY_PROJECTION: &str = "delivery_id, venue_id, endpoint_id, event_id, 
 pub struct DeliveryFilter {
     pub status: Option<DeliveryStatus>,
     pub event_type: Option<String>,
+    /// Deliveries created at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Deliveries created at or before this time.
+    pub until: Option<DateTime<Utc>>,
 }
 
 impl DeliveryFilter {

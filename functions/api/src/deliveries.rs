@@ -11,7 +11,7 @@ use shared::store::{DeliveryFilter, DeliveryRecord, Tenant};
 
 use crate::endpoints::parse_endpoint_id;
 use crate::error::ApiError;
-use crate::{page_limit, to_json, Api, ApiResult, Call};
+use crate::{cursor, page_limit, to_json, Api, ApiResult, Call};
 
 #[derive(Serialize)]
 pub struct SummaryView<'a> {
@@ -82,12 +82,25 @@ pub async fn list(api: &Api, tenant: &Tenant, raw_endpoint: &str, call: &Call<'_
     }
     let before = call
         .param("cursor")
-        .map(|c| {
-            DeliveryId::parse(c)
-                .map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page"))
-        })
+        .map(|c| cursor::decode(c).and_then(|id| DeliveryId::parse(&id).map_err(|_| cursor::invalid())))
         .transpose()?;
-    let filter = DeliveryFilter { status, event_type };
+    let time = |name: &str| {
+        call.param(name)
+            .map(|raw| {
+                DateTime::parse_from_rfc3339(raw)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| {
+                        ApiError::invalid(name, format!("`{raw}` is not an RFC 3339 time"))
+                    })
+            })
+            .transpose()
+    };
+    let filter = DeliveryFilter {
+        status,
+        event_type,
+        since: time("since")?,
+        until: time("until")?,
+    };
     let page = api
         .store
         .list_deliveries(tenant, &endpoint_id, &filter, limit, before.as_ref())
@@ -95,7 +108,7 @@ pub async fn list(api: &Api, tenant: &Tenant, raw_endpoint: &str, call: &Call<'_
     let data: Vec<_> = page.items.iter().map(SummaryView::of).collect();
     Ok((
         StatusCode::OK,
-        json!({"data": data, "next_cursor": page.next_cursor}),
+        json!({"data": data, "next_cursor": page.next_cursor.as_deref().map(cursor::encode)}),
     ))
 }
 

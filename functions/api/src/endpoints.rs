@@ -12,7 +12,7 @@ use shared::secret::Secret;
 use shared::store::Tenant;
 
 use crate::error::{parse_json, ApiError};
-use crate::{page_limit, to_json, Api, ApiResult, Call};
+use crate::{cursor, page_limit, to_json, Api, ApiResult, Call};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -271,10 +271,7 @@ pub async fn list(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
     let limit = page_limit(call)?;
     let after = call
         .param("cursor")
-        .map(|c| {
-            EndpointId::parse(c)
-                .map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page"))
-        })
+        .map(|c| cursor::decode(c).and_then(|id| EndpointId::parse(&id).map_err(|_| cursor::invalid())))
         .transpose()?;
     let page = api
         .store
@@ -283,7 +280,7 @@ pub async fn list(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
     let data: Vec<_> = page.items.iter().map(EndpointView::of).collect();
     Ok((
         StatusCode::OK,
-        serde_json::json!({"data": data, "next_cursor": page.next_cursor}),
+        serde_json::json!({"data": data, "next_cursor": page.next_cursor.as_deref().map(cursor::encode)}),
     ))
 }
 

@@ -5,6 +5,7 @@
 //! already-authorised [`Tenant`].
 
 pub mod api_keys;
+pub mod cursor;
 pub mod auth;
 pub mod deliveries;
 pub mod endpoints;
