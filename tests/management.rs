@@ -452,3 +452,78 @@ async fn history_filters_by_status_type_and_time_with_opaque_cursors() {
     }
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_formats_data_and_a_slack_template_are_signed_as_sent() {
+    let stack = start_stack().await;
+    let api = Client::new(&stack);
+    let v = venue("fmt");
+    let data_rx = Receiver::start(200).await;
+    let slack_rx = Receiver::start(200).await;
+    let slack = "{text: join('', ['New order ', data.order_id, ': ', to_string(data.total_cents), ' cents'])}";
+    let data_ep = api
+        .create_endpoint(&v, json!({"url": data_rx.url, "event_types": ["order.created"],
+                                    "payload_format": "data"}))
+        .await;
+    let slack_ep = api
+        .create_endpoint(&v, json!({"url": slack_rx.url, "event_types": ["order.*"],
+                                    "payload_format": "template", "template": slack}))
+        .await;
+    assert_eq!(slack_ep["template"], slack);
+
+    // Bad templates are refused on save, with what to fix.
+    for (body, needle) in [
+        (json!({"url": slack_rx.url, "event_types": ["*"], "payload_format": "template"}), "needs a `template`"),
+        (json!({"url": slack_rx.url, "event_types": ["*"], "payload_format": "template", "template": "{text: "}), "JMESPath"),
+        (json!({"url": slack_rx.url, "event_types": ["*"], "payload_format": "template", "template": "data.order_id"}), "JSON object"),
+        (json!({"url": slack_rx.url, "event_types": ["*"], "template": "{a: id}"}), "set payload_format"),
+    ] {
+        let (status, answer) = api.post(&format!("/venues/{v}/endpoints"), body).await;
+        assert_eq!(status, 422, "{answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains(needle), "{answer}");
+    }
+
+    api.post(
+        &format!("/venues/{v}/events"),
+        json!({"type": "order.created", "data": {"order_id": "ord_9", "total_cents": 4500}}),
+    )
+    .await;
+    let got = data_rx.wait_for(1, WAIT).await;
+    assert_eq!(got[0].body, r#"{"order_id":"ord_9","total_cents":4500}"#);
+    assert_eq!(verify_with_python(data_ep["secret"].as_str().unwrap(), &got), vec!["ok"]);
+    let got = slack_rx.wait_for(1, WAIT).await;
+    assert_eq!(got[0].body, r#"{"text":"New order ord_9: 4500 cents"}"#);
+    assert_eq!(verify_with_python(slack_ep["secret"].as_str().unwrap(), &got), vec!["ok"]);
+
+    // An event the template cannot render: failed at once, nothing sent, a hint to fix it.
+    api.post(
+        &format!("/venues/{v}/events"),
+        json!({"type": "order.paid", "data": {"order_id": 7}}),
+    )
+    .await;
+    let slack_id = slack_ep["id"].as_str().unwrap();
+    let failed = eventually(WAIT, || async {
+        let (_, page) = api
+            .get(&format!("/venues/{v}/endpoints/{slack_id}/deliveries?status=failed"))
+            .await;
+        page["data"].as_array().and_then(|d| d.first().cloned())
+    })
+    .await
+    .expect("a failed delivery");
+    let (_, detail) = api
+        .get(&format!("/venues/{v}/deliveries/{}", failed["id"].as_str().unwrap()))
+        .await;
+    let attempts = detail["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "no retries for a template error");
+    assert_eq!(attempts[0]["error_class"], "template");
+    assert!(attempts[0]["hint"].as_str().unwrap().contains("template"));
+    assert_eq!(slack_rx.received().len(), 1);
+
+    // PATCH back to the envelope drops the template.
+    let (status, patched) = api
+        .patch(&format!("/venues/{v}/endpoints/{slack_id}"), json!({"payload_format": "envelope"}))
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["template"], Value::Null);
+    stack.stop().await;
+}

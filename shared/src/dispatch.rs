@@ -11,7 +11,7 @@ use crate::domain::{
 };
 use crate::envelope;
 use crate::error::{Error, Result};
-use crate::http_client::{DeliveryClient, Response};
+use crate::http_client::{DeliveryClient, ErrorClass, Response};
 use crate::ids::{DeliveryId, EventId};
 use crate::ingest::record_event;
 use crate::queue::DeliveryJob;
@@ -332,9 +332,23 @@ impl Dispatcher {
         now: DateTime<Utc>,
     ) -> Result<(Attempt, Response)> {
         let credential = self.sealer.open_credential(endpoint, now).await?;
-        let body = envelope::render(event, endpoint.payload_format);
-        let headers = request_headers(&credential, event, &body, now);
-        let response = self.http.post(&endpoint.url, headers, body).await;
+        let response = match envelope::render(
+            event,
+            endpoint.payload_format,
+            endpoint.template.as_deref(),
+        ) {
+            Ok(body) => {
+                let headers = request_headers(&credential, event, &body, now);
+                self.http.post(&endpoint.url, headers, body).await
+            }
+            Err(message) => Response {
+                status_code: None,
+                duration: std::time::Duration::ZERO,
+                error: Some((ErrorClass::Template, message)),
+                body_excerpt: None,
+                retry_after: None,
+            },
+        };
         let attempt = Attempt {
             attempt: attempt_number,
             at: now,

@@ -82,6 +82,8 @@ pub enum PayloadFormat {
     Envelope,
     /// Only the `data` object.
     Data,
+    /// The endpoint's JMESPath template evaluated over the envelope (e.g. a Slack message).
+    Template,
 }
 
 /// A destination of a venue, as stored.
@@ -96,6 +98,9 @@ pub struct Endpoint {
     pub auth: EndpointAuth,
     #[serde(default)]
     pub payload_format: PayloadFormat,
+    /// The JMESPath expression of `payload_format: template`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     pub enabled: bool,
     /// Why the system disabled it (410 Gone, failing too long); cleared on re-enable.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -27,6 +27,8 @@ pub enum ErrorClass {
     BlockedAddress,
     Http4xx,
     Http5xx,
+    /// The endpoint's template failed on this event; nothing was sent.
+    Template,
     Other,
 }
 
@@ -41,6 +43,7 @@ impl ErrorClass {
             ErrorClass::BlockedAddress => "blocked_address",
             ErrorClass::Http4xx => "http_4xx",
             ErrorClass::Http5xx => "http_5xx",
+            ErrorClass::Template => "template",
             ErrorClass::Other => "other",
         }
     }
@@ -74,6 +77,9 @@ impl ErrorClass {
             (ErrorClass::Redirect, _) => "the receiver redirects: set the endpoint URL to the final address",
             (ErrorClass::BlockedAddress, _) => {
                 "the URL leads to an address that may not receive webhooks: use a public address"
+            }
+            (ErrorClass::Template, _) => {
+                "the endpoint's template failed on this event: fix the template, then retry"
             }
             (ErrorClass::Other, _) => "the request failed: check the endpoint URL and the receiver",
         }

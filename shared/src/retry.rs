@@ -55,6 +55,8 @@ pub enum Outcome {
     Failed {
         retry_after: Option<Duration>,
     },
+    /// Nothing a retry can change (the endpoint's template fails on this event).
+    Permanent,
 }
 
 impl Outcome {
@@ -66,6 +68,7 @@ impl Outcome {
         match (response.status_code, response.error.as_ref()) {
             (_, None) => Outcome::Success,
             (Some(410), _) => Outcome::Gone,
+            (_, Some((ErrorClass::Template, _))) => Outcome::Permanent,
             (Some(429 | 503), _) => Outcome::Overloaded { retry_after },
             (_, Some((ErrorClass::Timeout, _))) => Outcome::Overloaded { retry_after: None },
             _ => Outcome::Failed { retry_after },
@@ -101,6 +104,7 @@ impl RetryPolicy {
         let retry_after = match outcome {
             Outcome::Success => return Decision::Delivered,
             Outcome::Gone => return Decision::DisableEndpoint,
+            Outcome::Permanent => return Decision::GiveUp,
             Outcome::Overloaded { retry_after } | Outcome::Failed { retry_after } => *retry_after,
         };
         let Some(base) = self.schedule.get(attempt.saturating_sub(1) as usize) else {

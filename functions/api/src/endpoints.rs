@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
 use shared::catalog::catalog;
+use shared::envelope::check_template;
 use shared::domain::{
     validate_event_type_patterns, AuthMode, Endpoint, PayloadFormat, MAX_DESCRIPTION_LEN,
 };
@@ -25,6 +26,8 @@ struct CreateEndpoint {
     auth: Option<AuthRequest>,
     #[serde(default)]
     payload_format: Option<PayloadFormat>,
+    #[serde(default)]
+    template: Option<String>,
     #[serde(default)]
     enabled: Option<bool>,
 }
@@ -51,6 +54,8 @@ struct UpdateEndpoint {
     event_types: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "present")]
     payload_format: Option<Option<PayloadFormat>>,
+    #[serde(default, deserialize_with = "present")]
+    template: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     enabled: Option<Option<bool>>,
 }
@@ -87,6 +92,7 @@ pub struct EndpointView<'a> {
     event_types: &'a [String],
     auth: AuthView,
     payload_format: PayloadFormat,
+    template: Option<&'a str>,
     enabled: bool,
     /// Why the system disabled it, if it did.
     disabled_reason: Option<&'a str>,
@@ -112,6 +118,7 @@ impl<'a> EndpointView<'a> {
                 token_hint: if signed { None } else { hint },
             },
             payload_format: ep.payload_format,
+            template: ep.template.as_deref(),
             enabled: ep.enabled,
             disabled_reason: ep.disabled_reason.as_deref(),
             failing_since: ep.failing_since,
@@ -131,6 +138,29 @@ fn check_description(description: &Option<String>) -> Result<(), ApiError> {
     }
 }
 
+/// `template` goes with `payload_format: template`, and only with it; it must work on the
+/// catalog's example of what the endpoint subscribes to.
+fn check_format(
+    format: PayloadFormat,
+    template: Option<&str>,
+    event_types: &[String],
+) -> Result<(), ApiError> {
+    match (format, template) {
+        (PayloadFormat::Template, Some(expression)) => {
+            Ok(check_template(expression, event_types)?)
+        }
+        (PayloadFormat::Template, None) => Err(ApiError::invalid(
+            "template",
+            "payload_format `template` needs a `template` (a JMESPath expression over the envelope)",
+        )),
+        (_, Some(_)) => Err(ApiError::invalid(
+            "template",
+            "set payload_format to `template` to use a template",
+        )),
+        (_, None) => Ok(()),
+    }
+}
+
 pub fn parse_endpoint_id(raw: &str) -> Result<EndpointId, ApiError> {
     EndpointId::parse(raw).map_err(|_| ApiError::not_found("endpoint"))
 }
@@ -140,6 +170,8 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
     let url = api.destinations.check_url(&req.url).await?;
     validate_event_type_patterns(&req.event_types)?;
     catalog().check_patterns(&req.event_types)?;
+    let payload_format = req.payload_format.unwrap_or_default();
+    check_format(payload_format, req.template.as_deref(), &req.event_types)?;
     check_description(&req.description)?;
     let (mode, secret) = match req.auth.unwrap_or(AuthRequest::SignedSecret) {
         AuthRequest::SignedSecret => (AuthMode::SignedSecret, Secret::generate_signing()),
@@ -169,7 +201,8 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
         description: req.description,
         event_types: req.event_types,
         auth,
-        payload_format: req.payload_format.unwrap_or_default(),
+        payload_format,
+        template: req.template,
         enabled: req.enabled.unwrap_or(true),
         disabled_reason: None,
         failing_since: None,
@@ -318,6 +351,19 @@ pub async fn update(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -
     if let Some(format) = req.payload_format {
         endpoint.payload_format = required("payload_format", format)?;
     }
+    let template_sent = req.template.is_some();
+    if let Some(template) = req.template {
+        endpoint.template = template;
+    }
+    if endpoint.payload_format != PayloadFormat::Template && !template_sent {
+        // Leaving the template format drops its template.
+        endpoint.template = None;
+    }
+    check_format(
+        endpoint.payload_format,
+        endpoint.template.as_deref(),
+        &endpoint.event_types,
+    )?;
     if let Some(enabled) = req.enabled {
         let enabled = required("enabled", enabled)?;
         if enabled && !endpoint.enabled {
