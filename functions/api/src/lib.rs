@@ -24,7 +24,7 @@ use shared::ingest::Publisher;
 use shared::queue::Queues;
 use shared::sealing::Sealer;
 use shared::services::Services;
-use shared::store::{Store, Tenant};
+use shared::store::Store;
 
 use crate::auth::Authenticator;
 
@@ -129,79 +129,120 @@ impl Api {
                 .unwrap_or_default(),
             body,
         };
-        let segments: Vec<&str> = request.uri().path().trim_matches('/').split('/').collect();
-        let method = request.method();
-        match segments.as_slice() {
-            ["event-types"] if method == Method::GET => {
-                Ok((StatusCode::OK, to_json(shared::catalog::catalog())))
-            }
-            ["event-types"] => Err(method_not_allowed(method)),
-            ["venues", venue, "api-keys", rest @ ..] => {
-                caller.require_admin()?;
-                let tenant = caller.tenant(venue)?;
-                match (rest, method) {
-                    ([], &Method::POST) => api_keys::create(self, &tenant, &call).await,
-                    ([], &Method::GET) => api_keys::list(self, &tenant).await,
-                    ([id], &Method::DELETE) => api_keys::revoke(self, &tenant, id).await,
-                    ([] | [_], _) => Err(method_not_allowed(method)),
-                    _ => Err(no_route()),
-                }
-            }
-            ["venues", venue, rest @ ..] => {
-                let tenant = caller.tenant(venue)?;
-                self.venue_route(method, rest, &tenant, &call).await
-            }
-            _ => Err(no_route()),
+        let (op, params) = route(request.method(), request.uri().path())?;
+        if op == Op::EventTypes {
+            return Ok((StatusCode::OK, to_json(shared::catalog::catalog())));
+        }
+        if op.admin_only() {
+            caller.require_admin()?;
+        }
+        // Every other route starts with /venues/{venue_id}.
+        let tenant = caller.tenant(params.first().copied().unwrap_or_default())?;
+        let id = params.get(1).copied().unwrap_or_default();
+        let (t, c) = (&tenant, &call);
+        match op {
+            Op::EventTypes => Err(no_route()),
+            Op::CreateEndpoint => endpoints::create(self, t, c).await,
+            Op::ListEndpoints => endpoints::list(self, t, c).await,
+            Op::GetEndpoint => endpoints::get(self, t, id).await,
+            Op::UpdateEndpoint => endpoints::update(self, t, id, c).await,
+            Op::DeleteEndpoint => endpoints::delete(self, t, id).await,
+            Op::RotateSecret => endpoints::rotate(self, t, id, c).await,
+            Op::SendTest => endpoints::send_test(self, t, id, c).await,
+            Op::ListDeliveries => deliveries::list(self, t, id, c).await,
+            Op::Replay => deliveries::replay(self, t, id, c).await,
+            Op::GetDelivery => deliveries::get(self, t, id).await,
+            Op::RetryDelivery => deliveries::retry(self, t, id).await,
+            Op::PublishEvent => events::publish(self, t, c).await,
+            Op::GetEvent => events::get(self, t, id).await,
+            Op::CreateApiKey => api_keys::create(self, t, c).await,
+            Op::ListApiKeys => api_keys::list(self, t).await,
+            Op::RevokeApiKey => api_keys::revoke(self, t, id).await,
         }
     }
+}
 
-    async fn venue_route(
-        &self,
-        method: &Method,
-        rest: &[&str],
-        tenant: &Tenant,
-        call: &Call<'_>,
-    ) -> ApiResult {
-        match (rest, method) {
-            (["endpoints"], &Method::POST) => endpoints::create(self, tenant, call).await,
-            (["endpoints"], &Method::GET) => endpoints::list(self, tenant, call).await,
-            (["endpoints", id], &Method::GET) => endpoints::get(self, tenant, id).await,
-            (["endpoints", id], &Method::PATCH) => endpoints::update(self, tenant, id, call).await,
-            (["endpoints", id], &Method::DELETE) => endpoints::delete(self, tenant, id).await,
-            (["endpoints", id, "test"], &Method::POST) => {
-                endpoints::send_test(self, tenant, id, call).await
-            }
-            (["endpoints", id, "rotate"], &Method::POST) => {
-                endpoints::rotate(self, tenant, id, call).await
-            }
-            (["endpoints", id, "deliveries"], &Method::GET) => {
-                deliveries::list(self, tenant, id, call).await
-            }
-            (["endpoints", id, "replay"], &Method::POST) => {
-                deliveries::replay(self, tenant, id, call).await
-            }
-            (["deliveries", id], &Method::GET) => deliveries::get(self, tenant, id).await,
-            (["deliveries", id, "retry"], &Method::POST) => {
-                deliveries::retry(self, tenant, id).await
-            }
-            (["events"], &Method::POST) => events::publish(self, tenant, call).await,
-            (["events", id], &Method::GET) => events::get(self, tenant, id).await,
-            (
-                ["endpoints"]
-                | ["endpoints", _]
-                | ["endpoints", _, "deliveries"]
-                | ["endpoints", _, "replay"]
-                | ["endpoints", _, "rotate"]
-                | ["endpoints", _, "test"]
-                | ["deliveries", _]
-                | ["deliveries", _, "retry"]
-                | ["events"]
-                | ["events", _],
-                _,
-            ) => Err(method_not_allowed(method)),
-            _ => Err(no_route()),
-        }
+/// What a route does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    EventTypes,
+    CreateEndpoint,
+    ListEndpoints,
+    GetEndpoint,
+    UpdateEndpoint,
+    DeleteEndpoint,
+    RotateSecret,
+    SendTest,
+    ListDeliveries,
+    Replay,
+    GetDelivery,
+    RetryDelivery,
+    PublishEvent,
+    GetEvent,
+    CreateApiKey,
+    ListApiKeys,
+    RevokeApiKey,
+}
+
+impl Op {
+    fn admin_only(self) -> bool {
+        matches!(self, Op::CreateApiKey | Op::ListApiKeys | Op::RevokeApiKey)
     }
+}
+
+/// Every route the API serves. `docs/openapi.yaml` documents exactly these (a test checks it).
+pub const ROUTES: &[(&str, &str, Op)] = &[
+    ("GET", "/event-types", Op::EventTypes),
+    ("POST", "/venues/{venue_id}/endpoints", Op::CreateEndpoint),
+    ("GET", "/venues/{venue_id}/endpoints", Op::ListEndpoints),
+    ("GET", "/venues/{venue_id}/endpoints/{endpoint_id}", Op::GetEndpoint),
+    ("PATCH", "/venues/{venue_id}/endpoints/{endpoint_id}", Op::UpdateEndpoint),
+    ("DELETE", "/venues/{venue_id}/endpoints/{endpoint_id}", Op::DeleteEndpoint),
+    ("POST", "/venues/{venue_id}/endpoints/{endpoint_id}/rotate", Op::RotateSecret),
+    ("POST", "/venues/{venue_id}/endpoints/{endpoint_id}/test", Op::SendTest),
+    ("GET", "/venues/{venue_id}/endpoints/{endpoint_id}/deliveries", Op::ListDeliveries),
+    ("POST", "/venues/{venue_id}/endpoints/{endpoint_id}/replay", Op::Replay),
+    ("GET", "/venues/{venue_id}/deliveries/{delivery_id}", Op::GetDelivery),
+    ("POST", "/venues/{venue_id}/deliveries/{delivery_id}/retry", Op::RetryDelivery),
+    ("POST", "/venues/{venue_id}/events", Op::PublishEvent),
+    ("GET", "/venues/{venue_id}/events/{event_id}", Op::GetEvent),
+    ("POST", "/venues/{venue_id}/api-keys", Op::CreateApiKey),
+    ("GET", "/venues/{venue_id}/api-keys", Op::ListApiKeys),
+    ("DELETE", "/venues/{venue_id}/api-keys/{key_id}", Op::RevokeApiKey),
+];
+
+/// Matches a request against [`ROUTES`]: the operation and the path's `{…}` values, in order.
+/// A path served for other methods is a 405.
+pub fn route<'p>(method: &Method, path: &'p str) -> Result<(Op, Vec<&'p str>), ApiError> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let mut path_known = false;
+    for (route_method, pattern, op) in ROUTES {
+        let parts: Vec<&str> = pattern.trim_matches('/').split('/').collect();
+        if parts.len() != segments.len() {
+            continue;
+        }
+        let mut params = Vec::new();
+        let matched = parts.iter().zip(&segments).all(|(part, seg)| {
+            if part.starts_with('{') {
+                params.push(*seg);
+                !seg.is_empty()
+            } else {
+                part == seg
+            }
+        });
+        if !matched {
+            continue;
+        }
+        if method.as_str() == *route_method {
+            return Ok((*op, params));
+        }
+        path_known = true;
+    }
+    Err(if path_known {
+        method_not_allowed(method)
+    } else {
+        no_route()
+    })
 }
 
 fn method_not_allowed(method: &Method) -> ApiError {
