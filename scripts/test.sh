@@ -1,17 +1,50 @@
 #!/usr/bin/env bash
-# `make test` after lint (or `make faults`, with arguments for cargo test): starts moto on a free loopback port and runs every Rust test
-# (unit tests and the integration tests in tests/, which start their own stacks on it), then
-# prints one closing line with the totals.
+# `make test` after lint (or `make faults`, with arguments for cargo test): starts moto on a
+# free loopback port, runs the Rust tests (unit tests, and the integration tests in tests/,
+# which start their own stacks on it), then, for the whole suite, a bounded schemathesis run
+# of docs/openapi.yaml against a local API. Prints one closing line with the totals.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/moto.sh
 start_moto "$(free_port)"
 mkdir -p .dev
 status=0
-if [ $# -eq 0 ]; then set -- --workspace --all-targets; fi
+whole_suite=0
+if [ $# -eq 0 ]; then
+  whole_suite=1
+  set -- --workspace --all-targets
+fi
 cargo test --no-fail-fast "$@" 2>&1 | tee .dev/test.log || status=$?
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' .dev/test.log | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '^test result: .*; ([0-9]+) failed' .dev/test.log | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+
+if [ "$whole_suite" = 1 ]; then
+  # The API against its OpenAPI document: no 5xx, no response outside its schema.
+  cargo build --quiet -p local
+  api_port=$(free_port)
+  STACK_PREFIX="schema-$$" API_PORT="$api_port" ADMIN_API_KEY=schemathesis-admin-key \
+    ./target/debug/popup-local dev >.dev/schemathesis-stack.log 2>&1 &
+  stack_pid=$!
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$api_port/event-types" && break
+    sleep 0.1
+  done
+  echo "schemathesis: docs/openapi.yaml against http://127.0.0.1:$api_port"
+  if timeout 300 .venv/bin/schemathesis run docs/openapi.yaml \
+      --url "http://127.0.0.1:$api_port" \
+      -H "Authorization: Bearer schemathesis-admin-key" \
+      --checks not_a_server_error,response_schema_conformance,content_type_conformance \
+      --max-examples 20 --seed 1 --generation-database none 2>&1 | tee .dev/schemathesis.log | tail -15
+  then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    status=1
+  fi
+  kill -INT "$stack_pid" 2>/dev/null || true
+  wait "$stack_pid" 2>/dev/null || true
+fi
+
 echo
 echo "${passed} passed, ${failed} failed"
 exit $status

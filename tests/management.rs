@@ -410,8 +410,11 @@ async fn history_filters_by_status_type_and_time_with_opaque_cursors() {
     let id = ep["id"].as_str().unwrap();
     let before = chrono::Utc::now() - chrono::Duration::seconds(1);
     for t in ["order.created", "order.paid", "order.created"] {
-        api.post(&format!("/venues/{v}/events"), json!({"type": t, "data": {}}))
-            .await;
+        api.post(
+            &format!("/venues/{v}/events"),
+            json!({"type": t, "data": {}}),
+        )
+        .await;
     }
     rx.wait_for(3, WAIT).await;
     let history = format!("/venues/{v}/endpoints/{id}/deliveries");
@@ -421,13 +424,21 @@ async fn history_filters_by_status_type_and_time_with_opaque_cursors() {
     })
     .await
     .expect("three succeeded");
-    let ids: Vec<&str> = all["data"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
 
     let (_, first) = api.get(&format!("{history}?limit=2")).await;
     let cursor = first["next_cursor"].as_str().unwrap().to_owned();
     assert!(!cursor.starts_with("dlv_"), "cursors are opaque");
     let (_, second) = api.get(&format!("{history}?limit=2&cursor={cursor}")).await;
-    let paged: Vec<&str> = first["data"].as_array().unwrap().iter()
+    let paged: Vec<&str> = first["data"]
+        .as_array()
+        .unwrap()
+        .iter()
         .chain(second["data"].as_array().unwrap())
         .map(|d| d["id"].as_str().unwrap())
         .collect();
@@ -438,7 +449,9 @@ async fn history_filters_by_status_type_and_time_with_opaque_cursors() {
     let (_, pending) = api.get(&format!("{history}?status=pending")).await;
     assert_eq!(pending["data"], json!([]));
     let since = (chrono::Utc::now() + chrono::Duration::seconds(5)).to_rfc3339();
-    let (_, future) = api.get(&format!("{history}?since={}", since.replace('+', "%2B"))).await;
+    let (_, future) = api
+        .get(&format!("{history}?since={}", since.replace('+', "%2B")))
+        .await;
     assert_eq!(future["data"], json!([]));
     let until = before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let (_, past) = api.get(&format!("{history}?until={until}")).await;
@@ -462,25 +475,49 @@ async fn payload_formats_data_and_a_slack_template_are_signed_as_sent() {
     let slack_rx = Receiver::start(200).await;
     let slack = "{text: join('', ['New order ', data.order_id, ': ', to_string(data.total_cents), ' cents'])}";
     let data_ep = api
-        .create_endpoint(&v, json!({"url": data_rx.url, "event_types": ["order.created"],
-                                    "payload_format": "data"}))
+        .create_endpoint(
+            &v,
+            json!({"url": data_rx.url, "event_types": ["order.created"],
+                                    "payload_format": "data"}),
+        )
         .await;
     let slack_ep = api
-        .create_endpoint(&v, json!({"url": slack_rx.url, "event_types": ["order.*"],
-                                    "payload_format": "template", "template": slack}))
+        .create_endpoint(
+            &v,
+            json!({"url": slack_rx.url, "event_types": ["order.*"],
+                                    "payload_format": "template", "template": slack}),
+        )
         .await;
     assert_eq!(slack_ep["template"], slack);
 
     // Bad templates are refused on save, with what to fix.
     for (body, needle) in [
-        (json!({"url": slack_rx.url, "event_types": ["*"], "payload_format": "template"}), "needs a `template`"),
-        (json!({"url": slack_rx.url, "event_types": ["*"], "payload_format": "template", "template": "{text: "}), "JMESPath"),
-        (json!({"url": slack_rx.url, "event_types": ["*"], "payload_format": "template", "template": "data.order_id"}), "JSON object"),
-        (json!({"url": slack_rx.url, "event_types": ["*"], "template": "{a: id}"}), "set payload_format"),
+        (
+            json!({"url": slack_rx.url, "event_types": ["*"], "payload_format": "template"}),
+            "needs a `template`",
+        ),
+        (
+            json!({"url": slack_rx.url, "event_types": ["*"], "payload_format": "template", "template": "{text: "}),
+            "JMESPath",
+        ),
+        (
+            json!({"url": slack_rx.url, "event_types": ["*"], "payload_format": "template", "template": "data.order_id"}),
+            "JSON object",
+        ),
+        (
+            json!({"url": slack_rx.url, "event_types": ["*"], "template": "{a: id}"}),
+            "set payload_format",
+        ),
     ] {
         let (status, answer) = api.post(&format!("/venues/{v}/endpoints"), body).await;
         assert_eq!(status, 422, "{answer}");
-        assert!(answer["error"]["message"].as_str().unwrap().contains(needle), "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(needle),
+            "{answer}"
+        );
     }
 
     api.post(
@@ -490,10 +527,16 @@ async fn payload_formats_data_and_a_slack_template_are_signed_as_sent() {
     .await;
     let got = data_rx.wait_for(1, WAIT).await;
     assert_eq!(got[0].body, r#"{"order_id":"ord_9","total_cents":4500}"#);
-    assert_eq!(verify_with_python(data_ep["secret"].as_str().unwrap(), &got), vec!["ok"]);
+    assert_eq!(
+        verify_with_python(data_ep["secret"].as_str().unwrap(), &got),
+        vec!["ok"]
+    );
     let got = slack_rx.wait_for(1, WAIT).await;
     assert_eq!(got[0].body, r#"{"text":"New order ord_9: 4500 cents"}"#);
-    assert_eq!(verify_with_python(slack_ep["secret"].as_str().unwrap(), &got), vec!["ok"]);
+    assert_eq!(
+        verify_with_python(slack_ep["secret"].as_str().unwrap(), &got),
+        vec!["ok"]
+    );
 
     // An event the template cannot render: failed at once, nothing sent, a hint to fix it.
     api.post(
@@ -504,14 +547,19 @@ async fn payload_formats_data_and_a_slack_template_are_signed_as_sent() {
     let slack_id = slack_ep["id"].as_str().unwrap();
     let failed = eventually(WAIT, || async {
         let (_, page) = api
-            .get(&format!("/venues/{v}/endpoints/{slack_id}/deliveries?status=failed"))
+            .get(&format!(
+                "/venues/{v}/endpoints/{slack_id}/deliveries?status=failed"
+            ))
             .await;
         page["data"].as_array().and_then(|d| d.first().cloned())
     })
     .await
     .expect("a failed delivery");
     let (_, detail) = api
-        .get(&format!("/venues/{v}/deliveries/{}", failed["id"].as_str().unwrap()))
+        .get(&format!(
+            "/venues/{v}/deliveries/{}",
+            failed["id"].as_str().unwrap()
+        ))
         .await;
     let attempts = detail["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 1, "no retries for a template error");
@@ -521,7 +569,10 @@ async fn payload_formats_data_and_a_slack_template_are_signed_as_sent() {
 
     // PATCH back to the envelope drops the template.
     let (status, patched) = api
-        .patch(&format!("/venues/{v}/endpoints/{slack_id}"), json!({"payload_format": "envelope"}))
+        .patch(
+            &format!("/venues/{v}/endpoints/{slack_id}"),
+            json!({"payload_format": "envelope"}),
+        )
         .await;
     assert_eq!(status, 200, "{patched}");
     assert_eq!(patched["template"], Value::Null);

@@ -24,23 +24,22 @@ pub async fn run(
     sqs: aws_sdk_sqs::Client,
     trigger: QueueTrigger,
     handler: Handler,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let received = tokio::select! {
-            r = sqs
-                .receive_message()
-                .queue_url(&trigger.queue_url)
-                .max_number_of_messages(trigger.batch_size.clamp(1, 10))
-                .wait_time_seconds(1)
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .message_attribute_names("All")
-                .send() => r,
-            _ = shutdown.changed() => return,
-        };
+        // Not abandoned on shutdown: SQS would hand a message to a receive nobody reads.
+        let received = sqs
+            .receive_message()
+            .queue_url(&trigger.queue_url)
+            .max_number_of_messages(trigger.batch_size.clamp(1, 10))
+            .wait_time_seconds(1)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await;
         let messages = match received {
             Ok(out) => out.messages.unwrap_or_default(),
             Err(e) => {

@@ -57,6 +57,8 @@ pub struct Config {
     /// The longest one SQS visibility change may hide a job (SQS allows 12 h from receipt);
     /// longer waits take several hops.
     pub max_hop: Duration,
+    /// How long the re-sent jobs of a repeated event wait (see `ingest`).
+    pub resume_delay: Duration,
     pub destinations: DestinationPolicy,
     pub user_agent: String,
 }
@@ -147,6 +149,7 @@ impl Config {
                 }
             },
             max_hop: Duration::from_secs(number("MAX_HOP_SECONDS", 43_000)?.clamp(1, 43_000)),
+            resume_delay: Duration::from_secs(number("RESUME_DELAY_SECONDS", 900)?.min(900)),
             destinations: DestinationPolicy { allow_cidrs },
             user_agent: format!("PopupWebhooks/{}", env!("CARGO_PKG_VERSION")),
         })

@@ -73,6 +73,10 @@ impl Dispatcher {
             self.retry_now(&tenant, &delivery).await?;
             return Ok(JobOutcome::Done("replayed"));
         }
+        if job.resumed && existing.is_some() {
+            // The original job got through: it owns this delivery and its retries.
+            return Ok(JobOutcome::Done("resumed copy of a job already under way"));
+        }
         if let Some(delivery) = &existing {
             if delivery.status != DeliveryStatus::Pending {
                 return Ok(JobOutcome::Done("delivery already finished"));
@@ -332,23 +336,20 @@ impl Dispatcher {
         now: DateTime<Utc>,
     ) -> Result<(Attempt, Response)> {
         let credential = self.sealer.open_credential(endpoint, now).await?;
-        let response = match envelope::render(
-            event,
-            endpoint.payload_format,
-            endpoint.template.as_deref(),
-        ) {
-            Ok(body) => {
-                let headers = request_headers(&credential, event, &body, now);
-                self.http.post(&endpoint.url, headers, body).await
-            }
-            Err(message) => Response {
-                status_code: None,
-                duration: std::time::Duration::ZERO,
-                error: Some((ErrorClass::Template, message)),
-                body_excerpt: None,
-                retry_after: None,
-            },
-        };
+        let response =
+            match envelope::render(event, endpoint.payload_format, endpoint.template.as_deref()) {
+                Ok(body) => {
+                    let headers = request_headers(&credential, event, &body, now);
+                    self.http.post(&endpoint.url, headers, body).await
+                }
+                Err(message) => Response {
+                    status_code: None,
+                    duration: std::time::Duration::ZERO,
+                    error: Some((ErrorClass::Template, message)),
+                    body_excerpt: None,
+                    retry_after: None,
+                },
+            };
         let attempt = Attempt {
             attempt: attempt_number,
             at: now,

@@ -96,7 +96,11 @@ pub fn check_template(expression: &str, event_types: &[String]) -> Result<(), Va
     let sample = catalog()
         .event_types
         .iter()
-        .find(|t| event_types.iter().any(|p| pattern_matches(p, &t.event_type)))
+        .find(|t| {
+            event_types
+                .iter()
+                .any(|p| pattern_matches(p, &t.event_type))
+        })
         .or_else(|| catalog().get("webhook.test"));
     if let Some(sample) = sample {
         let event = Event {
@@ -146,7 +150,8 @@ mod tests {
         );
     }
 
-    const SLACK: &str = "{text: join('', ['New order ', data.order_id, ' (', to_string(data.total), ')'])}";
+    const SLACK: &str =
+        "{text: join('', ['New order ', data.order_id, ' (', to_string(data.total), ')'])}";
 
     #[test]
     fn a_template_builds_a_slack_message() {
@@ -157,9 +162,19 @@ mod tests {
     #[test]
     fn templates_are_checked_when_saved() {
         let types = vec!["order.*".to_owned()];
-        assert!(check_template(SLACK.replace("data.total", "data.total_cents").as_str(), &types).is_ok());
-        assert!(check_template("{text: ", &types).unwrap_err().message.contains("JMESPath"));
-        assert!(check_template("data.order_id", &types).unwrap_err().message.contains("JSON object"));
+        assert!(check_template(
+            SLACK.replace("data.total", "data.total_cents").as_str(),
+            &types
+        )
+        .is_ok());
+        assert!(check_template("{text: ", &types)
+            .unwrap_err()
+            .message
+            .contains("JMESPath"));
+        assert!(check_template("data.order_id", &types)
+            .unwrap_err()
+            .message
+            .contains("JSON object"));
         assert!(check_template(&"a".repeat(5000), &types).is_err());
         // `join` of a missing field fails on the example: caught on save, not at send.
         assert!(check_template("{t: join('', [data.nope])}", &types).is_err());
@@ -171,8 +186,12 @@ mod tests {
             data: RawValue::from_string(format!(r#"{{"s":"{}"}}"#, "x".repeat(100_000))).unwrap(),
             ..event()
         };
-        let err = render(&big, PayloadFormat::Template, Some("{a: data.s, b: data.s, c: data.s}"))
-            .unwrap_err();
+        let err = render(
+            &big,
+            PayloadFormat::Template,
+            Some("{a: data.s, b: data.s, c: data.s}"),
+        )
+        .unwrap_err();
         assert!(err.contains("at most"), "{err}");
     }
 }

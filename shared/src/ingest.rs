@@ -7,6 +7,7 @@ use crate::domain::{Event, PublishRequest, Target};
 use crate::error::{Error, Result};
 use crate::ids::DeliveryId;
 use crate::queue::{DeliveryJob, Queues, INLINE_EVENT_BYTES};
+use crate::services::Services;
 use crate::store::{EventRecord, Store, Tenant};
 
 /// How long after acceptance a repeated publish of the same event re-sends its jobs. This is
@@ -26,14 +27,18 @@ pub struct Publisher {
     store: Store,
     queues: Queues,
     max_payload_bytes: usize,
+    /// How long re-sent jobs of a repeated event wait, so that the original jobs (if they
+    /// were sent) are attempted first and the copies find them under way and stop.
+    resume_delay: std::time::Duration,
 }
 
 impl Publisher {
-    pub fn new(store: Store, queues: Queues, max_payload_bytes: usize) -> Self {
+    pub fn new(services: &Services) -> Self {
         Self {
-            store,
-            queues,
-            max_payload_bytes,
+            store: services.store.clone(),
+            queues: services.queues.clone(),
+            max_payload_bytes: services.config.limits.max_payload_bytes,
+            resume_delay: services.config.resume_delay,
         }
     }
 
@@ -123,7 +128,12 @@ impl Publisher {
                 manual: false,
             })
             .collect();
-        self.queues.send_jobs(&jobs).await
+        let delay = if resumed {
+            self.resume_delay
+        } else {
+            std::time::Duration::ZERO
+        };
+        self.queues.send_jobs(&jobs, delay).await
     }
 }
 

@@ -54,19 +54,21 @@ impl Queues {
 
     /// Enqueues jobs with as few SendMessageBatch calls as the limits allow, re-sending entries
     /// that SQS reports as failed. Either every job is on the queue or this returns an error.
-    pub async fn send_jobs(&self, jobs: &[DeliveryJob]) -> Result<()> {
+    /// `delay` holds them back (at most 900 s, SQS's limit).
+    pub async fn send_jobs(&self, jobs: &[DeliveryJob], delay: Duration) -> Result<()> {
+        let delay = delay.as_secs().min(900) as i32;
         let bodies = jobs
             .iter()
             .map(serde_json::to_string)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Error::Corrupt(e.to_string()))?;
         for batch in batches(&bodies) {
-            self.send_batch(batch).await?;
+            self.send_batch(batch, delay).await?;
         }
         Ok(())
     }
 
-    async fn send_batch(&self, mut pending: Vec<&String>) -> Result<()> {
+    async fn send_batch(&self, mut pending: Vec<&String>, delay: i32) -> Result<()> {
         for round in 0..4u32 {
             if round > 0 {
                 tokio::time::sleep(Duration::from_millis(50 * 2u64.pow(round))).await;
@@ -78,6 +80,7 @@ impl Queues {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(body.as_str())
+                        .set_delay_seconds((delay > 0).then_some(delay))
                         .build()
                         .map_err(|e| Error::aws("sqs", e))
                 })

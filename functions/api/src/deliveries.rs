@@ -82,7 +82,9 @@ pub async fn list(api: &Api, tenant: &Tenant, raw_endpoint: &str, call: &Call<'_
     }
     let before = call
         .param("cursor")
-        .map(|c| cursor::decode(c).and_then(|id| DeliveryId::parse(&id).map_err(|_| cursor::invalid())))
+        .map(|c| {
+            cursor::decode(c).and_then(|id| DeliveryId::parse(&id).map_err(|_| cursor::invalid()))
+        })
         .transpose()?;
     let time = |name: &str| {
         call.param(name)
@@ -202,7 +204,9 @@ pub async fn replay(api: &Api, tenant: &Tenant, raw_endpoint: &str, call: &Call<
             manual: true,
         })
         .collect();
-    api.queues.send_jobs(&jobs).await?;
+    api.queues
+        .send_jobs(&jobs, std::time::Duration::ZERO)
+        .await?;
     tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint_id, replaying = jobs.len(), "replay queued");
     Ok((
         StatusCode::ACCEPTED,

@@ -4,10 +4,10 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
 use shared::catalog::catalog;
-use shared::envelope::check_template;
 use shared::domain::{
     validate_event_type_patterns, AuthMode, Endpoint, PayloadFormat, MAX_DESCRIPTION_LEN,
 };
+use shared::envelope::check_template;
 use shared::ids::{EndpointId, VenueId};
 use shared::secret::Secret;
 use shared::store::Tenant;
@@ -304,7 +304,9 @@ pub async fn list(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
     let limit = page_limit(call)?;
     let after = call
         .param("cursor")
-        .map(|c| cursor::decode(c).and_then(|id| EndpointId::parse(&id).map_err(|_| cursor::invalid())))
+        .map(|c| {
+            cursor::decode(c).and_then(|id| EndpointId::parse(&id).map_err(|_| cursor::invalid()))
+        })
         .transpose()?;
     let page = api
         .store

@@ -5,8 +5,8 @@
 //! already-authorised [`Tenant`].
 
 pub mod api_keys;
-pub mod cursor;
 pub mod auth;
+pub mod cursor;
 pub mod deliveries;
 pub mod endpoints;
 pub mod error;
@@ -69,11 +69,7 @@ impl Api {
             sealer: services.sealer.clone(),
             queues: services.queues.clone(),
             dispatcher: Dispatcher::new(services, http),
-            publisher: Publisher::new(
-                services.store.clone(),
-                services.queues.clone(),
-                config.limits.max_payload_bytes,
-            ),
+            publisher: Publisher::new(services),
             destinations: config.destinations.clone(),
             auth: Authenticator::new(admin_key_sha256, services.store.clone()),
             // Room for the JSON around the largest accepted event.
@@ -195,20 +191,60 @@ pub const ROUTES: &[(&str, &str, Op)] = &[
     ("GET", "/event-types", Op::EventTypes),
     ("POST", "/venues/{venue_id}/endpoints", Op::CreateEndpoint),
     ("GET", "/venues/{venue_id}/endpoints", Op::ListEndpoints),
-    ("GET", "/venues/{venue_id}/endpoints/{endpoint_id}", Op::GetEndpoint),
-    ("PATCH", "/venues/{venue_id}/endpoints/{endpoint_id}", Op::UpdateEndpoint),
-    ("DELETE", "/venues/{venue_id}/endpoints/{endpoint_id}", Op::DeleteEndpoint),
-    ("POST", "/venues/{venue_id}/endpoints/{endpoint_id}/rotate", Op::RotateSecret),
-    ("POST", "/venues/{venue_id}/endpoints/{endpoint_id}/test", Op::SendTest),
-    ("GET", "/venues/{venue_id}/endpoints/{endpoint_id}/deliveries", Op::ListDeliveries),
-    ("POST", "/venues/{venue_id}/endpoints/{endpoint_id}/replay", Op::Replay),
-    ("GET", "/venues/{venue_id}/deliveries/{delivery_id}", Op::GetDelivery),
-    ("POST", "/venues/{venue_id}/deliveries/{delivery_id}/retry", Op::RetryDelivery),
+    (
+        "GET",
+        "/venues/{venue_id}/endpoints/{endpoint_id}",
+        Op::GetEndpoint,
+    ),
+    (
+        "PATCH",
+        "/venues/{venue_id}/endpoints/{endpoint_id}",
+        Op::UpdateEndpoint,
+    ),
+    (
+        "DELETE",
+        "/venues/{venue_id}/endpoints/{endpoint_id}",
+        Op::DeleteEndpoint,
+    ),
+    (
+        "POST",
+        "/venues/{venue_id}/endpoints/{endpoint_id}/rotate",
+        Op::RotateSecret,
+    ),
+    (
+        "POST",
+        "/venues/{venue_id}/endpoints/{endpoint_id}/test",
+        Op::SendTest,
+    ),
+    (
+        "GET",
+        "/venues/{venue_id}/endpoints/{endpoint_id}/deliveries",
+        Op::ListDeliveries,
+    ),
+    (
+        "POST",
+        "/venues/{venue_id}/endpoints/{endpoint_id}/replay",
+        Op::Replay,
+    ),
+    (
+        "GET",
+        "/venues/{venue_id}/deliveries/{delivery_id}",
+        Op::GetDelivery,
+    ),
+    (
+        "POST",
+        "/venues/{venue_id}/deliveries/{delivery_id}/retry",
+        Op::RetryDelivery,
+    ),
     ("POST", "/venues/{venue_id}/events", Op::PublishEvent),
     ("GET", "/venues/{venue_id}/events/{event_id}", Op::GetEvent),
     ("POST", "/venues/{venue_id}/api-keys", Op::CreateApiKey),
     ("GET", "/venues/{venue_id}/api-keys", Op::ListApiKeys),
-    ("DELETE", "/venues/{venue_id}/api-keys/{key_id}", Op::RevokeApiKey),
+    (
+        "DELETE",
+        "/venues/{venue_id}/api-keys/{key_id}",
+        Op::RevokeApiKey,
+    ),
 ];
 
 /// Matches a request against [`ROUTES`]: the operation and the path's `{…}` values, in order.
@@ -292,5 +328,62 @@ pub fn page_limit(call: &Call<'_>) -> Result<usize, ApiError> {
                 format!("`{raw}` is not a whole number from 1 to 100"),
             )),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes_served() {
+        let text = include_str!("../../../docs/openapi.yaml");
+        let doc: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
+        assert_eq!(doc["openapi"].as_str(), Some("3.1.0"));
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_mapping().unwrap() {
+            for (method, _) in item.as_mapping().unwrap() {
+                let method = method.as_str().unwrap();
+                if ["get", "post", "patch", "put", "delete"].contains(&method) {
+                    documented.insert((method.to_uppercase(), path.as_str().unwrap().to_owned()));
+                }
+            }
+        }
+        let served: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p, _)| (m.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(documented, served);
+    }
+
+    #[test]
+    fn every_route_resolves_to_its_operation() {
+        for (method, pattern, op) in ROUTES {
+            let path = pattern
+                .replace("{venue_id}", "v1")
+                .replace("{endpoint_id}", "ep_x")
+                .replace("{delivery_id}", "dlv_x")
+                .replace("{event_id}", "evt_x")
+                .replace("{key_id}", "key_x");
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let (found, params) = route(&method, &path).unwrap();
+            assert_eq!(found, *op, "{method} {path}");
+            assert_eq!(params.len(), pattern.matches('{').count());
+        }
+        assert_eq!(
+            route(&Method::GET, "/nowhere").unwrap_err().code,
+            "route_not_found"
+        );
+        assert_eq!(
+            route(&Method::PUT, "/venues/v1/endpoints")
+                .unwrap_err()
+                .code,
+            "method_not_allowed"
+        );
+        assert_eq!(
+            route(&Method::GET, "/venues//endpoints").unwrap_err().code,
+            "route_not_found"
+        );
     }
 }

@@ -40,13 +40,8 @@ impl Ingest {
     }
 
     pub fn from_services(services: &Services) -> Self {
-        let publisher = Publisher::new(
-            services.store.clone(),
-            services.queues.clone(),
-            services.config.limits.max_payload_bytes,
-        );
         Self::new(
-            publisher,
+            Publisher::new(services),
             services.queues.clone(),
             services.config.resources.ingest_dlq_url.clone(),
         )
