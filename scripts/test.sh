@@ -43,6 +43,16 @@ if [ "$whole_suite" = 1 ]; then
   fi
   kill -INT "$stack_pid" 2>/dev/null || true
   wait "$stack_pid" 2>/dev/null || true
+
+  # The benchmark suite on tiny inputs, so that `make bench` never rots.
+  echo "bench smoke: popup-bench --smoke"
+  if ./target/debug/popup-bench --smoke --out .dev/performance-smoke.md >.dev/bench-smoke.log 2>&1; then
+    passed=$((passed + 1))
+  else
+    tail -20 .dev/bench-smoke.log
+    failed=$((failed + 1))
+    status=1
+  fi
 fi
 
 echo

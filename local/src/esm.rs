@@ -16,6 +16,16 @@ use tokio::sync::watch;
 
 use crate::provision::QueueTrigger;
 
+/// Invocations of a function and the time they took (for the benchmarks' cost figures).
+#[derive(Clone, Debug, Default)]
+pub struct Invocations {
+    pub count: u64,
+    pub records: u64,
+    pub busy: std::time::Duration,
+}
+
+pub type Stats = Arc<std::sync::Mutex<std::collections::BTreeMap<String, Invocations>>>;
+
 pub type Handler =
     Arc<dyn Fn(SqsEvent) -> Pin<Box<dyn Future<Output = SqsBatchResponse> + Send>> + Send + Sync>;
 
@@ -25,6 +35,7 @@ pub async fn run(
     trigger: QueueTrigger,
     handler: Handler,
     shutdown: watch::Receiver<bool>,
+    stats: Stats,
 ) {
     loop {
         if *shutdown.borrow() {
@@ -62,7 +73,14 @@ pub async fn run(
                 continue;
             }
         };
+        let started = std::time::Instant::now();
         let response = handler(event).await;
+        if let Ok(mut stats) = stats.lock() {
+            let entry = stats.entry(trigger.function.clone()).or_default();
+            entry.count += 1;
+            entry.records += messages.len() as u64;
+            entry.busy += started.elapsed();
+        }
         let failed: HashSet<String> = if trigger.reports_batch_item_failures {
             response
                 .batch_item_failures

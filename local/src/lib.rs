@@ -94,6 +94,8 @@ pub struct Stack {
     pub api_url: String,
     pub provisioned: Provisioned,
     pub aws: SdkConfig,
+    /// Queue-triggered invocations so far, by function.
+    pub invocations: esm::Stats,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -109,6 +111,7 @@ impl Stack {
         )
         .await?;
         let (shutdown, watch_rx) = watch::channel(false);
+        let invocations = esm::Stats::default();
         let mut tasks = Vec::new();
         let services_of = |function: &str| -> Result<Services, StackError> {
             let mut env = provisioned.env_of(function)?.clone();
@@ -155,6 +158,7 @@ impl Stack {
                     trigger.clone(),
                     handler.clone(),
                     watch_rx.clone(),
+                    invocations.clone(),
                 )));
             }
         }
@@ -173,6 +177,7 @@ impl Stack {
                     trigger.clone(),
                     handler.clone(),
                     watch_rx.clone(),
+                    invocations.clone(),
                 )));
             }
         }
@@ -180,6 +185,7 @@ impl Stack {
             api_url,
             provisioned,
             aws,
+            invocations,
             shutdown,
             tasks,
         })
