@@ -20,6 +20,8 @@ pub struct Accepted {
     pub record: EventRecord,
     /// The id had been accepted before, with the same type and data.
     pub duplicate: bool,
+    /// The delivery jobs to queue (none for an old duplicate).
+    pub jobs: Vec<DeliveryJob>,
 }
 
 #[derive(Clone)]
@@ -53,7 +55,22 @@ impl Publisher {
         Ok(())
     }
 
+    /// Accepts one event and queues its deliveries.
     pub async fn publish(
+        &self,
+        tenant: &Tenant,
+        request: PublishRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Accepted> {
+        let accepted = self.accept(tenant, request, now).await?;
+        self.enqueue(&accepted.jobs).await?;
+        Ok(accepted)
+    }
+
+    /// Stores one event and returns the jobs to queue, without queueing them, so that a
+    /// batch of events can share SendMessageBatch calls ([`Publisher::enqueue`]). The event
+    /// counts as published only once its jobs are queued.
+    pub async fn accept(
         &self,
         tenant: &Tenant,
         request: PublishRequest,
@@ -87,16 +104,18 @@ impl Publisher {
                     stored.event_id
                 )));
             }
-            if now - stored.accepted_at < RESUME_WINDOW {
-                self.enqueue(&stored, true).await?;
-            }
+            let jobs = if now - stored.accepted_at < RESUME_WINDOW {
+                jobs_of(&stored, true)?
+            } else {
+                Vec::new()
+            };
             tracing::info!(venue_id = %tenant.venue(), event_id = %stored.event_id, "duplicate event id; not fanned out again");
             return Ok(Accepted {
                 record: stored,
                 duplicate: true,
+                jobs,
             });
         }
-        self.enqueue(&stored, false).await?;
         tracing::info!(
             venue_id = %tenant.venue(),
             event_id = %stored.event_id,
@@ -105,36 +124,45 @@ impl Publisher {
             "event accepted"
         );
         Ok(Accepted {
+            jobs: jobs_of(&stored, false)?,
             record: stored,
             duplicate: false,
         })
     }
 
-    async fn enqueue(&self, record: &EventRecord, resumed: bool) -> Result<()> {
-        let inline = (record.data.len() <= INLINE_EVENT_BYTES)
-            .then(|| record_event(record))
-            .transpose()?;
-        let jobs: Vec<DeliveryJob> = record
-            .targets
-            .iter()
-            .map(|t| DeliveryJob {
-                delivery_id: t.delivery_id.clone(),
-                venue_id: record.venue_id.clone(),
-                endpoint_id: t.endpoint_id.clone(),
-                event_id: record.event_id.clone(),
-                event_type: record.event_type.clone(),
-                event: inline.clone(),
-                resumed,
-                manual: false,
-            })
-            .collect();
-        let delay = if resumed {
-            self.resume_delay
-        } else {
-            std::time::Duration::ZERO
-        };
-        self.queues.send_jobs(&jobs, delay).await
+    /// Queues jobs in as few calls as possible; re-sent jobs of repeated events wait.
+    pub async fn enqueue(&self, jobs: &[DeliveryJob]) -> Result<()> {
+        let (resumed, fresh): (Vec<_>, Vec<_>) = jobs.iter().cloned().partition(|j| j.resumed);
+        if !fresh.is_empty() {
+            self.queues
+                .send_jobs(&fresh, std::time::Duration::ZERO)
+                .await?;
+        }
+        if !resumed.is_empty() {
+            self.queues.send_jobs(&resumed, self.resume_delay).await?;
+        }
+        Ok(())
     }
+}
+
+fn jobs_of(record: &EventRecord, resumed: bool) -> Result<Vec<DeliveryJob>> {
+    let inline = (record.data.len() <= INLINE_EVENT_BYTES)
+        .then(|| record_event(record))
+        .transpose()?;
+    Ok(record
+        .targets
+        .iter()
+        .map(|t| DeliveryJob {
+            delivery_id: t.delivery_id.clone(),
+            venue_id: record.venue_id.clone(),
+            endpoint_id: t.endpoint_id.clone(),
+            event_id: record.event_id.clone(),
+            event_type: record.event_type.clone(),
+            event: inline.clone(),
+            resumed,
+            manual: false,
+        })
+        .collect())
 }
 
 /// The event as deliveries carry it.
