@@ -632,7 +632,7 @@ async fn main() -> Result<(), BoxError> {
         );
         report.row(
             &format!("KMS requests per delivery, fan-out {fanout}"),
-            format!("{:.4}", run.units.kms_requests),
+            format!("{:.4}", run.units.kms_requests.abs()),
             "report",
             None,
         );
@@ -716,9 +716,9 @@ fn breakdown(b: &cost::Breakdown) -> String {
 fn write_report(report: &Report, out: &str) -> std::io::Result<()> {
     let mut text = String::new();
     text.push_str(if report.smoke {
-        "# Performance (smoke run: tiny inputs, figures not meaningful)\n\n"
+        "## Measured (smoke run: tiny inputs, debug build; figures not meaningful)\n\n"
     } else {
-        "# Performance\n\n"
+        "## Measured\n\n"
     });
     text.push_str(&format!(
         "Measured by `make bench` on {} ({} cores, this machine; local moto stands in for AWS, \
@@ -747,5 +747,18 @@ fn write_report(report: &Report, out: &str) -> std::io::Result<()> {
     if let Some(dir) = std::path::Path::new(out).parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(out, text)
+    // The measured part goes between the markers; what is written around it by hand (design
+    // notes, before/after) stays.
+    const START: &str = "<!-- bench:start -->";
+    const END: &str = "<!-- bench:end -->";
+    let existing = std::fs::read_to_string(out).unwrap_or_default();
+    let merged = match (existing.find(START), existing.find(END)) {
+        (Some(a), Some(b)) if a < b => format!(
+            "{}{START}\n{text}{}",
+            &existing[..a],
+            &existing[b..]
+        ),
+        _ => format!("{START}\n{text}{END}\n"),
+    };
+    std::fs::write(out, merged)
 }

@@ -62,7 +62,9 @@ impl Dispatcher {
         let tenant = Tenant::from_internal_message(job.venue_id.clone());
         let now = Utc::now();
         let existing = if job.resumed || job.manual || receive > 1 {
-            self.store.get_delivery_unscoped(&job.delivery_id).await?
+            self.store
+                .get_delivery_unscoped(&job.endpoint_id, &job.delivery_id)
+                .await?
         } else {
             None
         };

@@ -7,8 +7,9 @@
 //! Tables (see `infra/template.yaml`):
 //! - endpoints: `venue_id` (hash) + `endpoint_id` (range).
 //! - events: `venue_id` + `event_id`; the conditional put on the id is the de-duplication.
-//! - deliveries: `delivery_id` (hash), one item per (event, endpoint) holding its attempts; the
-//!   `by_endpoint` index (`endpoint_id` + `delivery_id`) serves history newest first.
+//! - deliveries: `endpoint_id` (hash) + `delivery_id` (range), one item per (event, endpoint)
+//!   holding its attempts; history is a query of the endpoint, newest first. No secondary
+//!   index: an index would double the write cost of every delivery.
 
 use std::collections::HashMap;
 
@@ -130,7 +131,6 @@ pub struct Store {
     retention: Duration,
 }
 
-const BY_ENDPOINT: &str = "by_endpoint";
 /// How many index pages one filtered history request may read before it answers with a cursor.
 const MAX_FILTER_PAGES: usize = 5;
 
@@ -446,10 +446,10 @@ impl Store {
             .ddb
             .update_item()
             .table_name(&self.deliveries)
+            .key("endpoint_id", s(rec.endpoint_id.as_str()))
             .key("delivery_id", s(rec.delivery_id.as_str()))
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":venue", s(rec.tenant.venue().as_str()))
-            .expression_attribute_values(":endpoint", s(rec.endpoint_id.as_str()))
             .expression_attribute_values(":event", s(rec.event_id.as_str()))
             .expression_attribute_values(":type", s(rec.event_type))
             .expression_attribute_values(":now", to_attr(&now)?)
@@ -466,7 +466,7 @@ impl Store {
             .expression_attribute_values(":one", n(1))
             .return_values(ReturnValue::None);
         let mut set = String::from(
-            "SET venue_id = :venue, endpoint_id = :endpoint, event_id = :event, event_type = :type, \
+            "SET venue_id = :venue, event_id = :event, event_type = :type, \
              created_at = if_not_exists(created_at, :now), updated_at = :now, #status = :status, \
              attempts = list_append(if_not_exists(attempts, :empty), :attempt), \
              last_status_code = :code, last_error = :error, next_attempt_at = :next, expires_at = :ttl",
@@ -506,9 +506,10 @@ impl Store {
         self.ddb
             .update_item()
             .table_name(&self.deliveries)
+            .key("endpoint_id", s(endpoint_id.as_str()))
             .key("delivery_id", s(delivery_id.as_str()))
             .update_expression(
-                "SET venue_id = :venue, endpoint_id = :endpoint, event_id = :event, \
+                "SET venue_id = :venue, event_id = :event, \
                  event_type = :type, created_at = if_not_exists(created_at, :now), \
                  updated_at = :now, #status = :failed, last_error = :reason, \
                  attempt_count = if_not_exists(attempt_count, :zero), expires_at = :ttl \
@@ -517,7 +518,6 @@ impl Store {
             .condition_expression("attribute_not_exists(#status) OR #status = :pending")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":venue", s(tenant.venue().as_str()))
-            .expression_attribute_values(":endpoint", s(endpoint_id.as_str()))
             .expression_attribute_values(":event", s(event_id.as_str()))
             .expression_attribute_values(":type", s(event_type))
             .expression_attribute_values(":now", to_attr(&now)?)
@@ -538,23 +538,39 @@ impl Store {
             })
     }
 
-    /// A delivery with its attempts; `None` if it is another venue's or expired.
+    /// A delivery with its attempts; `None` if it is another venue's or expired. Deliveries
+    /// are kept under their endpoint (no index to write), so this asks each of the venue's
+    /// endpoints in one BatchGetItem: a dashboard read, rare next to the writes it saves.
     pub async fn get_delivery(
         &self,
         tenant: &Tenant,
         id: &DeliveryId,
     ) -> Result<Option<DeliveryRecord>> {
-        self.get_delivery_unscoped(id).await.map(|found| {
-            found.filter(|d| &d.venue_id == tenant.venue() && d.expires_at > Utc::now().timestamp())
-        })
+        let keys: Vec<(EndpointId, DeliveryId)> = self
+            .endpoint_ids(tenant)
+            .await?
+            .into_iter()
+            .map(|ep| (ep, id.clone()))
+            .collect();
+        let now = Utc::now().timestamp();
+        Ok(self
+            .batch_get_deliveries(tenant, &keys, true)
+            .await?
+            .into_iter()
+            .find(|d| d.expires_at > now))
     }
 
-    /// For the deliver function's duplicate check, which has the id from its own queue.
-    pub async fn get_delivery_unscoped(&self, id: &DeliveryId) -> Result<Option<DeliveryRecord>> {
+    /// For the deliver function's duplicate check, which has the ids from its own queue.
+    pub async fn get_delivery_unscoped(
+        &self,
+        endpoint: &EndpointId,
+        id: &DeliveryId,
+    ) -> Result<Option<DeliveryRecord>> {
         let out = self
             .ddb
             .get_item()
             .table_name(&self.deliveries)
+            .key("endpoint_id", s(endpoint.as_str()))
             .key("delivery_id", s(id.as_str()))
             .consistent_read(true)
             .send()
@@ -563,32 +579,44 @@ impl Store {
         out.item.map(from_item).transpose()
     }
 
-    /// Several deliveries by id (an event's fan-out), without their attempts.
+    /// Several deliveries (an event's fan-out), without their attempts.
     pub async fn get_deliveries(
         &self,
         tenant: &Tenant,
-        ids: &[DeliveryId],
+        keys: &[(EndpointId, DeliveryId)],
+    ) -> Result<Vec<DeliveryRecord>> {
+        self.batch_get_deliveries(tenant, keys, false).await
+    }
+
+    async fn batch_get_deliveries(
+        &self,
+        tenant: &Tenant,
+        keys: &[(EndpointId, DeliveryId)],
+        with_attempts: bool,
     ) -> Result<Vec<DeliveryRecord>> {
         let mut found = Vec::new();
-        for chunk in ids.chunks(100) {
+        for chunk in keys.chunks(100) {
             let mut keys: Vec<HashMap<String, AttributeValue>> = chunk
                 .iter()
-                .map(|id| HashMap::from([("delivery_id".to_owned(), s(id.as_str()))]))
+                .map(|(ep, id)| {
+                    HashMap::from([
+                        ("endpoint_id".to_owned(), s(ep.as_str())),
+                        ("delivery_id".to_owned(), s(id.as_str())),
+                    ])
+                })
                 .collect();
             // BatchGetItem may return only part; ask again for what it left (bounded).
             for _ in 0..5 {
                 if keys.is_empty() {
                     break;
                 }
-                let request = KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .projection_expression(SUMMARY_PROJECTION)
-                    .set_expression_attribute_names(Some(HashMap::from([(
-                        "#status".to_owned(),
-                        "status".to_owned(),
-                    )])))
-                    .build()
-                    .map_err(|e| Error::aws("dynamodb", e))?;
+                let mut request = KeysAndAttributes::builder().set_keys(Some(keys));
+                if !with_attempts {
+                    request = request
+                        .projection_expression(SUMMARY_PROJECTION)
+                        .expression_attribute_names("#status", "status");
+                }
+                let request = request.build().map_err(|e| Error::aws("dynamodb", e))?;
                 let out = self
                     .ddb
                     .batch_get_item()
@@ -615,6 +643,28 @@ impl Store {
         Ok(found)
     }
 
+    /// The ids of a venue's endpoints, all pages.
+    async fn endpoint_ids(&self, tenant: &Tenant) -> Result<Vec<EndpointId>> {
+        let mut pages = self
+            .ddb
+            .query()
+            .table_name(&self.endpoints)
+            .key_condition_expression("venue_id = :v")
+            .expression_attribute_values(":v", s(tenant.venue().as_str()))
+            .projection_expression("endpoint_id")
+            .into_paginator()
+            .items()
+            .send();
+        let mut ids = Vec::new();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| Error::aws("dynamodb", e))?;
+            if let Some(AttributeValue::S(id)) = item.get("endpoint_id") {
+                ids.push(EndpointId::parse(id).map_err(|e| Error::Corrupt(e.to_string()))?);
+            }
+        }
+        Ok(ids)
+    }
+
     /// An endpoint's deliveries, newest first, optionally filtered.
     pub async fn list_deliveries(
         &self,
@@ -637,7 +687,6 @@ impl Store {
                 .ddb
                 .query()
                 .table_name(&self.deliveries)
-                .index_name(BY_ENDPOINT)
                 .key_condition_expression("endpoint_id = :e AND delivery_id BETWEEN :from AND :to")
                 .filter_expression(filter.expression())
                 .expression_attribute_values(":e", s(endpoint.as_str()))
@@ -701,7 +750,6 @@ impl Store {
             .ddb
             .query()
             .table_name(&self.deliveries)
-            .index_name(BY_ENDPOINT)
             .key_condition_expression("endpoint_id = :e AND delivery_id BETWEEN :from AND :to")
             .filter_expression("venue_id = :venue AND #status = :failed AND expires_at > :now")
             .expression_attribute_names("#status", "status")

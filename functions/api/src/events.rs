@@ -33,14 +33,14 @@ pub async fn get(api: &Api, tenant: &Tenant, raw_id: &str) -> ApiResult {
         .get_event(tenant, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("event"))?;
-    let ids: Vec<_> = record
+    let keys: Vec<_> = record
         .targets
         .iter()
-        .map(|t| t.delivery_id.clone())
+        .map(|t| (t.endpoint_id.clone(), t.delivery_id.clone()))
         .collect();
     let mut found: HashMap<_, _> = api
         .store
-        .get_deliveries(tenant, &ids)
+        .get_deliveries(tenant, &keys)
         .await?
         .into_iter()
         .map(|d| (d.delivery_id.clone(), d))
