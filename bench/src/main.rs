@@ -510,6 +510,241 @@ mod hmac_raw {
     }
 }
 
+/// What the fake Lambda runtime API saw of one function process.
+#[derive(Default)]
+struct RuntimeSeen {
+    first_next: Option<Instant>,
+    responded: Option<Instant>,
+    response: Option<String>,
+}
+
+/// A stand-in for the Lambda runtime API: hands `event` to the first `next`, records the
+/// response, and never answers a second `next` (the process then idles, as between
+/// invocations).
+async fn fake_runtime(
+    event: Option<Value>,
+) -> Result<(String, Arc<std::sync::Mutex<RuntimeSeen>>), BoxError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let seen = Arc::new(std::sync::Mutex::new(RuntimeSeen::default()));
+    let state = (seen.clone(), event);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (seen, event) = state.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (seen, event) = (seen.clone(), event.clone());
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let body = req.into_body().collect().await?.to_bytes();
+                        if path.ends_with("/invocation/next") {
+                            let first = {
+                                let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
+                                let first = s.first_next.is_none();
+                                if first {
+                                    s.first_next = Some(Instant::now());
+                                }
+                                first
+                            };
+                            match (first, event) {
+                                (true, Some(event)) => {
+                                    let mut r = hyper::Response::new(Full::new(Bytes::from(
+                                        event.to_string(),
+                                    )));
+                                    let h = r.headers_mut();
+                                    h.insert(
+                                        "lambda-runtime-aws-request-id",
+                                        http::HeaderValue::from_static("bench-1"),
+                                    );
+                                    h.insert(
+                                        "lambda-runtime-deadline-ms",
+                                        http::HeaderValue::from(
+                                            (chrono::Utc::now().timestamp_millis() + 60_000) as u64,
+                                        ),
+                                    );
+                                    h.insert(
+                                        "lambda-runtime-invoked-function-arn",
+                                        http::HeaderValue::from_static(
+                                            "arn:aws:lambda:us-east-1:123456789012:function:bench",
+                                        ),
+                                    );
+                                    h.insert(
+                                        "lambda-runtime-trace-id",
+                                        http::HeaderValue::from_static("Root=1-bench"),
+                                    );
+                                    return Ok::<_, hyper::Error>(r);
+                                }
+                                _ => {
+                                    // Idle: as Lambda does between invocations.
+                                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                                }
+                            }
+                        } else if path.contains("/response") || path.contains("/error") {
+                            let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
+                            s.responded = Some(Instant::now());
+                            s.response = Some(String::from_utf8_lossy(&body).into_owned());
+                        }
+                        let mut r = hyper::Response::new(Full::new(Bytes::new()));
+                        *r.status_mut() = hyper::StatusCode::ACCEPTED;
+                        Ok(r)
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok((addr, seen))
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Runs a function binary under the fake runtime: time to its first `next` (init), and,
+/// given an event, the peak RSS once it has answered.
+async fn run_function(
+    binary: &std::path::Path,
+    env: &std::collections::HashMap<String, String>,
+    event: Option<Value>,
+) -> Result<(Duration, Option<u64>, Option<String>), BoxError> {
+    let (runtime, seen) = fake_runtime(event.clone()).await?;
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(binary)
+        .envs(env)
+        .env("AWS_LAMBDA_RUNTIME_API", &runtime)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "bench")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_LOG_STREAM_NAME", "bench")
+        .env("AWS_LAMBDA_LOG_GROUP_NAME", "bench")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut init = None;
+    loop {
+        let (first, responded, response) = {
+            let s = seen.lock().unwrap_or_else(|e| e.into_inner());
+            (s.first_next, s.responded, s.response.clone())
+        };
+        if init.is_none() {
+            init = first.map(|t| t - started);
+        }
+        let done = init.is_some() && (event.is_none() || responded.is_some());
+        if done {
+            let rss = peak_rss_kib(pid);
+            let _ = child.kill().await;
+            return Ok((init.unwrap_or_default(), rss, response));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill().await;
+            return Err(format!("{} did not get ready or answer", binary.display()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Init time, binary size and peak RSS of the three functions, built in `profile`.
+async fn function_figures(report: &mut Report, profile: &str, runs: usize) -> Result<(), BoxError> {
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let stack = stack(aws.clone(), "i", false).await?;
+    let base: std::collections::HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("AWS_"))
+        .collect();
+    // A real batch for deliver: 10 jobs to a fast receiver.
+    let http = reqwest::Client::new();
+    let (url, _) = receiver(Duration::ZERO).await?;
+    let venue = unique("v");
+    create_endpoints(&http, &stack, &venue, &url, 10).await?;
+    http.post(format!("{}/venues/{venue}/events", stack.api_url))
+        .bearer_auth(ADMIN_KEY)
+        .body(json!({"type": "order.created", "data": event_data(1)}).to_string())
+        .send()
+        .await?;
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let trigger = stack
+        .provisioned
+        .trigger_of(local::DELIVER_FUNCTION)?
+        .clone();
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while messages.len() < 10 && Instant::now() < deadline {
+        let out = sqs
+            .receive_message()
+            .queue_url(&trigger.queue_url)
+            .max_number_of_messages(10 - messages.len() as i32)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await?;
+        messages.extend(out.messages.unwrap_or_default());
+    }
+    let batch = serde_json::to_value(local::esm::to_event(&trigger, &messages)?)?;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target")
+        .join(profile);
+    for (name, function) in [
+        ("api", local::API_FUNCTION),
+        ("ingest", local::INGEST_FUNCTION),
+        ("deliver", local::DELIVER_FUNCTION),
+    ] {
+        let binary = dir.join(name);
+        let size = std::fs::metadata(&binary)?.len() as f64 / 1e6;
+        let mut env = base.clone();
+        env.extend(stack.provisioned.env_of(function)?.clone());
+        let mut inits = Vec::new();
+        for _ in 0..runs {
+            inits.push(run_function(&binary, &env, None).await?.0.as_secs_f64() * 1000.0);
+        }
+        let init = median(inits);
+        report.row(
+            &format!("`{name}`: process start to ready ({profile} build, median of {runs})"),
+            format!("{init:.1} ms"),
+            "≤ 20 ms",
+            Some(init <= 20.0),
+        );
+        report.row(
+            &format!(
+                "`{name}`: binary size ({profile}, stripped: {})",
+                profile == "release"
+            ),
+            format!("{size:.1} MB"),
+            "≤ 8 MB",
+            Some(size <= 8.0),
+        );
+        if name == "deliver" {
+            let (_, rss, response) = run_function(&binary, &env, Some(batch.clone())).await?;
+            let ok = response
+                .as_deref()
+                .is_some_and(|r| r.contains("batchItemFailures\":[]"));
+            report.row(
+                &format!("`deliver`: peak RSS under a batch of 10 ({profile})"),
+                format!(
+                    "{:.1} MB{}",
+                    rss.unwrap_or_default() as f64 / 1024.0,
+                    if ok {
+                        ""
+                    } else {
+                        " (the batch did not all succeed)"
+                    }
+                ),
+                "report",
+                None,
+            );
+        }
+    }
+    stack.stop().await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let smoke = std::env::args().any(|a| a == "--smoke");
@@ -655,6 +890,14 @@ async fn main() -> Result<(), BoxError> {
         runs.push(run);
     }
 
+    // The function binaries: init, size, memory.
+    function_figures(
+        &mut report,
+        if smoke { "debug" } else { "release" },
+        if smoke { 1 } else { 5 },
+    )
+    .await?;
+
     // Dollars per million deliveries.
     let reference = runs.iter().find(|r| r.fanout == 3).or(runs.first());
     if let Some(run) = reference {
@@ -753,11 +996,9 @@ fn write_report(report: &Report, out: &str) -> std::io::Result<()> {
     const END: &str = "<!-- bench:end -->";
     let existing = std::fs::read_to_string(out).unwrap_or_default();
     let merged = match (existing.find(START), existing.find(END)) {
-        (Some(a), Some(b)) if a < b => format!(
-            "{}{START}\n{text}{}",
-            &existing[..a],
-            &existing[b..]
-        ),
+        (Some(a), Some(b)) if a < b => {
+            format!("{}{START}\n{text}{}", &existing[..a], &existing[b..])
+        }
         _ => format!("{START}\n{text}{END}\n"),
     };
     std::fs::write(out, merged)

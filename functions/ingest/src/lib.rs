@@ -82,11 +82,19 @@ impl Ingest {
         match self.accept(body).await {
             Ok(jobs) => Some(jobs),
             Err(Refusal::Transient(reason)) => {
-                tracing::warn!(message_id, reason, "ingest failed; the message will be retried");
+                tracing::warn!(
+                    message_id,
+                    reason,
+                    "ingest failed; the message will be retried"
+                );
                 None
             }
             Err(Refusal::Permanent(reason)) => {
-                tracing::error!(message_id, reason, "unacceptable ingest message; sent to the DLQ");
+                tracing::error!(
+                    message_id,
+                    reason,
+                    "unacceptable ingest message; sent to the DLQ"
+                );
                 match self.queues.dead_letter(&self.dlq_url, body, &reason).await {
                     Ok(()) => Some(Vec::new()),
                     Err(e) => {
