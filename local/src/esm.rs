@@ -51,7 +51,7 @@ pub async fn run(
             .message_attribute_names("All")
             .send()
             .await;
-        let messages = match received {
+        let mut messages = match received {
             Ok(out) => out.messages.unwrap_or_default(),
             Err(e) => {
                 tracing::warn!(
@@ -66,6 +66,7 @@ pub async fn run(
         if messages.is_empty() {
             continue;
         }
+        gather(&sqs, &trigger, &mut messages).await;
         let event = match to_event(&trigger, &messages) {
             Ok(event) => event,
             Err(e) => {
@@ -117,6 +118,30 @@ pub async fn run(
                 "delete failed; the messages will be received again"
             );
         }
+    }
+}
+
+/// Like Lambda's batching window: after the first messages, keeps receiving until the batch is
+/// full or the window has passed.
+async fn gather(sqs: &aws_sdk_sqs::Client, trigger: &QueueTrigger, messages: &mut Vec<Message>) {
+    let started = std::time::Instant::now();
+    let batch = trigger.batch_size.max(1) as usize;
+    while messages.len() < batch && started.elapsed() < trigger.batching_window {
+        let more = sqs
+            .receive_message()
+            .queue_url(&trigger.queue_url)
+            .max_number_of_messages((batch - messages.len()).min(10) as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .ok()
+            .and_then(|out| out.messages)
+            .unwrap_or_default();
+        if more.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        messages.extend(more);
     }
 }
 

@@ -40,6 +40,8 @@ pub struct QueueTrigger {
     pub queue_url: String,
     pub queue_arn: String,
     pub batch_size: i32,
+    /// `MaximumBatchingWindowInSeconds`: how long to gather a fuller batch.
+    pub batching_window: std::time::Duration,
     pub reports_batch_item_failures: bool,
 }
 
@@ -279,6 +281,12 @@ pub async fn provision(
                     .and_then(scalar)
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(10),
+                batching_window: std::time::Duration::from_secs(
+                    get(p, "MaximumBatchingWindowInSeconds")
+                        .and_then(scalar)
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0),
+                ),
                 reports_batch_item_failures: get(p, "FunctionResponseTypes")
                     .and_then(Value::as_sequence)
                     .is_some_and(|s| {

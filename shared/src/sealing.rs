@@ -136,7 +136,10 @@ impl Sealer {
     }
 
     async fn data_key(&self, encoded: &str) -> Result<Arc<Aes256Gcm>> {
-        if let Some(found) = self.opened.lock().await.get(encoded) {
+        // Held across the KMS call, so that the records of a cold batch that all need the
+        // same data key make one Decrypt between them, not one each.
+        let mut opened = self.opened.lock().await;
+        if let Some(found) = opened.get(encoded) {
             return Ok(found.clone());
         }
         let blob = STANDARD
@@ -154,10 +157,7 @@ impl Sealer {
             .plaintext
             .ok_or_else(|| corrupt("KMS returned no key"))?;
         let cipher = Arc::new(cipher_of(plain.as_ref())?);
-        self.opened
-            .lock()
-            .await
-            .insert(encoded.to_owned(), cipher.clone());
+        opened.insert(encoded.to_owned(), cipher.clone());
         Ok(cipher)
     }
 }
