@@ -12,6 +12,31 @@ fn venue() -> String {
     format!("venue-{}", unique_prefix())
 }
 
+/// The `reason` attributes of up to `n` messages of a dead-letter queue (waits up to `WAIT`).
+async fn dead_letter_reasons(sqs: &aws_sdk_sqs::Client, dlq: &str, n: usize) -> Vec<String> {
+    let mut reasons = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while reasons.len() < n && tokio::time::Instant::now() < deadline {
+        let out = sqs
+            .receive_message()
+            .queue_url(dlq)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap();
+        for m in out.messages.unwrap_or_default() {
+            reasons.push(
+                m.message_attributes
+                    .and_then(|a| a.get("reason").and_then(|r| r.string_value.clone()))
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    reasons
+}
+
 async fn deliveries_of(api: &Client, venue: &str, endpoint: &str) -> Vec<Value> {
     let (status, page) = api
         .get(&format!("/venues/{venue}/endpoints/{endpoint}/deliveries"))
@@ -585,26 +610,7 @@ async fn unprocessable_messages_go_to_their_dlq_with_the_reason() {
             .unwrap();
     }
     let dlq = stack.queue_url("IngestDeadLetterQueue").to_owned();
-    let mut reasons = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while reasons.len() < 3 && tokio::time::Instant::now() < deadline {
-        let out = sqs
-            .receive_message()
-            .queue_url(&dlq)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .message_attribute_names("All")
-            .send()
-            .await
-            .unwrap();
-        for m in out.messages.unwrap_or_default() {
-            let reason = m
-                .message_attributes
-                .and_then(|a| a.get("reason").and_then(|r| r.string_value.clone()))
-                .unwrap_or_default();
-            reasons.push(reason);
-        }
-    }
+    let mut reasons = dead_letter_reasons(&sqs, &dlq, 3).await;
     assert_eq!(reasons.len(), 3, "three dead letters, got {reasons:?}");
     reasons.sort();
     assert!(
@@ -625,26 +631,7 @@ async fn unprocessable_messages_go_to_their_dlq_with_the_reason() {
     );
 
     let dlq = stack.queue_url("DeliveryDeadLetterQueue").to_owned();
-    let mut reasons = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while reasons.len() < 2 && tokio::time::Instant::now() < deadline {
-        let out = sqs
-            .receive_message()
-            .queue_url(&dlq)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .message_attribute_names("All")
-            .send()
-            .await
-            .unwrap();
-        for m in out.messages.unwrap_or_default() {
-            reasons.push(
-                m.message_attributes
-                    .and_then(|a| a.get("reason").and_then(|r| r.string_value.clone()))
-                    .unwrap_or_default(),
-            );
-        }
-    }
+    let mut reasons = dead_letter_reasons(&sqs, &dlq, 2).await;
     reasons.sort();
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(reasons[0].starts_with("cannot be delivered"), "{reasons:?}");
