@@ -143,15 +143,9 @@ impl Stack {
             )));
         }
         let sqs = aws_sdk_sqs::Client::new(&aws);
-        if options.run_ingest {
-            let ingest = Arc::new(ingest::Ingest::from_services(&services_of(
-                INGEST_FUNCTION,
-            )?));
-            let handler: esm::Handler = Arc::new(move |event| {
-                let ingest = ingest.clone();
-                Box::pin(async move { ingest.handle(event).await })
-            });
-            let trigger = provisioned.trigger_of(INGEST_FUNCTION)?.clone();
+        // Lambda's SQS event source mapping: several pollers per queue-triggered function.
+        let mut poll = |function: &str, handler: esm::Handler| -> Result<(), StackError> {
+            let trigger = provisioned.trigger_of(function)?.clone();
             for _ in 0..options.pollers {
                 tasks.push(tokio::spawn(esm::run(
                     sqs.clone(),
@@ -161,25 +155,31 @@ impl Stack {
                     invocations.clone(),
                 )));
             }
+            Ok(())
+        };
+        if options.run_ingest {
+            let ingest = Arc::new(ingest::Ingest::from_services(&services_of(
+                INGEST_FUNCTION,
+            )?));
+            poll(
+                INGEST_FUNCTION,
+                Arc::new(move |event| {
+                    let ingest = ingest.clone();
+                    Box::pin(async move { ingest.handle(event).await })
+                }),
+            )?;
         }
         if options.run_deliver {
             let deliver = deliver::Deliver::from_services(&services_of(DELIVER_FUNCTION)?)
                 .map_err(|e| StackError::Start(e.to_string()))?;
             let deliver = Arc::new(deliver);
-            let handler: esm::Handler = Arc::new(move |event| {
-                let deliver = deliver.clone();
-                Box::pin(async move { deliver.handle(event).await })
-            });
-            let trigger = provisioned.trigger_of(DELIVER_FUNCTION)?.clone();
-            for _ in 0..options.pollers {
-                tasks.push(tokio::spawn(esm::run(
-                    sqs.clone(),
-                    trigger.clone(),
-                    handler.clone(),
-                    watch_rx.clone(),
-                    invocations.clone(),
-                )));
-            }
+            poll(
+                DELIVER_FUNCTION,
+                Arc::new(move |event| {
+                    let deliver = deliver.clone();
+                    Box::pin(async move { deliver.handle(event).await })
+                }),
+            )?;
         }
         Ok(Self {
             api_url,
