@@ -232,19 +232,11 @@ impl Dispatcher {
             data,
         };
         let delivery_id = DeliveryId::generate();
-        let record = EventRecord {
-            venue_id: tenant.venue().clone(),
-            event_id: event.id.clone(),
-            event_type: event.event_type.clone(),
-            timestamp: event.timestamp.clone(),
-            data: event.data.get().to_owned(),
-            targets: vec![Target {
-                endpoint_id: endpoint.endpoint_id.clone(),
-                delivery_id: delivery_id.clone(),
-            }],
-            accepted_at: now,
-            expires_at: self.store.expiry(now),
-        };
+        let targets = vec![Target {
+            endpoint_id: endpoint.endpoint_id.clone(),
+            delivery_id: delivery_id.clone(),
+        }];
+        let record = EventRecord::accepted(tenant, &event, targets, now, self.store.expiry(now));
         self.store.put_event(&record).await?;
         let (attempt, _) = self.send(endpoint, &event, Trigger::Test, 1, now).await?;
         self.store

@@ -86,16 +86,7 @@ impl Publisher {
                 delivery_id: DeliveryId::generate(),
             })
             .collect();
-        let record = EventRecord {
-            venue_id: tenant.venue().clone(),
-            event_id: event.id.clone(),
-            event_type: event.event_type.clone(),
-            timestamp: event.timestamp.clone(),
-            data: event.data.get().to_owned(),
-            targets,
-            accepted_at: now,
-            expires_at: self.store.expiry(now),
-        };
+        let record = EventRecord::accepted(tenant, &event, targets, now, self.store.expiry(now));
         let (stored, is_new) = self.store.put_event(&record).await?;
         if !is_new {
             if stored.event_type != record.event_type || stored.data != record.data {

@@ -20,7 +20,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Resources;
-use crate::domain::{Attempt, DeliveryStatus, Endpoint, Target};
+use crate::domain::{Attempt, DeliveryStatus, Endpoint, Event, Target};
 use crate::error::{Error, Result};
 use crate::ids::{ApiKeyId, DeliveryId, EndpointId, EventId, VenueId};
 
@@ -56,6 +56,28 @@ pub struct EventRecord {
     pub targets: Vec<Target>,
     pub accepted_at: DateTime<Utc>,
     pub expires_at: i64,
+}
+
+impl EventRecord {
+    /// An event accepted `now` for `tenant`, going to `targets`.
+    pub fn accepted(
+        tenant: &Tenant,
+        event: &Event,
+        targets: Vec<Target>,
+        now: DateTime<Utc>,
+        expires_at: i64,
+    ) -> Self {
+        Self {
+            venue_id: tenant.venue().clone(),
+            event_id: event.id.clone(),
+            event_type: event.event_type.clone(),
+            timestamp: event.timestamp.clone(),
+            data: event.data.get().to_owned(),
+            targets,
+            accepted_at: now,
+            expires_at,
+        }
+    }
 }
 
 /// A delivery as stored: the history item of one event at one endpoint.

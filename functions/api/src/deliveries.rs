@@ -9,7 +9,7 @@ use shared::ids::{DeliveryId, EndpointId, EventId};
 use shared::queue::DeliveryJob;
 use shared::store::{DeliveryFilter, DeliveryRecord, Tenant};
 
-use crate::endpoints::parse_endpoint_id;
+use crate::endpoints::load;
 use crate::error::ApiError;
 use crate::{cursor, page_limit, to_json, Api, ApiResult, Call};
 
@@ -54,16 +54,8 @@ struct DetailView<'a> {
 }
 
 pub async fn list(api: &Api, tenant: &Tenant, raw_endpoint: &str, call: &Call<'_>) -> ApiResult {
-    let endpoint_id = parse_endpoint_id(raw_endpoint)?;
     // History of an endpoint that is not this venue's is a 404, like the endpoint itself.
-    if api
-        .store
-        .get_endpoint(tenant, &endpoint_id)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::not_found("endpoint"));
-    }
+    let endpoint_id = load(api, tenant, raw_endpoint).await?.endpoint_id;
     let limit = page_limit(call)?;
     let status = call
         .param("status")
@@ -158,15 +150,7 @@ pub const REPLAY_MAX_DELIVERIES: usize = 10_000;
 /// delivery created in the window; 202 with how many.
 pub async fn replay(api: &Api, tenant: &Tenant, raw_endpoint: &str, call: &Call<'_>) -> ApiResult {
     let request: ReplayRequest = crate::error::parse_json(call.body)?;
-    let endpoint_id = parse_endpoint_id(raw_endpoint)?;
-    if api
-        .store
-        .get_endpoint(tenant, &endpoint_id)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::not_found("endpoint"));
-    }
+    let endpoint_id = load(api, tenant, raw_endpoint).await?.endpoint_id;
     let now = Utc::now();
     let until = request.until.unwrap_or(now).min(now);
     if request.since >= until {

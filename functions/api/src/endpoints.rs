@@ -319,7 +319,8 @@ pub async fn list(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
     ))
 }
 
-async fn load(api: &Api, tenant: &Tenant, raw_id: &str) -> Result<Endpoint, ApiError> {
+/// The venue's endpoint of this id, or a 404.
+pub(crate) async fn load(api: &Api, tenant: &Tenant, raw_id: &str) -> Result<Endpoint, ApiError> {
     let id = parse_endpoint_id(raw_id)?;
     api.store
         .get_endpoint(tenant, &id)
