@@ -20,7 +20,7 @@ failed=$(grep -Eo '^test result: .*; ([0-9]+) failed' .dev/test.log | grep -Eo '
 
 if [ "$whole_suite" = 1 ]; then
   # The API against its OpenAPI document: no 5xx, no response outside its schema.
-  cargo build --quiet -p local
+  cargo build --quiet -p local -p bench -p api -p ingest -p deliver
   api_port=$(free_port)
   STACK_PREFIX="schema-$$" API_PORT="$api_port" ADMIN_API_KEY=schemathesis-admin-key \
     ./target/debug/popup-local dev >.dev/schemathesis-stack.log 2>&1 &
