@@ -106,13 +106,21 @@ pub async fn list(api: &Api, tenant: &Tenant, raw_endpoint: &str, call: &Call<'_
     ))
 }
 
-pub async fn get(api: &Api, tenant: &Tenant, raw_id: &str) -> ApiResult {
+/// The venue's delivery of this id, or a 404.
+async fn load_delivery(
+    api: &Api,
+    tenant: &Tenant,
+    raw_id: &str,
+) -> Result<DeliveryRecord, ApiError> {
     let id = DeliveryId::parse(raw_id).map_err(|_| ApiError::not_found("delivery"))?;
-    let delivery = api
-        .store
+    api.store
         .get_delivery(tenant, &id)
         .await?
-        .ok_or_else(|| ApiError::not_found("delivery"))?;
+        .ok_or_else(|| ApiError::not_found("delivery"))
+}
+
+pub async fn get(api: &Api, tenant: &Tenant, raw_id: &str) -> ApiResult {
+    let delivery = load_delivery(api, tenant, raw_id).await?;
     Ok((
         StatusCode::OK,
         to_json(&DetailView {
@@ -124,12 +132,7 @@ pub async fn get(api: &Api, tenant: &Tenant, raw_id: &str) -> ApiResult {
 
 /// `POST .../deliveries/{id}/retry`: one attempt now, answered with its outcome.
 pub async fn retry(api: &Api, tenant: &Tenant, raw_id: &str) -> ApiResult {
-    let id = DeliveryId::parse(raw_id).map_err(|_| ApiError::not_found("delivery"))?;
-    let delivery = api
-        .store
-        .get_delivery(tenant, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("delivery"))?;
+    let delivery = load_delivery(api, tenant, raw_id).await?;
     let attempt = api.dispatcher.retry_now(tenant, &delivery).await?;
     Ok((StatusCode::OK, to_json(&attempt)))
 }
