@@ -504,11 +504,7 @@ async fn endpoints_paginate_patch_and_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_the_same_event_id_twice_delivers_once() {
     // Re-sent jobs of a repeated event wait 1 s here (900 s in production).
-    let mut options = local_options();
-    options
-        .env_overrides
-        .insert("RESUME_DELAY_SECONDS".into(), "1".into());
-    let stack = start_with(options).await;
+    let stack = start_with(local_options_with(&[("RESUME_DELAY_SECONDS", "1")])).await;
     let api = Client::new(&stack);
     let venue = venue();
     let rx = Receiver::start(200).await;
@@ -697,10 +693,7 @@ async fn the_functions_use_exactly_the_tables_and_queues_of_the_template() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_from_the_queues_record_one_delivery() {
     // 1. The same event twice on the ingest queue: delivered once.
-    let mut options = local_options();
-    options
-        .env_overrides
-        .insert("RESUME_DELAY_SECONDS".into(), "1".into());
+    let options = local_options_with(&[("RESUME_DELAY_SECONDS", "1")]);
     let prefix = options.prefix.clone();
     let stack = start_with(options).await;
     let api = Client::new(&stack);

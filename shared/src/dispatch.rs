@@ -51,10 +51,6 @@ impl Dispatcher {
         }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// Runs one queued job. `receive` is SQS's receive count of the message; only a message
     /// received before (or a resumed or manual job) can find its delivery already under way,
     /// so only those read it first.

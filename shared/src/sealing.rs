@@ -119,13 +119,10 @@ impl Sealer {
             .send()
             .await
             .map_err(|e| Error::aws("kms", e))?;
-        let plain = out
-            .plaintext
-            .ok_or_else(|| corrupt("KMS returned no key"))?;
+        let cipher = cipher_of(out.plaintext)?;
         let blob = out
             .ciphertext_blob
             .ok_or_else(|| corrupt("KMS returned no encrypted key"))?;
-        let cipher = Arc::new(cipher_of(plain.as_ref())?);
         let encoded = STANDARD.encode(blob.as_ref());
         self.opened
             .lock()
@@ -153,10 +150,7 @@ impl Sealer {
             .send()
             .await
             .map_err(|e| Error::aws("kms", e))?;
-        let plain = out
-            .plaintext
-            .ok_or_else(|| corrupt("KMS returned no key"))?;
-        let cipher = Arc::new(cipher_of(plain.as_ref())?);
+        let cipher = cipher_of(out.plaintext)?;
         opened.insert(encoded.to_owned(), cipher.clone());
         Ok(cipher)
     }
@@ -215,9 +209,13 @@ fn context(venue: &VenueId, endpoint: &EndpointId) -> String {
     format!("popup-webhooks/{venue}/{endpoint}")
 }
 
-fn cipher_of(key: &[u8]) -> Result<Aes256Gcm> {
-    if key.len() != 32 {
+/// The cipher of a plaintext data key as KMS returns it.
+fn cipher_of(plaintext: Option<aws_sdk_kms::primitives::Blob>) -> Result<Arc<Aes256Gcm>> {
+    let key = plaintext.ok_or_else(|| corrupt("KMS returned no key"))?;
+    if key.as_ref().len() != 32 {
         return Err(corrupt("data key is not 256 bits"));
     }
-    Ok(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)))
+    Ok(Arc::new(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(
+        key.as_ref(),
+    ))))
 }

@@ -205,11 +205,22 @@ impl Store {
     // ---- endpoints ----
 
     pub async fn create_endpoint(&self, endpoint: &Endpoint) -> Result<()> {
+        self.put_new(&self.endpoints, to_item(endpoint)?, "endpoint_id")
+            .await
+    }
+
+    /// Writes a new item; an item with the same key (`key_attr`) already there is an error.
+    async fn put_new(
+        &self,
+        table: &str,
+        item: HashMap<String, AttributeValue>,
+        key_attr: &str,
+    ) -> Result<()> {
         self.ddb
             .put_item()
-            .table_name(&self.endpoints)
-            .set_item(Some(to_item(endpoint)?))
-            .condition_expression("attribute_not_exists(endpoint_id)")
+            .table_name(table)
+            .set_item(Some(item))
+            .condition_expression(format!("attribute_not_exists({key_attr})"))
             .send()
             .await
             .map_err(|e| Error::aws("dynamodb", e))?;
@@ -801,15 +812,8 @@ const LAST_USED_RESOLUTION_SECONDS: i64 = 60;
 
 impl Store {
     pub async fn create_api_key(&self, record: &ApiKeyRecord) -> Result<()> {
-        self.ddb
-            .put_item()
-            .table_name(&self.api_keys)
-            .set_item(Some(to_item(record)?))
-            .condition_expression("attribute_not_exists(key_id)")
-            .send()
+        self.put_new(&self.api_keys, to_item(record)?, "key_id")
             .await
-            .map_err(|e| Error::aws("dynamodb", e))?;
-        Ok(())
     }
 
     /// For authentication: the record a presented key names, whatever its venue.

@@ -58,6 +58,15 @@ pub fn local_options() -> StackOptions {
     )
 }
 
+/// [`local_options`] with extra environment for every function.
+pub fn local_options_with(env: &[(&str, &str)]) -> StackOptions {
+    let mut options = local_options();
+    for (k, v) in env {
+        options.env_overrides.insert(k.to_string(), v.to_string());
+    }
+    options
+}
+
 /// A stack with every function running.
 pub async fn start_stack() -> Stack {
     start_with(local_options()).await
