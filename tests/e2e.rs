@@ -213,8 +213,32 @@ async fn subscribed_endpoints_receive_exact_signed_envelopes_from_http_and_queue
     stack.stop().await;
 }
 
+/// Receives up to `want` messages of a queue the way the event source mapping does.
+async fn receive_jobs(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    want: usize,
+    within: Duration,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    let deadline = std::time::Instant::now() + within;
+    let mut messages = Vec::new();
+    while messages.len() < want && std::time::Instant::now() < deadline {
+        let out = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        messages.extend(out.messages.unwrap_or_default());
+    }
+    messages
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_receiver_fails_only_its_own_record_of_the_batch() {
+async fn a_failing_receiver_leaves_the_batch_alone_and_retries_on_its_own() {
     let mut options = local_options();
     options.run_deliver = false; // the test plays Lambda for the deliver function
     let stack = start_with(options).await;
@@ -238,47 +262,29 @@ async fn a_failing_receiver_fails_only_its_own_record_of_the_batch() {
         .await;
     assert_eq!(status, 202);
 
-    // Receive the three jobs the way the event source mapping does, and invoke deliver.
+    // The first attempts of the event's three deliveries travel as one job.
     let sqs = aws_sdk_sqs::Client::new(&stack.aws);
     let trigger = stack
         .provisioned
         .trigger_of(local::DELIVER_FUNCTION)
         .unwrap()
         .clone();
-    let mut messages = Vec::new();
-    for _ in 0..10 {
-        let out = sqs
-            .receive_message()
-            .queue_url(&trigger.queue_url)
-            .max_number_of_messages(10)
-            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
-            .send()
-            .await
-            .unwrap();
-        messages.extend(out.messages.unwrap_or_default());
-        if messages.len() == 3 {
-            break;
-        }
-    }
-    assert_eq!(messages.len(), 3, "one job per endpoint");
-    let event = local::esm::to_event(&trigger, &messages).unwrap();
+    let messages = receive_jobs(&sqs, &trigger.queue_url, 1, Duration::from_secs(10)).await;
+    assert_eq!(messages.len(), 1, "one job for the event's three endpoints");
+    let job: Value = serde_json::from_str(messages[0].body().unwrap()).unwrap();
+    assert_eq!(job["targets"].as_array().unwrap().len(), 3, "{job}");
+
     let env = stack.provisioned.env_of(local::DELIVER_FUNCTION).unwrap();
     let config = shared::config::Config::from_map(env).unwrap();
     let services = shared::services::Services::new(config, &stack.aws);
     let deliver = deliver::Deliver::from_services(&services).unwrap();
-    let response = deliver.handle(event).await;
-
-    let broken_message = messages
-        .iter()
-        .find(|m| m.body().unwrap_or_default().contains(&ids[2]))
-        .and_then(|m| m.message_id.clone())
-        .unwrap();
-    let failed: Vec<String> = response
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.clone())
-        .collect();
-    assert_eq!(failed, vec![broken_message]);
+    let response = deliver
+        .handle(local::esm::to_event(&trigger, &messages).unwrap())
+        .await;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "the job is done: its failed delivery was queued on its own"
+    );
     assert_eq!(ok_a.received().len(), 1);
     assert_eq!(ok_b.received().len(), 1);
     assert_eq!(broken.received().len(), 1);
@@ -305,7 +311,115 @@ async fn a_failing_receiver_fails_only_its_own_record_of_the_batch() {
         let h = deliveries_of(&api, &venue, id).await;
         assert_eq!(h.len(), 1);
         assert_eq!(h[0]["status"], "succeeded");
+        assert_eq!(h[0]["attempt_count"], 1);
+        let (status, one) = api
+            .get(&format!(
+                "/venues/{venue}/deliveries/{}",
+                h[0]["id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            one["attempts"][0]["status_code"],
+            json!(if id == &ids[0] { 200 } else { 201 })
+        );
     }
+
+    // The retry (5 s ± 20%) comes back as a job of its own; failing again, that one record
+    // is returned as a batch item failure, its visibility set to the next wait.
+    let retry = receive_jobs(&sqs, &trigger.queue_url, 1, Duration::from_secs(12)).await;
+    assert_eq!(retry.len(), 1, "the failed delivery came back on its own");
+    let job: Value = serde_json::from_str(retry[0].body().unwrap()).unwrap();
+    assert_eq!(job["targets"][0]["endpoint_id"], json!(ids[2]), "{job}");
+    assert_eq!(job["targets"].as_array().unwrap().len(), 1, "{job}");
+    let response = deliver
+        .handle(local::esm::to_event(&trigger, &retry).unwrap())
+        .await;
+    let failed: Vec<String> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    assert_eq!(failed, vec![retry[0].message_id.clone().unwrap()]);
+    assert_eq!(broken.received().len(), 2);
+    assert_eq!(
+        ok_a.received().len() + ok_b.received().len(),
+        2,
+        "no one else got it again"
+    );
+    let history = deliveries_of(&api, &venue, &ids[2]).await;
+    assert_eq!(history[0]["attempt_count"], 2);
+    assert_eq!(history[0]["status"], "pending");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_retry_of_a_first_try_success_keeps_one_history_entry() {
+    let stack = start_stack().await;
+    let api = Client::new(&stack);
+    let venue = venue();
+    let a = Receiver::start(200).await;
+    let b = Receiver::start(200).await;
+    let mut ids = Vec::new();
+    for rx in [&a, &b] {
+        let ep = api
+            .create_endpoint(&venue, json!({"url": rx.url, "event_types": ["*"]}))
+            .await;
+        ids.push(ep["id"].as_str().unwrap().to_owned());
+    }
+    let (status, published) = api
+        .post(
+            &format!("/venues/{venue}/events"),
+            json!({"type": "order.created", "id": "order-77", "data": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{published}");
+    a.wait_for(1, WAIT).await;
+    b.wait_for(1, WAIT).await;
+    let first = eventually(WAIT, || async {
+        let h = deliveries_of(&api, &venue, &ids[0]).await;
+        (h.len() == 1 && h[0]["status"] == "succeeded").then(|| h[0].clone())
+    })
+    .await
+    .expect("the first attempt is in history");
+    let id = first["id"].as_str().unwrap();
+
+    let (status, attempt) = api
+        .post(&format!("/venues/{venue}/deliveries/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{attempt}");
+    assert_eq!(
+        (attempt["trigger"].clone(), attempt["attempt"].clone()),
+        (json!("manual"), json!(2))
+    );
+    assert_eq!(a.received().len(), 2);
+    assert_eq!(b.received().len(), 1);
+
+    // Still one delivery for the endpoint, now with both attempts; the other endpoint's
+    // delivery of the same event is untouched.
+    let history = deliveries_of(&api, &venue, &ids[0]).await;
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0]["id"], json!(id));
+    assert_eq!(history[0]["attempt_count"], 2);
+    let (_, one) = api.get(&format!("/venues/{venue}/deliveries/{id}")).await;
+    let triggers: Vec<&str> = one["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["trigger"].as_str().unwrap())
+        .collect();
+    assert_eq!(triggers, vec!["scheduled", "manual"]);
+    let other = deliveries_of(&api, &venue, &ids[1]).await;
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0]["attempt_count"], 1);
+    let (_, event) = api.get(&format!("/venues/{venue}/events/order-77")).await;
+    let counts: Vec<u64> = event["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["attempt_count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, vec![2, 1]);
     stack.stop().await;
 }
 
@@ -593,9 +707,9 @@ async fn unprocessable_messages_go_to_their_dlq_with_the_reason() {
         .await;
     for body in [
         "garbage".to_owned(),
-        json!({"delivery_id": "dlv_01KB0000000000000000000000", "venue_id": venue,
-               "endpoint_id": ep["id"], "event_id": "evt_missing",
-               "event_type": "order.created"})
+        json!({"venue_id": venue, "event_id": "evt_missing", "event_type": "order.created",
+               "targets": [{"endpoint_id": ep["id"],
+                            "delivery_id": "dlv_01KB0000000000000000000000"}]})
         .to_string(),
     ] {
         sqs.send_message()

@@ -12,21 +12,44 @@ use crate::domain::{
 use crate::envelope;
 use crate::error::{Error, Result};
 use crate::http_client::{DeliveryClient, ErrorClass, Response};
-use crate::ids::{DeliveryId, EventId};
+use crate::ids::{DeliveryId, EndpointId, EventId};
 use crate::ingest::record_event;
 use crate::queue::DeliveryJob;
 use crate::retry::{Decision, Outcome, RetryPolicy};
 use crate::sealing::Sealer;
 use crate::services::Services;
 use crate::signing;
-use crate::store::{AttemptRecord, DeliveryRecord, EventRecord, Store, Tenant};
+use crate::store::{
+    AttemptRecord, DeliveryRecord, EventRecord, GroupEntry, GroupRecord, Store, Tenant,
+};
+use futures::future::join_all;
 
-/// What became of a queued job.
+/// What became of one delivery of a queued job.
 #[derive(Debug, PartialEq, Eq)]
 pub enum JobOutcome {
     /// Finished: delivered, failed for good, or nothing to do. The job leaves the queue.
     Done(&'static str),
     /// Not finished: the job stays queued and comes back after this long.
+    RetryIn(Duration),
+}
+
+/// What became of a queued job (all its deliveries).
+#[derive(Debug)]
+pub struct Ran {
+    /// For the message: done, or back after a while (a job of one delivery).
+    pub outcome: JobOutcome,
+    /// Deliveries of a job of several that wait for a retry: each is queued on its own, with
+    /// its wait, before the message leaves the queue.
+    pub follow_ups: Vec<(DeliveryJob, Duration)>,
+}
+
+/// One delivery's first attempt, for its group.
+enum First {
+    /// Delivered: recorded in the group's item.
+    Delivered(GroupEntry, EndpointId),
+    /// Recorded in an item of its own: failed for good, or left unsent.
+    Done,
+    /// Recorded in an item of its own, pending: back after this long.
     RetryIn(Duration),
 }
 
@@ -51,19 +74,173 @@ impl Dispatcher {
         }
     }
 
-    /// Runs one queued job. `receive` is SQS's receive count of the message; only a message
-    /// received before (or a resumed or manual job) can find its delivery already under way,
-    /// so only those read it first.
-    pub async fn run_job(&self, job: &DeliveryJob, receive: u32) -> Result<JobOutcome> {
+    /// Runs one queued job. `receive` is SQS's receive count of the message. A fresh
+    /// fan-out's job on its first receive reads nothing but its endpoints and records its
+    /// successes in one item; anything else (a message back again, a retry, a replay, a
+    /// resumed fan-out) checks each delivery's record first.
+    pub async fn run(&self, job: &DeliveryJob, receive: u32) -> Result<Ran> {
+        let group = job.targets.first().and_then(|t| t.delivery_id.group());
+        let one_group = group.as_ref().is_some_and(|(g, _)| {
+            job.targets
+                .iter()
+                .all(|t| t.delivery_id.group().is_some_and(|(h, _)| &h == g))
+        });
+        let fresh = job.first && !job.resumed && !job.manual && receive == 1 && one_group;
+        let single = job.targets.len() == 1;
+        let results: Vec<(Target, Result<JobOutcome>)> = if fresh {
+            self.first_attempts(job).await?
+        } else {
+            join_all(
+                job.targets
+                    .iter()
+                    .map(|t| async { (t.clone(), self.run_target(&job.single(t.clone())).await) }),
+            )
+            .await
+        };
+        let mut follow_ups = Vec::new();
+        let mut outcome = JobOutcome::Done("every delivery done");
+        let mut failure = None;
+        for (target, result) in results {
+            match result {
+                Ok(JobOutcome::RetryIn(wait)) if single => outcome = JobOutcome::RetryIn(wait),
+                Ok(JobOutcome::RetryIn(wait)) => follow_ups.push((job.single(target), wait)),
+                Ok(JobOutcome::Done(why)) if single => outcome = JobOutcome::Done(why),
+                Ok(JobOutcome::Done(_)) => {}
+                Err(e) => failure = Some(e),
+            }
+        }
+        // Something could not be recorded: the whole job comes back, and each delivery is
+        // then checked before it is attempted again.
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(Ran {
+            outcome,
+            follow_ups,
+        })
+    }
+
+    /// The first attempts of a fresh group, concurrently; the successes are recorded
+    /// together in the group's item, everything else in an item of its own.
+    async fn first_attempts(&self, job: &DeliveryJob) -> Result<Vec<(Target, Result<JobOutcome>)>> {
         let tenant = Tenant::from_internal_message(job.venue_id.clone());
         let now = Utc::now();
-        let existing = if job.resumed || job.manual || receive > 1 {
-            self.store
-                .get_delivery_unscoped(&job.endpoint_id, &job.delivery_id)
-                .await?
-        } else {
-            None
+        let ids: Vec<&EndpointId> = job.targets.iter().map(|t| &t.endpoint_id).collect();
+        let endpoints = self.store.get_endpoints(&tenant, &ids).await?;
+        let event = self.event_of(&tenant, job).await?;
+        let firsts = join_all(job.targets.iter().map(|target| {
+            self.first_attempt(
+                &tenant,
+                &event,
+                target,
+                endpoints.get(&target.endpoint_id),
+                now,
+            )
+        }))
+        .await;
+        let mut group = GroupRecord {
+            venue_id: job.venue_id.clone(),
+            delivery_id: job.targets[0]
+                .delivery_id
+                .group()
+                .map(|(g, _)| g)
+                .ok_or_else(|| Error::Corrupt("a first-attempt job without a group".into()))?,
+            event_id: event.id.clone(),
+            event_type: event.event_type.clone(),
+            created_at: now,
+            expires_at: self.store.expiry(now),
+            eps: Vec::new(),
+            entries: Vec::new(),
+            moved: Vec::new(),
         };
+        let mut results = Vec::new();
+        for (target, first) in job.targets.iter().zip(firsts) {
+            let result = match first {
+                Ok(First::Delivered(entry, endpoint)) => {
+                    group.eps.push(endpoint);
+                    group.entries.push(entry);
+                    Ok(JobOutcome::Done("delivered"))
+                }
+                Ok(First::Done) => Ok(JobOutcome::Done("recorded")),
+                Ok(First::RetryIn(wait)) => Ok(JobOutcome::RetryIn(wait)),
+                Err(e) => Err(e),
+            };
+            results.push((target.clone(), result));
+        }
+        if !group.entries.is_empty() && !self.store.put_group(&group).await? {
+            tracing::warn!(group = %group.delivery_id, "group recorded by another copy of its job");
+        }
+        Ok(results)
+    }
+
+    async fn first_attempt(
+        &self,
+        tenant: &Tenant,
+        event: &Event,
+        target: &Target,
+        endpoint: Option<&Endpoint>,
+        now: DateTime<Utc>,
+    ) -> Result<First> {
+        let job_target = (&target.delivery_id, &target.endpoint_id, event);
+        let endpoint = match endpoint {
+            Some(endpoint) if endpoint.enabled => endpoint,
+            Some(_) => {
+                self.end_unsent(tenant, job_target, "the endpoint is disabled")
+                    .await?;
+                return Ok(First::Done);
+            }
+            None => {
+                self.end_unsent(tenant, job_target, "the endpoint was deleted")
+                    .await?;
+                return Ok(First::Done);
+            }
+        };
+        let (attempt, decision) = self
+            .attempt(tenant, endpoint, event, &target.delivery_id, 1, now)
+            .await?;
+        if decision == Decision::Delivered {
+            self.track_health(tenant, endpoint, &decision, now).await?;
+            let index = target.delivery_id.group().map_or(0, |(_, i)| i);
+            return Ok(First::Delivered(
+                GroupEntry {
+                    i: index,
+                    a: attempt,
+                },
+                endpoint.endpoint_id.clone(),
+            ));
+        }
+        Ok(
+            match self
+                .record_scheduled(
+                    tenant,
+                    endpoint,
+                    event,
+                    &target.delivery_id,
+                    attempt,
+                    1,
+                    decision,
+                    now,
+                )
+                .await?
+            {
+                JobOutcome::RetryIn(wait) => First::RetryIn(wait),
+                JobOutcome::Done(_) => First::Done,
+            },
+        )
+    }
+
+    /// One delivery that may be under way already: what its record says decides.
+    async fn run_target(&self, job: &DeliveryJob) -> Result<JobOutcome> {
+        let tenant = Tenant::from_internal_message(job.venue_id.clone());
+        let target = job
+            .targets
+            .first()
+            .ok_or_else(|| Error::Corrupt("a delivery job without deliveries".into()))?;
+        let now = Utc::now();
+        let existing = self
+            .store
+            .find_delivery(&tenant, &target.delivery_id, true)
+            .await?;
         if job.manual {
             let Some(delivery) = existing else {
                 return Ok(JobOutcome::Done("replayed delivery no longer exists"));
@@ -89,19 +266,50 @@ impl Dispatcher {
             }
         }
         let number = existing.as_ref().map_or(0, |d| d.scheduled_attempts) + 1;
-        let Some(endpoint) = self.store.get_endpoint(&tenant, &job.endpoint_id).await? else {
-            self.end_unsent(&tenant, job, "the endpoint was deleted")
+        let event = self.event_of(&tenant, job).await?;
+        let job_target = (&target.delivery_id, &target.endpoint_id, &event);
+        let Some(endpoint) = self
+            .store
+            .get_endpoint(&tenant, &target.endpoint_id)
+            .await?
+        else {
+            self.end_unsent(&tenant, job_target, "the endpoint was deleted")
                 .await?;
             return Ok(JobOutcome::Done("endpoint deleted"));
         };
         if !endpoint.enabled {
-            self.end_unsent(&tenant, job, "the endpoint is disabled")
+            self.end_unsent(&tenant, job_target, "the endpoint is disabled")
                 .await?;
             return Ok(JobOutcome::Done("endpoint disabled"));
         }
-        let event = self.event_of(&tenant, job).await?;
+        let (attempt, decision) = self
+            .attempt(&tenant, &endpoint, &event, &target.delivery_id, number, now)
+            .await?;
+        self.record_scheduled(
+            &tenant,
+            &endpoint,
+            &event,
+            &target.delivery_id,
+            attempt,
+            number,
+            decision,
+            now,
+        )
+        .await
+    }
+
+    /// Sends one scheduled attempt and decides what follows it.
+    async fn attempt(
+        &self,
+        tenant: &Tenant,
+        endpoint: &Endpoint,
+        event: &Event,
+        delivery_id: &DeliveryId,
+        number: u32,
+        now: DateTime<Utc>,
+    ) -> Result<(Attempt, Decision)> {
         let (attempt, response) = self
-            .send(&endpoint, &event, Trigger::Scheduled, number, now)
+            .send(endpoint, event, Trigger::Scheduled, number, now)
             .await?;
         let decision = self.policy.decide(
             number,
@@ -109,6 +317,35 @@ impl Dispatcher {
             now,
             rand::random::<f64>(),
         );
+        tracing::info!(
+            venue_id = %tenant.venue(),
+            endpoint_id = %endpoint.endpoint_id,
+            event_id = %event.id,
+            %delivery_id,
+            attempt = number,
+            status_code = attempt.status_code,
+            duration_ms = attempt.duration_ms,
+            error_class = response.error.as_ref().map(|(c, _)| c.as_str()),
+            outcome = ?decision,
+            "delivery attempt"
+        );
+        Ok((attempt, decision))
+    }
+
+    /// Records a scheduled attempt in the delivery's own item, and its effect on the
+    /// endpoint's health.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_scheduled(
+        &self,
+        tenant: &Tenant,
+        endpoint: &Endpoint,
+        event: &Event,
+        delivery_id: &DeliveryId,
+        attempt: Attempt,
+        number: u32,
+        decision: Decision,
+        now: DateTime<Utc>,
+    ) -> Result<JobOutcome> {
         let (status, next_attempt_at) = match decision {
             Decision::Delivered => (DeliveryStatus::Succeeded, None),
             Decision::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
@@ -117,36 +354,23 @@ impl Dispatcher {
         let recorded = self
             .store
             .record_attempt(AttemptRecord {
-                delivery_id: &job.delivery_id,
-                tenant: &tenant,
+                delivery_id,
+                tenant,
                 endpoint_id: &endpoint.endpoint_id,
                 event_id: &event.id,
                 event_type: &event.event_type,
                 status,
                 next_attempt_at,
-                attempt: attempt.clone(),
+                attempt,
                 scheduled: Some(number),
             })
             .await?;
-        tracing::info!(
-            venue_id = %tenant.venue(),
-            endpoint_id = %endpoint.endpoint_id,
-            event_id = %event.id,
-            delivery_id = %job.delivery_id,
-            attempt = number,
-            status_code = attempt.status_code,
-            duration_ms = attempt.duration_ms,
-            error_class = response.error.as_ref().map(|(c, _)| c.as_str()),
-            outcome = ?decision,
-            recorded,
-            "delivery attempt"
-        );
         if !recorded {
             // Another copy of this job recorded this attempt first; it owns what follows.
+            tracing::info!(%delivery_id, attempt = number, "duplicate job stood down");
             return Ok(JobOutcome::Done("duplicate job"));
         }
-        self.track_health(&tenant, &endpoint, &decision, now)
-            .await?;
+        self.track_health(tenant, endpoint, &decision, now).await?;
         Ok(match decision {
             Decision::Delivered => JobOutcome::Done("delivered"),
             Decision::RetryAt(at) => {
@@ -172,6 +396,9 @@ impl Dispatcher {
             .await?
             .ok_or(Error::NotFound("event (it is past its retention)"))?;
         let event = record_event(&record)?;
+        if delivery.in_group {
+            self.store.move_out_of_group(tenant, delivery).await?;
+        }
         let now = Utc::now();
         let (attempt, _) = self
             .send(
@@ -269,14 +496,19 @@ impl Dispatcher {
         }
     }
 
-    async fn end_unsent(&self, tenant: &Tenant, job: &DeliveryJob, reason: &str) -> Result<()> {
+    async fn end_unsent(
+        &self,
+        tenant: &Tenant,
+        (delivery_id, endpoint_id, event): (&DeliveryId, &EndpointId, &Event),
+        reason: &str,
+    ) -> Result<()> {
         self.store
             .finish_without_attempt(
-                &job.delivery_id,
+                delivery_id,
                 tenant,
-                &job.endpoint_id,
-                &job.event_id,
-                &job.event_type,
+                endpoint_id,
+                &event.id,
+                &event.event_type,
                 reason,
             )
             .await

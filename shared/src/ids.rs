@@ -68,6 +68,49 @@ generated_id!(
     DeliveryId,
     "dlv"
 );
+/// How many deliveries one group holds at most: the low bits of a group's id are zero and its
+/// members count up from it, so a member's id names its group and sorts right after it.
+pub const GROUP_SIZE: usize = 10;
+const GROUP_BITS: u32 = 8;
+
+impl DeliveryId {
+    /// A new group id: the first attempts of one event at up to [`GROUP_SIZE`] endpoints
+    /// are recorded together under it, their delivery ids are its [`DeliveryId::member`]s.
+    pub fn generate_group() -> Self {
+        let ulid = ulid::Ulid::new();
+        let group = ulid::Ulid(ulid.0 & !((1u128 << GROUP_BITS) - 1));
+        Self(format!("{}_{}", Self::PREFIX, group))
+    }
+
+    /// The delivery id of the `index`th member of this group (0-based).
+    pub fn member(&self, index: usize) -> Self {
+        debug_assert!(index < GROUP_SIZE);
+        let ulid = self.ulid();
+        let group = ulid.0 & !((1u128 << GROUP_BITS) - 1);
+        let member = ulid::Ulid(group + index as u128 + 1);
+        Self(format!("{}_{}", Self::PREFIX, member))
+    }
+
+    /// The group this delivery belongs to, and its place in it; `None` for a delivery
+    /// that never was in one (a test send).
+    pub fn group(&self) -> Option<(Self, usize)> {
+        let ulid = self.ulid();
+        let low = (ulid.0 & ((1u128 << GROUP_BITS) - 1)) as usize;
+        (1..=GROUP_SIZE).contains(&low).then(|| {
+            let group = ulid::Ulid(ulid.0 - low as u128);
+            (Self(format!("{}_{}", Self::PREFIX, group)), low - 1)
+        })
+    }
+
+    fn ulid(&self) -> ulid::Ulid {
+        // Every DeliveryId was generated or parsed, so the part after the prefix is a ULID.
+        self.0
+            .get(Self::PREFIX.len() + 1..)
+            .and_then(|rest| ulid::Ulid::from_string(rest).ok())
+            .unwrap_or_default()
+    }
+}
+
 generated_id!(
     /// A venue API key (`key_…`); the key itself is secret, this id is not.
     ApiKeyId,
@@ -181,6 +224,24 @@ mod tests {
         assert!(a.as_str().starts_with("ep_"));
         assert_eq!(EndpointId::parse(a.as_str()).unwrap(), a);
         assert!(a < b, "{a} should sort before {b}");
+    }
+
+    #[test]
+    fn group_members_name_their_group_and_sort_after_it() {
+        let group = DeliveryId::generate_group();
+        assert_eq!(group.group(), None, "a group id is no member");
+        let members: Vec<_> = (0..GROUP_SIZE).map(|i| group.member(i)).collect();
+        for (i, m) in members.iter().enumerate() {
+            assert_eq!(DeliveryId::parse(m.as_str()).unwrap(), *m);
+            assert_eq!(m.group(), Some((group.clone(), i)));
+            assert!(*m > group);
+        }
+        let mut sorted = members.clone();
+        sorted.sort();
+        assert_eq!(sorted, members);
+        // A later group sorts after every member of an earlier one.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(DeliveryId::generate_group() > members[GROUP_SIZE - 1]);
     }
 
     #[test]

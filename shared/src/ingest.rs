@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::domain::{Event, PublishRequest, Target};
 use crate::error::{Error, Result};
-use crate::ids::DeliveryId;
+use crate::ids::{DeliveryId, GROUP_SIZE};
 use crate::queue::{DeliveryJob, Queues, INLINE_EVENT_BYTES};
 use crate::services::Services;
 use crate::store::{EventRecord, Store, Tenant};
@@ -78,12 +78,19 @@ impl Publisher {
     ) -> Result<Accepted> {
         let event = request.into_event(now)?;
         let endpoints = self.store.enabled_endpoints(tenant).await?;
-        let targets: Vec<Target> = endpoints
+        let subscribed: Vec<_> = endpoints
             .iter()
             .filter(|ep| ep.subscribes_to(&event.event_type))
-            .map(|ep| Target {
-                endpoint_id: ep.endpoint_id.clone(),
-                delivery_id: DeliveryId::generate(),
+            .collect();
+        // One group per ten endpoints: their first attempts share a job and a history item.
+        let targets: Vec<Target> = subscribed
+            .chunks(GROUP_SIZE)
+            .flat_map(|chunk| {
+                let group = DeliveryId::generate_group();
+                chunk.iter().enumerate().map(move |(i, ep)| Target {
+                    endpoint_id: ep.endpoint_id.clone(),
+                    delivery_id: group.member(i),
+                })
             })
             .collect();
         let record = EventRecord::accepted(tenant, &event, targets, now, self.store.expiry(now));
@@ -136,24 +143,32 @@ impl Publisher {
     }
 }
 
+/// The jobs of an event: one per group of targets (the first attempts of a fresh fan-out
+/// travel together); a resumed fan-out re-sends the same groups, marked as such.
 fn jobs_of(record: &EventRecord, resumed: bool) -> Result<Vec<DeliveryJob>> {
     let inline = (record.data.len() <= INLINE_EVENT_BYTES)
         .then(|| record_event(record))
         .transpose()?;
-    Ok(record
-        .targets
-        .iter()
-        .map(|t| DeliveryJob {
-            delivery_id: t.delivery_id.clone(),
-            venue_id: record.venue_id.clone(),
-            endpoint_id: t.endpoint_id.clone(),
-            event_id: record.event_id.clone(),
-            event_type: record.event_type.clone(),
-            event: inline.clone(),
-            resumed,
-            manual: false,
-        })
-        .collect())
+    let mut jobs: Vec<DeliveryJob> = Vec::new();
+    let mut group = None;
+    for target in &record.targets {
+        let this = target.delivery_id.group().map(|(g, _)| g);
+        match jobs.last_mut() {
+            Some(job) if this.is_some() && this == group => job.targets.push(target.clone()),
+            _ => jobs.push(DeliveryJob {
+                venue_id: record.venue_id.clone(),
+                event_id: record.event_id.clone(),
+                event_type: record.event_type.clone(),
+                event: inline.clone(),
+                targets: vec![target.clone()],
+                first: !resumed,
+                resumed,
+                manual: false,
+            }),
+        }
+        group = this;
+    }
+    Ok(jobs)
 }
 
 /// The event as deliveries carry it.

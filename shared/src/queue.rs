@@ -8,9 +8,9 @@ use aws_sdk_sqs::types::{
 use aws_sdk_sqs::Client;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Event;
+use crate::domain::{Event, Target};
 use crate::error::{Error, Result};
-use crate::ids::{DeliveryId, EndpointId, EventId, VenueId};
+use crate::ids::{EventId, VenueId};
 
 /// Events up to this size travel inside the job, which saves the deliver function a read;
 /// larger ones are read from the events table.
@@ -19,23 +19,39 @@ const MAX_BATCH_ENTRIES: usize = 10;
 /// SendMessageBatch's limit on the sum of the bodies.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
-/// One delivery of one event to one endpoint, as queued for the deliver function.
+/// Deliveries of one event, as queued for the deliver function: the first attempts of a
+/// fan-out travel together (up to [`crate::ids::GROUP_SIZE`] endpoints, one group, one
+/// message, one history item for their successes); a retry, a replay or a resumed job
+/// carries one delivery.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeliveryJob {
-    pub delivery_id: DeliveryId,
     pub venue_id: VenueId,
-    pub endpoint_id: EndpointId,
     pub event_id: EventId,
     pub event_type: String,
     /// The event itself when small enough.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<Event>,
+    pub targets: Vec<Target>,
+    /// The first attempts of a fresh fan-out: nothing of these deliveries exists yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub first: bool,
     /// Set when fan-out was resumed after an interruption: the delivery may already exist.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resumed: bool,
     /// A replay: one manual attempt, never followed by scheduled retries.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub manual: bool,
+}
+
+impl DeliveryJob {
+    /// The same event, one of its deliveries.
+    pub fn single(&self, target: Target) -> Self {
+        Self {
+            targets: vec![target],
+            first: false,
+            ..self.clone()
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -56,19 +72,29 @@ impl Queues {
     /// that SQS reports as failed. Either every job is on the queue or this returns an error.
     /// `delay` holds them back (at most 900 s, SQS's limit).
     pub async fn send_jobs(&self, jobs: &[DeliveryJob], delay: Duration) -> Result<()> {
-        let delay = delay.as_secs().min(900) as i32;
-        let bodies = jobs
+        let delayed: Vec<(&DeliveryJob, Duration)> = jobs.iter().map(|j| (j, delay)).collect();
+        self.send_delayed(&delayed).await
+    }
+
+    /// As [`Queues::send_jobs`], each job with its own delay (SQS holds a message back
+    /// for at most 900 s; a longer wait continues when the job comes back early).
+    pub async fn send_delayed(&self, jobs: &[(&DeliveryJob, Duration)]) -> Result<()> {
+        let entries = jobs
             .iter()
-            .map(serde_json::to_string)
+            .map(|(job, delay)| {
+                // Whole seconds, rounded up: a job back early only waits again.
+                let secs = delay.as_secs_f64().ceil().min(900.0) as i32;
+                serde_json::to_string(job).map(|body| (body, secs))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Error::Corrupt(e.to_string()))?;
-        for batch in batches(&bodies) {
-            self.send_batch(batch, delay).await?;
+        for batch in batches(&entries) {
+            self.send_batch(batch).await?;
         }
         Ok(())
     }
 
-    async fn send_batch(&self, mut pending: Vec<&String>, delay: i32) -> Result<()> {
+    async fn send_batch(&self, mut pending: Vec<&(String, i32)>) -> Result<()> {
         for round in 0..4u32 {
             if round > 0 {
                 tokio::time::sleep(Duration::from_millis(50 * 2u64.pow(round))).await;
@@ -76,11 +102,11 @@ impl Queues {
             let entries = pending
                 .iter()
                 .enumerate()
-                .map(|(i, body)| {
+                .map(|(i, (body, delay))| {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(body.as_str())
-                        .set_delay_seconds((delay > 0).then_some(delay))
+                        .set_delay_seconds((*delay > 0).then_some(*delay))
                         .build()
                         .map_err(|e| Error::aws("sqs", e))
                 })
@@ -177,11 +203,13 @@ fn truncate(text: &str, max: usize) -> String {
     text.chars().take(max).collect()
 }
 
-/// Groups bodies into SendMessageBatch calls: at most 10 entries and 256 KiB each.
-fn batches(bodies: &[String]) -> Vec<Vec<&String>> {
-    let mut out: Vec<Vec<&String>> = Vec::new();
+/// Groups bodies (with their delays) into SendMessageBatch calls: at most 10 entries and
+/// 256 KiB each.
+fn batches(bodies: &[(String, i32)]) -> Vec<Vec<&(String, i32)>> {
+    let mut out: Vec<Vec<&(String, i32)>> = Vec::new();
     let mut size = 0;
-    for body in bodies {
+    for entry in bodies {
+        let body = &entry.0;
         let full = out
             .last()
             .is_none_or(|b| b.len() == MAX_BATCH_ENTRIES || size + body.len() > MAX_BATCH_BYTES);
@@ -191,7 +219,7 @@ fn batches(bodies: &[String]) -> Vec<Vec<&String>> {
         }
         size += body.len();
         if let Some(last) = out.last_mut() {
-            last.push(body);
+            last.push(entry);
         }
     }
     out
@@ -203,11 +231,11 @@ mod tests {
 
     #[test]
     fn batches_respect_count_and_size() {
-        let small: Vec<String> = (0..25).map(|i| i.to_string()).collect();
+        let small: Vec<(String, i32)> = (0..25).map(|i| (i.to_string(), 0)).collect();
         let sizes: Vec<usize> = batches(&small).iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![10, 10, 5]);
 
-        let big: Vec<String> = (0..4).map(|_| "x".repeat(100 * 1024)).collect();
+        let big: Vec<(String, i32)> = (0..4).map(|_| ("x".repeat(100 * 1024), 0)).collect();
         let sizes: Vec<usize> = batches(&big).iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![2, 2]);
         assert!(batches(&[]).is_empty());

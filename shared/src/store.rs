@@ -106,6 +106,93 @@ pub struct DeliveryRecord {
     #[serde(default)]
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub expires_at: i64,
+    /// Read from its group's item (a first-try success), not from an item of its own.
+    #[serde(skip)]
+    pub in_group: bool,
+}
+
+/// The first-try successes of one group (one event, up to ten endpoints) in one item, under
+/// the group's id: a single write for all of them. A delivery that needs more than one
+/// attempt is not here; it has an item of its own ([`DeliveryRecord`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub venue_id: VenueId,
+    /// The group's id; its members' delivery ids are [`DeliveryId::member`]s of it.
+    pub delivery_id: DeliveryId,
+    pub event_id: EventId,
+    pub event_type: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: i64,
+    /// The endpoints this item holds a delivery of (the history query filters on it).
+    pub eps: Vec<EndpointId>,
+    /// One per endpoint of `eps`, in the same order.
+    pub entries: Vec<GroupEntry>,
+    /// Endpoints whose delivery was moved to an item of its own (a manual retry of it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved: Vec<EndpointId>,
+}
+
+/// One first-try success in a group item: the member's place and its attempt.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupEntry {
+    pub i: usize,
+    pub a: Attempt,
+}
+
+impl GroupRecord {
+    /// The delivery of the member at `index`, unless it is not here (or moved out).
+    pub fn member(&self, index: usize) -> Option<DeliveryRecord> {
+        let k = self.entries.iter().position(|e| e.i == index)?;
+        self.delivery(k)
+    }
+
+    /// This item's delivery to `endpoint`, unless it has none (or moved it out).
+    pub fn of_endpoint(&self, endpoint: &EndpointId) -> Option<DeliveryRecord> {
+        let k = self.eps.iter().position(|e| e == endpoint)?;
+        self.delivery(k)
+    }
+
+    fn delivery(&self, k: usize) -> Option<DeliveryRecord> {
+        let endpoint_id = self.eps.get(k)?;
+        let entry = self.entries.get(k)?;
+        if self.moved.contains(endpoint_id) {
+            return None;
+        }
+        Some(DeliveryRecord {
+            delivery_id: self.delivery_id.member(entry.i),
+            venue_id: self.venue_id.clone(),
+            endpoint_id: endpoint_id.clone(),
+            event_id: self.event_id.clone(),
+            event_type: self.event_type.clone(),
+            status: DeliveryStatus::Succeeded,
+            attempt_count: 1,
+            scheduled_attempts: 1,
+            created_at: self.created_at,
+            updated_at: entry.a.at,
+            last_status_code: entry.a.status_code,
+            last_error: None,
+            next_attempt_at: None,
+            expires_at: self.expires_at,
+            attempts: vec![entry.a.clone()],
+            in_group: true,
+        })
+    }
+}
+
+/// An item of the deliveries table: a delivery's own, or a group's.
+enum HistoryItem {
+    Single(DeliveryRecord),
+    Group(GroupRecord),
+}
+
+impl HistoryItem {
+    fn from_item(item: HashMap<String, AttributeValue>) -> Result<Self> {
+        if item.contains_key("entries") {
+            from_item(item).map(Self::Group)
+        } else {
+            from_item(item).map(Self::Single)
+        }
+    }
 }
 
 /// What one attempt changes on its delivery.
@@ -205,26 +292,46 @@ impl Store {
     // ---- endpoints ----
 
     pub async fn create_endpoint(&self, endpoint: &Endpoint) -> Result<()> {
-        self.put_new(&self.endpoints, to_item(endpoint)?, "endpoint_id")
+        self.put_generated(&self.endpoints, to_item(endpoint)?, "endpoint_id")
             .await
     }
 
-    /// Writes a new item; an item with the same key (`key_attr`) already there is an error.
+    /// Writes a new item; `false` (nothing written) if an item with its key is there.
     async fn put_new(
         &self,
         table: &str,
         item: HashMap<String, AttributeValue>,
         key_attr: &str,
-    ) -> Result<()> {
-        self.ddb
+    ) -> Result<bool> {
+        let result = self
+            .ddb
             .put_item()
             .table_name(table)
             .set_item(Some(item))
             .condition_expression(format!("attribute_not_exists({key_attr})"))
             .send()
-            .await
-            .map_err(|e| Error::aws("dynamodb", e))?;
-        Ok(())
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(Error::aws("dynamodb", e)),
+        }
+    }
+
+    /// Writes a new item whose key was just generated: one already there is an error.
+    async fn put_generated(
+        &self,
+        table: &str,
+        item: HashMap<String, AttributeValue>,
+        key_attr: &str,
+    ) -> Result<()> {
+        if self.put_new(table, item, key_attr).await? {
+            Ok(())
+        } else {
+            Err(Error::Conflict(format!(
+                "generated {key_attr} already taken"
+            )))
+        }
     }
 
     /// Replaces an endpoint, provided nobody else changed it since `previous_updated_at`.
@@ -263,6 +370,22 @@ impl Store {
             .await
             .map_err(|e| Error::aws("dynamodb", e))?;
         out.item.map(from_item).transpose()
+    }
+
+    /// Several of the venue's endpoints in one BatchGetItem; missing ones are left out.
+    pub async fn get_endpoints(
+        &self,
+        tenant: &Tenant,
+        ids: &[&EndpointId],
+    ) -> Result<HashMap<EndpointId, Endpoint>> {
+        let mut keys: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        self.batch_get(&self.endpoints, tenant, "endpoint_id", &keys, false)
+            .await?
+            .into_iter()
+            .map(|item| from_item::<Endpoint>(item).map(|e| (e.endpoint_id.clone(), e)))
+            .collect()
     }
 
     pub async fn delete_endpoint(&self, tenant: &Tenant, id: &EndpointId) -> Result<()> {
@@ -471,7 +594,14 @@ impl Store {
 
     // ---- deliveries ----
 
-    /// Appends one attempt to its delivery, creating the delivery on its first attempt.
+    /// Records the first-try successes of a group in one item. Returns `false` if the group
+    /// was recorded before (a copy of its job ran first).
+    pub async fn put_group(&self, group: &GroupRecord) -> Result<bool> {
+        self.put_new(&self.deliveries, to_item(group)?, "delivery_id")
+            .await
+    }
+
+    /// Appends one attempt to its delivery's own item, creating it on its first attempt.
     /// Returns `false` when the attempt was a duplicate of one already recorded.
     pub async fn record_attempt(&self, rec: AttemptRecord<'_>) -> Result<bool> {
         let now = rec.attempt.at;
@@ -479,10 +609,10 @@ impl Store {
             .ddb
             .update_item()
             .table_name(&self.deliveries)
-            .key("endpoint_id", s(rec.endpoint_id.as_str()))
+            .key("venue_id", s(rec.tenant.venue().as_str()))
             .key("delivery_id", s(rec.delivery_id.as_str()))
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":venue", s(rec.tenant.venue().as_str()))
+            .expression_attribute_values(":endpoint", s(rec.endpoint_id.as_str()))
             .expression_attribute_values(":event", s(rec.event_id.as_str()))
             .expression_attribute_values(":type", s(rec.event_type))
             .expression_attribute_values(":now", to_attr(&now)?)
@@ -499,7 +629,7 @@ impl Store {
             .expression_attribute_values(":one", n(1))
             .return_values(ReturnValue::None);
         let mut set = String::from(
-            "SET venue_id = :venue, event_id = :event, event_type = :type, \
+            "SET endpoint_id = :endpoint, event_id = :event, event_type = :type, \
              created_at = if_not_exists(created_at, :now), updated_at = :now, #status = :status, \
              attempts = list_append(if_not_exists(attempts, :empty), :attempt), \
              last_status_code = :code, last_error = :error, next_attempt_at = :next, expires_at = :ttl",
@@ -539,10 +669,10 @@ impl Store {
         self.ddb
             .update_item()
             .table_name(&self.deliveries)
-            .key("endpoint_id", s(endpoint_id.as_str()))
+            .key("venue_id", s(tenant.venue().as_str()))
             .key("delivery_id", s(delivery_id.as_str()))
             .update_expression(
-                "SET venue_id = :venue, event_id = :event, \
+                "SET endpoint_id = :endpoint, event_id = :event, \
                  event_type = :type, created_at = if_not_exists(created_at, :now), \
                  updated_at = :now, #status = :failed, last_error = :reason, \
                  attempt_count = if_not_exists(attempt_count, :zero), expires_at = :ttl \
@@ -550,7 +680,7 @@ impl Store {
             )
             .condition_expression("attribute_not_exists(#status) OR #status = :pending")
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":venue", s(tenant.venue().as_str()))
+            .expression_attribute_values(":endpoint", s(endpoint_id.as_str()))
             .expression_attribute_values(":event", s(event_id.as_str()))
             .expression_attribute_values(":type", s(event_type))
             .expression_attribute_values(":now", to_attr(&now)?)
@@ -571,70 +701,100 @@ impl Store {
             })
     }
 
-    /// A delivery with its attempts; `None` if it is another venue's or expired. Deliveries
-    /// are kept under their endpoint (no index to write), so this asks each of the venue's
-    /// endpoints in one BatchGetItem: a dashboard read, rare next to the writes it saves.
+    /// A delivery with its attempts; `None` if it is another venue's or expired. It is read
+    /// from its own item, or else from its group's: one BatchGetItem either way.
     pub async fn get_delivery(
         &self,
         tenant: &Tenant,
         id: &DeliveryId,
     ) -> Result<Option<DeliveryRecord>> {
-        let keys: Vec<(EndpointId, DeliveryId)> = self
-            .endpoint_ids(tenant)
-            .await?
-            .into_iter()
-            .map(|ep| (ep, id.clone()))
-            .collect();
-        let now = Utc::now().timestamp();
-        Ok(self
-            .batch_get_deliveries(tenant, &keys, true)
-            .await?
-            .into_iter()
-            .find(|d| d.expires_at > now))
+        self.find_delivery(tenant, id, false).await
     }
 
-    /// For the deliver function's duplicate check, which has the ids from its own queue.
-    pub async fn get_delivery_unscoped(
+    /// As [`Store::get_delivery`], strongly consistent: the deliver function's check of what
+    /// became of a delivery before it attempts it again.
+    pub async fn find_delivery(
         &self,
-        endpoint: &EndpointId,
+        tenant: &Tenant,
         id: &DeliveryId,
+        consistent: bool,
     ) -> Result<Option<DeliveryRecord>> {
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.deliveries)
-            .key("endpoint_id", s(endpoint.as_str()))
-            .key("delivery_id", s(id.as_str()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| Error::aws("dynamodb", e))?;
-        out.item.map(from_item).transpose()
+        Ok(self
+            .get_deliveries_with(tenant, std::slice::from_ref(id), consistent)
+            .await?
+            .pop())
     }
 
-    /// Several deliveries (an event's fan-out), without their attempts.
+    /// Several deliveries of the venue (an event's fan-out); those not found are left out.
     pub async fn get_deliveries(
         &self,
         tenant: &Tenant,
-        keys: &[(EndpointId, DeliveryId)],
+        ids: &[DeliveryId],
     ) -> Result<Vec<DeliveryRecord>> {
-        self.batch_get_deliveries(tenant, keys, false).await
+        self.get_deliveries_with(tenant, ids, false).await
     }
 
-    async fn batch_get_deliveries(
+    async fn get_deliveries_with(
         &self,
         tenant: &Tenant,
-        keys: &[(EndpointId, DeliveryId)],
-        with_attempts: bool,
+        ids: &[DeliveryId],
+        consistent: bool,
     ) -> Result<Vec<DeliveryRecord>> {
+        let mut keys: Vec<&DeliveryId> = Vec::new();
+        let groups: Vec<Option<(DeliveryId, usize)>> = ids.iter().map(DeliveryId::group).collect();
+        for key in ids.iter().chain(groups.iter().flatten().map(|(g, _)| g)) {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        let mut singles: HashMap<String, DeliveryRecord> = HashMap::new();
+        let mut grouped: HashMap<String, GroupRecord> = HashMap::new();
+        let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+        let items = self
+            .batch_get(&self.deliveries, tenant, "delivery_id", &keys, consistent)
+            .await?;
+        for item in items {
+            match HistoryItem::from_item(item)? {
+                HistoryItem::Single(d) => {
+                    singles.insert(d.delivery_id.to_string(), d);
+                }
+                HistoryItem::Group(g) => {
+                    grouped.insert(g.delivery_id.to_string(), g);
+                }
+            }
+        }
+        let now = Utc::now().timestamp();
+        Ok(ids
+            .iter()
+            .zip(groups)
+            .filter_map(|(id, group)| {
+                singles.remove(id.as_str()).or_else(|| {
+                    let (group, index) = group?;
+                    grouped.get(group.as_str())?.member(index)
+                })
+            })
+            .filter(|d| d.expires_at > now)
+            .collect())
+    }
+
+    /// BatchGetItem of the venue's items whose range key `range` is one of `keys`,
+    /// re-asking for what it leaves.
+    async fn batch_get(
+        &self,
+        table: &str,
+        tenant: &Tenant,
+        range: &str,
+        keys: &[&str],
+        consistent: bool,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>> {
         let mut found = Vec::new();
         for chunk in keys.chunks(100) {
             let mut keys: Vec<HashMap<String, AttributeValue>> = chunk
                 .iter()
-                .map(|(ep, id)| {
+                .map(|id| {
                     HashMap::from([
-                        ("endpoint_id".to_owned(), s(ep.as_str())),
-                        ("delivery_id".to_owned(), s(id.as_str())),
+                        ("venue_id".to_owned(), s(tenant.venue().as_str())),
+                        (range.to_owned(), s(*id)),
                     ])
                 })
                 .collect();
@@ -643,62 +803,73 @@ impl Store {
                 if keys.is_empty() {
                     break;
                 }
-                let mut request = KeysAndAttributes::builder().set_keys(Some(keys));
-                if !with_attempts {
-                    request = request
-                        .projection_expression(SUMMARY_PROJECTION)
-                        .expression_attribute_names("#status", "status");
-                }
-                let request = request.build().map_err(|e| Error::aws("dynamodb", e))?;
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(consistent)
+                    .build()
+                    .map_err(|e| Error::aws("dynamodb", e))?;
                 let out = self
                     .ddb
                     .batch_get_item()
-                    .request_items(&self.deliveries, request)
+                    .request_items(table, request)
                     .send()
                     .await
                     .map_err(|e| Error::aws("dynamodb", e))?;
-                for item in out
-                    .responses
-                    .and_then(|mut r| r.remove(&self.deliveries))
-                    .unwrap_or_default()
-                {
-                    found.push(from_item::<DeliveryRecord>(item)?);
-                }
+                found.extend(
+                    out.responses
+                        .and_then(|mut r| r.remove(table))
+                        .unwrap_or_default(),
+                );
                 keys = out
                     .unprocessed_keys
-                    .and_then(|mut u| u.remove(&self.deliveries))
+                    .and_then(|mut u| u.remove(table))
                     .map(|k| k.keys)
                     .unwrap_or_default();
             }
         }
-        let venue = tenant.venue();
-        found.retain(|d| &d.venue_id == venue);
         Ok(found)
     }
 
-    /// The ids of a venue's endpoints, all pages.
-    async fn endpoint_ids(&self, tenant: &Tenant) -> Result<Vec<EndpointId>> {
-        let mut pages = self
-            .ddb
-            .query()
-            .table_name(&self.endpoints)
-            .key_condition_expression("venue_id = :v")
-            .expression_attribute_values(":v", s(tenant.venue().as_str()))
-            .projection_expression("endpoint_id")
-            .into_paginator()
-            .items()
-            .send();
-        let mut ids = Vec::new();
-        while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| Error::aws("dynamodb", e))?;
-            if let Some(AttributeValue::S(id)) = item.get("endpoint_id") {
-                ids.push(EndpointId::parse(id).map_err(|e| Error::Corrupt(e.to_string()))?);
-            }
-        }
-        Ok(ids)
+    /// Gives a delivery that lives in its group's item an item of its own (before a manual
+    /// attempt appends to it); the group item then hides it.
+    pub async fn move_out_of_group(
+        &self,
+        tenant: &Tenant,
+        delivery: &DeliveryRecord,
+    ) -> Result<()> {
+        let Some((group, _)) = delivery.delivery_id.group() else {
+            return Ok(());
+        };
+        let mut item = to_item(delivery)?;
+        item.insert("venue_id".into(), s(tenant.venue().as_str()));
+        // Already moved by a concurrent retry: that copy is as good as this one.
+        self.put_new(&self.deliveries, item, "delivery_id").await?;
+        self.ddb
+            .update_item()
+            .table_name(&self.deliveries)
+            .key("venue_id", s(tenant.venue().as_str()))
+            .key("delivery_id", s(group.as_str()))
+            .update_expression("SET moved = list_append(if_not_exists(moved, :empty), :endpoint)")
+            .condition_expression("attribute_exists(delivery_id)")
+            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(
+                ":endpoint",
+                AttributeValue::L(vec![s(delivery.endpoint_id.as_str())]),
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .or_else(|e| {
+                if is_conditional_failure(&e) {
+                    Ok(())
+                } else {
+                    Err(Error::aws("dynamodb", e))
+                }
+            })
     }
 
-    /// An endpoint's deliveries, newest first, optionally filtered.
+    /// An endpoint's deliveries, newest first, optionally filtered. The venue's history is
+    /// one partition; the endpoint, status and type are filters on it.
     pub async fn list_deliveries(
         &self,
         tenant: &Tenant,
@@ -720,15 +891,16 @@ impl Store {
                 .ddb
                 .query()
                 .table_name(&self.deliveries)
-                .key_condition_expression("endpoint_id = :e AND delivery_id BETWEEN :from AND :to")
+                .key_condition_expression("venue_id = :v AND delivery_id BETWEEN :from AND :to")
                 .filter_expression(filter.expression())
+                .expression_attribute_values(":v", s(tenant.venue().as_str()))
                 .expression_attribute_values(":e", s(endpoint.as_str()))
                 .expression_attribute_values(":from", s(from.clone()))
                 .expression_attribute_values(":to", s(to.clone()))
-                .expression_attribute_values(":venue", s(tenant.venue().as_str()))
                 .expression_attribute_values(":now", n(now))
                 .scan_index_forward(false)
-                .limit(limit as i32);
+                // Other endpoints' deliveries share the partition: read more than a page.
+                .limit((limit * 4).clamp(50, 400) as i32);
             if let Some(status) = filter.status {
                 query = query
                     .expression_attribute_names("#status", "status")
@@ -739,18 +911,23 @@ impl Store {
             }
             if let Some(after) = &start {
                 query = query
-                    .exclusive_start_key("endpoint_id", s(endpoint.as_str()))
+                    .exclusive_start_key("venue_id", s(tenant.venue().as_str()))
                     .exclusive_start_key("delivery_id", s(after.as_str()));
             }
             let out = query.send().await.map_err(|e| Error::aws("dynamodb", e))?;
             for item in out.items.unwrap_or_default() {
-                let record: DeliveryRecord = from_item(item)?;
+                let key = item.get("delivery_id").and_then(|v| v.as_s().ok()).cloned();
+                let record = match HistoryItem::from_item(item)? {
+                    HistoryItem::Single(d) => Some(d),
+                    HistoryItem::Group(g) => g.of_endpoint(endpoint),
+                };
+                let Some(record) = record else { continue };
                 items.push(record);
                 if items.len() == limit {
-                    let cursor = items.last().map(|d| d.delivery_id.to_string());
+                    // The item's key, not the delivery's id: a group item holds several.
                     return Ok(Page {
                         items,
-                        next_cursor: cursor,
+                        next_cursor: key,
                     });
                 }
             }
@@ -770,7 +947,7 @@ impl Store {
 
 impl Store {
     /// The failed deliveries of an endpoint created in `[from, to)` (delivery ids sort by
-    /// creation time), at most `max`.
+    /// creation time), at most `max`. A failed delivery always has an item of its own.
     pub async fn failed_deliveries_between(
         &self,
         tenant: &Tenant,
@@ -783,13 +960,13 @@ impl Store {
             .ddb
             .query()
             .table_name(&self.deliveries)
-            .key_condition_expression("endpoint_id = :e AND delivery_id BETWEEN :from AND :to")
-            .filter_expression("venue_id = :venue AND #status = :failed AND expires_at > :now")
+            .key_condition_expression("venue_id = :v AND delivery_id BETWEEN :from AND :to")
+            .filter_expression("endpoint_id = :e AND #status = :failed AND expires_at > :now")
             .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":v", s(tenant.venue().as_str()))
             .expression_attribute_values(":e", s(endpoint.as_str()))
             .expression_attribute_values(":from", s(DeliveryId::bound(from, false)))
             .expression_attribute_values(":to", s(DeliveryId::bound(to, true)))
-            .expression_attribute_values(":venue", s(tenant.venue().as_str()))
             .expression_attribute_values(":failed", s(DeliveryStatus::Failed.as_str()))
             .expression_attribute_values(":now", n(Utc::now().timestamp()))
             .into_paginator()
@@ -812,7 +989,7 @@ const LAST_USED_RESOLUTION_SECONDS: i64 = 60;
 
 impl Store {
     pub async fn create_api_key(&self, record: &ApiKeyRecord) -> Result<()> {
-        self.put_new(&self.api_keys, to_item(record)?, "key_id")
+        self.put_generated(&self.api_keys, to_item(record)?, "key_id")
             .await
     }
 
@@ -892,11 +1069,6 @@ impl Store {
     }
 }
 
-/// The attributes of a delivery without its attempts (what the index holds).
-const SUMMARY_PROJECTION: &str = "delivery_id, venue_id, endpoint_id, event_id, event_type, \
-    #status, attempt_count, created_at, updated_at, last_status_code, last_error, \
-    next_attempt_at, expires_at";
-
 #[derive(Clone, Debug, Default)]
 pub struct DeliveryFilter {
     pub status: Option<DeliveryStatus>,
@@ -908,14 +1080,23 @@ pub struct DeliveryFilter {
 }
 
 impl DeliveryFilter {
+    /// Over a venue's history items: an item of its own for the endpoint, or a group item
+    /// that holds the endpoint's delivery (always a success) and has not moved it out.
     fn expression(&self) -> String {
-        let mut parts = vec!["venue_id = :venue", "expires_at > :now"];
-        if self.status.is_some() {
-            parts.push("#status = :status");
-        }
-        if self.event_type.is_some() {
-            parts.push("event_type = :type");
-        }
-        parts.join(" AND ")
+        let status = match self.status {
+            None => "",
+            Some(DeliveryStatus::Succeeded) => {
+                " AND (#status = :status OR attribute_exists(entries))"
+            }
+            Some(_) => " AND #status = :status",
+        };
+        let event_type = if self.event_type.is_some() {
+            " AND event_type = :type"
+        } else {
+            ""
+        };
+        format!(
+            "expires_at > :now AND (endpoint_id = :e OR (contains(eps, :e) AND NOT contains(moved, :e))){status}{event_type}"
+        )
     }
 }

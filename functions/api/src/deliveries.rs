@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::Serialize;
 use serde_json::json;
-use shared::domain::{Attempt, DeliveryStatus};
+use shared::domain::{Attempt, DeliveryStatus, Target};
 use shared::ids::{DeliveryId, EndpointId, EventId};
 use shared::queue::DeliveryJob;
 use shared::store::{DeliveryFilter, DeliveryRecord, Tenant};
@@ -181,12 +181,15 @@ pub async fn replay(api: &Api, tenant: &Tenant, raw_endpoint: &str, call: &Call<
     let jobs: Vec<DeliveryJob> = failed
         .iter()
         .map(|d| DeliveryJob {
-            delivery_id: d.delivery_id.clone(),
             venue_id: d.venue_id.clone(),
-            endpoint_id: d.endpoint_id.clone(),
             event_id: d.event_id.clone(),
             event_type: d.event_type.clone(),
             event: None,
+            targets: vec![Target {
+                endpoint_id: d.endpoint_id.clone(),
+                delivery_id: d.delivery_id.clone(),
+            }],
+            first: false,
             resumed: false,
             manual: true,
         })

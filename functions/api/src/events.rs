@@ -36,7 +36,7 @@ pub async fn get(api: &Api, tenant: &Tenant, raw_id: &str) -> ApiResult {
     let keys: Vec<_> = record
         .targets
         .iter()
-        .map(|t| (t.endpoint_id.clone(), t.delivery_id.clone()))
+        .map(|t| t.delivery_id.clone())
         .collect();
     let mut found: HashMap<_, _> = api
         .store

@@ -1,12 +1,15 @@
-//! The deliver function: each record of a batch is one delivery job, attempted concurrently.
-//! Records whose attempt failed are returned in `batchItemFailures` so that only they come
-//! back; a job that can never be processed goes to the delivery DLQ with its reason.
+//! The deliver function: each record of a batch is one delivery job (the first attempts of
+//! one event at up to ten endpoints, or one delivery's retry), all attempted concurrently.
+//! A job of one delivery that must wait is returned in `batchItemFailures` with its
+//! visibility set to the wait; the deliveries of a larger job that must wait are queued as
+//! jobs of their own first. A job that can never be processed goes to the delivery DLQ
+//! with its reason.
 
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::future::join_all;
-use shared::dispatch::{Dispatcher, JobOutcome};
+use shared::dispatch::{Dispatcher, JobOutcome, Ran};
 use shared::http_client::{BuildError, DeliveryClient};
 use shared::queue::{DeliveryJob, Queues};
 use shared::services::Services;
@@ -41,10 +44,16 @@ impl Deliver {
         let results = join_all(event.records.iter().map(|r| self.handle_record(r))).await;
         let mut response = SqsBatchResponse::default();
         let mut delays = Vec::new();
+        let mut follow_ups = Vec::new();
+        let mut waiting_on_follow_ups = Vec::new();
         for (record, result) in event.records.iter().zip(results) {
             let id = record.message_id.clone().unwrap_or_default();
             match result {
-                Handled::Done => {}
+                Handled::Done(more) if more.is_empty() => {}
+                Handled::Done(more) => {
+                    follow_ups.extend(more);
+                    waiting_on_follow_ups.push(id);
+                }
                 Handled::RetryIn(wait) => {
                     // Seconds, rounded up: SQS counts whole seconds.
                     let secs = wait.as_secs_f64().ceil().max(1.0) as i32;
@@ -56,6 +65,17 @@ impl Deliver {
                 Handled::Failed => response.add_failure(id),
             }
         }
+        if !follow_ups.is_empty() {
+            // One call for the whole batch; a job leaves the queue only once its waiting
+            // deliveries are queued on their own.
+            let jobs: Vec<_> = follow_ups.iter().map(|(job, wait)| (job, *wait)).collect();
+            if let Err(e) = self.queues.send_delayed(&jobs).await {
+                tracing::error!(error = %e, "could not queue retries; their jobs come back");
+                for id in waiting_on_follow_ups {
+                    response.add_failure(id);
+                }
+            }
+        }
         if !delays.is_empty() {
             self.queues.delay_received(&delays).await;
         }
@@ -65,27 +85,38 @@ impl Deliver {
     async fn handle_record(&self, record: &SqsMessage) -> Handled {
         let message_id = record.message_id.as_deref().unwrap_or("");
         let body = record.body.as_deref().unwrap_or("");
-        let job: DeliveryJob = match serde_json::from_str(body) {
-            Ok(job) => job,
+        let job = match serde_json::from_str::<DeliveryJob>(body) {
+            Ok(job) if !job.targets.is_empty() => job,
+            Ok(_) => {
+                return self
+                    .poison(message_id, body, "a delivery job without deliveries".into())
+                    .await
+            }
             Err(e) => {
                 return self
                     .poison(message_id, body, format!("not a delivery job: {e}"))
                     .await
             }
         };
-        match self.dispatcher.run_job(&job, receive_count(record)).await {
-            Ok(JobOutcome::Done(why)) => {
-                tracing::debug!(delivery_id = %job.delivery_id, why, "job done");
-                Handled::Done
+        match self.dispatcher.run(&job, receive_count(record)).await {
+            Ok(Ran {
+                outcome: JobOutcome::Done(why),
+                follow_ups,
+            }) => {
+                tracing::debug!(event_id = %job.event_id, why, "job done");
+                Handled::Done(follow_ups)
             }
-            Ok(JobOutcome::RetryIn(wait)) => Handled::RetryIn(wait),
+            Ok(Ran {
+                outcome: JobOutcome::RetryIn(wait),
+                ..
+            }) => Handled::RetryIn(wait),
             // Retrying cannot make a missing event or a corrupt item appear.
             Err(e @ (Error::NotFound(_) | Error::Corrupt(_))) => {
                 self.poison(message_id, body, format!("cannot be delivered: {e}"))
                     .await
             }
             Err(e) => {
-                tracing::error!(delivery_id = %job.delivery_id, error = %e, "job failed; it will be retried");
+                tracing::error!(event_id = %job.event_id, error = %e, "job failed; it will be retried");
                 Handled::Failed
             }
         }
@@ -97,14 +128,15 @@ impl Deliver {
     async fn poison(&self, message_id: &str, body: &str, reason: String) -> Handled {
         tracing::error!(message_id, reason, "poison delivery job; sent to the DLQ");
         match self.queues.dead_letter(&self.dlq_url, body, &reason).await {
-            Ok(()) => Handled::Done,
+            Ok(()) => Handled::Done(Vec::new()),
             Err(_) => Handled::Failed,
         }
     }
 }
 
 enum Handled {
-    Done,
+    /// Finished, once these (a job's deliveries that wait for a retry) are queued.
+    Done(Vec<(DeliveryJob, Duration)>),
     RetryIn(Duration),
     /// Something broke (AWS unavailable…): back after the queue's visibility timeout.
     Failed,
