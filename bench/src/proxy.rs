@@ -31,9 +31,87 @@ impl Counts {
     }
 
     fn add(&self, op: &str) {
+        self.add_n(op, 1);
+    }
+
+    fn add_n(&self, op: &str, n: u64) {
         if let Ok(mut m) = self.0.lock() {
-            *m.entry(op.to_owned()).or_default() += 1;
+            *m.entry(op.to_owned()).or_default() += n;
         }
+    }
+}
+
+/// Key under which the proxy sums the read units of DynamoDB reads, in thousandths.
+pub const READ_MILLI_UNITS: &str = "DynamoDB read units (thousandths)";
+
+/// The read units DynamoDB charges for a GetItem, BatchGetItem or Query, from the request
+/// (consistency) and the items in the answer: 4 KB per unit, half for eventually
+/// consistent reads; per item for Get and BatchGet, over the sum for a Query.
+pub fn read_milli_units(op: &str, request: &[u8], response: &[u8]) -> u64 {
+    let (Ok(request), Ok(response)) = (
+        serde_json::from_slice::<serde_json::Value>(request),
+        serde_json::from_slice::<serde_json::Value>(response),
+    ) else {
+        return 0;
+    };
+    let factor = |consistent: &serde_json::Value| if consistent == true { 1000 } else { 500 };
+    let units = |bytes: usize| bytes.div_ceil(4096).max(1) as u64;
+    match op {
+        "DynamoDB_20120810.GetItem" => {
+            units(response.get("Item").map_or(0, item_size)) * factor(&request["ConsistentRead"])
+        }
+        "DynamoDB_20120810.Query" => {
+            let items = response["Items"].as_array().cloned().unwrap_or_default();
+            units(items.iter().map(item_size).sum()) * factor(&request["ConsistentRead"])
+        }
+        "DynamoDB_20120810.BatchGetItem" => response["Responses"]
+            .as_object()
+            .map(|tables| {
+                tables
+                    .iter()
+                    .map(|(table, items)| {
+                        let f = factor(&request["RequestItems"][table]["ConsistentRead"]);
+                        items
+                            .as_array()
+                            .map(|items| items.iter().map(|i| units(item_size(i)) * f).sum())
+                            .unwrap_or(0)
+                    })
+                    .sum()
+            })
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// DynamoDB's size of an item in its wire JSON: names plus values.
+fn item_size(item: &serde_json::Value) -> usize {
+    item.as_object()
+        .map(|m| m.iter().map(|(k, v)| k.len() + value_size(v)).sum())
+        .unwrap_or(0)
+}
+
+fn value_size(v: &serde_json::Value) -> usize {
+    let Some((kind, inner)) = v.as_object().and_then(|m| m.iter().next()) else {
+        return 0;
+    };
+    let text = |x: &serde_json::Value| x.as_str().map_or(0, str::len);
+    match kind.as_str() {
+        "S" => text(inner),
+        "N" => text(inner).div_ceil(2) + 1,
+        "B" => text(inner) * 3 / 4,
+        "BOOL" | "NULL" => 1,
+        "SS" | "NS" | "BS" => inner.as_array().map_or(0, |a| a.iter().map(text).sum()),
+        "L" => {
+            3 + inner
+                .as_array()
+                .map_or(0, |a| a.iter().map(|i| 1 + value_size(i)).sum())
+        }
+        "M" => {
+            3 + inner.as_object().map_or(0, |m| {
+                m.iter().map(|(k, i)| 1 + k.len() + value_size(i)).sum()
+            })
+        }
+        _ => 0,
     }
 }
 
@@ -67,6 +145,7 @@ pub async fn start(target: &str) -> std::io::Result<(String, Counts)> {
                             .unwrap_or("/");
                         parts.uri = format!("{target}{path}").parse().unwrap_or(parts.uri);
                         counts.add(&op);
+                        let request_body = body.clone();
                         let forwarded = hyper::Request::from_parts(parts, Full::new(body));
                         let response = match client.request(forwarded).await {
                             Ok(r) => r,
@@ -82,6 +161,10 @@ pub async fn start(target: &str) -> std::io::Result<(String, Counts)> {
                             .await
                             .map(|b| b.to_bytes())
                             .unwrap_or_default();
+                        let read = read_milli_units(&op, &request_body, &body);
+                        if read > 0 {
+                            counts.add_n(READ_MILLI_UNITS, read);
+                        }
                         if op == "AmazonSQS.ReceiveMessage"
                             && body.windows(10).any(|w| w == b"\"Messages\"")
                         {
@@ -97,4 +180,46 @@ pub async fn start(target: &str) -> std::io::Result<(String, Counts)> {
         }
     });
     Ok((url, counts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_units_follow_dynamodb_rules() {
+        let item = r#"{"pk":{"S":"abc"},"n":{"N":"12345"}}"#;
+        let get = format!(r#"{{"Item":{item}}}"#);
+        // Under 4 KB: half a unit eventually consistent, one unit consistent.
+        assert_eq!(
+            read_milli_units("DynamoDB_20120810.GetItem", b"{}", get.as_bytes()),
+            500
+        );
+        assert_eq!(
+            read_milli_units(
+                "DynamoDB_20120810.GetItem",
+                br#"{"ConsistentRead":true}"#,
+                get.as_bytes()
+            ),
+            1000
+        );
+        // BatchGetItem: per item, with each table's consistency.
+        let batch = format!(r#"{{"Responses":{{"t":[{item},{item}],"u":[{item}]}}}}"#);
+        let request = br#"{"RequestItems":{"t":{"ConsistentRead":true},"u":{}}}"#;
+        assert_eq!(
+            read_milli_units("DynamoDB_20120810.BatchGetItem", request, batch.as_bytes()),
+            2500
+        );
+        // Query: over the sum of the items read, 4 KB per unit.
+        let big = format!(r#"{{"x":{{"S":"{}"}}}}"#, "a".repeat(3000));
+        let query = format!(r#"{{"Items":[{big},{big}]}}"#);
+        assert_eq!(
+            read_milli_units("DynamoDB_20120810.Query", b"{}", query.as_bytes()),
+            1000
+        );
+        assert_eq!(
+            read_milli_units("DynamoDB_20120810.PutItem", b"{}", b"{}"),
+            0
+        );
+    }
 }

@@ -12,7 +12,9 @@ use crate::domain::{
 use crate::envelope;
 use crate::error::{Error, Result};
 use crate::http_client::{DeliveryClient, ErrorClass, Response};
-use crate::ids::{DeliveryId, EndpointId, EventId};
+use std::collections::HashMap;
+
+use crate::ids::{DeliveryId, EndpointId, EventId, VenueId};
 use crate::ingest::record_event;
 use crate::queue::DeliveryJob;
 use crate::retry::{Decision, Outcome, RetryPolicy};
@@ -78,17 +80,13 @@ impl Dispatcher {
     /// fan-out's job on its first receive reads nothing but its endpoints and records its
     /// successes in one item; anything else (a message back again, a retry, a replay, a
     /// resumed fan-out) checks each delivery's record first.
-    pub async fn run(&self, job: &DeliveryJob, receive: u32) -> Result<Ran> {
-        let group = job.targets.first().and_then(|t| t.delivery_id.group());
-        let one_group = group.as_ref().is_some_and(|(g, _)| {
-            job.targets
-                .iter()
-                .all(|t| t.delivery_id.group().is_some_and(|(h, _)| &h == g))
-        });
-        let fresh = job.first && !job.resumed && !job.manual && receive == 1 && one_group;
+    ///
+    /// `endpoints` holds the endpoints of the batch's fresh jobs ([`Dispatcher::endpoints_of`]),
+    /// read once for all of them just before.
+    pub async fn run(&self, job: &DeliveryJob, receive: u32, endpoints: &Endpoints) -> Result<Ran> {
         let single = job.targets.len() == 1;
-        let results: Vec<(Target, Result<JobOutcome>)> = if fresh {
-            self.first_attempts(job).await?
+        let results: Vec<(Target, Result<JobOutcome>)> = if is_fresh(job, receive) {
+            self.first_attempts(job, endpoints).await?
         } else {
             join_all(
                 job.targets
@@ -120,22 +118,40 @@ impl Dispatcher {
         })
     }
 
+    /// The endpoints of the fresh jobs among `jobs` (job, receive count): one read for a
+    /// whole batch, however many jobs share an endpoint.
+    pub async fn endpoints_of(&self, jobs: &[(&DeliveryJob, u32)]) -> Result<Endpoints> {
+        let keys: Vec<(Tenant, EndpointId)> = jobs
+            .iter()
+            .filter(|(job, receive)| is_fresh(job, *receive))
+            .flat_map(|(job, _)| {
+                job.targets.iter().map(|t| {
+                    (
+                        Tenant::from_internal_message(job.venue_id.clone()),
+                        t.endpoint_id.clone(),
+                    )
+                })
+            })
+            .collect();
+        if keys.is_empty() {
+            return Ok(Endpoints::new());
+        }
+        self.store.get_endpoints(&keys).await
+    }
+
     /// The first attempts of a fresh group, concurrently; the successes are recorded
     /// together in the group's item, everything else in an item of its own.
-    async fn first_attempts(&self, job: &DeliveryJob) -> Result<Vec<(Target, Result<JobOutcome>)>> {
+    async fn first_attempts(
+        &self,
+        job: &DeliveryJob,
+        endpoints: &Endpoints,
+    ) -> Result<Vec<(Target, Result<JobOutcome>)>> {
         let tenant = Tenant::from_internal_message(job.venue_id.clone());
         let now = Utc::now();
-        let ids: Vec<&EndpointId> = job.targets.iter().map(|t| &t.endpoint_id).collect();
-        let endpoints = self.store.get_endpoints(&tenant, &ids).await?;
         let event = self.event_of(&tenant, job).await?;
         let firsts = join_all(job.targets.iter().map(|target| {
-            self.first_attempt(
-                &tenant,
-                &event,
-                target,
-                endpoints.get(&target.endpoint_id),
-                now,
-            )
+            let endpoint = endpoints.get(&(job.venue_id.clone(), target.endpoint_id.clone()));
+            self.first_attempt(&tenant, &event, target, endpoint, now)
         }))
         .await;
         let mut group = GroupRecord {
@@ -591,6 +607,21 @@ impl Dispatcher {
         };
         Ok((attempt, response))
     }
+}
+
+/// Endpoints by venue and id, as read for a batch of jobs.
+pub type Endpoints = HashMap<(VenueId, EndpointId), Endpoint>;
+
+/// A fresh fan-out's job on its first receive: nothing of its deliveries exists yet, so
+/// nothing is read but its endpoints, and its successes share one history item.
+pub fn is_fresh(job: &DeliveryJob, receive: u32) -> bool {
+    let group = job.targets.first().and_then(|t| t.delivery_id.group());
+    let one_group = group.as_ref().is_some_and(|(g, _)| {
+        job.targets
+            .iter()
+            .all(|t| t.delivery_id.group().is_some_and(|(h, _)| &h == g))
+    });
+    job.first && !job.resumed && !job.manual && receive == 1 && one_group
 }
 
 /// The Standard Webhooks headers, plus the signature or the bearer token.

@@ -272,6 +272,96 @@ where
         .is_some_and(|code| code == "ConditionalCheckFailedException")
 }
 
+/// Event data at least this long is stored deflated when that makes it shorter: a 1 KiB
+/// event then fits one write unit with its targets.
+const COMPRESS_FROM_BYTES: usize = 200;
+/// What inflating stored data may produce at most (far above any accepted payload).
+const INFLATE_LIMIT_BYTES: usize = 16 * 1024 * 1024;
+
+/// An event as its item: the data deflated (`data_z`) when that is shorter, and the
+/// targets as their groups (`groups`: the group id and its endpoints in order), which
+/// leaves out the delivery ids (each is its group's `member(i)`).
+fn event_item(record: &EventRecord) -> Result<HashMap<String, AttributeValue>> {
+    let mut item = to_item(record)?;
+    if record.data.len() >= COMPRESS_FROM_BYTES {
+        let deflated = miniz_oxide::deflate::compress_to_vec(record.data.as_bytes(), 6);
+        if deflated.len() < record.data.len() {
+            item.remove("data");
+            item.insert(
+                "data_z".into(),
+                AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(deflated)),
+            );
+        }
+    }
+    if let Some(groups) = as_groups(&record.targets) {
+        item.remove("targets");
+        item.insert("groups".into(), AttributeValue::L(groups));
+    }
+    Ok(item)
+}
+
+fn event_record(mut item: HashMap<String, AttributeValue>) -> Result<EventRecord> {
+    if let Some(AttributeValue::B(deflated)) = item.remove("data_z") {
+        let data = miniz_oxide::inflate::decompress_to_vec_with_limit(
+            deflated.as_ref(),
+            INFLATE_LIMIT_BYTES,
+        )
+        .map_err(|e| Error::Corrupt(format!("event data: {e}")))?;
+        let data = String::from_utf8(data).map_err(|e| Error::Corrupt(e.to_string()))?;
+        item.insert("data".into(), s(data));
+    }
+    if let Some(AttributeValue::L(groups)) = item.remove("groups") {
+        let mut targets = Vec::new();
+        for group in groups {
+            let (Some(AttributeValue::S(id)), Some(AttributeValue::L(endpoints))) = (
+                group.as_m().ok().and_then(|m| m.get("g")).cloned(),
+                group.as_m().ok().and_then(|m| m.get("e")).cloned(),
+            ) else {
+                return Err(Error::Corrupt("an event's target group".into()));
+            };
+            let id = DeliveryId::parse(&id).map_err(|e| Error::Corrupt(e.to_string()))?;
+            for (i, endpoint) in endpoints.into_iter().enumerate() {
+                let mut target = HashMap::new();
+                target.insert("endpoint_id".to_owned(), endpoint);
+                target.insert("delivery_id".to_owned(), s(id.member(i).as_str()));
+                targets.push(AttributeValue::M(target));
+            }
+        }
+        item.insert("targets".into(), AttributeValue::L(targets));
+    }
+    from_item(item)
+}
+
+/// Targets that are whole groups in order (as the fan-out makes them), as `{g, e}` maps.
+fn as_groups(targets: &[Target]) -> Option<Vec<AttributeValue>> {
+    let mut groups: Vec<(DeliveryId, Vec<AttributeValue>)> = Vec::new();
+    for target in targets {
+        let (group, index) = target.delivery_id.group()?;
+        let endpoint = s(target.endpoint_id.as_str());
+        if let Some((g, endpoints)) = groups.last_mut() {
+            if *g == group && endpoints.len() == index {
+                endpoints.push(endpoint);
+                continue;
+            }
+        }
+        if index != 0 || groups.iter().any(|(g, _)| *g == group) {
+            return None;
+        }
+        groups.push((group, vec![endpoint]));
+    }
+    Some(
+        groups
+            .into_iter()
+            .map(|(g, endpoints)| {
+                AttributeValue::M(HashMap::from([
+                    ("g".to_owned(), s(g.as_str())),
+                    ("e".to_owned(), AttributeValue::L(endpoints)),
+                ]))
+            })
+            .collect(),
+    )
+}
+
 impl Store {
     pub fn new(ddb: Client, resources: &Resources, retention_days: i64) -> Self {
         Self {
@@ -372,19 +462,24 @@ impl Store {
         out.item.map(from_item).transpose()
     }
 
-    /// Several of the venue's endpoints in one BatchGetItem; missing ones are left out.
+    /// Endpoints of one or more venues in as few BatchGetItem calls as possible (one per
+    /// hundred); missing ones are left out.
     pub async fn get_endpoints(
         &self,
-        tenant: &Tenant,
-        ids: &[&EndpointId],
-    ) -> Result<HashMap<EndpointId, Endpoint>> {
-        let mut keys: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        self.batch_get(&self.endpoints, tenant, "endpoint_id", &keys, false)
+        keys: &[(Tenant, EndpointId)],
+    ) -> Result<HashMap<(VenueId, EndpointId), Endpoint>> {
+        let mut unique: Vec<(&Tenant, &str)> =
+            keys.iter().map(|(t, id)| (t, id.as_str())).collect();
+        unique
+            .sort_unstable_by(|a, b| (a.0.venue().as_str(), a.1).cmp(&(b.0.venue().as_str(), b.1)));
+        unique.dedup();
+        self.batch_get_of(&self.endpoints, "endpoint_id", &unique, false)
             .await?
             .into_iter()
-            .map(|item| from_item::<Endpoint>(item).map(|e| (e.endpoint_id.clone(), e)))
+            .map(|item| {
+                from_item::<Endpoint>(item)
+                    .map(|e| ((e.venue_id.clone(), e.endpoint_id.clone()), e))
+            })
             .collect()
     }
 
@@ -544,7 +639,7 @@ impl Store {
             .ddb
             .put_item()
             .table_name(&self.events)
-            .set_item(Some(to_item(record)?))
+            .set_item(Some(event_item(record)?))
             .condition_expression("attribute_not_exists(event_id)")
             .return_values_on_condition_check_failure(
                 aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
@@ -559,7 +654,7 @@ impl Store {
                     _ => None,
                 };
                 match existing {
-                    Some(item) => Ok((from_item(item)?, false)),
+                    Some(item) => Ok((event_record(item)?, false)),
                     None => {
                         let tenant = Tenant(record.venue_id.clone());
                         let found = self.get_event(&tenant, &record.event_id).await?;
@@ -587,7 +682,7 @@ impl Store {
         // TTL deletion is lazy (and never happens locally): an expired item is gone.
         Ok(out
             .item
-            .map(from_item::<EventRecord>)
+            .map(event_record)
             .transpose()?
             .filter(|r| r.expires_at > now))
     }
@@ -787,11 +882,23 @@ impl Store {
         keys: &[&str],
         consistent: bool,
     ) -> Result<Vec<HashMap<String, AttributeValue>>> {
+        let keys: Vec<(&Tenant, &str)> = keys.iter().map(|k| (tenant, *k)).collect();
+        self.batch_get_of(table, range, &keys, consistent).await
+    }
+
+    /// As [`Store::batch_get`], over several venues.
+    async fn batch_get_of(
+        &self,
+        table: &str,
+        range: &str,
+        keys: &[(&Tenant, &str)],
+        consistent: bool,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>> {
         let mut found = Vec::new();
         for chunk in keys.chunks(100) {
             let mut keys: Vec<HashMap<String, AttributeValue>> = chunk
                 .iter()
-                .map(|id| {
+                .map(|(tenant, id)| {
                     HashMap::from([
                         ("venue_id".to_owned(), s(tenant.venue().as_str())),
                         (range.to_owned(), s(*id)),
@@ -1098,5 +1205,82 @@ impl DeliveryFilter {
         format!(
             "expires_at > :now AND (endpoint_id = :e OR (contains(eps, :e) AND NOT contains(moved, :e))){status}{event_type}"
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(targets: Vec<Target>, data: String) -> EventRecord {
+        EventRecord {
+            venue_id: VenueId::parse("v1").unwrap(),
+            event_id: EventId::parse("evt_1").unwrap(),
+            event_type: "order.created".into(),
+            timestamp: "2026-11-27T10:15:00Z".into(),
+            data,
+            targets,
+            accepted_at: Utc::now(),
+            expires_at: 1,
+        }
+    }
+
+    fn group_targets(n: usize) -> Vec<Target> {
+        let group = DeliveryId::generate_group();
+        (0..n)
+            .map(|i| Target {
+                endpoint_id: EndpointId::generate(),
+                delivery_id: group.member(i),
+            })
+            .collect()
+    }
+
+    fn same(a: &EventRecord, b: &EventRecord) -> bool {
+        serde_json::to_value(a).unwrap() == serde_json::to_value(b).unwrap()
+    }
+
+    #[test]
+    fn event_items_store_data_deflated_and_targets_as_groups() {
+        let data = serde_json::json!({"order_id": "o-1", "note": "two tickets, balcony, row B"})
+            .to_string()
+            .repeat(8);
+        let data = format!("[{}]", data.replace("}{", "},{"));
+        let mut targets = group_targets(3);
+        targets.extend(group_targets(2));
+        let r = record(targets, data.clone());
+        let item = event_item(&r).unwrap();
+        assert!(item.contains_key("data_z") && !item.contains_key("data"));
+        assert!(item.contains_key("groups") && !item.contains_key("targets"));
+        assert!(size(&item) < data.len());
+        assert!(same(&event_record(item).unwrap(), &r));
+    }
+
+    #[test]
+    fn event_items_keep_what_does_not_shrink_as_it_is() {
+        // Short data and targets that are not whole groups in order stay plain.
+        let mut targets = group_targets(3);
+        targets.swap(0, 1);
+        let r = record(targets, r#"{"a":1}"#.into());
+        let item = event_item(&r).unwrap();
+        assert!(item.contains_key("data") && item.contains_key("targets"));
+        assert!(same(&event_record(item).unwrap(), &r));
+        let lone = vec![Target {
+            endpoint_id: EndpointId::generate(),
+            delivery_id: DeliveryId::generate_group().member(1),
+        }];
+        assert!(as_groups(&lone).is_none());
+    }
+
+    fn size(item: &HashMap<String, AttributeValue>) -> usize {
+        item.iter()
+            .map(|(k, v)| {
+                k.len()
+                    + match v {
+                        AttributeValue::S(s) => s.len(),
+                        AttributeValue::B(b) => b.as_ref().len(),
+                        _ => 0,
+                    }
+            })
+            .sum()
     }
 }

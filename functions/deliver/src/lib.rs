@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::future::join_all;
-use shared::dispatch::{Dispatcher, JobOutcome, Ran};
+use shared::dispatch::{is_fresh, Dispatcher, Endpoints, JobOutcome, Ran};
 use shared::http_client::{BuildError, DeliveryClient};
 use shared::queue::{DeliveryJob, Queues};
 use shared::services::Services;
@@ -41,7 +41,25 @@ impl Deliver {
     }
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        let results = join_all(event.records.iter().map(|r| self.handle_record(r))).await;
+        let jobs: Vec<Result<DeliveryJob, String>> = event.records.iter().map(parse).collect();
+        // The endpoints of every fresh job of the batch, in one read.
+        let parsed: Vec<(&DeliveryJob, u32)> = event
+            .records
+            .iter()
+            .zip(&jobs)
+            .filter_map(|(r, job)| job.as_ref().ok().map(|job| (job, receive_count(r))))
+            .collect();
+        let endpoints = self.dispatcher.endpoints_of(&parsed).await.map_err(|e| {
+            tracing::error!(error = %e, "could not read the batch's endpoints; its fresh jobs come back");
+        });
+        let results = join_all(
+            event
+                .records
+                .iter()
+                .zip(jobs)
+                .map(|(r, job)| self.handle_record(r, job, endpoints.as_ref().ok())),
+        )
+        .await;
         let mut response = SqsBatchResponse::default();
         let mut delays = Vec::new();
         let mut follow_ups = Vec::new();
@@ -82,23 +100,30 @@ impl Deliver {
         response
     }
 
-    async fn handle_record(&self, record: &SqsMessage) -> Handled {
+    async fn handle_record(
+        &self,
+        record: &SqsMessage,
+        job: Result<DeliveryJob, String>,
+        endpoints: Option<&Endpoints>,
+    ) -> Handled {
         let message_id = record.message_id.as_deref().unwrap_or("");
         let body = record.body.as_deref().unwrap_or("");
-        let job = match serde_json::from_str::<DeliveryJob>(body) {
-            Ok(job) if !job.targets.is_empty() => job,
-            Ok(_) => {
-                return self
-                    .poison(message_id, body, "a delivery job without deliveries".into())
-                    .await
-            }
-            Err(e) => {
-                return self
-                    .poison(message_id, body, format!("not a delivery job: {e}"))
-                    .await
-            }
+        let job = match job {
+            Ok(job) => job,
+            Err(reason) => return self.poison(message_id, body, reason).await,
         };
-        match self.dispatcher.run(&job, receive_count(record)).await {
+        let no_endpoints = Endpoints::new();
+        let endpoints = match endpoints {
+            Some(endpoints) => endpoints,
+            // The batch read failed: only jobs that read on their own can go on.
+            None if is_fresh(&job, receive_count(record)) => return Handled::Failed,
+            None => &no_endpoints,
+        };
+        match self
+            .dispatcher
+            .run(&job, receive_count(record), endpoints)
+            .await
+        {
             Ok(Ran {
                 outcome: JobOutcome::Done(why),
                 follow_ups,
@@ -140,6 +165,16 @@ enum Handled {
     RetryIn(Duration),
     /// Something broke (AWS unavailable…): back after the queue's visibility timeout.
     Failed,
+}
+
+/// The job of a record, or why it is none.
+fn parse(record: &SqsMessage) -> Result<DeliveryJob, String> {
+    let body = record.body.as_deref().unwrap_or("");
+    match serde_json::from_str::<DeliveryJob>(body) {
+        Ok(job) if !job.targets.is_empty() => Ok(job),
+        Ok(_) => Err("a delivery job without deliveries".into()),
+        Err(e) => Err(format!("not a delivery job: {e}")),
+    }
 }
 
 /// SQS's count of how often this message was received, 1 on the first.
