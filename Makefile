@@ -57,7 +57,7 @@ lambda-watch: venv build
 	scripts/lambda-watch.sh
 
 lambda-build: venv
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo lambda build --release --arm64 --workspace
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo lambda build --release --arm64 -p api -p ingest -p deliver
 
 clean:
 	cargo clean

@@ -354,6 +354,109 @@ async fn a_failing_receiver_leaves_the_batch_alone_and_retries_on_its_own() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_several_back_again_sends_only_what_is_not_recorded() {
+    let mut options = local_options();
+    options.run_deliver = false; // the test plays Lambda for the deliver function
+    let stack = start_with(options).await;
+    let api = Client::new(&stack);
+    let venue = venue();
+    let ok_a = Receiver::start(200).await;
+    let ok_b = Receiver::start(200).await;
+    let broken = Receiver::start(503).await;
+    let mut ids = Vec::new();
+    for rx in [&ok_a, &ok_b, &broken] {
+        let ep = api
+            .create_endpoint(&venue, json!({"url": rx.url, "event_types": ["*"]}))
+            .await;
+        ids.push(ep["id"].as_str().unwrap().to_owned());
+    }
+    let (status, _) = api
+        .post(
+            &format!("/venues/{venue}/events"),
+            json!({"type": "order.created", "data": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let sqs = aws_sdk_sqs::Client::new(&stack.aws);
+    let trigger = stack
+        .provisioned
+        .trigger_of(local::DELIVER_FUNCTION)
+        .unwrap()
+        .clone();
+    let env = stack.provisioned.env_of(local::DELIVER_FUNCTION).unwrap();
+    let config = shared::config::Config::from_map(env).unwrap();
+    let services = shared::services::Services::new(config, &stack.aws);
+    let deliver = deliver::Deliver::from_services(&services).unwrap();
+
+    let first = receive_jobs(&sqs, &trigger.queue_url, 1, Duration::from_secs(10)).await;
+    assert_eq!(first.len(), 1);
+    let response = deliver
+        .handle(local::esm::to_event(&trigger, &first).unwrap())
+        .await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(
+        (
+            ok_a.received().len(),
+            ok_b.received().len(),
+            broken.received().len()
+        ),
+        (1, 1, 1)
+    );
+
+    // As if the worker had died before Lambda deleted the message: it comes back (second
+    // receive). The two successes are recorded, the failure waits for its retry: nothing is
+    // sent again now.
+    sqs.change_message_visibility()
+        .queue_url(&trigger.queue_url)
+        .receipt_handle(first[0].receipt_handle().unwrap())
+        .visibility_timeout(0)
+        .send()
+        .await
+        .unwrap();
+    let again = receive_jobs(&sqs, &trigger.queue_url, 1, Duration::from_secs(10)).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0].message_id, first[0].message_id,
+        "the same job, back"
+    );
+    assert_eq!(
+        again[0]
+            .attributes()
+            .and_then(
+                |a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+            )
+            .map(String::as_str),
+        Some("2")
+    );
+    let response = deliver
+        .handle(local::esm::to_event(&trigger, &again).unwrap())
+        .await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(
+        (
+            ok_a.received().len(),
+            ok_b.received().len(),
+            broken.received().len()
+        ),
+        (1, 1, 1),
+        "nothing re-sent: the successes are recorded, the failure is not due"
+    );
+    for (id, status, count) in [
+        (&ids[0], "succeeded", 1),
+        (&ids[1], "succeeded", 1),
+        (&ids[2], "pending", 1),
+    ] {
+        let h = deliveries_of(&api, &venue, id).await;
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(
+            (h[0]["status"].as_str(), h[0]["attempt_count"].as_u64()),
+            (Some(status), Some(count))
+        );
+    }
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_retry_of_a_first_try_success_keeps_one_history_entry() {
     let stack = start_stack().await;
     let api = Client::new(&stack);

@@ -26,6 +26,7 @@ const SOURCE: &str = include_str!("../catalog/event-types.json");
 
 static CATALOG: LazyLock<Catalog> = LazyLock::new(|| {
     // A file of this repository, checked by the unit test below: not input.
+    #[allow(clippy::expect_used)]
     serde_json::from_str(SOURCE).expect("shared/catalog/event-types.json parses")
 });
 

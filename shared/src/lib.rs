@@ -6,6 +6,12 @@
 //! - [`destination`], [`http_client`]: where a webhook may go and how it is sent.
 //! - [`ingest`], [`dispatch`]: accepting an event and attempting one delivery.
 
+// Release builds abort on panic (see the workspace's release profile): no panicking shortcuts.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod api_key;
 pub mod catalog;
 pub mod config;
@@ -17,6 +23,7 @@ pub mod error;
 pub mod http_client;
 pub mod ids;
 pub mod ingest;
+pub mod logging;
 pub mod queue;
 pub mod retry;
 pub mod sealing;

@@ -7,9 +7,12 @@
 //! Tables (see `infra/template.yaml`):
 //! - endpoints: `venue_id` (hash) + `endpoint_id` (range).
 //! - events: `venue_id` + `event_id`; the conditional put on the id is the de-duplication.
-//! - deliveries: `endpoint_id` (hash) + `delivery_id` (range), one item per (event, endpoint)
-//!   holding its attempts; history is a query of the endpoint, newest first. No secondary
-//!   index: an index would double the write cost of every delivery.
+//! - deliveries: `venue_id` (hash) + `delivery_id` (range). The first-try successes of one
+//!   job (one event, up to ten endpoints) share one item under the group's id
+//!   ([`GroupRecord`]); a delivery that needs more than one attempt has an item of its own
+//!   under its delivery id ([`DeliveryRecord`]), which sorts right after its group's.
+//!   An endpoint's history is a query of the venue, newest first, filtered on the endpoint.
+//!   No secondary index: it would double the write cost of every item.
 
 use std::collections::HashMap;
 

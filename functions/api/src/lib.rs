@@ -4,6 +4,12 @@
 //! (see [`error`]); the handlers in [`endpoints`], [`events`] and [`deliveries`] receive an
 //! already-authorised [`Tenant`].
 
+// Release builds abort on panic (see the workspace's release profile): no panicking shortcuts.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod api_keys;
 pub mod auth;
 pub mod cursor;

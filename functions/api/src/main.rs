@@ -1,10 +1,15 @@
+// Release builds abort on panic (see the workspace's release profile): no panicking shortcuts.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 use api::Api;
 use lambda_http::{service_fn, Error, Request};
 use shared::services::Services;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    lambda_http::tracing::init_default_subscriber();
+    shared::logging::init();
     let services = Services::from_env().await?;
     let admin_key_sha256 = std::env::var("ADMIN_API_KEY_SHA256")
         .map_err(|_| "missing environment variable ADMIN_API_KEY_SHA256")?;

@@ -5,6 +5,12 @@
 //! jobs of their own first. A job that can never be processed goes to the delivery DLQ
 //! with its reason.
 
+// Release builds abort on panic (see the workspace's release profile): no panicking shortcuts.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};

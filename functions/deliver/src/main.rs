@@ -1,10 +1,15 @@
+// Release builds abort on panic (see the workspace's release profile): no panicking shortcuts.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 use deliver::Deliver;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use shared::services::Services;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    shared::logging::init();
     let services = Services::from_env().await?;
     let deliver = Deliver::from_services(&services)?;
     let deliver = &deliver;

@@ -5,6 +5,12 @@
 //! failed for a passing reason (throttling, an AWS outage) is reported in `batchItemFailures`
 //! and comes back.
 
+// Release builds abort on panic (see the workspace's release profile): no panicking shortcuts.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::Utc;
 use futures::future::join_all;
