@@ -9,4 +9,6 @@ start_moto "$(free_port)"
 # feature set, e.g. the log filter the local stack uses, and the sizes would not be theirs.
 cargo build --release -p api -p ingest -p deliver
 cargo build --release -p bench
+# Signing throughput with criterion (both sides in the same run); popup-bench reads its estimates.
+cargo bench -p bench --bench signing
 ./target/release/popup-bench --out docs/PERFORMANCE.md "$@"

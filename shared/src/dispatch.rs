@@ -632,7 +632,7 @@ pub fn request_headers(
     now: DateTime<Utc>,
 ) -> HeaderMap {
     let timestamp = now.timestamp();
-    let mut headers = HeaderMap::new();
+    let mut headers = HeaderMap::with_capacity(8);
     headers.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

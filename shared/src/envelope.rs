@@ -44,8 +44,19 @@ fn render_plain(event: &Event, format: PayloadFormat) -> Vec<u8> {
                 timestamp: &event.timestamp,
                 data: &event.data,
             };
-            // Serialising borrowed strings and an already-valid RawValue cannot fail.
-            serde_json::to_vec(&envelope).unwrap_or_default()
+            // Sized once for the whole envelope (no regrowing on the hot path). Serialising
+            // borrowed strings and an already-valid RawValue cannot fail.
+            let mut out = Vec::with_capacity(
+                event.data.get().len()
+                    + event.id.as_str().len()
+                    + event.event_type.len()
+                    + event.timestamp.len()
+                    + 64,
+            );
+            match serde_json::to_writer(&mut out, &envelope) {
+                Ok(()) => out,
+                Err(_) => Vec::new(),
+            }
         }
         PayloadFormat::Data | PayloadFormat::Template => event.data.get().as_bytes().to_vec(),
     }

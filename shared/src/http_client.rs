@@ -171,13 +171,11 @@ impl DeliveryClient {
             Ok(url) => url,
             Err(class) => return failed(class, NOT_PUBLIC.to_owned()),
         };
-        let sent = self
-            .client
-            .post(url)
-            .headers(headers)
-            .body(body)
-            .send()
-            .await;
+        // The request built whole: its headers moved in, not merged one by one.
+        let mut request = reqwest::Request::new(http::Method::POST, url);
+        *request.headers_mut() = headers;
+        *request.body_mut() = Some(body.into());
+        let sent = self.client.execute(request).await;
         let mut response = match sent {
             Ok(r) => r,
             Err(e) => {
