@@ -721,7 +721,11 @@ async fn endpoints_paginate_patch_and_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_the_same_event_id_twice_delivers_once() {
     // Re-sent jobs of a repeated event wait 1 s here (900 s in production).
-    let stack = start_with(local_options_with(&[("RESUME_DELAY_SECONDS", "1")])).await;
+    let stack = start_with(local_options_with(&[
+        ("RESUME_DELAY_SECONDS", "1"),
+        ("RETRY_SCHEDULE_SECONDS", "1,1"),
+    ]))
+    .await;
     let api = Client::new(&stack);
     let venue = venue();
     let rx = Receiver::start(200).await;
@@ -771,6 +775,8 @@ async fn publishing_the_same_event_id_twice_delivers_once() {
         expires_at: services.store.expiry(now),
     };
     services.store.put_event(&record).await.unwrap();
+    // The resumed job owns its delivery: a failed attempt is retried, not abandoned.
+    rx.set_status(500);
     let (status, retried) = api
         .post(
             &path,
@@ -781,8 +787,20 @@ async fn publishing_the_same_event_id_twice_delivers_once() {
     let got = rx.wait_for(2, WAIT).await;
     assert_eq!(got.len(), 2, "the interrupted fan-out completed");
     assert!(got[1].body.contains("lead-43"));
+    rx.set_status(200);
+    let got = rx.wait_for(3, WAIT).await;
+    assert_eq!(got.len(), 3, "the resumed delivery was retried");
+    assert!(got[2].body.contains("lead-43"));
+    let settled = eventually(WAIT, || async {
+        let h = deliveries_of(&api, &venue, ep["id"].as_str().unwrap()).await;
+        let d = h.iter().find(|d| d["event_id"] == "lead-43")?.clone();
+        (d["status"] == "succeeded").then_some(d)
+    })
+    .await
+    .expect("the resumed delivery succeeded");
+    assert_eq!(settled["attempt_count"], 2);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(rx.received().len(), 2);
+    assert_eq!(rx.received().len(), 3);
     stack.stop().await;
 }
 

@@ -44,5 +44,31 @@ fn signing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, signing);
+fn send_preparation(c: &mut Criterion) {
+    let secret = shared::secret::Secret::generate_signing();
+    let credential = shared::domain::Credential::SignedSecret {
+        secrets: vec![secret],
+    };
+    let data = serde_json::json!({"order_id": "ord_1", "note": "x".repeat(1000)}).to_string();
+    let event = shared::domain::Event {
+        id: shared::ids::EventId::generate(),
+        event_type: "order.created".into(),
+        timestamp: "2026-11-27T10:15:00Z".into(),
+        data: serde_json::value::RawValue::from_string(data).unwrap_or_else(|_| unreachable!()),
+    };
+    let body = shared::envelope::render(&event, shared::domain::PayloadFormat::Envelope, None)
+        .unwrap_or_default();
+    let now = chrono::Utc::now();
+    let mut group = c.benchmark_group("send_preparation");
+    group.bench_function("render", |b| {
+        b.iter(|| shared::envelope::render(&event, shared::domain::PayloadFormat::Envelope, None))
+    });
+    group.bench_function("headers", |b| {
+        b.iter(|| shared::dispatch::request_headers(&credential, &event, &body, now))
+    });
+    group.bench_function("signing_keys", |b| b.iter(|| credential.signing_keys()));
+    group.finish();
+}
+
+criterion_group!(benches, signing, send_preparation);
 criterion_main!(benches);

@@ -597,21 +597,23 @@ async fn send_path(
         data: serde_json::value::RawValue::from_string(event_data(1).to_string())?,
     };
     let raw_body = shared::envelope::render(&event, shared::domain::PayloadFormat::Envelope, None)?;
+    // The bare loop sends the same request: this body and these headers, made once.
+    let raw_headers =
+        shared::dispatch::request_headers(&credential, &event, &raw_body, chrono::Utc::now());
     let (mut bare_rates, mut our_rates) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let started = Instant::now();
         stream::iter(0..requests)
             .for_each_concurrent(concurrency, |_| {
-                let (bare, url, body) = (bare.clone(), url.clone(), raw_body.clone());
+                let (bare, url, body, headers) = (
+                    bare.clone(),
+                    url.clone(),
+                    raw_body.clone(),
+                    raw_headers.clone(),
+                );
                 async move {
                     // A POST and its answer, status and body, as any sender reads it.
-                    if let Ok(response) = bare
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(body)
-                        .send()
-                        .await
-                    {
+                    if let Ok(response) = bare.post(&url).headers(headers).body(body).send().await {
                         let _ = (response.status(), response.bytes().await);
                     }
                 }

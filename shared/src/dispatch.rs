@@ -264,10 +264,10 @@ impl Dispatcher {
             self.retry_now(&tenant, &delivery).await?;
             return Ok(JobOutcome::Done("replayed"));
         }
-        if job.resumed && existing.is_some() {
-            // The original job got through: it owns this delivery and its retries.
-            return Ok(JobOutcome::Done("resumed copy of a job already under way"));
-        }
+        // A resumed copy whose delivery exists behaves like any job of it: a finished delivery
+        // ends it, a pending one is attempted when due, and the scheduled attempt's number
+        // lets only one copy record (and go on with) each attempt. Standing down whenever the
+        // delivery exists would strand a pending delivery whose own job was this copy.
         if let Some(delivery) = &existing {
             if delivery.status != DeliveryStatus::Pending {
                 return Ok(JobOutcome::Done("delivery already finished"));
