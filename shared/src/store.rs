@@ -275,6 +275,21 @@ where
         .is_some_and(|code| code == "ConditionalCheckFailedException")
 }
 
+/// The outcome of a conditional write: `true` if written, `false` if its condition did not
+/// hold (not an error where the caller expects that), an error for anything else.
+fn written<T, E>(
+    result: std::result::Result<T, aws_sdk_dynamodb::error::SdkError<E>>,
+) -> Result<bool>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if is_conditional_failure(&e) => Ok(false),
+        Err(e) => Err(Error::aws("dynamodb", e)),
+    }
+}
+
 /// Event data at least this long is stored deflated when that makes it shorter: a 1 KiB
 /// event then fits one write unit with its targets.
 const COMPRESS_FROM_BYTES: usize = 200;
@@ -404,11 +419,7 @@ impl Store {
             .condition_expression(format!("attribute_not_exists({key_attr})"))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(Error::aws("dynamodb", e)),
-        }
+        written(result)
     }
 
     /// Writes a new item whose key was just generated: one already there is an error.
@@ -573,12 +584,8 @@ impl Store {
         for (name, value) in values {
             request = request.expression_attribute_values(name, value);
         }
-        match request.send().await {
-            Ok(_) => Ok(()),
-            // Deleted meanwhile, or the clock was already running: nothing to do.
-            Err(e) if is_conditional_failure(&e) => Ok(()),
-            Err(e) => Err(Error::aws("dynamodb", e)),
-        }
+        // Deleted meanwhile, or the clock was already running: nothing to do.
+        written(request.send().await).map(|_| ())
     }
 
     /// One page of a venue's endpoints, oldest first.
@@ -746,11 +753,7 @@ impl Store {
             .update_expression(format!("{set} ADD attempt_count :one"))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(Error::aws("dynamodb", e)),
-        }
+        written(result)
     }
 
     /// Ends a delivery without an attempt (its endpoint was disabled or deleted meanwhile).
@@ -764,7 +767,8 @@ impl Store {
         reason: &str,
     ) -> Result<()> {
         let now = Utc::now();
-        self.ddb
+        let result = self
+            .ddb
             .update_item()
             .table_name(&self.deliveries)
             .key("venue_id", s(tenant.venue().as_str()))
@@ -788,15 +792,8 @@ impl Store {
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":ttl", n(self.expiry(now)))
             .send()
-            .await
-            .map(|_| ())
-            .or_else(|e| {
-                if is_conditional_failure(&e) {
-                    Ok(())
-                } else {
-                    Err(Error::aws("dynamodb", e))
-                }
-            })
+            .await;
+        written(result).map(|_| ())
     }
 
     /// A delivery with its attempts; `None` if it is another venue's or expired. It is read
@@ -954,7 +951,8 @@ impl Store {
         item.insert("venue_id".into(), s(tenant.venue().as_str()));
         // Already moved by a concurrent retry: that copy is as good as this one.
         self.put_new(&self.deliveries, item, "delivery_id").await?;
-        self.ddb
+        let result = self
+            .ddb
             .update_item()
             .table_name(&self.deliveries)
             .key("venue_id", s(tenant.venue().as_str()))
@@ -967,15 +965,8 @@ impl Store {
                 AttributeValue::L(vec![s(delivery.endpoint_id.as_str())]),
             )
             .send()
-            .await
-            .map(|_| ())
-            .or_else(|e| {
-                if is_conditional_failure(&e) {
-                    Ok(())
-                } else {
-                    Err(Error::aws("dynamodb", e))
-                }
-            })
+            .await;
+        written(result).map(|_| ())
     }
 
     /// An endpoint's deliveries, newest first, optionally filtered. The venue's history is
@@ -1171,11 +1162,7 @@ impl Store {
             .expression_attribute_values(":now", to_attr(&now)?)
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_conditional_failure(&e) => Ok(()),
-            Err(e) => Err(Error::aws("dynamodb", e)),
-        }
+        written(result).map(|_| ())
     }
 }
 
