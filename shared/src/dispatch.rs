@@ -156,9 +156,10 @@ impl Dispatcher {
         .await;
         let mut group = GroupRecord {
             venue_id: job.venue_id.clone(),
-            delivery_id: job.targets[0]
-                .delivery_id
-                .group()
+            delivery_id: job
+                .targets
+                .first()
+                .and_then(|t| t.delivery_id.group())
                 .map(|(g, _)| g)
                 .ok_or_else(|| Error::Corrupt("a first-attempt job without a group".into()))?,
             event_id: event.id.clone(),
