@@ -409,23 +409,18 @@ async fn fanout_run(
     let avg = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len().max(1) as f64;
     let event_item_bytes = avg(&event_sizes);
     let delivery_item_bytes = avg(&history_sizes);
-    // The warm-up event is stored too; leave its share out.
-    let warm_share = events_stored.len().saturating_sub(events) as f64;
-    let per_event_stored =
-        event_sizes.iter().sum::<usize>() as f64 * (events as f64 / (events as f64 + warm_share));
-    let history_stored =
-        history_sizes.iter().sum::<usize>() as f64 * (events as f64 / (events as f64 + warm_share));
+    // The warm-up event is stored too: count only the measured events' share.
+    let share = events as f64 / events_stored.len().max(events) as f64;
+    let per_event_stored = event_sizes.iter().sum::<usize>() as f64 * share;
+    let history_stored = history_sizes.iter().sum::<usize>() as f64 * share;
     let deliveries = (fanout * events) as f64;
 
     let get = |op: &str| *snapshot.get(op).unwrap_or(&0) as f64;
     let event_write_units: f64 = event_sizes
         .iter()
         .map(|size| cost::write_units(*size))
-        .sum::<f64>()
-        * (events as f64 / (events as f64 + warm_share));
-    let ddb_write_units = (event_write_units
-        + history_write_units * (events as f64 / (events as f64 + warm_share)))
-        / deliveries;
+        .sum::<f64>();
+    let ddb_write_units = (event_write_units + history_write_units) * share / deliveries;
     let ddb_read_units = get(proxy::READ_MILLI_UNITS) / 1000.0 / deliveries;
     let sqs_requests = snapshot
         .iter()
