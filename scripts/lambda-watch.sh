@@ -5,14 +5,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:${MOTO_PORT:-4566}}"
-export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
 curl -fsS "$AWS_ENDPOINT_URL/moto-api/" >/dev/null || { echo "start 'make dev' first (it runs moto)"; exit 1; }
+# moto enforces IAM: the watched functions share one environment, so they use the operator's
+# keys that `make dev` wrote (each function's own identity is used by `make dev` itself).
+MOTO_DIR=".dev/moto-${MOTO_PORT:-4566}"
+AWS_ACCESS_KEY_ID=$(sed -n 's/^aws_access_key_id = //p' "$MOTO_DIR/operator-credentials")
+AWS_SECRET_ACCESS_KEY=$(sed -n 's/^aws_secret_access_key = //p' "$MOTO_DIR/operator-credentials")
+export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION=us-east-1
 mkdir -p .dev
 {
   ./target/debug/popup-local env
   echo "AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL"
-  echo "AWS_ACCESS_KEY_ID=test"
-  echo "AWS_SECRET_ACCESS_KEY=test"
+  echo "AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID"
+  echo "AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY"
   echo "AWS_REGION=us-east-1"
 } > .dev/functions.env
 export PATH="$PWD/.venv/bin:$PATH"

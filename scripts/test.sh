@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make test` after lint (or `make faults`, with arguments for cargo test): starts moto on a
-# free loopback port, runs the Rust tests (unit tests, and the integration tests in tests/,
-# which start their own stacks on it), then, for the whole suite, a bounded schemathesis run
-# of docs/openapi.yaml against a local API. Prints one closing line with the totals.
+# free loopback port (IAM enforced), runs the Rust tests (unit tests, and the integration tests
+# in tests/, which start their own stacks on it), then, for the whole suite, a bounded
+# schemathesis run of docs/openapi.yaml against a local API, the IAM audit (least privilege
+# both ways) and the bench smoke run. Prints one closing line with the totals.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/moto.sh
@@ -23,6 +24,7 @@ if [ "$whole_suite" = 1 ]; then
   cargo build --quiet -p local -p bench -p api -p ingest -p deliver
   api_port=$(free_port)
   STACK_PREFIX="schema-$$" API_PORT="$api_port" ADMIN_API_KEY=schemathesis-admin-key \
+    CREDENTIALS_FILE=.dev/schemathesis-credentials \
     ./target/debug/popup-local dev >.dev/schemathesis-stack.log 2>&1 &
   stack_pid=$!
   for _ in $(seq 1 100); do
@@ -43,6 +45,16 @@ if [ "$whole_suite" = 1 ]; then
   fi
   kill -INT "$stack_pid" 2>/dev/null || true
   wait "$stack_pid" 2>/dev/null || true
+
+  # Least privilege both ways: what each function's code can call (its binary) and did call
+  # (moto's access log of this whole run) against what its policy in the template grants.
+  echo "IAM audit: popup-local iam-audit"
+  if ./target/debug/popup-local iam-audit "$MOTO_DIR/access.jsonl" 2>&1 | tee .dev/iam-audit.log; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    status=1
+  fi
 
   # The benchmark suite on tiny inputs, so that `make bench` never rots.
   echo "bench smoke: popup-bench --smoke"

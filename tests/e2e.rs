@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use integration_tests::*;
+use local::iam::EVENT_SOURCE;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -114,7 +115,8 @@ async fn subscribed_endpoints_receive_exact_signed_envelopes_from_http_and_queue
     let http_event_id = published["id"].as_str().unwrap().to_owned();
     assert!(http_event_id.starts_with("evt_"));
 
-    let sqs = aws_sdk_sqs::Client::new(&stack.aws);
+    // As an event source would: under the identity allowed only to send to the ingest queue.
+    let sqs = aws_sdk_sqs::Client::new(&stack.aws_of(EVENT_SOURCE).unwrap());
     sqs.send_message()
         .queue_url(stack.queue_url("IngestQueue"))
         .message_body(
@@ -127,7 +129,12 @@ async fn subscribed_endpoints_receive_exact_signed_envelopes_from_http_and_queue
         .expect("send to ingest queue");
 
     let got = signed_rx.wait_for(2, WAIT).await;
-    assert_eq!(got.len(), 2, "signed endpoint gets both events");
+    assert_eq!(
+        got.len(),
+        2,
+        "signed endpoint gets both events; the functions logged:\n{}",
+        function_errors()
+    );
     let bodies: HashSet<String> = got.iter().map(|c| c.body.clone()).collect();
     let expected: HashSet<String> = [
         format!(r#"{{"id":"{http_event_id}","type":"order.created","timestamp":"2026-11-27T10:15:00Z","data":{{"order_id":"o-1","total":12.5,"items":[1,2]}}}}"#),
@@ -269,7 +276,9 @@ impl PlayedDeliver {
         }
         let (status, _) = api.post(&format!("/venues/{venue}/events"), event).await;
         assert_eq!(status, 202);
-        let sqs = aws_sdk_sqs::Client::new(&stack.aws);
+        // The test plays Lambda's poller and the function: both under the function's identity.
+        let aws = stack.aws_of(local::DELIVER_FUNCTION).unwrap();
+        let sqs = aws_sdk_sqs::Client::new(&aws);
         let trigger = stack
             .provisioned
             .trigger_of(local::DELIVER_FUNCTION)
@@ -277,7 +286,7 @@ impl PlayedDeliver {
             .clone();
         let env = stack.provisioned.env_of(local::DELIVER_FUNCTION).unwrap();
         let config = shared::config::Config::from_map(env).unwrap();
-        let services = shared::services::Services::new(config, &stack.aws);
+        let services = shared::services::Services::new(config, &aws);
         let deliver = deliver::Deliver::from_services(&services).unwrap();
         Self {
             stack,
@@ -738,8 +747,10 @@ async fn publishing_the_same_event_id_twice_delivers_once() {
     // A publish that crashed after storing the event and before queueing its jobs: the
     // producer's retry finishes the fan-out.
     let env = stack.provisioned.env_of(local::API_FUNCTION).unwrap();
-    let services =
-        shared::services::Services::new(shared::config::Config::from_map(env).unwrap(), &stack.aws);
+    let services = shared::services::Services::new(
+        shared::config::Config::from_map(env).unwrap(),
+        &stack.aws_of(local::API_FUNCTION).unwrap(),
+    );
     let now = chrono::Utc::now();
     let record = shared::store::EventRecord {
         venue_id: shared::ids::VenueId::parse(&venue).unwrap(),
@@ -788,12 +799,14 @@ async fn publishing_the_same_event_id_twice_delivers_once() {
 async fn unprocessable_messages_go_to_their_dlq_with_the_reason() {
     let stack = start_stack().await;
     let sqs = aws_sdk_sqs::Client::new(&stack.aws);
+    let source = aws_sdk_sqs::Client::new(&stack.aws_of(EVENT_SOURCE).unwrap());
     for body in [
         "this is not json".to_owned(),
         json!({"venue_id": "v", "type": "bad type", "data": {}}).to_string(),
         json!({"type": "order.created", "data": {}}).to_string(),
     ] {
-        sqs.send_message()
+        source
+            .send_message()
             .queue_url(stack.queue_url("IngestQueue"))
             .message_body(body)
             .send()
@@ -919,12 +932,15 @@ async fn duplicates_from_the_queues_record_one_delivery() {
         .create_endpoint(&venue, json!({"url": rx.url, "event_types": ["*"]}))
         .await;
     let ep_id = ep["id"].as_str().unwrap().to_owned();
+    // The operator inspects the queues; the event source only sends.
     let sqs = aws_sdk_sqs::Client::new(&stack.aws);
+    let source = aws_sdk_sqs::Client::new(&stack.aws_of(EVENT_SOURCE).unwrap());
     let body = json!({"venue_id": venue, "type": "subscriber.created", "id": "sub-7",
                       "data": {"email": "x@y.z"}})
     .to_string();
     for _ in 0..2 {
-        sqs.send_message()
+        source
+            .send_message()
             .queue_url(stack.queue_url("IngestQueue"))
             .message_body(&body)
             .send()
@@ -999,4 +1015,47 @@ async fn duplicates_from_the_queues_record_one_delivery() {
     assert_eq!(sub8["status"], "succeeded");
     assert_eq!(sub8["attempt_count"], 1, "one success recorded, not two");
     stack.stop().await;
+}
+
+/// The test the IAM net is shown on: with an action removed from the deliver policy, it fails.
+const NAMED: &str = "subscribed_endpoints_receive_exact_signed_envelopes_from_http_and_queue";
+
+#[test]
+fn without_one_action_of_the_deliver_policy_the_delivery_test_fails_with_access_denied() {
+    // A copy of the template whose deliver policy lacks dynamodb:BatchGetItem (the read of a
+    // batch's endpoints).
+    let template = std::fs::read_to_string(local::default_template()).unwrap();
+    let line = "                - dynamodb:BatchGetItem\n";
+    let deliver = template.find("\n  DeliverFunction:").unwrap();
+    let at = deliver + template[deliver..].find(line).unwrap();
+    let copy = format!("{}{}", &template[..at], &template[at + line.len()..]);
+    let path = std::env::temp_dir().join(format!("popup-iam-{}.yaml", unique_prefix()));
+    std::fs::write(&path, copy).unwrap();
+
+    // The named test of this binary, in a child process, on a moto of its own.
+    let moto = OwnMoto::start();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", NAMED])
+        .envs(moto.env())
+        .env("POPUP_TEMPLATE", &path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "the test passed without the action:\n{text}"
+    );
+    let failure = text
+        .split_once(&format!("---- {NAMED} stdout ----"))
+        .map(|(_, f)| f)
+        .unwrap_or_else(|| panic!("no failure message:\n{text}"));
+    assert!(
+        failure.contains("AccessDenied") && failure.contains("dynamodb:BatchGetItem"),
+        "the failure does not say AccessDenied for dynamodb:BatchGetItem:\n{failure}"
+    );
 }

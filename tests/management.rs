@@ -578,3 +578,38 @@ async fn payload_formats_data_and_a_slack_template_are_signed_as_sent() {
     assert_eq!(patched["template"], Value::Null);
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_api_process_opens_secrets_sealed_by_another() {
+    // A new Lambda instance has no data key cached: it asks KMS to decrypt the endpoint's
+    // sealed data key (under the api function's own identity, as on AWS).
+    let mut options = local_options();
+    options.run_ingest = false;
+    options.run_deliver = false;
+    let prefix = options.prefix.clone();
+    let first = start_with(options).await;
+    let rx = Receiver::start(200).await;
+    let v = venue("cold");
+    let ep = Client::new(&first)
+        .create_endpoint(&v, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    let secret = ep["secret"].as_str().unwrap().to_owned();
+    first.stop().await;
+
+    let mut options = local_options();
+    options.prefix = prefix;
+    options.run_ingest = false;
+    options.run_deliver = false;
+    let second = start_with(options).await;
+    let (status, tested) = Client::new(&second)
+        .post(
+            &format!("/venues/{v}/endpoints/{}/test", ep["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{tested}");
+    assert_eq!(tested["status_code"], 200, "{tested}");
+    let got = rx.wait_for(1, WAIT).await;
+    assert_eq!(verify_with_python(&secret, &got), vec!["ok"]);
+    second.stop().await;
+}

@@ -56,12 +56,11 @@ fn send_preparation(c: &mut Criterion) {
         timestamp: "2026-11-27T10:15:00Z".into(),
         data: serde_json::value::RawValue::from_string(data).unwrap_or_else(|_| unreachable!()),
     };
-    let body = shared::envelope::render(&event, shared::domain::PayloadFormat::Envelope, None)
-        .unwrap_or_default();
+    let body = shared::envelope::render_plain(&event, shared::domain::PayloadFormat::Envelope);
     let now = chrono::Utc::now();
     let mut group = c.benchmark_group("send_preparation");
     group.bench_function("render", |b| {
-        b.iter(|| shared::envelope::render(&event, shared::domain::PayloadFormat::Envelope, None))
+        b.iter(|| shared::envelope::render_plain(&event, shared::domain::PayloadFormat::Envelope))
     });
     group.bench_function("headers", |b| {
         b.iter(|| shared::dispatch::request_headers(&credential, &event, &body, now))

@@ -529,7 +529,10 @@ async fn batch_of_ten(delay: Duration) -> Result<Duration, BoxError> {
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let (stack, trigger, messages) = ten_jobs(&aws, delay).await?;
     let env = stack.provisioned.env_of(local::DELIVER_FUNCTION)?;
-    let services = shared::services::Services::new(shared::config::Config::from_map(env)?, &aws);
+    let services = shared::services::Services::new(
+        shared::config::Config::from_map(env)?,
+        &stack.aws_of(local::DELIVER_FUNCTION)?,
+    );
     let deliver = deliver::Deliver::from_services(&services)?;
     let event = local::esm::to_event(&trigger, &messages)?;
     let started = Instant::now();
@@ -591,7 +594,7 @@ async fn send_path(
         timestamp: "2026-11-27T10:15:00Z".into(),
         data: serde_json::value::RawValue::from_string(event_data(1).to_string())?,
     };
-    let raw_body = shared::envelope::render(&event, shared::domain::PayloadFormat::Envelope, None)?;
+    let raw_body = shared::envelope::render_plain(&event, shared::domain::PayloadFormat::Envelope);
     // The bare loop sends the same request: this body and these headers, made once.
     let raw_headers =
         shared::dispatch::request_headers(&credential, &event, &raw_body, chrono::Utc::now());
@@ -628,6 +631,7 @@ async fn send_path(
                         shared::domain::PayloadFormat::Envelope,
                         None,
                     )
+                    .await
                     .unwrap_or_default();
                     let headers = shared::dispatch::request_headers(credential, event, &body, now);
                     let _ = ours.post(&url, headers, body).await;

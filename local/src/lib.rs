@@ -3,8 +3,10 @@
 //! source mappings that trigger ingest and deliver ([`esm`]). `make dev` runs it; the
 //! integration tests start one per test, each under its own resource prefix.
 
+pub mod audit;
 pub mod esm;
 pub mod gateway;
+pub mod iam;
 pub mod provision;
 
 use std::collections::HashMap;
@@ -113,10 +115,14 @@ impl Stack {
         let (shutdown, watch_rx) = watch::channel(false);
         let invocations = esm::Stats::default();
         let mut tasks = Vec::new();
+        // Each function signs its calls with its own identity, as its role would on AWS.
+        let aws_of = |function: &str| -> Result<SdkConfig, StackError> {
+            Ok(provisioned.identity_of(function)?.sdk_config(&aws))
+        };
         let services_of = |function: &str| -> Result<Services, StackError> {
             let mut env = provisioned.env_of(function)?.clone();
             env.extend(options.env_overrides.clone());
-            Ok(Services::new(Config::from_map(&env)?, &aws))
+            Ok(Services::new(Config::from_map(&env)?, &aws_of(function)?))
         };
 
         let listener = TcpListener::bind(options.api_addr)
@@ -142,10 +148,11 @@ impl Stack {
                 watch_rx.clone(),
             )));
         }
-        let sqs = aws_sdk_sqs::Client::new(&aws);
-        // Lambda's SQS event source mapping: several pollers per queue-triggered function.
+        // Lambda's SQS event source mapping: several pollers per queue-triggered function,
+        // under the function's identity (on AWS, the poller uses the function's role).
         let mut poll = |function: &str, handler: esm::Handler| -> Result<(), StackError> {
             let trigger = provisioned.trigger_of(function)?.clone();
+            let sqs = aws_sdk_sqs::Client::new(&aws_of(function)?);
             for _ in 0..options.pollers {
                 tasks.push(tokio::spawn(esm::run(
                     sqs.clone(),
@@ -189,6 +196,15 @@ impl Stack {
             shutdown,
             tasks,
         })
+    }
+
+    /// The AWS configuration of a function (by logical id) or of the event sources
+    /// ([`iam::EVENT_SOURCE`]): this stack's endpoint, signed with that identity's keys.
+    pub fn aws_of(&self, identity: &str) -> Result<SdkConfig, ProvisionError> {
+        Ok(self
+            .provisioned
+            .identity_of(identity)?
+            .sdk_config(&self.aws))
     }
 
     /// The URL of a queue by its logical id in the template (`IngestQueue`, …).

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 
+use local::iam::{Identity, EVENT_SOURCE};
 use local::{Stack, StackOptions, API_FUNCTION};
 
 fn var(name: &str, default: &str) -> String {
@@ -25,6 +26,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let command = std::env::args().nth(1).unwrap_or_else(|| "dev".into());
+    if command == "iam-audit" {
+        return iam_audit();
+    }
     let port: u16 = var("API_PORT", "9000").parse()?;
     let admin_key = var("ADMIN_API_KEY", "dev-admin-key");
     let prefix = var("STACK_PREFIX", "popup-dev");
@@ -51,6 +55,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let stack = Stack::start(aws, options).await?;
+    let credentials_file = var("CREDENTIALS_FILE", ".dev/aws-credentials");
+    write_credentials(&stack, &credentials_file)?;
     println!();
     println!("Popup Webhooks is running locally.");
     println!("  API:           {}", stack.api_url);
@@ -59,10 +65,58 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (id, physical) in &stack.provisioned.physical {
         println!("  {id:<24} {physical}");
     }
+    println!("  AWS credentials: {credentials_file}   (profiles `operator`: everything; `event-source`: send to the ingest queue only)");
     println!("  loopback destinations (http://127.0.0.1:…) are allow-listed.");
     println!("Press Ctrl-C to stop.");
     tokio::signal::ctrl_c().await?;
     println!("stopping…");
     stack.stop().await;
+    Ok(())
+}
+
+/// An AWS shared-credentials file for the people and event sources of this stack: `operator`
+/// (the keys this process was started with, allowed everything) and `event-source` (allowed
+/// only to send to the ingest queue).
+fn write_credentials(stack: &Stack, path: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let operator = Identity {
+        user: "operator".into(),
+        access_key_id: std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_default(),
+        secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
+    };
+    let event_source = stack.provisioned.identity_of(EVENT_SOURCE)?;
+    let text = format!(
+        "# Written by `make dev` for its moto: use with AWS_SHARED_CREDENTIALS_FILE={path}\n{}\n{}",
+        operator.profile("operator"),
+        event_source.profile(EVENT_SOURCE)
+    );
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+/// `popup-local iam-audit [ACCESS_LOG]`: least privilege both ways (see `local::audit`), for
+/// `make test` after the whole suite. The access log defaults to `$MOTO_DIR/access.jsonl`.
+fn iam_audit() -> Result<(), Box<dyn std::error::Error>> {
+    let log = std::env::args()
+        .nth(2)
+        .unwrap_or_else(|| format!("{}/access.jsonl", var("MOTO_DIR", ".dev")));
+    let binaries = std::env::current_exe()?
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let report = local::audit::audit(
+        &local::default_template(),
+        &binaries,
+        std::path::Path::new(&log),
+    )?;
+    for line in &report.lines {
+        println!("{line}");
+    }
+    if !report.ok {
+        return Err("the functions' policies and what they call differ (see above)".into());
+    }
+    println!("every function's policy grants exactly what its code calls");
     Ok(())
 }

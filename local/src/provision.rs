@@ -13,6 +13,8 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde_yaml::Value;
 
+use crate::iam::{self, Identity};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
     #[error("reading the template: {0}")]
@@ -25,11 +27,11 @@ pub enum ProvisionError {
     Aws(String),
 }
 
-fn aws_err(e: impl std::error::Error + 'static) -> ProvisionError {
+pub(crate) fn aws_err(e: impl std::error::Error + 'static) -> ProvisionError {
     ProvisionError::Aws(shared::error::error_chain(&e))
 }
 
-fn bad(message: impl Into<String>) -> ProvisionError {
+pub(crate) fn bad(message: impl Into<String>) -> ProvisionError {
     ProvisionError::Template(message.into())
 }
 
@@ -52,6 +54,11 @@ pub struct Provisioned {
     /// Function logical id → its environment variables.
     pub function_env: BTreeMap<String, HashMap<String, String>>,
     pub triggers: Vec<QueueTrigger>,
+    /// Logical id → ARN (tables, queues, the KMS key).
+    pub arns: BTreeMap<String, String>,
+    /// The IAM identity of each function (by logical id) and of the event sources
+    /// ([`iam::EVENT_SOURCE`]).
+    pub identities: BTreeMap<String, Identity>,
 }
 
 impl Provisioned {
@@ -59,6 +66,12 @@ impl Provisioned {
         self.function_env
             .get(function)
             .ok_or_else(|| bad(format!("no function {function}")))
+    }
+
+    pub fn identity_of(&self, name: &str) -> Result<&Identity, ProvisionError> {
+        self.identities
+            .get(name)
+            .ok_or_else(|| bad(format!("no identity for {name}")))
     }
 
     pub fn trigger_of(&self, function: &str) -> Result<&QueueTrigger, ProvisionError> {
@@ -69,11 +82,11 @@ impl Provisioned {
     }
 }
 
-fn get<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+pub(crate) fn get<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
     value.as_mapping().and_then(|m| m.get(key))
 }
 
-fn scalar(value: &Value) -> Option<String> {
+pub(crate) fn scalar(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -117,8 +130,8 @@ pub async fn provision(
                 // Found again by alias, so a restarted stack opens what it sealed before.
                 let alias = format!("alias/{name}");
                 let existing = kms.describe_key().key_id(&alias).send().await;
-                let key_id = match existing {
-                    Ok(out) => out.key_metadata.map(|m| m.key_id),
+                let key = match existing {
+                    Ok(out) => out.key_metadata.map(|m| (m.key_id, m.arn)),
                     Err(_) => {
                         let created = kms
                             .create_key()
@@ -127,8 +140,8 @@ pub async fn provision(
                             .await
                             .map_err(aws_err)?
                             .key_metadata
-                            .map(|m| m.key_id);
-                        if let Some(key_id) = &created {
+                            .map(|m| (m.key_id, m.arn));
+                        if let Some((key_id, _)) = &created {
                             kms.create_alias()
                                 .alias_name(&alias)
                                 .target_key_id(key_id)
@@ -140,10 +153,16 @@ pub async fn provision(
                     }
                 }
                 .ok_or_else(|| ProvisionError::Aws("no key id".into()))?;
+                let (key_id, arn) = key;
+                arns.insert(
+                    id.clone(),
+                    arn.ok_or_else(|| ProvisionError::Aws("no key ARN".into()))?,
+                );
                 out.physical.insert(id, key_id);
             }
             "AWS::DynamoDB::Table" => {
-                create_table(&ddb, &name, &props).await?;
+                let arn = create_table(&ddb, &name, &props).await?;
+                arns.insert(id.clone(), arn);
                 out.physical.insert(id, name);
             }
             "AWS::SQS::Queue" => {
@@ -296,20 +315,66 @@ pub async fn provision(
             });
         }
     }
+
+    // Each function under an identity of its own, and the event sources under theirs.
+    let iam = aws_sdk_iam::Client::new(aws);
+    let functions: Vec<String> = out.function_env.keys().cloned().collect();
+    for function in functions {
+        let statements = iam::function_statements(&doc, &resolver, &function)?;
+        let identity =
+            iam::ensure_identity(&iam, &format!("{prefix}-{function}"), &statements).await?;
+        out.identities.insert(function, identity);
+    }
+    let ingest_queues: Vec<String> = out
+        .triggers
+        .iter()
+        .filter(|t| t.function == crate::INGEST_FUNCTION)
+        .map(|t| t.queue_arn.clone())
+        .collect();
+    if !ingest_queues.is_empty() {
+        let statements = [iam::Statement {
+            actions: vec!["sqs:SendMessage".into()],
+            resources: ingest_queues,
+            from_event_source: false,
+        }];
+        let identity = iam::ensure_identity(
+            &iam,
+            &format!("{prefix}-{}", iam::EVENT_SOURCE),
+            &statements,
+        )
+        .await?;
+        out.identities
+            .insert(iam::EVENT_SOURCE.to_owned(), identity);
+    }
+    out.arns = arns.into_iter().collect();
     Ok(out)
 }
 
-struct Resolver<'a> {
+pub struct Resolver<'a> {
     doc: &'a Value,
     physical: &'a BTreeMap<String, String>,
     arns: &'a HashMap<String, String>,
     parameters: &'a HashMap<String, String>,
 }
 
-impl Resolver<'_> {
+impl<'a> Resolver<'a> {
+    pub fn new(
+        doc: &'a Value,
+        physical: &'a BTreeMap<String, String>,
+        arns: &'a HashMap<String, String>,
+        parameters: &'a HashMap<String, String>,
+    ) -> Self {
+        Self {
+            doc,
+            physical,
+            arns,
+            parameters,
+        }
+    }
+
     /// Resolves the intrinsics the template uses for values the code reads: plain scalars,
     /// `!Ref` (resources and parameters) and `!GetAtt Queue.Arn`.
-    fn resolve(&self, value: &Value) -> Result<String, ProvisionError> {
+    pub fn resolve(&self, value: &Value) -> Result<String, ProvisionError> {
         if let Some(s) = scalar(value) {
             return Ok(s);
         }
@@ -339,8 +404,40 @@ impl Resolver<'_> {
                 Some((id, "Arn")) if self.arns.contains_key(id) => Ok(self.arns[id].clone()),
                 _ => Err(bad(format!("cannot resolve !GetAtt {target} locally"))),
             },
+            "Sub" => self.substitute(&target),
             other => Err(bad(format!("cannot resolve !{other} locally"))),
         }
+    }
+}
+
+/// Creates a table (unless it exists) and returns its ARN.
+impl Resolver<'_> {
+    /// `!Sub` with `${Resource.Arn}`, `${Resource}` and `${Parameter}` references.
+    fn substitute(&self, template: &str) -> Result<String, ProvisionError> {
+        let mut out = String::new();
+        let mut rest = template;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let end = rest[start..]
+                .find('}')
+                .ok_or_else(|| bad(format!("!Sub {template}: unclosed ${{")))?;
+            let name = &rest[start + 2..start + end];
+            let value = match name.split_once('.') {
+                Some((id, "Arn")) => self
+                    .arns
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| bad(format!("!Sub {template}: no ARN for {id}")))?,
+                _ => self.resolve(&Value::Tagged(Box::new(serde_yaml::value::TaggedValue {
+                    tag: serde_yaml::value::Tag::new("Ref"),
+                    value: Value::String(name.to_owned()),
+                })))?,
+            };
+            out.push_str(&value);
+            rest = &rest[start + end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
     }
 }
 
@@ -348,7 +445,7 @@ async fn create_table(
     ddb: &aws_sdk_dynamodb::Client,
     name: &str,
     props: &Value,
-) -> Result<(), ProvisionError> {
+) -> Result<String, ProvisionError> {
     let attribute_definitions = get(props, "AttributeDefinitions")
         .and_then(Value::as_sequence)
         .ok_or_else(|| bad("AttributeDefinitions"))?
@@ -394,17 +491,26 @@ async fn create_table(
                 .map_err(aws_err)?,
         );
     }
-    match create.send().await {
-        Ok(_) => {}
+    let created = match create.send().await {
+        Ok(out) => out.table_description.and_then(|d| d.table_arn),
         Err(e)
             if e.as_service_error()
                 .is_some_and(|s| s.is_resource_in_use_exception()) =>
         {
             // Already provisioned (a restarted `make dev` on a running moto).
-            return Ok(());
+            return ddb
+                .describe_table()
+                .table_name(name)
+                .send()
+                .await
+                .map_err(aws_err)?
+                .table
+                .and_then(|t| t.table_arn)
+                .ok_or_else(|| ProvisionError::Aws("no table ARN".into()));
         }
         Err(e) => return Err(aws_err(e)),
-    }
+    };
+    let arn = created.ok_or_else(|| ProvisionError::Aws("no table ARN".into()))?;
     if let Some(ttl) = get(props, "TimeToLiveSpecification") {
         ddb.update_time_to_live()
             .table_name(name)
@@ -419,7 +525,7 @@ async fn create_table(
             .await
             .map_err(aws_err)?;
     }
-    Ok(())
+    Ok(arn)
 }
 
 fn key_schema(value: &Value) -> Result<Vec<KeySchemaElement>, ProvisionError> {

@@ -576,7 +576,9 @@ impl Dispatcher {
     ) -> Result<(Attempt, Response)> {
         let credential = self.sealer.open_credential(endpoint, now).await?;
         let response =
-            match envelope::render(event, endpoint.payload_format, endpoint.template.as_deref()) {
+            match envelope::render(event, endpoint.payload_format, endpoint.template.as_deref())
+                .await
+            {
                 Ok(body) => {
                     let headers = request_headers(&credential, event, &body, now);
                     self.http.post(&endpoint.url, headers, body).await

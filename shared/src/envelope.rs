@@ -6,11 +6,9 @@ use serde_json::value::RawValue;
 use crate::catalog::catalog;
 use crate::domain::{pattern_matches, Event, PayloadFormat};
 use crate::error::ValidationError;
+use crate::template;
 
-/// Longest accepted template expression.
-pub const MAX_TEMPLATE_LEN: usize = 4096;
-/// Largest body a template may produce.
-pub const MAX_RENDERED_BYTES: usize = 256 * 1024;
+pub use crate::template::{MAX_RENDERED_BYTES, MAX_TEMPLATE_LEN};
 
 #[derive(Serialize)]
 struct Envelope<'a> {
@@ -22,20 +20,24 @@ struct Envelope<'a> {
 }
 
 /// Compact JSON in the endpoint's payload format. Only a template can fail (its output is not
-/// a JSON object, or too large); the message says what to fix.
-pub fn render(
+/// a JSON object, too large, or it would take too much to compute; see [`crate::template`]);
+/// the message says what to fix.
+pub async fn render(
     event: &Event,
     format: PayloadFormat,
     template: Option<&str>,
 ) -> Result<Vec<u8>, String> {
     match (format, template) {
-        (PayloadFormat::Template, Some(expression)) => apply_template(expression, event),
+        (PayloadFormat::Template, Some(expression)) => {
+            template::render_bounded(expression, render_plain(event, PayloadFormat::Envelope)).await
+        }
         (PayloadFormat::Template, None) => Err("the endpoint has no template".into()),
         (format, _) => Ok(render_plain(event, format)),
     }
 }
 
-fn render_plain(event: &Event, format: PayloadFormat) -> Vec<u8> {
+/// The envelope or the data alone (a template renders from the envelope).
+pub fn render_plain(event: &Event, format: PayloadFormat) -> Vec<u8> {
     match format {
         PayloadFormat::Envelope => {
             let envelope = Envelope {
@@ -62,37 +64,6 @@ fn render_plain(event: &Event, format: PayloadFormat) -> Vec<u8> {
     }
 }
 
-/// Evaluates a JMESPath expression over the envelope. JMESPath has no loops or recursion, so
-/// an expression always terminates; its output is bounded by the check below.
-fn apply_template(expression: &str, event: &Event) -> Result<Vec<u8>, String> {
-    let compiled = jmespath::compile(expression).map_err(|e| format!("template: {e}"))?;
-    let envelope: serde_json::Value =
-        serde_json::from_slice(&render_plain(event, PayloadFormat::Envelope))
-            .map_err(|e| format!("envelope: {e}"))?;
-    let result = compiled
-        .search(&envelope)
-        .map_err(|e| format!("template: {e}"))?;
-    let value = serde_json::to_value(&*result).map_err(|e| format!("template: {e}"))?;
-    if !value.is_object() {
-        return Err(format!(
-            "the template must produce a JSON object, not `{}`",
-            truncate(&value.to_string(), 80)
-        ));
-    }
-    let body = serde_json::to_vec(&value).map_err(|e| format!("template: {e}"))?;
-    if body.len() > MAX_RENDERED_BYTES {
-        return Err(format!(
-            "the template produced {} bytes; at most {MAX_RENDERED_BYTES} are sent",
-            body.len()
-        ));
-    }
-    Ok(body)
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    text.chars().take(max).collect()
-}
-
 /// Checks a template when it is saved: it parses, and it turns the catalog's example of the
 /// first event type the endpoint subscribes to into a JSON object.
 pub fn check_template(expression: &str, event_types: &[String]) -> Result<(), ValidationError> {
@@ -102,8 +73,6 @@ pub fn check_template(expression: &str, event_types: &[String]) -> Result<(), Va
             format!("at most {MAX_TEMPLATE_LEN} characters"),
         ));
     }
-    jmespath::compile(expression)
-        .map_err(|e| ValidationError::new("template", format!("not a JMESPath expression: {e}")))?;
     let sample = catalog()
         .event_types
         .iter()
@@ -113,21 +82,26 @@ pub fn check_template(expression: &str, event_types: &[String]) -> Result<(), Va
                 .any(|p| pattern_matches(p, &t.event_type))
         })
         .or_else(|| catalog().get("webhook.test"));
-    if let Some(sample) = sample {
-        let event = Event {
-            id: crate::ids::EventId::generate(),
-            event_type: sample.event_type.clone(),
-            timestamp: "2026-11-27T10:15:00Z".into(),
-            data: RawValue::from_string(sample.example.to_string())
-                .map_err(|e| ValidationError::new("template", e.to_string()))?,
-        };
-        apply_template(expression, &event).map_err(|e| {
+    let (event_type, data) = match sample {
+        Some(sample) => (sample.event_type.clone(), sample.example.to_string()),
+        None => ("webhook.test".to_owned(), "{}".to_owned()),
+    };
+    let event = Event {
+        id: crate::ids::EventId::generate(),
+        event_type: event_type.clone(),
+        timestamp: "2026-11-27T10:15:00Z".into(),
+        data: RawValue::from_string(data)
+            .map_err(|e| ValidationError::new("template", e.to_string()))?,
+    };
+    // Parsed, bounded (depth, growth) and run on the example, off this thread.
+    template::render_blocking(expression, render_plain(&event, PayloadFormat::Envelope)).map_err(
+        |e| {
             ValidationError::new(
                 "template",
-                format!("on the example `{}` event: {e}", sample.event_type),
+                format!("on the example `{event_type}` event: {e}"),
             )
-        })?;
-    }
+        },
+    )?;
     Ok(())
 }
 
@@ -148,7 +122,7 @@ mod tests {
     #[test]
     fn envelope_is_compact_and_ordered() {
         assert_eq!(
-            String::from_utf8(render(&event(), PayloadFormat::Envelope, None).unwrap()).unwrap(),
+            String::from_utf8(render_plain(&event(), PayloadFormat::Envelope)).unwrap(),
             r#"{"id":"evt_1","type":"order.created","timestamp":"2026-11-27T10:15:00Z","data":{"order_id":"o1","total":12.5}}"#
         );
     }
@@ -156,7 +130,7 @@ mod tests {
     #[test]
     fn data_format_sends_only_the_data_object() {
         assert_eq!(
-            render(&event(), PayloadFormat::Data, None).unwrap(),
+            render_plain(&event(), PayloadFormat::Data),
             br#"{"order_id":"o1","total":12.5}"#
         );
     }
@@ -164,9 +138,11 @@ mod tests {
     const SLACK: &str =
         "{text: join('', ['New order ', data.order_id, ' (', to_string(data.total), ')'])}";
 
-    #[test]
-    fn a_template_builds_a_slack_message() {
-        let body = render(&event(), PayloadFormat::Template, Some(SLACK)).unwrap();
+    #[tokio::test]
+    async fn a_template_builds_a_slack_message() {
+        let body = render(&event(), PayloadFormat::Template, Some(SLACK))
+            .await
+            .unwrap();
         assert_eq!(body, br#"{"text":"New order o1 (12.5)"}"#);
     }
 
@@ -191,8 +167,8 @@ mod tests {
         assert!(check_template("{t: join('', [data.nope])}", &types).is_err());
     }
 
-    #[test]
-    fn a_template_output_is_bounded() {
+    #[tokio::test]
+    async fn a_template_output_is_bounded() {
         let big = Event {
             data: RawValue::from_string(format!(r#"{{"s":"{}"}}"#, "x".repeat(100_000))).unwrap(),
             ..event()
@@ -202,6 +178,7 @@ mod tests {
             PayloadFormat::Template,
             Some("{a: data.s, b: data.s, c: data.s}"),
         )
+        .await
         .unwrap_err();
         assert!(err.contains("at most"), "{err}");
     }

@@ -31,5 +31,6 @@ pub mod secret;
 pub mod services;
 pub mod signing;
 pub mod store;
+pub mod template;
 
 pub use error::{Error, Result, ValidationError};

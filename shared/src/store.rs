@@ -663,15 +663,14 @@ impl Store {
                     PutItemError::ConditionalCheckFailedException(c) => c.item,
                     _ => None,
                 };
+                // DynamoDB returns the item that failed the condition (asked for above); an
+                // answer without it is a passing fault: the caller tries again.
                 match existing {
                     Some(item) => Ok((event_record(item)?, false)),
-                    None => {
-                        let tenant = Tenant(record.venue_id.clone());
-                        let found = self.get_event(&tenant, &record.event_id).await?;
-                        found
-                            .map(|r| (r, false))
-                            .ok_or_else(|| Error::Conflict("event id is being written".into()))
-                    }
+                    None => Err(Error::Aws {
+                        service: "dynamodb",
+                        message: "the event id is taken, but its item did not come back".into(),
+                    }),
                 }
             }
             Err(e) => Err(Error::aws("dynamodb", e)),

@@ -50,12 +50,18 @@ fn rand_u16() -> u16 {
     h.finish() as u16
 }
 
+/// The local defaults on a fresh prefix, from `infra/template.yaml` or the template that
+/// `POPUP_TEMPLATE` names (the IAM test runs a test against a copy with an action removed).
 pub fn local_options() -> StackOptions {
-    StackOptions::local(
+    let mut options = StackOptions::local(
         &unique_prefix(),
         SocketAddr::from(([127, 0, 0, 1], 0)),
         ADMIN_KEY,
-    )
+    );
+    if let Some(template) = std::env::var_os("POPUP_TEMPLATE") {
+        options.template = template.into();
+    }
+    options
 }
 
 /// [`local_options`] with extra environment for every function.
@@ -72,17 +78,57 @@ pub async fn start_stack() -> Stack {
     start_with(local_options()).await
 }
 
-/// Logs of the functions under test, when `RUST_LOG` asks for them.
+/// The last warnings and errors the functions under test logged (all tests of this process).
+static FUNCTION_LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Keeps each log line in [`FUNCTION_LOG`], and prints it when `RUST_LOG` asks for logs.
+struct LogTee;
+
+impl std::io::Write for LogTee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        if std::env::var_os("RUST_LOG").is_some() {
+            eprint!("{text}");
+        }
+        if let Ok(mut log) = FUNCTION_LOG.lock() {
+            log.extend(text.lines().map(str::to_owned));
+            let excess = log.len().saturating_sub(200);
+            log.drain(..excess);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Warnings and errors of the functions (or what `RUST_LOG` selects) are kept for
+/// [`function_errors`].
 fn init_logs() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_test_writer()
-                .try_init();
-        }
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "warn,aws_config=error,aws_smithy_runtime=error".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(|| LogTee)
+            .try_init();
     });
+}
+
+/// What the functions of this test process logged at warning level and above, most recent
+/// last: for the message of an assertion about something that did not happen.
+pub fn function_errors() -> String {
+    let log = FUNCTION_LOG.lock().map(|l| l.clone()).unwrap_or_default();
+    let lines: Vec<&String> = log.iter().rev().take(12).collect();
+    lines
+        .into_iter()
+        .rev()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub async fn start_with(options: StackOptions) -> Stack {
@@ -330,4 +376,77 @@ pub fn sign_with_python(inputs: &[(String, String, i64, String)]) -> Vec<String>
             .collect(),
     );
     run_verifier(cmd, &input)
+}
+
+/// A moto of its own, started as `make test` starts the suite's (IAM enforced,
+/// `scripts/moto_server.py`), for a test whose calls must stay out of the suite's access log
+/// (which the least-privilege audit reads). Stopped when dropped.
+pub struct OwnMoto {
+    pub url: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl OwnMoto {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let root = repo_root();
+        let dir = root.join(format!(".dev/own-moto-{port}"));
+        std::fs::create_dir_all(&dir).expect("moto dir");
+        let credentials = dir.join("operator-credentials");
+        let child = Command::new(root.join(".venv/bin/python"))
+            .arg(root.join("scripts/moto_server.py"))
+            .arg("127.0.0.1")
+            .arg(port.to_string())
+            .arg(&credentials)
+            .arg(dir.join("access.jsonl"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting moto (run `make test`, which installs it)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let text = loop {
+            let ready = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if let (true, Ok(text)) = (ready, std::fs::read_to_string(&credentials)) {
+                break text;
+            }
+            assert!(std::time::Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} = ")))
+                .expect("operator credentials")
+                .to_owned()
+        };
+        Self {
+            url: format!("http://127.0.0.1:{port}"),
+            access_key_id: field("aws_access_key_id"),
+            secret_access_key: field("aws_secret_access_key"),
+            child,
+            dir,
+        }
+    }
+
+    /// The environment that points a process at this moto as its operator.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.url.clone()),
+            ("AWS_ACCESS_KEY_ID", self.access_key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_access_key.clone()),
+        ]
+    }
+}
+
+impl Drop for OwnMoto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
