@@ -11,7 +11,7 @@ use crate::domain::{
 };
 use crate::envelope;
 use crate::error::{Error, Result};
-use crate::http_client::{DeliveryClient, ErrorClass, Response};
+use crate::http_client::{text_excerpt, DeliveryClient, ErrorClass, Response};
 use std::collections::HashMap;
 
 use crate::ids::{DeliveryId, EndpointId, EventId, VenueId};
@@ -22,9 +22,14 @@ use crate::sealing::Sealer;
 use crate::services::Services;
 use crate::signing;
 use crate::store::{
-    AttemptRecord, DeliveryRecord, EventRecord, GroupEntry, GroupRecord, Store, Tenant,
+    AttemptRecord, DeliveryRecord, EventRecord, GroupEntry, GroupRecord, Recorded, Store, Tenant,
 };
 use futures::future::join_all;
+
+/// How much of a receiver's answer a first-try success keeps in its group's item.
+const GROUP_BODY_BYTES: usize = 256;
+/// How much of an error message an attempt keeps.
+const ERROR_BYTES: usize = 1024;
 
 /// What became of one delivery of a queued job.
 #[derive(Debug, PartialEq, Eq)]
@@ -104,6 +109,12 @@ impl Dispatcher {
                 Ok(JobOutcome::RetryIn(wait)) => follow_ups.push((job.single(target), wait)),
                 Ok(JobOutcome::Done(why)) if single => outcome = JobOutcome::Done(why),
                 Ok(JobOutcome::Done(_)) => {}
+                // A delivery that can never be processed (its item is damaged…) goes on as a
+                // job of its own, which ends in the DLQ with the reason; the others go on.
+                Err(e @ (Error::NotFound(_) | Error::Corrupt(_))) if !single => {
+                    tracing::error!(venue_id = %job.venue_id, event_id = %job.event_id, delivery_id = %target.delivery_id, error = %e, "a delivery of the job cannot be processed; set apart");
+                    follow_ups.push((job.single(target), Duration::ZERO));
+                }
                 Err(e) => failure = Some(e),
             }
         }
@@ -150,7 +161,9 @@ impl Dispatcher {
         let now = Utc::now();
         let event = self.event_of(&tenant, job).await?;
         let firsts = join_all(job.targets.iter().map(|target| {
-            let endpoint = endpoints.get(&(job.venue_id.clone(), target.endpoint_id.clone()));
+            let endpoint = endpoints
+                .get(&(job.venue_id.clone(), target.endpoint_id.clone()))
+                .map(|e| e.as_ref().map_err(String::as_str));
             self.first_attempt(&tenant, &event, target, endpoint, now)
         }))
         .await;
@@ -195,13 +208,18 @@ impl Dispatcher {
         tenant: &Tenant,
         event: &Event,
         target: &Target,
-        endpoint: Option<&Endpoint>,
+        endpoint: Option<std::result::Result<&Endpoint, &str>>,
         now: DateTime<Utc>,
     ) -> Result<First> {
         let job_target = (&target.delivery_id, &target.endpoint_id, event);
         let endpoint = match endpoint {
-            Some(endpoint) if endpoint.enabled => endpoint,
-            Some(_) => {
+            Some(Ok(endpoint)) if endpoint.enabled => endpoint,
+            Some(Err(reason)) => {
+                self.end_unsent(tenant, job_target, &unreadable(reason))
+                    .await?;
+                return Ok(First::Done);
+            }
+            Some(Ok(_)) => {
                 self.end_unsent(tenant, job_target, "the endpoint is disabled")
                     .await?;
                 return Ok(First::Done);
@@ -218,6 +236,11 @@ impl Dispatcher {
         if decision == Decision::Delivered {
             self.track_health(tenant, endpoint, &decision, now).await?;
             let index = target.delivery_id.group().map_or(0, |(_, i)| i);
+            // Ten of these share an item: each keeps only the start of what its receiver said.
+            let mut attempt = attempt;
+            attempt.response_body = attempt
+                .response_body
+                .map(|b| text_excerpt(b.as_bytes(), GROUP_BODY_BYTES));
             return Ok(First::Delivered(
                 GroupEntry {
                     i: index,
@@ -234,7 +257,7 @@ impl Dispatcher {
                     event,
                     &target.delivery_id,
                     attempt,
-                    1,
+                    (1, None),
                     decision,
                     now,
                 )
@@ -285,14 +308,19 @@ impl Dispatcher {
         let number = existing.as_ref().map_or(0, |d| d.scheduled_attempts) + 1;
         let event = self.event_of(&tenant, job).await?;
         let job_target = (&target.delivery_id, &target.endpoint_id, &event);
-        let Some(endpoint) = self
-            .store
-            .get_endpoint(&tenant, &target.endpoint_id)
-            .await?
-        else {
-            self.end_unsent(&tenant, job_target, "the endpoint was deleted")
-                .await?;
-            return Ok(JobOutcome::Done("endpoint deleted"));
+        let endpoint = match self.store.get_endpoint(&tenant, &target.endpoint_id).await {
+            Ok(Some(endpoint)) => endpoint,
+            Ok(None) => {
+                self.end_unsent(&tenant, job_target, "the endpoint was deleted")
+                    .await?;
+                return Ok(JobOutcome::Done("endpoint deleted"));
+            }
+            Err(Error::Corrupt(reason)) => {
+                self.end_unsent(&tenant, job_target, &unreadable(&reason))
+                    .await?;
+                return Ok(JobOutcome::Done("endpoint unreadable"));
+            }
+            Err(e) => return Err(e),
         };
         if !endpoint.enabled {
             self.end_unsent(&tenant, job_target, "the endpoint is disabled")
@@ -308,7 +336,7 @@ impl Dispatcher {
             &event,
             &target.delivery_id,
             attempt,
-            number,
+            (number, existing.as_ref()),
             decision,
             now,
         )
@@ -359,7 +387,7 @@ impl Dispatcher {
         event: &Event,
         delivery_id: &DeliveryId,
         attempt: Attempt,
-        number: u32,
+        (number, previous): (u32, Option<&DeliveryRecord>),
         decision: Decision,
         now: DateTime<Utc>,
     ) -> Result<JobOutcome> {
@@ -380,12 +408,22 @@ impl Dispatcher {
                 next_attempt_at,
                 attempt,
                 scheduled: Some(number),
+                previous,
             })
             .await?;
-        if !recorded {
-            // Another copy of this job recorded this attempt first; it owns what follows.
-            tracing::info!(%delivery_id, attempt = number, "duplicate job stood down");
-            return Ok(JobOutcome::Done("duplicate job"));
+        match recorded {
+            Recorded::Written => {}
+            Recorded::Duplicate => {
+                // Another copy of this job recorded this attempt first; it owns what follows.
+                tracing::info!(%delivery_id, attempt = number, "duplicate job stood down");
+                return Ok(JobOutcome::Done("duplicate job"));
+            }
+            Recorded::StateKept(status) => {
+                // A manual attempt finished the delivery meanwhile; this one is in the history.
+                tracing::info!(%delivery_id, attempt = number, status = status.as_str(), "delivery finished meanwhile");
+                self.track_health(tenant, endpoint, &decision, now).await?;
+                return Ok(JobOutcome::Done("finished meanwhile"));
+            }
         }
         self.track_health(tenant, endpoint, &decision, now).await?;
         Ok(match decision {
@@ -444,6 +482,7 @@ impl Dispatcher {
                     .flatten(),
                 attempt: attempt.clone(),
                 scheduled: None,
+                previous: Some(delivery),
             })
             .await?;
         if attempt.succeeded() && endpoint.failing_since.is_some() {
@@ -494,6 +533,7 @@ impl Dispatcher {
                 next_attempt_at: None,
                 attempt: attempt.clone(),
                 scheduled: None,
+                previous: None,
             })
             .await?;
         Ok((delivery_id, event, attempt))
@@ -574,30 +614,42 @@ impl Dispatcher {
         attempt_number: u32,
         now: DateTime<Utc>,
     ) -> Result<(Attempt, Response)> {
-        let credential = self.sealer.open_credential(endpoint, now).await?;
-        let response =
-            match envelope::render(event, endpoint.payload_format, endpoint.template.as_deref())
-                .await
-            {
-                Ok(body) => {
-                    let headers = request_headers(&credential, event, &body, now);
-                    self.http.post(&endpoint.url, headers, body).await
+        let not_sent = |class: ErrorClass, message: String| Response {
+            status_code: None,
+            duration: std::time::Duration::ZERO,
+            error: Some((class, message)),
+            body_excerpt: None,
+            retry_after: None,
+        };
+        let response = match self.sealer.open_credential(endpoint, now).await {
+            Ok(credential) => {
+                match envelope::render(event, endpoint.payload_format, endpoint.template.as_deref())
+                    .await
+                {
+                    Ok(body) => {
+                        let headers = request_headers(&credential, event, &body, now);
+                        self.http.post(&endpoint.url, headers, body).await
+                    }
+                    Err(message) => not_sent(ErrorClass::Template, message),
                 }
-                Err(message) => Response {
-                    status_code: None,
-                    duration: std::time::Duration::ZERO,
-                    error: Some((ErrorClass::Template, message)),
-                    body_excerpt: None,
-                    retry_after: None,
-                },
-            };
+            }
+            // Damaged at rest: this delivery fails with the reason; nothing else is held up.
+            Err(Error::Corrupt(reason)) => not_sent(
+                ErrorClass::Secret,
+                format!("the endpoint's secret does not open: {reason}"),
+            ),
+            Err(e) => return Err(e),
+        };
         let attempt = Attempt {
             attempt: attempt_number,
             at: now,
             trigger,
             status_code: response.status_code,
             duration_ms: response.duration.as_millis() as u64,
-            error: response.error.as_ref().map(|(_, message)| message.clone()),
+            error: response
+                .error
+                .as_ref()
+                .map(|(_, message)| text_excerpt(message.as_bytes(), ERROR_BYTES)),
             error_class: response
                 .error
                 .as_ref()
@@ -612,8 +664,14 @@ impl Dispatcher {
     }
 }
 
-/// Endpoints by venue and id, as read for a batch of jobs.
-pub type Endpoints = HashMap<(VenueId, EndpointId), Endpoint>;
+/// Endpoints by venue and id, as read for a batch of jobs; an item that does not read as an
+/// endpoint is there as the reason.
+pub type Endpoints = HashMap<(VenueId, EndpointId), std::result::Result<Endpoint, String>>;
+
+/// Why a delivery ends when its endpoint's item does not read as an endpoint.
+fn unreadable(reason: &str) -> String {
+    format!("the endpoint's stored settings could not be read ({reason}); save the endpoint again")
+}
 
 /// A fresh fan-out's job on its first receive: nothing of its deliveries exists yet, so
 /// nothing is read but its endpoints, and its successes share one history item.

@@ -29,6 +29,8 @@ pub enum ErrorClass {
     Http5xx,
     /// The endpoint's template failed on this event; nothing was sent.
     Template,
+    /// The endpoint's stored secret or token does not open (damaged); nothing was sent.
+    Secret,
     Other,
 }
 
@@ -44,6 +46,7 @@ impl ErrorClass {
             ErrorClass::Http4xx => "http_4xx",
             ErrorClass::Http5xx => "http_5xx",
             ErrorClass::Template => "template",
+            ErrorClass::Secret => "secret",
             ErrorClass::Other => "other",
         }
     }
@@ -80,6 +83,9 @@ impl ErrorClass {
             }
             (ErrorClass::Template, _) => {
                 "the endpoint's template failed on this event: fix the template, then retry"
+            }
+            (ErrorClass::Secret, _) => {
+                "the endpoint's stored secret or token could not be opened: rotate the secret (or set a new token), then retry"
             }
             (ErrorClass::Other, _) => "the request failed: check the endpoint URL and the receiver",
         }
@@ -221,7 +227,7 @@ impl DeliveryClient {
             status_code: Some(status),
             duration: started.elapsed(),
             error,
-            body_excerpt: Some(String::from_utf8_lossy(&excerpt).into_owned()),
+            body_excerpt: Some(text_excerpt(&excerpt, self.excerpt_bytes)),
             retry_after,
         }
     }
@@ -264,4 +270,33 @@ fn classify(e: &reqwest::Error) -> (ErrorClass, String) {
         _ => chain,
     };
     (class, message)
+}
+
+/// The start of a response body as text of at most `max` bytes: invalid UTF-8 becomes U+FFFD
+/// (three bytes each), so the cap is applied after the conversion, at a character boundary.
+pub fn text_excerpt(body: &[u8], max: usize) -> String {
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+#[cfg(test)]
+mod excerpt_tests {
+    use super::*;
+
+    #[test]
+    fn excerpts_are_capped_in_bytes_after_conversion() {
+        let garbage = vec![0xFFu8; 4096];
+        let text = text_excerpt(&garbage, 4096);
+        assert!(text.len() <= 4096 && text.len() > 4000, "{}", text.len());
+        assert!(text.chars().all(|c| c == char::REPLACEMENT_CHARACTER));
+        assert_eq!(text_excerpt(b"ok", 4096), "ok");
+        assert_eq!(text_excerpt("héllo".as_bytes(), 2), "h");
+    }
 }

@@ -13,6 +13,7 @@
 )]
 
 pub mod api_key;
+pub mod backoff;
 pub mod catalog;
 pub mod config;
 pub mod destination;

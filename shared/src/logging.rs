@@ -1,23 +1,115 @@
-//! Logging for the Lambda functions: plain lines to stdout (CloudWatch adds the time), at the
-//! level of `AWS_LAMBDA_LOG_LEVEL` or `RUST_LOG` (a level name; `INFO` if unset). Only a
-//! level, not per-module filters: a filter parser would bring a regex engine into every
-//! binary for nothing the functions need.
+//! Logging for the Lambda functions: one JSON object per line on stdout (the template sets
+//! `LogFormat: JSON`; CloudWatch adds the time), with `level`, `message` and every field of the
+//! event as a key of its own (`venue_id`, `endpoint_id`, `event_id`, `delivery_id`, `error`…),
+//! so CloudWatch Logs Insights can filter on them. The level comes from
+//! `AWS_LAMBDA_LOG_LEVEL` or `RUST_LOG` (a level name; `INFO` if unset). Only a level, not
+//! per-module filters: a filter parser would bring a regex engine into every binary for nothing
+//! the functions need; and a formatter of its own rather than `tracing-subscriber`'s `json`
+//! feature, which would bring `tracing-serde` for the same output.
 
-use tracing::Level;
+use std::fmt;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
 
 /// Installs the subscriber; call once at the start of `main`.
 pub fn init() {
-    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
+    let _ = subscriber(level_from_env(), std::io::stdout).try_init();
+}
+
+fn level_from_env() -> Level {
+    std::env::var("AWS_LAMBDA_LOG_LEVEL")
         .or_else(|_| std::env::var("RUST_LOG"))
         .ok()
         .and_then(|raw| level_of(&raw))
-        .unwrap_or(Level::INFO);
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or(Level::INFO)
+}
+
+/// The functions' subscriber, writing to `writer` (stdout in the functions; a buffer in tests).
+pub fn subscriber<W>(level: Level, writer: W) -> tracing_subscriber::fmt::SubscriberBuilder<
+    tracing_subscriber::fmt::format::DefaultFields,
+    JsonLines,
+    tracing_subscriber::filter::LevelFilter,
+    W,
+>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_target(false)
-        .without_time()
         .with_ansi(false)
-        .try_init();
+        .event_format(JsonLines)
+        .with_writer(writer)
+}
+
+/// Formats each event as one JSON object: `level`, `message`, the event's fields.
+pub struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut fields = Fields(Map::new());
+        fields.0.insert(
+            "level".into(),
+            Value::String(event.metadata().level().as_str().to_owned()),
+        );
+        event.record(&mut fields);
+        if !fields.0.contains_key("message") {
+            fields.0.insert("message".into(), Value::String(String::new()));
+        }
+        fields
+            .0
+            .insert("target".into(), event.metadata().target().into());
+        let line = serde_json::to_string(&fields.0).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{line}")
+    }
+}
+
+struct Fields(Map<String, Value>);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().to_owned(), Value::String(format!("{value:?}")));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .insert(field.name().to_owned(), Value::String(value.to_owned()));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0
+            .insert(field.name().to_owned(), Value::String(value.to_string()));
+    }
 }
 
 /// A level name in any case (`debug`, `INFO`, `warning`…); `None` for anything else.

@@ -95,9 +95,16 @@ impl Queues {
     }
 
     async fn send_batch(&self, mut pending: Vec<&(String, i32)>) -> Result<()> {
+        // Entries SQS reports as `Failed` are sent again, with jittered backoff; the call
+        // fails only if some are still refused after the last round.
         for round in 0..4u32 {
             if round > 0 {
-                tokio::time::sleep(Duration::from_millis(50 * 2u64.pow(round))).await;
+                tokio::time::sleep(crate::backoff::jittered(
+                    round,
+                    Duration::from_millis(50),
+                    Duration::from_secs(1),
+                ))
+                .await;
             }
             let entries = pending
                 .iter()

@@ -68,7 +68,7 @@ impl Outcome {
         match (response.status_code, response.error.as_ref()) {
             (_, None) => Outcome::Success,
             (Some(410), _) => Outcome::Gone,
-            (_, Some((ErrorClass::Template, _))) => Outcome::Permanent,
+            (_, Some((ErrorClass::Template | ErrorClass::Secret, _))) => Outcome::Permanent,
             (Some(429 | 503), _) => Outcome::Overloaded { retry_after },
             (_, Some((ErrorClass::Timeout, _))) => Outcome::Overloaded { retry_after: None },
             _ => Outcome::Failed { retry_after },

@@ -149,7 +149,17 @@ impl Sealer {
             .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(blob))
             .send()
             .await
-            .map_err(|e| Error::aws("kms", e))?;
+            .map_err(|e| {
+                // A damaged data key never opens; anything else (throttling, an outage) may.
+                let damaged = e.as_service_error().is_some_and(|s| {
+                    s.is_invalid_ciphertext_exception() || s.is_incorrect_key_exception()
+                });
+                if damaged {
+                    corrupt("the data key does not open")
+                } else {
+                    Error::aws("kms", e)
+                }
+            })?;
         let cipher = cipher_of(out.plaintext)?;
         opened.insert(encoded.to_owned(), cipher.clone());
         Ok(cipher)

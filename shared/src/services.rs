@@ -1,5 +1,9 @@
 //! What every function builds once at start-up: configuration and the AWS-backed services.
 
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::SdkConfig;
 
 use crate::config::{Config, ConfigError};
@@ -15,8 +19,36 @@ pub struct Services {
     pub sealer: Sealer,
 }
 
+/// How the SDK retries a call that failed for a passing reason (throttling:
+/// `ProvisionedThroughputExceededException`, `ThrottlingException`, SQS's `RequestThrottled`;
+/// 5xx; connection errors): 4 attempts in all, jittered exponential backoff from 100 ms up to
+/// 2 s. Past that the call is an error and the work comes back through its queue (the job
+/// or event message is not deleted), waiting longer each time (see `deliver`).
+pub fn retry_config() -> RetryConfig {
+    RetryConfig::standard()
+        .with_max_attempts(4)
+        .with_initial_backoff(Duration::from_millis(100))
+        .with_max_backoff(Duration::from_secs(2))
+}
+
+/// How long an AWS call may take: 2 s to connect, 5 s an attempt, 15 s in all with its
+/// retries. A hung endpoint then fails the call well inside the functions' 30 s timeout,
+/// so the failure path (leave the work to come back, record what is stranded) always runs.
+pub fn timeout_config() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .operation_attempt_timeout(Duration::from_secs(5))
+        .operation_timeout(Duration::from_secs(15))
+        .build()
+}
+
 impl Services {
     pub fn new(config: Config, aws: &SdkConfig) -> Self {
+        let aws = &aws
+            .to_builder()
+            .retry_config(retry_config())
+            .timeout_config(timeout_config())
+            .build();
         let store = Store::new(
             aws_sdk_dynamodb::Client::new(aws),
             &config.resources,

@@ -17,11 +17,12 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValue};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::backoff;
 use crate::config::Resources;
 use crate::domain::{Attempt, DeliveryStatus, Endpoint, Event, Target};
 use crate::error::{Error, Result};
@@ -198,6 +199,28 @@ impl HistoryItem {
     }
 }
 
+/// Attempts kept in full in a delivery's item; older ones are only counted
+/// (`attempt_count`), so the item stays far below DynamoDB's 400 KB.
+pub const MAX_KEPT_ATTEMPTS: usize = 10;
+
+/// What [`Store::record_attempt`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// The attempt and the state it leads to.
+    Written,
+    /// A scheduled attempt of this number was recorded before (a copy of the job ran it).
+    Duplicate,
+    /// The attempt is kept in the history, but the delivery had moved on meanwhile (it
+    /// succeeded, or a manual attempt found another status than it read): the state stays.
+    StateKept(DeliveryStatus),
+}
+
+enum Written {
+    Yes,
+    /// The condition failed; the item as it is, if any.
+    No(Option<HashMap<String, AttributeValue>>),
+}
+
 /// What one attempt changes on its delivery.
 pub struct AttemptRecord<'a> {
     pub delivery_id: &'a DeliveryId,
@@ -212,6 +235,8 @@ pub struct AttemptRecord<'a> {
     /// has exactly one scheduled attempt fewer, so a duplicate job cannot record twice.
     /// `None` for manual attempts.
     pub scheduled: Option<u32>,
+    /// The delivery as the caller read it before the attempt (`None`: it has no item yet).
+    pub previous: Option<&'a DeliveryRecord>,
 }
 
 pub struct Page<T> {
@@ -242,6 +267,9 @@ pub struct Store {
     api_keys: String,
     retention: Duration,
 }
+
+/// How many times one BatchGetItem is sent for the keys it leaves unprocessed.
+const UNPROCESSED_ROUNDS: u32 = 6;
 
 /// How many index pages one filtered history request may read before it answers with a cursor.
 const MAX_FILTER_PAGES: usize = 5;
@@ -463,6 +491,8 @@ impl Store {
         }
     }
 
+    /// An endpoint, strongly consistent: an absent answer ends deliveries, so it must not be
+    /// a stale one.
     pub async fn get_endpoint(&self, tenant: &Tenant, id: &EndpointId) -> Result<Option<Endpoint>> {
         let out = self
             .ddb
@@ -470,6 +500,7 @@ impl Store {
             .table_name(&self.endpoints)
             .key("venue_id", s(tenant.venue().as_str()))
             .key("endpoint_id", s(id.as_str()))
+            .consistent_read(true)
             .send()
             .await
             .map_err(|e| Error::aws("dynamodb", e))?;
@@ -477,24 +508,34 @@ impl Store {
     }
 
     /// Endpoints of one or more venues in as few BatchGetItem calls as possible (one per
-    /// hundred); missing ones are left out.
+    /// hundred), strongly consistent (an endpoint just created is there); missing ones are
+    /// left out, and an item that does not read as an endpoint is there as its error, so that
+    /// it fails its own deliveries and nobody else's.
     pub async fn get_endpoints(
         &self,
         keys: &[(Tenant, EndpointId)],
-    ) -> Result<HashMap<(VenueId, EndpointId), Endpoint>> {
+    ) -> Result<HashMap<(VenueId, EndpointId), std::result::Result<Endpoint, String>>> {
         let mut unique: Vec<(&Tenant, &str)> =
             keys.iter().map(|(t, id)| (t, id.as_str())).collect();
         unique
             .sort_unstable_by(|a, b| (a.0.venue().as_str(), a.1).cmp(&(b.0.venue().as_str(), b.1)));
         unique.dedup();
-        self.batch_get_of(&self.endpoints, "endpoint_id", &unique, false)
+        let mut found = HashMap::new();
+        for item in self
+            .batch_get_of(&self.endpoints, "endpoint_id", &unique, true)
             .await?
-            .into_iter()
-            .map(|item| {
-                from_item::<Endpoint>(item)
-                    .map(|e| ((e.venue_id.clone(), e.endpoint_id.clone()), e))
-            })
-            .collect()
+        {
+            let key_of = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+            let (Some(venue), Some(id)) = (key_of("venue_id"), key_of("endpoint_id")) else {
+                continue;
+            };
+            let (Ok(venue), Ok(id)) = (VenueId::parse(&venue), EndpointId::parse(&id)) else {
+                continue;
+            };
+            let endpoint = from_item::<Endpoint>(item).map_err(|e| e.to_string());
+            found.insert((venue, id), endpoint);
+        }
+        Ok(found)
     }
 
     pub async fn delete_endpoint(&self, tenant: &Tenant, id: &EndpointId) -> Result<()> {
@@ -677,6 +718,8 @@ impl Store {
         }
     }
 
+    /// An event, strongly consistent: the deliver function reads events over 16 KiB just
+    /// after they are stored, and an absent answer would end their deliveries.
     pub async fn get_event(&self, tenant: &Tenant, id: &EventId) -> Result<Option<EventRecord>> {
         let out = self
             .ddb
@@ -684,6 +727,7 @@ impl Store {
             .table_name(&self.events)
             .key("venue_id", s(tenant.venue().as_str()))
             .key("event_id", s(id.as_str()))
+            .consistent_read(true)
             .send()
             .await
             .map_err(|e| Error::aws("dynamodb", e))?;
@@ -705,9 +749,68 @@ impl Store {
             .await
     }
 
-    /// Appends one attempt to its delivery's own item, creating it on its first attempt.
-    /// Returns `false` when the attempt was a duplicate of one already recorded.
-    pub async fn record_attempt(&self, rec: AttemptRecord<'_>) -> Result<bool> {
+    /// Records one attempt in its delivery's own item, creating it on its first attempt.
+    ///
+    /// The state never goes backwards, whatever runs at the same time: a success is final (a
+    /// failed attempt recorded after it is kept in the attempts, the status stays), a scheduled
+    /// attempt is recorded once per number (a duplicate job stands down), and a manual attempt
+    /// changes the status only from the one it read. Only the last
+    /// [`MAX_KEPT_ATTEMPTS`] attempts are kept in full; `attempt_count` counts them all.
+    pub async fn record_attempt(&self, rec: AttemptRecord<'_>) -> Result<Recorded> {
+        let mut previous = rec.previous.cloned();
+        for _ in 0..4 {
+            match self.try_record(&rec, previous.as_ref(), true).await? {
+                Written::Yes => return Ok(Recorded::Written),
+                Written::No(old) => {
+                    let Some(old) = old else {
+                        // Nothing there, yet the condition failed: read and try again.
+                        previous = None;
+                        continue;
+                    };
+                    let old: DeliveryRecord = from_item(old)?;
+                    if let Some(number) = rec.scheduled {
+                        if old.scheduled_attempts != number.saturating_sub(1) {
+                            return Ok(Recorded::Duplicate);
+                        }
+                    }
+                    let moved_on = match rec.scheduled {
+                        // A scheduled attempt on a delivery that succeeded meanwhile.
+                        Some(_) => old.status == DeliveryStatus::Succeeded,
+                        // A manual attempt whose status changed since it was read.
+                        None => rec.previous.map(|p| p.status) != Some(old.status)
+                            || old.status == DeliveryStatus::Succeeded,
+                    };
+                    if moved_on && rec.status != DeliveryStatus::Succeeded {
+                        // Keep the attempt in the history; leave the state as it is.
+                        return match self.try_record(&rec, Some(&old), false).await? {
+                            Written::Yes => Ok(Recorded::StateKept(old.status)),
+                            Written::No(_) => {
+                                previous = None;
+                                continue;
+                            }
+                        };
+                    }
+                    // Only the attempts changed under us (a concurrent append): again, on
+                    // what is there now.
+                    previous = Some(old);
+                }
+            }
+        }
+        Err(Error::Conflict(format!(
+            "delivery {} kept changing while an attempt was recorded",
+            rec.delivery_id
+        )))
+    }
+
+    /// One conditional update for [`Store::record_attempt`]: with `set_state`, the attempt and
+    /// the delivery's state; without, the attempt alone. Built on `previous`, what the caller
+    /// last read of the delivery (`None`: nothing yet).
+    async fn try_record(
+        &self,
+        rec: &AttemptRecord<'_>,
+        previous: Option<&DeliveryRecord>,
+        set_state: bool,
+    ) -> Result<Written> {
         let now = rec.attempt.at;
         let mut update = self
             .ddb
@@ -720,39 +823,97 @@ impl Store {
             .expression_attribute_values(":event", s(rec.event_id.as_str()))
             .expression_attribute_values(":type", s(rec.event_type))
             .expression_attribute_values(":now", to_attr(&now)?)
-            .expression_attribute_values(":status", s(rec.status.as_str()))
-            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
-            .expression_attribute_values(
-                ":attempt",
-                AttributeValue::L(vec![to_attr(&rec.attempt)?]),
-            )
-            .expression_attribute_values(":code", to_attr(&rec.attempt.status_code)?)
-            .expression_attribute_values(":error", to_attr(&rec.attempt.error)?)
-            .expression_attribute_values(":next", to_attr(&rec.next_attempt_at)?)
             .expression_attribute_values(":ttl", n(self.expiry(now)))
             .expression_attribute_values(":one", n(1))
-            .return_values(ReturnValue::None);
+            .return_values_on_condition_check_failure(
+                aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+            );
         let mut set = String::from(
             "SET endpoint_id = :endpoint, event_id = :event, event_type = :type, \
-             created_at = if_not_exists(created_at, :now), updated_at = :now, #status = :status, \
-             attempts = list_append(if_not_exists(attempts, :empty), :attempt), \
-             last_status_code = :code, last_error = :error, next_attempt_at = :next, expires_at = :ttl",
+             created_at = if_not_exists(created_at, :now), updated_at = :now, expires_at = :ttl",
         );
-        // Manual and test attempts (no number) have nothing to de-duplicate.
-        if let Some(number) = rec.scheduled {
-            set.push_str(", scheduled_attempts = :number");
+        let mut conditions: Vec<String> = Vec::new();
+        // The attempts: appended, or (at the cap) the last ones kept, on the count read.
+        let kept = previous.map_or(0, |p| p.attempts.len());
+        if kept + 1 > MAX_KEPT_ATTEMPTS {
+            let mut attempts: Vec<&Attempt> = previous
+                .map(|p| p.attempts.iter().skip(kept + 1 - MAX_KEPT_ATTEMPTS).collect())
+                .unwrap_or_default();
+            attempts.push(&rec.attempt);
+            set.push_str(", attempts = :attempts");
             update = update
-                .expression_attribute_values(":number", n(number))
-                .expression_attribute_values(":previous", n(number.saturating_sub(1)))
-                .condition_expression(
-                    "attribute_not_exists(scheduled_attempts) OR scheduled_attempts = :previous",
+                .expression_attribute_values(":attempts", to_attr(&attempts)?)
+                .expression_attribute_values(
+                    ":count",
+                    n(previous.map_or(0, |p| p.attempt_count)),
                 );
+            conditions.push("attempt_count = :count".into());
+        } else {
+            set.push_str(", attempts = list_append(if_not_exists(attempts, :empty), :attempt)");
+            update = update
+                .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
+                .expression_attribute_values(
+                    ":attempt",
+                    AttributeValue::L(vec![to_attr(&rec.attempt)?]),
+                );
+        }
+        if set_state {
+            set.push_str(
+                ", #status = :status, last_status_code = :code, last_error = :error, \
+                 next_attempt_at = :next",
+            );
+            update = update
+                .expression_attribute_values(":status", s(rec.status.as_str()))
+                .expression_attribute_values(":code", to_attr(&rec.attempt.status_code)?)
+                .expression_attribute_values(":error", to_attr(&rec.attempt.error)?)
+                .expression_attribute_values(":next", to_attr(&rec.next_attempt_at)?);
+            if let Some(number) = rec.scheduled {
+                set.push_str(", scheduled_attempts = :number");
+                update = update
+                    .expression_attribute_values(":number", n(number))
+                    .expression_attribute_values(":previous", n(number.saturating_sub(1)));
+                conditions.push(
+                    "(attribute_not_exists(scheduled_attempts) OR scheduled_attempts = :previous)"
+                        .into(),
+                );
+            }
+            if rec.status != DeliveryStatus::Succeeded {
+                // A success is final.
+                update = update.expression_attribute_values(
+                    ":succeeded",
+                    s(DeliveryStatus::Succeeded.as_str()),
+                );
+                conditions.push("(attribute_not_exists(#status) OR #status <> :succeeded)".into());
+                if rec.scheduled.is_none() {
+                    // A manual attempt moves the state only from what it read.
+                    match rec.previous {
+                        Some(read) => {
+                            update = update
+                                .expression_attribute_values(":read", s(read.status.as_str()));
+                            conditions.push("#status = :read".into());
+                        }
+                        None => conditions.push("attribute_not_exists(#status)".into()),
+                    }
+                }
+            }
+        } else {
+            conditions.push("attribute_exists(#status)".into());
+        }
+        if !conditions.is_empty() {
+            update = update.condition_expression(conditions.join(" AND "));
         }
         let result = update
             .update_expression(format!("{set} ADD attempt_count :one"))
             .send()
             .await;
-        written(result)
+        match result {
+            Ok(_) => Ok(Written::Yes),
+            Err(e) if is_conditional_failure(&e) => Ok(Written::No(match e.into_service_error() {
+                aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => c.item,
+                _ => None,
+            })),
+            Err(e) => Err(Error::aws("dynamodb", e)),
+        }
     }
 
     /// Ends a delivery without an attempt (its endpoint was disabled or deleted meanwhile).
@@ -904,10 +1065,20 @@ impl Store {
                     ])
                 })
                 .collect();
-            // BatchGetItem may return only part; ask again for what it left (bounded).
-            for _ in 0..5 {
+            // BatchGetItem may return only part (throttling, size): ask again for what it
+            // left, with jittered backoff. Keys still left make the read an error: "not
+            // found" would end deliveries whose items exist.
+            for round in 0..UNPROCESSED_ROUNDS {
                 if keys.is_empty() {
                     break;
+                }
+                if round > 0 {
+                    tokio::time::sleep(backoff::jittered(
+                        round - 1,
+                        std::time::Duration::from_millis(50),
+                        std::time::Duration::from_secs(1),
+                    ))
+                    .await;
                 }
                 let request = KeysAndAttributes::builder()
                     .set_keys(Some(keys))
@@ -931,6 +1102,15 @@ impl Store {
                     .and_then(|mut u| u.remove(table))
                     .map(|k| k.keys)
                     .unwrap_or_default();
+            }
+            if !keys.is_empty() {
+                return Err(Error::Aws {
+                    service: "dynamodb",
+                    message: format!(
+                        "BatchGetItem left {} keys unprocessed after {UNPROCESSED_ROUNDS} rounds (throttled)",
+                        keys.len()
+                    ),
+                });
             }
         }
         Ok(found)
