@@ -6,13 +6,14 @@ VENV := .venv
 VERIFIERS := tests/verifiers
 export CARGO_BUILD_JOBS ?= 2
 
-.PHONY: help dev test faults bench lint venv verifiers build lambda-build lambda-watch clean
+.PHONY: help dev test faults bench lint venv verifiers build lambda-build lambda-watch redrive clean
 
 help:
 	@echo "make dev    - run the whole system locally (moto + API on :9000 + ingest/deliver on their queues)"
 	@echo "make test   - fmt, clippy, cfn-lint, unit and integration tests (starts what it needs)"
 	@echo "make bench  - performance and cost figures, written to docs/PERFORMANCE.md"
 	@echo "make faults - only the fault-injection suite (docs/FAULTS.md)"
+	@echo "make redrive - (beside make dev) put the messages of both DLQs back on their queues"
 	@echo "make lambda-watch - (beside make dev) the functions under cargo lambda watch on :9100, for cargo lambda invoke"
 	@echo "make lambda-build - build the three functions for Lambda (arm64) with cargo-lambda"
 
@@ -52,6 +53,9 @@ bench: venv
 # Only the fault suite (tests/faults.rs), the table in docs/FAULTS.md.
 faults: venv verifiers
 	scripts/test.sh -p integration-tests --test faults
+
+redrive: build
+	scripts/redrive.sh
 
 lambda-watch: venv build
 	scripts/lambda-watch.sh

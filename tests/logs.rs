@@ -60,9 +60,7 @@ async fn every_log_line_is_a_json_object_with_the_ids_as_fields() {
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<Value> = text
         .lines()
-        .map(|l| {
-            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))
-        })
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
         .collect();
     assert!(lines.len() >= 3, "{text}");
     for line in &lines {

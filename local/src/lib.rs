@@ -8,6 +8,7 @@ pub mod esm;
 pub mod gateway;
 pub mod iam;
 pub mod provision;
+pub mod redrive;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -53,6 +54,9 @@ pub struct StackOptions {
     pub run_deliver: bool,
     /// Concurrent pollers per queue (Lambda runs several per mapping).
     pub pollers: usize,
+    /// The period of the template's `Schedule` events (tests shorten it); `None`: as the
+    /// template says.
+    pub schedule_every: Option<std::time::Duration>,
 }
 
 impl StackOptions {
@@ -78,6 +82,7 @@ impl StackOptions {
             run_ingest: true,
             run_deliver: true,
             pollers: 2,
+            schedule_every: None,
         }
     }
 }
@@ -148,6 +153,7 @@ impl Stack {
                 watch_rx.clone(),
             )));
         }
+        let mut scheduled = Vec::new();
         // Lambda's SQS event source mapping: several pollers per queue-triggered function,
         // under the function's identity (on AWS, the poller uses the function's role).
         let mut poll = |function: &str, handler: esm::Handler| -> Result<(), StackError> {
@@ -168,6 +174,32 @@ impl Stack {
             let ingest = Arc::new(ingest::Ingest::from_services(&services_of(
                 INGEST_FUNCTION,
             )?));
+            // EventBridge's schedule: the scheduled event, through the function's entry point.
+            for (function, period) in &provisioned.schedules {
+                if function != INGEST_FUNCTION {
+                    continue;
+                }
+                let period = options.schedule_every.unwrap_or(*period);
+                let (ingest, mut stop) = (ingest.clone(), watch_rx.clone());
+                scheduled.push(tokio::spawn(async move {
+                    let mut ticks = tokio::time::interval(period);
+                    ticks.tick().await;
+                    loop {
+                        tokio::select! {
+                            _ = ticks.tick() => {}
+                            _ = stop.changed() => return,
+                        }
+                        let scheduled = serde_json::json!({
+                            "source": "aws.events",
+                            "detail-type": "Scheduled Event",
+                            "detail": {},
+                        });
+                        if let Err(e) = ingest.invoke(scheduled).await {
+                            tracing::warn!(error = %e, "the scheduled sweep failed; next tick");
+                        }
+                    }
+                }));
+            }
             poll(
                 INGEST_FUNCTION,
                 Arc::new(move |event| {
@@ -188,6 +220,7 @@ impl Stack {
                 }),
             )?;
         }
+        tasks.extend(scheduled);
         Ok(Self {
             api_url,
             provisioned,

@@ -29,6 +29,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if command == "iam-audit" {
         return iam_audit();
     }
+    if command == "redrive" {
+        return redrive().await;
+    }
     let port: u16 = var("API_PORT", "9000").parse()?;
     let admin_key = var("ADMIN_API_KEY", "dev-admin-key");
     let prefix = var("STACK_PREFIX", "popup-dev");
@@ -118,5 +121,49 @@ fn iam_audit() -> Result<(), Box<dyn std::error::Error>> {
         return Err("the functions' policies and what they call differ (see above)".into());
     }
     println!("every function's policy grants exactly what its code calls");
+    Ok(())
+}
+
+/// `popup-local redrive`: every DLQ of the local stack (`STACK_PREFIX`, `popup-dev` by
+/// default) back onto its queue; `popup-local redrive --from DLQ_URL --to QUEUE_URL`: one
+/// pair, anywhere (against AWS with the usual credentials).
+async fn redrive() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let pairs = match (arg("--from"), arg("--to")) {
+        (Some(from), Some(to)) => vec![(from, to)],
+        (None, None) => {
+            let prefix = var("STACK_PREFIX", "popup-dev");
+            let mut pairs = Vec::new();
+            for (dlq, queue) in local::redrive::dead_letter_pairs(&local::default_template())? {
+                let url = |id: &str| {
+                    let sqs = sqs.clone();
+                    let name = format!("{prefix}-{id}");
+                    async move {
+                        sqs.get_queue_url()
+                            .queue_name(&name)
+                            .send()
+                            .await
+                            .map_err(|e| format!("{name}: {}", shared::error::error_chain(&e)))
+                            .map(|o| o.queue_url.unwrap_or_default())
+                    }
+                };
+                pairs.push((url(&dlq).await?, url(&queue).await?));
+            }
+            pairs
+        }
+        _ => return Err("give both --from DLQ_URL and --to QUEUE_URL, or neither".into()),
+    };
+    for (from, to) in pairs {
+        let moved = local::redrive::redrive(&sqs, &from, &to).await?;
+        println!("{moved} message(s) moved from {from} to {to}");
+    }
     Ok(())
 }

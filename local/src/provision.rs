@@ -54,6 +54,8 @@ pub struct Provisioned {
     /// Function logical id → its environment variables.
     pub function_env: BTreeMap<String, HashMap<String, String>>,
     pub triggers: Vec<QueueTrigger>,
+    /// Functions run on a `Schedule` event, with its rate.
+    pub schedules: Vec<(String, std::time::Duration)>,
     /// Logical id → ARN (tables, queues, the KMS key).
     pub arns: BTreeMap<String, String>,
     /// The IAM identity of each function (by logical id) and of the event sources
@@ -282,6 +284,14 @@ pub async fn provision(
             .into_iter()
             .flatten()
         {
+            if get(event, "Type").and_then(Value::as_str) == Some("Schedule") {
+                let expression = get(event, "Properties")
+                    .and_then(|p| get(p, "Schedule"))
+                    .and_then(scalar)
+                    .ok_or_else(|| bad("Schedule event without Schedule"))?;
+                out.schedules.push((id.clone(), rate(&expression)?));
+                continue;
+            }
             if get(event, "Type").and_then(Value::as_str) != Some("SQS") {
                 continue;
             }
@@ -541,4 +551,39 @@ fn key_schema(value: &Value) -> Result<Vec<KeySchemaElement>, ProvisionError> {
                 .map_err(aws_err)
         })
         .collect()
+}
+
+/// `rate(1 minute)`, `rate(5 minutes)`, `rate(2 hours)`: the period of a schedule.
+fn rate(expression: &str) -> Result<std::time::Duration, ProvisionError> {
+    let inner = expression
+        .strip_prefix("rate(")
+        .and_then(|r| r.strip_suffix(')'))
+        .ok_or_else(|| {
+            bad(format!(
+                "only rate(...) schedules run locally, not {expression}"
+            ))
+        })?;
+    let (n, unit) = inner
+        .split_once(' ')
+        .ok_or_else(|| bad(format!("schedule {expression}")))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| bad(format!("schedule {expression}")))?;
+    let unit = match unit.trim_end_matches('s') {
+        "minute" => 60,
+        "hour" => 3600,
+        "day" => 86_400,
+        _ => return Err(bad(format!("schedule {expression}"))),
+    };
+    Ok(std::time::Duration::from_secs(n * unit))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn schedule_rates_are_read() {
+        assert_eq!(super::rate("rate(1 minute)").unwrap().as_secs(), 60);
+        assert_eq!(super::rate("rate(2 hours)").unwrap().as_secs(), 7200);
+        assert!(super::rate("cron(0 * * * ? *)").is_err());
+    }
 }

@@ -28,6 +28,8 @@ pub struct Resources {
     pub delivery_queue_url: String,
     pub delivery_dlq_url: String,
     pub ingest_dlq_url: String,
+    /// The ingest function's own queue (only it is given it), to delay a failed event.
+    pub ingest_queue_url: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -61,6 +63,9 @@ pub struct Config {
     pub resume_delay: Duration,
     pub destinations: DestinationPolicy,
     pub user_agent: String,
+    /// The first wait of a message that failed because AWS did; doubles with each receive
+    /// ([`crate::backoff::outage_wait`]).
+    pub outage_backoff: Duration,
 }
 
 impl Config {
@@ -109,6 +114,7 @@ impl Config {
                 delivery_queue_url: required("DELIVERY_QUEUE_URL")?,
                 delivery_dlq_url: required("DELIVERY_DLQ_URL")?,
                 ingest_dlq_url: required("INGEST_DLQ_URL")?,
+                ingest_queue_url: get("INGEST_QUEUE_URL").filter(|v| !v.is_empty()),
             },
             limits: Limits {
                 max_payload_bytes: number("MAX_PAYLOAD_BYTES", 256 * 1024)? as usize,
@@ -152,6 +158,7 @@ impl Config {
             resume_delay: Duration::from_secs(number("RESUME_DELAY_SECONDS", 900)?.min(900)),
             destinations: DestinationPolicy { allow_cidrs },
             user_agent: format!("PopupWebhooks/{}", env!("CARGO_PKG_VERSION")),
+            outage_backoff: Duration::from_millis(number("OUTAGE_BACKOFF_BASE_MS", 10_000)?.max(1)),
         })
     }
 }

@@ -35,6 +35,10 @@ pub enum Error {
     },
     #[error("corrupt stored item: {0}")]
     Corrupt(String),
+    /// An event was stored, but neither its jobs nor a note to queue them later could be
+    /// written: publishing it again with the same id finishes it.
+    #[error("the event was stored but its deliveries could not be queued: {0}")]
+    StoredNotQueued(String),
 }
 
 impl Error {

@@ -1,7 +1,7 @@
 //! Accepting an event: validate, store it once, fan out one delivery job per subscribed
 //! endpoint. Used by the ingest function (SQS) and by the API (`POST /venues/{id}/events`).
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::domain::{Event, PublishRequest, Target};
 use crate::error::{Error, Result};
@@ -10,18 +10,16 @@ use crate::queue::{DeliveryJob, Queues, INLINE_EVENT_BYTES};
 use crate::services::Services;
 use crate::store::{EventRecord, Store, Tenant};
 
-/// How long after acceptance a repeated publish of the same event re-sends its jobs. This is
-/// what makes a crash between storing the event and enqueueing its jobs harmless: the source
-/// retries (SQS redelivery, or the HTTP client), and the fan-out is finished then.
-const RESUME_WINDOW: Duration = Duration::hours(1);
-
 #[derive(Debug)]
 pub struct Accepted {
     pub record: EventRecord,
     /// The id had been accepted before, with the same type and data.
     pub duplicate: bool,
-    /// The delivery jobs to queue (none for an old duplicate).
+    /// The delivery jobs to queue.
     pub jobs: Vec<DeliveryJob>,
+    /// The jobs are on the queue; `false`: they could not be queued yet, and the sweeper
+    /// will queue them ([`Publisher::sweep_unqueued`]).
+    pub queued: bool,
 }
 
 #[derive(Clone)]
@@ -55,16 +53,44 @@ impl Publisher {
         Ok(())
     }
 
-    /// Accepts one event and queues its deliveries.
+    /// Accepts one event and queues its deliveries. Once the event is stored it is never
+    /// left behind: if its jobs cannot be queued, a note for the sweeper is written and the
+    /// answer says so (`queued: false`); if even the note cannot be written, the error says
+    /// that the event is stored and that publishing it again finishes it.
     pub async fn publish(
         &self,
         tenant: &Tenant,
         request: PublishRequest,
         now: DateTime<Utc>,
     ) -> Result<Accepted> {
-        let accepted = self.accept(tenant, request, now).await?;
-        self.enqueue(&accepted.jobs).await?;
+        let mut accepted = self.accept(tenant, request, now).await?;
+        if let Err(e) = self.enqueue(&accepted.jobs).await {
+            let event = &accepted.record.event_id;
+            tracing::error!(venue_id = %tenant.venue(), event_id = %event, error = %e, "event stored, jobs not queued; noting it for the sweeper");
+            self.store
+                .note_unqueued(tenant, event)
+                .await
+                .map_err(|noted| Error::StoredNotQueued(format!("{e}; {noted}")))?;
+            accepted.queued = false;
+        }
         Ok(accepted)
+    }
+
+    /// Queues the jobs of events noted as stored but not queued (up to `limit` of them), then
+    /// clears their notes. Their jobs go as resumed copies: a delivery that exists already
+    /// is not sent again. Returns how many events were queued.
+    pub async fn sweep_unqueued(&self, limit: i32) -> Result<usize> {
+        let mut queued = 0;
+        for (tenant, event_id) in self.store.unqueued(limit).await? {
+            if let Some(record) = self.store.get_event(&tenant, &event_id).await? {
+                let jobs = jobs_of(&record, true)?;
+                self.enqueue(&jobs).await?;
+                tracing::info!(venue_id = %tenant.venue(), %event_id, jobs = jobs.len(), "stored event's jobs queued by the sweeper");
+                queued += 1;
+            }
+            self.store.clear_unqueued(&tenant, &event_id).await?;
+        }
+        Ok(queued)
     }
 
     /// Stores one event and returns the jobs to queue, without queueing them, so that a
@@ -102,16 +128,15 @@ impl Publisher {
                     stored.event_id
                 )));
             }
-            let jobs = if now - stored.accepted_at < RESUME_WINDOW {
-                jobs_of(&stored, true)?
-            } else {
-                Vec::new()
-            };
+            // Whenever it comes: the first publish may have stored the event and failed to
+            // queue its jobs. Resumed copies send only what is not recorded.
+            let jobs = jobs_of(&stored, true)?;
             tracing::info!(venue_id = %tenant.venue(), event_id = %stored.event_id, "duplicate event id; not fanned out again");
             return Ok(Accepted {
                 record: stored,
                 duplicate: true,
                 jobs,
+                queued: true,
             });
         }
         tracing::info!(
@@ -125,6 +150,7 @@ impl Publisher {
             jobs: jobs_of(&stored, false)?,
             record: stored,
             duplicate: false,
+            queued: true,
         })
     }
 

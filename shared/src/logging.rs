@@ -30,7 +30,10 @@ fn level_from_env() -> Level {
 }
 
 /// The functions' subscriber, writing to `writer` (stdout in the functions; a buffer in tests).
-pub fn subscriber<W>(level: Level, writer: W) -> tracing_subscriber::fmt::SubscriberBuilder<
+pub fn subscriber<W>(
+    level: Level,
+    writer: W,
+) -> tracing_subscriber::fmt::SubscriberBuilder<
     tracing_subscriber::fmt::format::DefaultFields,
     JsonLines,
     tracing_subscriber::filter::LevelFilter,
@@ -67,7 +70,9 @@ where
         );
         event.record(&mut fields);
         if !fields.0.contains_key("message") {
-            fields.0.insert("message".into(), Value::String(String::new()));
+            fields
+                .0
+                .insert("message".into(), Value::String(String::new()));
         }
         fields
             .0

@@ -154,6 +154,12 @@ impl Queues {
     /// call per ten. Entries: (receipt handle, seconds). Returns how many failed; a job whose
     /// change failed simply comes back after the queue's visibility timeout.
     pub async fn delay_received(&self, entries: &[(String, i32)]) -> usize {
+        let url = self.delivery_queue_url.clone();
+        self.delay_received_on(&url, entries).await
+    }
+
+    /// As [`Queues::delay_received`], on another queue (the ingest function's own).
+    pub async fn delay_received_on(&self, queue_url: &str, entries: &[(String, i32)]) -> usize {
         let mut failed = 0;
         for chunk in entries.chunks(MAX_BATCH_ENTRIES) {
             let batch: Vec<_> = chunk
@@ -171,7 +177,7 @@ impl Queues {
             match self
                 .sqs
                 .change_message_visibility_batch()
-                .queue_url(&self.delivery_queue_url)
+                .queue_url(queue_url)
                 .set_entries(Some(batch))
                 .send()
                 .await

@@ -268,6 +268,9 @@ pub struct Store {
     retention: Duration,
 }
 
+/// The events table's partition of events stored whose jobs could not be queued.
+const UNQUEUED_PARTITION: &str = "#unqueued";
+
 /// How many times one BatchGetItem is sent for the keys it leaves unprocessed.
 const UNPROCESSED_ROUNDS: u32 = 6;
 
@@ -676,7 +679,23 @@ impl Store {
             .items()
             .send();
         while let Some(item) = pages.next().await {
-            found.push(from_item(item.map_err(|e| Error::aws("dynamodb", e))?)?);
+            let item = item.map_err(|e| Error::aws("dynamodb", e))?;
+            let id = item
+                .get("endpoint_id")
+                .and_then(|v| v.as_s().ok())
+                .cloned()
+                .unwrap_or_default();
+            match from_item(item) {
+                Ok(endpoint) => found.push(endpoint),
+                // One damaged item must not stop the venue's other endpoints from getting
+                // their events: it is left out (its subscriptions cannot be read) and said.
+                Err(e) => tracing::error!(
+                    venue_id = %tenant.venue(),
+                    endpoint_id = id,
+                    error = %e,
+                    "an endpoint's item does not read; it is left out of the fan-out"
+                ),
+            }
         }
         Ok(found)
     }
@@ -740,6 +759,74 @@ impl Store {
             .filter(|r| r.expires_at > now))
     }
 
+    // ---- events stored whose jobs could not be queued ----
+
+    /// Notes that an event was stored but its jobs could not be queued, so that the sweeper
+    /// ([`crate::ingest::Publisher::sweep_unqueued`]) queues them later. The note lives in the
+    /// events table under a partition no venue can have (`#` is not allowed in venue ids);
+    /// only this failure path writes it.
+    pub async fn note_unqueued(&self, tenant: &Tenant, event: &EventId) -> Result<()> {
+        let now = Utc::now();
+        self.ddb
+            .put_item()
+            .table_name(&self.events)
+            .item("venue_id", s(UNQUEUED_PARTITION))
+            .item(
+                "event_id",
+                s(format!("{}#{}", tenant.venue().as_str(), event.as_str())),
+            )
+            .item("noted_at", to_attr(&now)?)
+            .item("expires_at", n(self.expiry(now)))
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        Ok(())
+    }
+
+    /// Up to `limit` events noted by [`Store::note_unqueued`], oldest first.
+    pub async fn unqueued(&self, limit: i32) -> Result<Vec<(Tenant, EventId)>> {
+        let out = self
+            .ddb
+            .query()
+            .table_name(&self.events)
+            .key_condition_expression("venue_id = :v")
+            .expression_attribute_values(":v", s(UNQUEUED_PARTITION))
+            .consistent_read(true)
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        Ok(out
+            .items
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|item| {
+                let key = item.get("event_id")?.as_s().ok()?;
+                let (venue, event) = key.split_once('#')?;
+                Some((
+                    Tenant(VenueId::parse(venue).ok()?),
+                    EventId::parse(event).ok()?,
+                ))
+            })
+            .collect())
+    }
+
+    /// The event's jobs are queued: its note goes.
+    pub async fn clear_unqueued(&self, tenant: &Tenant, event: &EventId) -> Result<()> {
+        self.ddb
+            .delete_item()
+            .table_name(&self.events)
+            .key("venue_id", s(UNQUEUED_PARTITION))
+            .key(
+                "event_id",
+                s(format!("{}#{}", tenant.venue().as_str(), event.as_str())),
+            )
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        Ok(())
+    }
+
     // ---- deliveries ----
 
     /// Records the first-try successes of a group in one item. Returns `false` if the group
@@ -777,8 +864,10 @@ impl Store {
                         // A scheduled attempt on a delivery that succeeded meanwhile.
                         Some(_) => old.status == DeliveryStatus::Succeeded,
                         // A manual attempt whose status changed since it was read.
-                        None => rec.previous.map(|p| p.status) != Some(old.status)
-                            || old.status == DeliveryStatus::Succeeded,
+                        None => {
+                            rec.previous.map(|p| p.status) != Some(old.status)
+                                || old.status == DeliveryStatus::Succeeded
+                        }
                     };
                     if moved_on && rec.status != DeliveryStatus::Succeeded {
                         // Keep the attempt in the history; leave the state as it is.
@@ -837,16 +926,18 @@ impl Store {
         let kept = previous.map_or(0, |p| p.attempts.len());
         if kept + 1 > MAX_KEPT_ATTEMPTS {
             let mut attempts: Vec<&Attempt> = previous
-                .map(|p| p.attempts.iter().skip(kept + 1 - MAX_KEPT_ATTEMPTS).collect())
+                .map(|p| {
+                    p.attempts
+                        .iter()
+                        .skip(kept + 1 - MAX_KEPT_ATTEMPTS)
+                        .collect()
+                })
                 .unwrap_or_default();
             attempts.push(&rec.attempt);
             set.push_str(", attempts = :attempts");
             update = update
                 .expression_attribute_values(":attempts", to_attr(&attempts)?)
-                .expression_attribute_values(
-                    ":count",
-                    n(previous.map_or(0, |p| p.attempt_count)),
-                );
+                .expression_attribute_values(":count", n(previous.map_or(0, |p| p.attempt_count)));
             conditions.push("attempt_count = :count".into());
         } else {
             set.push_str(", attempts = list_append(if_not_exists(attempts, :empty), :attempt)");

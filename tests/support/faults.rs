@@ -25,6 +25,10 @@ pub enum Mode {
     },
     /// 200 with a body this large.
     Huge(usize),
+    /// Says nothing for this long, then answers this status.
+    Delayed(Duration, u16),
+    /// This status with this body.
+    Body(u16, Vec<u8>),
 }
 
 /// One request as the fault receiver saw it.
@@ -111,6 +115,17 @@ impl FaultReceiver {
                 tokio::time::sleep(time).await;
                 stream.write_all(head(200, &[], 0).as_bytes()).await
             }
+            Mode::Delayed(time, code) => {
+                tokio::time::sleep(time).await;
+                stream
+                    .write_all(head(code, &[], 2).as_bytes())
+                    .await
+                    .and(stream.write_all(b"no").await)
+            }
+            Mode::Body(code, body) => stream
+                .write_all(head(code, &[], body.len()).as_bytes())
+                .await
+                .and(stream.write_all(&body).await),
             Mode::Reset => {
                 let _ = stream.set_zero_linger();
                 drop(stream);

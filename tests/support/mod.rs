@@ -2,6 +2,7 @@
 //! receivers on loopback, an API client, and the third-party signature verifiers.
 
 pub mod faults;
+pub mod proxy;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -68,6 +68,14 @@ impl From<Error> for ApiError {
                     "storage is temporarily unavailable; nothing was changed, try again",
                 )
             }
+            Error::StoredNotQueued(message) => {
+                tracing::error!(message, "event stored, deliveries not queued");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "stored_not_queued",
+                    "the event was stored, but its deliveries could not be queued yet: publish it again with the same id to finish (safe at any time: it is delivered once)",
+                )
+            }
             Error::Corrupt(message) => {
                 tracing::error!(message, "corrupt stored item");
                 ApiError::new(

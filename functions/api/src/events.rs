@@ -13,7 +13,9 @@ use crate::deliveries::SummaryView;
 use crate::error::{parse_json, ApiError};
 use crate::{to_json, Api, ApiResult, Call};
 
-/// `202 {"id"}` once the event is stored and its deliveries are queued. Publishing an id again
+/// `202 {"id", "duplicate", "queued"}` once the event is stored: `queued` says its deliveries
+/// are on the queue; `false` means they could not be queued yet and will be within minutes
+/// (the sweeper), so the event is accepted either way. Publishing an id again
 /// with the same type and data is idempotent (202 with the same id, delivered once); with other
 /// content it is a 409.
 pub async fn publish(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
@@ -22,7 +24,7 @@ pub async fn publish(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
     let accepted = api.publisher.publish(tenant, request, Utc::now()).await?;
     Ok((
         StatusCode::ACCEPTED,
-        json!({"id": accepted.record.event_id, "duplicate": accepted.duplicate}),
+        json!({"id": accepted.record.event_id, "duplicate": accepted.duplicate, "queued": accepted.queued}),
     ))
 }
 

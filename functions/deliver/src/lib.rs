@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::future::join_all;
+use shared::backoff;
 use shared::dispatch::{is_fresh, Dispatcher, Endpoints, JobOutcome, Ran};
 use shared::http_client::{BuildError, DeliveryClient};
 use shared::queue::{DeliveryJob, Queues};
@@ -26,6 +27,7 @@ pub struct Deliver {
     dispatcher: Dispatcher,
     queues: Queues,
     dlq_url: String,
+    outage_backoff: Duration,
 }
 
 impl Deliver {
@@ -34,16 +36,19 @@ impl Deliver {
             dispatcher,
             queues,
             dlq_url,
+            outage_backoff: Duration::from_secs(10),
         }
     }
 
     pub fn from_services(services: &Services) -> Result<Self, BuildError> {
         let http = DeliveryClient::new(&services.config)?;
-        Ok(Self::new(
+        let mut deliver = Self::new(
             Dispatcher::new(services, http),
             services.queues.clone(),
             services.config.resources.delivery_dlq_url.clone(),
-        ))
+        );
+        deliver.outage_backoff = services.config.outage_backoff;
+        Ok(deliver)
     }
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
@@ -86,7 +91,15 @@ impl Deliver {
                     }
                     response.add_failure(id);
                 }
-                Handled::Failed => response.add_failure(id),
+                Handled::Failed => {
+                    // AWS failed us: back later each time, so an outage of hours does not
+                    // use up the receives that stand between a job and the DLQ.
+                    let wait = backoff::outage_wait(receive_count(record), self.outage_backoff);
+                    if let Some(handle) = &record.receipt_handle {
+                        delays.push((handle.clone(), wait.as_secs_f64().ceil().max(1.0) as i32));
+                    }
+                    response.add_failure(id);
+                }
             }
         }
         if !follow_ups.is_empty() {
@@ -96,6 +109,17 @@ impl Deliver {
             if let Err(e) = self.queues.send_delayed(&jobs).await {
                 tracing::error!(error = %e, "could not queue retries; their jobs come back");
                 for id in waiting_on_follow_ups {
+                    if let Some(record) = event
+                        .records
+                        .iter()
+                        .find(|r| r.message_id.as_deref() == Some(id.as_str()))
+                    {
+                        let wait = backoff::outage_wait(receive_count(record), self.outage_backoff);
+                        if let Some(handle) = &record.receipt_handle {
+                            delays
+                                .push((handle.clone(), wait.as_secs_f64().ceil().max(1.0) as i32));
+                        }
+                    }
                     response.add_failure(id);
                 }
             }

@@ -26,6 +26,10 @@ pub struct Ingest {
     publisher: Publisher,
     queues: Queues,
     dlq_url: String,
+    /// Its own queue, to make a message that failed for a passing reason wait longer each
+    /// time (`None`: the queue's visibility timeout decides).
+    queue_url: Option<String>,
+    outage_backoff: std::time::Duration,
 }
 
 /// Why a record did not go through.
@@ -42,15 +46,45 @@ impl Ingest {
             publisher,
             queues,
             dlq_url,
+            queue_url: None,
+            outage_backoff: std::time::Duration::from_secs(10),
         }
     }
 
     pub fn from_services(services: &Services) -> Self {
-        Self::new(
+        let mut ingest = Self::new(
             Publisher::new(services),
             services.queues.clone(),
             services.config.resources.ingest_dlq_url.clone(),
-        )
+        );
+        ingest.queue_url = services.config.resources.ingest_queue_url.clone();
+        ingest.outage_backoff = services.config.outage_backoff;
+        ingest
+    }
+
+    /// One invocation, whatever triggered it: a batch from the ingest queue (answered with
+    /// its `batchItemFailures`), or the schedule (`aws.events`) that runs the sweep of events
+    /// stored while the delivery queue could not be reached.
+    pub async fn invoke(&self, payload: serde_json::Value) -> Result<serde_json::Value, Error> {
+        if payload.get("Records").is_some() {
+            let event: SqsEvent = serde_json::from_value(payload)
+                .map_err(|e| Error::Corrupt(format!("not an SQS event: {e}")))?;
+            let response = self.handle(event).await;
+            return serde_json::to_value(response).map_err(|e| Error::Corrupt(e.to_string()));
+        }
+        if payload.get("source").and_then(|s| s.as_str()) == Some("aws.events") {
+            let queued = self.sweep().await?;
+            return Ok(serde_json::json!({ "queued": queued }));
+        }
+        Err(Error::Corrupt(
+            "neither an SQS batch nor a scheduled event".into(),
+        ))
+    }
+
+    /// Queues the jobs of stored events whose jobs could not be queued when they were
+    /// published (a page of them per run).
+    pub async fn sweep(&self) -> Result<usize, Error> {
+        self.publisher.sweep_unqueued(100).await
     }
 
     /// Accepts every record, then queues the jobs of the whole batch together: a batch of
@@ -78,7 +112,39 @@ impl Ingest {
                 response.add_failure(id);
             }
         }
+        self.back_off(&event, &response).await;
         response
+    }
+
+    /// The records that failed wait longer with each receive (an outage of hours must not use
+    /// up the receives before the DLQ).
+    async fn back_off(&self, event: &SqsEvent, response: &SqsBatchResponse) {
+        let Some(queue_url) = &self.queue_url else {
+            return;
+        };
+        let delays: Vec<(String, i32)> = response
+            .batch_item_failures
+            .iter()
+            .filter_map(|failure| {
+                let record = event
+                    .records
+                    .iter()
+                    .find(|r| r.message_id.as_deref() == Some(failure.item_identifier.as_str()))?;
+                let receives = record
+                    .attributes
+                    .get("ApproximateReceiveCount")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                let wait = shared::backoff::outage_wait(receives, self.outage_backoff);
+                Some((
+                    record.receipt_handle.clone()?,
+                    wait.as_secs_f64().ceil().max(1.0) as i32,
+                ))
+            })
+            .collect();
+        if !delays.is_empty() {
+            self.queues.delay_received_on(queue_url, &delays).await;
+        }
     }
 
     /// The jobs of an accepted record (`Some`, maybe empty), or `None` to retry it later.

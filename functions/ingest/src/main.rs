@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 // Release builds abort on panic (see the workspace's release profile): no panicking shortcuts.
 #![cfg_attr(
     not(test),
@@ -13,8 +14,10 @@ async fn main() -> Result<(), Error> {
     let services = Services::from_env().await?;
     let ingest = Ingest::from_services(&services);
     let ingest = &ingest;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        Ok::<_, Error>(ingest.handle(event.payload).await)
-    }))
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<serde_json::Value>| async move {
+            ingest.invoke(event.payload).await.map_err(Error::from)
+        },
+    ))
     .await
 }

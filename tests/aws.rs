@@ -1,0 +1,930 @@
+//! What AWS does and moto does not, and what the code does about it (docs/FAULTS.md, second
+//! table): throttling and partial results, eventually consistent reads, a queue that cannot be
+//! reached while an event is published, one bad delivery in a job, races between a manual
+//! and a scheduled attempt, items that would outgrow DynamoDB's limit, templates that would
+//! take a function down, an outage that outlasts the receives, and the DLQs drained again.
+//!
+//! The AWS faults come from a proxy in front of moto (`support::proxy`); the schedule is
+//! compressed as in the fault suite.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use integration_tests::faults::{FaultReceiver, Mode};
+use integration_tests::proxy::{Fault, FaultProxy};
+use integration_tests::*;
+use local::iam::EVENT_SOURCE;
+use local::{Stack, StackOptions};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn options(extra: &[(&str, &str)]) -> StackOptions {
+    let mut o = local_options_with(&[
+        ("RETRY_SCHEDULE_SECONDS", "1,1,1"),
+        ("OVERLOAD_WAIT_MS", "2000"),
+        ("REQUEST_TIMEOUT_MS", "1500"),
+        ("RESUME_DELAY_SECONDS", "1"),
+        ("OUTAGE_BACKOFF_BASE_MS", "500"),
+    ]);
+    for (k, v) in extra {
+        o.env_overrides.insert(k.to_string(), v.to_string());
+    }
+    for queue in ["DeliveryQueue", "IngestQueue"] {
+        o.queue_overrides.insert(
+            queue.into(),
+            [("VisibilityTimeout".to_owned(), "2".to_owned())].into(),
+        );
+    }
+    o.schedule_every = Some(Duration::from_secs(1));
+    o
+}
+
+/// A stack whose functions reach AWS through a fault proxy.
+async fn proxied(options: StackOptions) -> (Stack, FaultProxy) {
+    let moto = std::env::var("AWS_ENDPOINT_URL").expect("run with `make test`");
+    let proxy = FaultProxy::start(&moto).await;
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&proxy.url)
+        .load()
+        .await;
+    let stack = Stack::start(aws, options).await.expect("stack starts");
+    proxy.trust_stack(&stack);
+    (stack, proxy)
+}
+
+fn venue() -> String {
+    format!("aws-{}", unique_prefix())
+}
+
+/// Every delivery of an endpoint (one page of up to 100), with `status`.
+async fn history(api: &Client, venue: &str, endpoint: &str) -> Vec<Value> {
+    let (status, page) = read_history(api, venue, endpoint).await;
+    assert_eq!(status, 200, "{page}");
+    page["data"].as_array().cloned().unwrap_or_default()
+}
+
+async fn read_history(api: &Client, venue: &str, endpoint: &str) -> (u16, Value) {
+    api.get(&format!(
+        "/venues/{venue}/endpoints/{endpoint}/deliveries?limit=100"
+    ))
+    .await
+}
+
+/// Waits until the endpoint has `n` deliveries, none pending; returns them.
+async fn settled(api: &Client, venue: &str, endpoint: &str, n: usize) -> Vec<Value> {
+    let last = std::sync::Mutex::new(Vec::new());
+    eventually(WAIT, || async {
+        // While AWS is failing, the API answers 503: keep waiting.
+        let (status, page) = read_history(api, venue, endpoint).await;
+        let h = page["data"].as_array().cloned().unwrap_or_default();
+        *last.lock().unwrap() = h.clone();
+        if status != 200 {
+            return None;
+        }
+        (h.len() == n && h.iter().all(|d| d["status"] != "pending")).then_some(h)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "{n} deliveries of {endpoint} did not settle: {:?}\nthe functions logged:\n{}",
+            last.lock().unwrap(),
+            function_errors()
+        )
+    })
+}
+
+async fn delivery(api: &Client, venue: &str, id: &str) -> Value {
+    let (status, d) = api.get(&format!("/venues/{venue}/deliveries/{id}")).await;
+    assert_eq!(status, 200, "{d}");
+    d
+}
+
+/// Messages on a queue: visible, in flight and delayed.
+async fn on_queue(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .attribute_names(A::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap_or_default();
+    attrs.values().map(|v| v.parse::<u64>().unwrap_or(0)).sum()
+}
+
+/// The operator's view of the local AWS, not through the proxy.
+async fn direct() -> aws_config::SdkConfig {
+    aws().await
+}
+
+fn event_ids(hits: &[integration_tests::faults::Hit]) -> BTreeSet<String> {
+    hits.iter()
+        .filter_map(|h| serde_json::from_str::<Value>(&h.body).ok())
+        .filter_map(|b| b["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_partial_results_lose_nothing_and_strand_nothing() {
+    let (stack, proxy) = proxied(options(&[])).await;
+    let api = Client::new(&stack);
+    let v = venue();
+    let receivers = [
+        FaultReceiver::start(vec![Mode::Status(200)]).await,
+        FaultReceiver::start(vec![Mode::Status(500), Mode::Status(200)]).await,
+        FaultReceiver::start(vec![Mode::Status(200)]).await,
+    ];
+    let mut endpoints = Vec::new();
+    for rx in &receivers {
+        let ep = api
+            .create_endpoint(&v, json!({"url": rx.url, "event_types": ["*"]}))
+            .await;
+        endpoints.push(ep["id"].as_str().unwrap().to_owned());
+    }
+
+    // Three events through the ingest queue and two over HTTP, just before the faults (their
+    // jobs meet them), and one over HTTP during them (retried by the client until accepted,
+    // as a producer would).
+    let direct = direct().await;
+    let source = aws_sdk_sqs::Client::new(
+        &stack
+            .provisioned
+            .identity_of(EVENT_SOURCE)
+            .unwrap()
+            .sdk_config(&direct),
+    );
+    let mut ids = BTreeSet::new();
+    for i in 0..3 {
+        let id = format!("queued-{i}");
+        source
+            .send_message()
+            .queue_url(stack.queue_url("IngestQueue"))
+            .message_body(
+                json!({"venue_id": v, "id": id, "type": "order.created", "data": {"n": i}})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        ids.insert(id);
+    }
+    let mut refusals = 0;
+    let started = Instant::now();
+    for i in 0..3 {
+        if i == 2 {
+            // For 10 s: every BatchGetItem leaves every key unprocessed, every PutItem and
+            // UpdateItem is throttled, one entry of every SendMessageBatch fails. Then 10 s
+            // more of throttled updates and failed entries alone, so that the work that gets
+            // through the first faults meets the others.
+            let window = Duration::from_secs(10);
+            proxy.inject("BatchGetItem", Fault::Unprocessed, window);
+            proxy.inject("PutItem", Fault::Throttled, window);
+            proxy.inject("UpdateItem", Fault::Throttled, 2 * window);
+            proxy.inject("SendMessageBatch", Fault::FailOneEntry, 2 * window);
+        }
+        let id = format!("http-{i}");
+        let body = json!({"id": id, "type": "order.created", "data": {"n": i}});
+        loop {
+            let (status, answer) = api.post(&format!("/venues/{v}/events"), body.clone()).await;
+            if status == 202 {
+                break;
+            }
+            assert_eq!(status, 503, "{answer}");
+            refusals += 1;
+            assert!(started.elapsed() < WAIT, "never accepted: {answer}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        ids.insert(id);
+    }
+
+    // Afterwards: every event delivered to every endpoint and recorded once, succeeded.
+    for (rx, endpoint) in receivers.iter().zip(&endpoints) {
+        let h = settled(&api, &v, endpoint, ids.len()).await;
+        assert!(h.iter().all(|d| d["status"] == "succeeded"), "{h:?}");
+        let recorded: BTreeSet<String> = h
+            .iter()
+            .map(|d| d["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(recorded, ids, "one delivery per event");
+        assert_eq!(event_ids(&rx.hits()), ids, "the receiver got every event");
+    }
+    // Nothing left behind: the delivery queue drains, both DLQs are empty.
+    let sqs = aws_sdk_sqs::Client::new(&direct);
+    let drained = eventually(WAIT, || async {
+        (on_queue(&sqs, stack.queue_url("DeliveryQueue")).await == 0).then_some(())
+    })
+    .await;
+    assert!(drained.is_some(), "jobs left on the delivery queue");
+    for dlq in ["DeliveryDeadLetterQueue", "IngestDeadLetterQueue"] {
+        assert_eq!(on_queue(&sqs, stack.queue_url(dlq)).await, 0, "{dlq}");
+    }
+    // The faults did happen.
+    let applied = proxy.applied();
+    for fault in [
+        "BatchGetItem Unprocessed",
+        "PutItem Throttled",
+        "UpdateItem Throttled",
+        "SendMessageBatch FailOneEntry",
+    ] {
+        assert!(
+            applied.get(fault).copied().unwrap_or(0) > 0,
+            "{fault} never applied: {applied:?}"
+        );
+    }
+    assert!(refusals > 0, "the HTTP publishes were never refused");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eventually_consistent_read_never_ends_a_delivery() {
+    let (stack, proxy) = proxied(options(&[])).await;
+    // Every read that is not strongly consistent finds nothing, as a stale replica would.
+    proxy.inject("GetItem", Fault::StaleRead, Duration::from_secs(3600));
+    proxy.inject("BatchGetItem", Fault::StaleRead, Duration::from_secs(3600));
+    let api = Client::new(&stack);
+    let v = venue();
+    let rx = Receiver::start(200).await;
+    // Created just before the events: the deliver function's read of it must see it.
+    let ep = api
+        .create_endpoint(&v, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    let ep_id = ep["id"].as_str().unwrap();
+    // A small event travels in its job; a large one (over 16 KiB) is read from the table.
+    let big = "x".repeat(20 * 1024);
+    for data in [json!({"n": 1}), json!({"s": big})] {
+        let (status, answer) = api
+            .post(
+                &format!("/venues/{v}/events"),
+                json!({"type": "order.created", "data": data}),
+            )
+            .await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    let h = settled(&api, &v, ep_id, 2).await;
+    assert!(h.iter().all(|d| d["status"] == "succeeded"), "{h:?}");
+    assert_eq!(rx.wait_for(2, WAIT).await.len(), 2);
+
+    // The fault is live: a read that may be stale (a delivery by id) is answered stale.
+    let id = h[0]["id"].as_str().unwrap();
+    let (status, _) = api.get(&format!("/venues/{v}/deliveries/{id}")).await;
+    assert_eq!(
+        status, 404,
+        "the proxy did not answer the eventually consistent read"
+    );
+    assert!(proxy.applied().contains_key("BatchGetItem StaleRead"));
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stored_while_the_queue_is_down_is_delivered_when_it_is_back() {
+    let (stack, proxy) = proxied(options(&[])).await;
+    let api = Client::new(&stack);
+    let v = venue();
+    let rx = Receiver::start(200).await;
+    let ep = api
+        .create_endpoint(&v, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+
+    // SQS unreachable for 6 s: the event is stored, its jobs cannot be queued.
+    proxy.inject("AmazonSQS.", Fault::Unavailable, Duration::from_secs(6));
+    let (status, answer) = api
+        .post(
+            &format!("/venues/{v}/events"),
+            json!({"id": "while-sqs-is-down", "type": "order.created", "data": {}}),
+        )
+        .await;
+    // Accepted, and saying that its deliveries are not queued yet. The client gives up here.
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["queued"], false, "{answer}");
+    assert!(rx.received().is_empty());
+
+    // SQS is back: the sweep queues it, it is delivered once.
+    let got = rx.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "not delivered:\n{}", function_errors());
+    let h = settled(&api, &v, ep["id"].as_str().unwrap(), 1).await;
+    assert_eq!(h[0]["status"], "succeeded");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(rx.received().len(), 1, "delivered more than once");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_delivery_of_a_job_spoils_nothing_else() {
+    // The event is fanned out first, the endpoints damaged after, then the job runs.
+    let mut first = options(&[]);
+    first.run_deliver = false;
+    let prefix = first.prefix.clone();
+    let stack = start_with(first).await;
+    let api = Client::new(&stack);
+    let v = venue();
+    let tampered_rx = Receiver::start(200).await;
+    let corrupt_rx = Receiver::start(200).await;
+    let flaky = FaultReceiver::start(vec![Mode::Status(500), Mode::Status(200)]).await;
+    let tampered = api
+        .create_endpoint(&v, json!({"url": tampered_rx.url, "event_types": ["*"]}))
+        .await;
+    let corrupt = api
+        .create_endpoint(&v, json!({"url": corrupt_rx.url, "event_types": ["*"]}))
+        .await;
+    let good = api
+        .create_endpoint(&v, json!({"url": flaky.url, "event_types": ["*"]}))
+        .await;
+
+    // One event: one job for the three endpoints.
+    let (status, answer) = api
+        .post(
+            &format!("/venues/{v}/events"),
+            json!({"type": "order.created", "data": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+
+    // Damage two endpoints at rest: a sealed secret that no longer opens, and an item that
+    // no longer reads as an endpoint.
+    let ddb = aws_sdk_dynamodb::Client::new(&direct().await);
+    let table = &stack.provisioned.physical["EndpointsTable"];
+    let key = |ep: &Value| {
+        use aws_sdk_dynamodb::types::AttributeValue as V;
+        std::collections::HashMap::from([
+            ("venue_id".to_owned(), V::S(v.clone())),
+            (
+                "endpoint_id".to_owned(),
+                V::S(ep["id"].as_str().unwrap().to_owned()),
+            ),
+        ])
+    };
+    let item = ddb
+        .get_item()
+        .table_name(table)
+        .set_key(Some(key(&tampered)))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    let auth = item["auth"].as_m().unwrap();
+    let secrets = auth["secrets"].as_l().unwrap();
+    let sealed = secrets[0].as_m().unwrap()["sealed"].as_m().unwrap();
+    let ciphertext = sealed["ciphertext"].as_s().unwrap();
+    let mut flipped: Vec<u8> = ciphertext.bytes().collect();
+    flipped[2] = if flipped[2] == b'A' { b'B' } else { b'A' };
+    ddb.update_item()
+        .table_name(table)
+        .set_key(Some(key(&tampered)))
+        .update_expression("SET #auth.secrets[0].sealed.ciphertext = :c")
+        .expression_attribute_names("#auth", "auth")
+        .expression_attribute_values(
+            ":c",
+            aws_sdk_dynamodb::types::AttributeValue::S(String::from_utf8(flipped).unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    ddb.update_item()
+        .table_name(table)
+        .set_key(Some(key(&corrupt)))
+        .update_expression("SET payload_format = :n")
+        .expression_attribute_values(":n", aws_sdk_dynamodb::types::AttributeValue::N("7".into()))
+        .send()
+        .await
+        .unwrap();
+
+    stack.stop().await;
+    let mut second = options(&[]);
+    second.prefix = prefix;
+    let stack = start_with(second).await;
+    let api = Client::new(&stack);
+
+    // The good endpoint: failed first (500), retried on its own, delivered.
+    let h = settled(&api, &v, good["id"].as_str().unwrap(), 1).await;
+    assert_eq!(h[0]["status"], "succeeded", "{h:?}");
+    let d = delivery(&api, &v, h[0]["id"].as_str().unwrap()).await;
+    let codes: Vec<Value> = d["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status_code"].clone())
+        .collect();
+    assert_eq!(codes, vec![json!(500), json!(200)]);
+
+    // The tampered one: failed for good, with its reason, nothing sent.
+    let h = settled(&api, &v, tampered["id"].as_str().unwrap(), 1).await;
+    assert_eq!(h[0]["status"], "failed", "{h:?}");
+    let d = delivery(&api, &v, h[0]["id"].as_str().unwrap()).await;
+    let attempt = &d["attempts"][0];
+    assert_eq!(attempt["error_class"], "secret", "{d}");
+    assert!(attempt["hint"].as_str().unwrap().contains("rotate"), "{d}");
+    assert!(tampered_rx.received().is_empty());
+
+    // The unreadable one (its history page needs the endpoint, so read through the event):
+    // failed with the reason, nothing sent.
+    let event_id = answer["id"].as_str().unwrap();
+    let corrupt_id = corrupt["id"].as_str().unwrap();
+    let found = eventually(WAIT, || async {
+        let (_, event) = api.get(&format!("/venues/{v}/events/{event_id}")).await;
+        event["deliveries"]
+            .as_array()?
+            .iter()
+            .find(|d| d["endpoint_id"] == corrupt_id && d["status"] == "failed")
+            .cloned()
+    })
+    .await
+    .expect("the unreadable endpoint's delivery failed");
+    let d = delivery(&api, &v, found["id"].as_str().unwrap()).await;
+    assert!(
+        d["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("could not be read"),
+        "{d}"
+    );
+    assert!(corrupt_rx.received().is_empty());
+
+    // Publishing goes on: the unreadable endpoint is left out of the fan-out, the others get
+    // the event.
+    let (status, answer) = api
+        .post(
+            &format!("/venues/{v}/events"),
+            json!({"type": "order.created", "data": {"n": 2}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(flaky.wait_for(3, WAIT).await.len(), 3);
+    stack.stop().await;
+}
+
+/// Receives up to `want` jobs of the delivery queue the way the event source mapping does.
+async fn receive_jobs(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    want: usize,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut messages = Vec::new();
+    while messages.len() < want && Instant::now() < deadline {
+        let out = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        messages.extend(out.messages.unwrap_or_default());
+    }
+    messages
+}
+
+/// One delivery, pending after a failed first attempt, its retry job in hand; the test then
+/// runs the scheduled attempt (the deliver handler, as Lambda would) and a manual one.
+struct Race {
+    stack: Stack,
+    api: Client,
+    venue: String,
+    delivery_id: String,
+    receiver: FaultReceiver,
+    deliver: deliver::Deliver,
+    trigger: local::provision::QueueTrigger,
+    retry_job: Vec<aws_sdk_sqs::types::Message>,
+}
+
+impl Race {
+    async fn start(script: Vec<Mode>) -> Self {
+        let mut o = options(&[]);
+        o.run_deliver = false;
+        let overrides = o.env_overrides.clone();
+        let stack = start_with(o).await;
+        let api = Client::new(&stack);
+        let venue = venue();
+        let receiver = FaultReceiver::start(script).await;
+        let ep = api
+            .create_endpoint(&venue, json!({"url": receiver.url, "event_types": ["*"]}))
+            .await;
+        let (status, _) = api
+            .post(
+                &format!("/venues/{venue}/events"),
+                json!({"type": "order.created", "data": {}}),
+            )
+            .await;
+        assert_eq!(status, 202);
+        let aws = stack.aws_of(local::DELIVER_FUNCTION).unwrap();
+        let sqs = aws_sdk_sqs::Client::new(&aws);
+        let trigger = stack
+            .provisioned
+            .trigger_of(local::DELIVER_FUNCTION)
+            .unwrap()
+            .clone();
+        let env = stack.provisioned.env_of(local::DELIVER_FUNCTION).unwrap();
+        let mut env = env.clone();
+        env.extend(overrides);
+        let services =
+            shared::services::Services::new(shared::config::Config::from_map(&env).unwrap(), &aws);
+        let deliver = deliver::Deliver::from_services(&services).unwrap();
+        // The first attempt fails: pending, its retry due in about a second.
+        let first = receive_jobs(&sqs, &trigger.queue_url, 1).await;
+        let response = deliver
+            .handle(local::esm::to_event(&trigger, &first).unwrap())
+            .await;
+        assert_eq!(
+            response.batch_item_failures.len(),
+            1,
+            "a job of one waits on the queue"
+        );
+        let h = history(&api, &venue, ep["id"].as_str().unwrap()).await;
+        assert_eq!(h[0]["status"], "pending");
+        let delivery_id = h[0]["id"].as_str().unwrap().to_owned();
+        let retry_job = receive_jobs(&sqs, &trigger.queue_url, 1).await;
+        assert_eq!(retry_job.len(), 1);
+        Race {
+            stack,
+            api,
+            venue,
+            delivery_id,
+            receiver,
+            deliver,
+            trigger,
+            retry_job,
+        }
+    }
+
+    async fn scheduled(&self) {
+        self.deliver
+            .handle(local::esm::to_event(&self.trigger, &self.retry_job).unwrap())
+            .await;
+    }
+
+    async fn manual(&self) {
+        let (status, answer) = self
+            .api
+            .post(
+                &format!(
+                    "/venues/{}/deliveries/{}/retry",
+                    self.venue, self.delivery_id
+                ),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    /// The delivery ends succeeded, with all three attempts, and nothing more is sent.
+    async fn check(self) {
+        let d = delivery(&self.api, &self.venue, &self.delivery_id).await;
+        assert_eq!(d["status"], "succeeded", "{d}");
+        assert_eq!(d["attempt_count"], 3, "{d}");
+        assert!(d["next_attempt_at"].is_null(), "{d}");
+        let triggers: BTreeMap<String, usize> =
+            d["attempts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .fold(BTreeMap::new(), |mut m, a| {
+                    *m.entry(a["trigger"].as_str().unwrap().to_owned())
+                        .or_default() += 1;
+                    m
+                });
+        assert_eq!(
+            triggers,
+            BTreeMap::from([("manual".into(), 1), ("scheduled".into(), 2)])
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            self.receiver.hits().len(),
+            3,
+            "sent again after it succeeded"
+        );
+        self.stack.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_stays_when_a_slower_manual_attempt_fails() {
+    // The manual attempt reads "pending", is slow and fails; meanwhile the scheduled one
+    // succeeds. The manual failure must not make it pending (or failed) again.
+    let race = Race::start(vec![
+        Mode::Status(500),
+        Mode::Delayed(Duration::from_millis(1500), 500),
+        Mode::Status(200),
+    ])
+    .await;
+    let manual = race.manual();
+    let scheduled = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        race.scheduled().await;
+    };
+    tokio::join!(manual, scheduled);
+    race.check().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_stays_when_a_slower_scheduled_attempt_fails() {
+    // The scheduled attempt is slow and fails; meanwhile a manual one succeeds.
+    let race = Race::start(vec![
+        Mode::Status(500),
+        Mode::Delayed(Duration::from_millis(1500), 500),
+        Mode::Status(200),
+    ])
+    .await;
+    let scheduled = race.scheduled();
+    let manual = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        race.manual().await;
+    };
+    tokio::join!(scheduled, manual);
+    race.check().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_item_stays_small_whatever_the_receiver_answers() {
+    let stack = start_with(options(&[])).await;
+    let api = Client::new(&stack);
+    let v = venue();
+    // 4 KiB of 0xFF: each byte becomes a three-byte U+FFFD when made text.
+    let rx = FaultReceiver::start(vec![Mode::Body(200, vec![0xFF; 4096])]).await;
+    let ep = api
+        .create_endpoint(&v, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    let (status, _) = api
+        .post(
+            &format!("/venues/{v}/events"),
+            json!({"type": "order.created", "data": {}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let h = settled(&api, &v, ep["id"].as_str().unwrap(), 1).await;
+    let id = h[0]["id"].as_str().unwrap().to_owned();
+    for _ in 0..40 {
+        let (status, answer) = api
+            .post(&format!("/venues/{v}/deliveries/{id}/retry"), json!({}))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let d = delivery(&api, &v, &id).await;
+    assert_eq!(d["attempt_count"], 41);
+    let attempts = d["attempts"].as_array().unwrap();
+    assert_eq!(
+        attempts.len(),
+        shared::store::MAX_KEPT_ATTEMPTS,
+        "the last ones kept"
+    );
+    assert_eq!(attempts.last().unwrap()["attempt"], 41);
+    for a in attempts {
+        let body = a["response_body"].as_str().unwrap();
+        assert!(body.len() <= 4096, "{} bytes kept", body.len());
+    }
+    // Another attempt still records, and the item is far below DynamoDB's 400 KB.
+    let (status, _) = api
+        .post(&format!("/venues/{v}/deliveries/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(delivery(&api, &v, &id).await["attempt_count"], 42);
+    let ddb = aws_sdk_dynamodb::Client::new(&direct().await);
+    let item = ddb
+        .get_item()
+        .table_name(&stack.provisioned.physical["DeliveriesTable"])
+        .key(
+            "venue_id",
+            aws_sdk_dynamodb::types::AttributeValue::S(v.clone()),
+        )
+        .key(
+            "delivery_id",
+            aws_sdk_dynamodb::types::AttributeValue::S(id.clone()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    let size = format!("{item:?}").len();
+    assert!(size < 100 * 1024, "the item is about {size} bytes");
+    stack.stop().await;
+}
+
+fn doubling(levels: usize) -> String {
+    vec!["{a:@,b:@}"; levels].join(" | ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_cannot_take_the_function_down() {
+    let stack = start_with(options(&[])).await;
+    let api = Client::new(&stack);
+    let v = venue();
+
+    // Refused on save, at once.
+    let started = Instant::now();
+    let (status, answer) = api
+        .post(
+            &format!("/venues/{v}/endpoints"),
+            json!({"url": "http://127.0.0.1:9/hooks", "event_types": ["*"],
+                   "payload_format": "template", "template": doubling(40)}),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(answer.to_string().contains("template"), "{answer}");
+
+    // Templates that only fail on real data, in one job with an endpoint that works.
+    let ok = Receiver::start(200).await;
+    let big = Receiver::start(200).await;
+    let boom = Receiver::start(200).await;
+    let ok_ep = api
+        .create_endpoint(&v, json!({"url": ok.url, "event_types": ["*"]}))
+        .await;
+    // Seven copies of a field: fine on the catalog example, too large on a 40 KiB one.
+    let big_ep = api
+        .create_endpoint(
+            &v,
+            json!({"url": big.url, "event_types": ["*"], "payload_format": "template",
+                   "template": "{a: data.s, b: data.s, c: data.s, d: data.s, e: data.s, f: data.s, g: data.s}"}),
+        )
+        .await;
+    // One saved before templates were bounded (written to the table directly): it doubles
+    // its input forty times when the event carries `boom`.
+    let boom_ep = api
+        .create_endpoint(
+            &v,
+            json!({"url": boom.url, "event_types": ["*"], "payload_format": "template",
+                   "template": "{t: 'ok'}"}),
+        )
+        .await;
+    let ddb = aws_sdk_dynamodb::Client::new(&direct().await);
+    ddb.update_item()
+        .table_name(&stack.provisioned.physical["EndpointsTable"])
+        .key(
+            "venue_id",
+            aws_sdk_dynamodb::types::AttributeValue::S(v.clone()),
+        )
+        .key(
+            "endpoint_id",
+            aws_sdk_dynamodb::types::AttributeValue::S(boom_ep["id"].as_str().unwrap().into()),
+        )
+        .update_expression("SET #t = :t")
+        .expression_attribute_names("#t", "template")
+        .expression_attribute_values(
+            ":t",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!(
+                "data.boom && ({}) || {{t: 'ok'}}",
+                doubling(40)
+            )),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let (status, _) = api
+        .post(
+            &format!("/venues/{v}/events"),
+            json!({"type": "order.created", "data": {"boom": true, "s": "x".repeat(40 * 1024)}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let started = Instant::now();
+    let h = settled(&api, &v, ok_ep["id"].as_str().unwrap(), 1).await;
+    assert_eq!(h[0]["status"], "succeeded");
+    for (ep, what) in [
+        (&big_ep, "more than 262144 bytes"),
+        (&boom_ep, "times the size"),
+    ] {
+        let h = settled(&api, &v, ep["id"].as_str().unwrap(), 1).await;
+        assert_eq!(h[0]["status"], "failed", "{h:?}");
+        let d = delivery(&api, &v, h[0]["id"].as_str().unwrap()).await;
+        assert_eq!(d["attempts"][0]["error_class"], "template", "{d}");
+        assert!(
+            d["attempts"][0]["error"].as_str().unwrap().contains(what),
+            "{d}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(big.received().is_empty() && boom.received().is_empty());
+    assert_eq!(ok.received().len(), 1);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_backs_off_instead_of_using_up_the_receives() {
+    // The delivery queue's own visibility timeout is a minute here: only the function's
+    // backoff can bring a job back sooner.
+    let mut o = options(&[("OUTAGE_BACKOFF_BASE_MS", "1000")]);
+    o.queue_overrides.insert(
+        "DeliveryQueue".into(),
+        [("VisibilityTimeout".to_owned(), "60".to_owned())].into(),
+    );
+    let (stack, proxy) = proxied(o).await;
+    let api = Client::new(&stack);
+    let v = venue();
+    let rx = Receiver::start(200).await;
+    let ep = api
+        .create_endpoint(&v, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    // DynamoDB down for 6 s, from just after the event is accepted.
+    let (status, _) = api
+        .post(
+            &format!("/venues/{v}/events"),
+            json!({"type": "order.created", "data": {}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    proxy.inject(
+        "DynamoDB_20120810.",
+        Fault::Unavailable,
+        Duration::from_secs(6),
+    );
+    let started = Instant::now();
+    let h = settled(&api, &v, ep["id"].as_str().unwrap(), 1).await;
+    assert_eq!(h[0]["status"], "succeeded");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(40),
+        "back after {took:?}: the backoff did not set the wait"
+    );
+    let invocations = stack.invocations.lock().unwrap()[local::DELIVER_FUNCTION].count;
+    assert!(
+        invocations <= 8,
+        "{invocations} invocations: the job spun instead of backing off"
+    );
+    assert!(proxy.applied().values().sum::<usize>() > 0);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_queues_can_be_put_back() {
+    // A job and an event that ended in their DLQs (as after an outage longer than the
+    // receives), put back by the code `make redrive` runs, once the cause is gone.
+    let mut o = options(&[]);
+    o.run_deliver = false;
+    o.run_ingest = false;
+    let prefix = o.prefix.clone();
+    let stack = start_with(o).await;
+    let api = Client::new(&stack);
+    let v = venue();
+    let rx = Receiver::start(200).await;
+    api.create_endpoint(&v, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    let (status, _) = api
+        .post(
+            &format!("/venues/{v}/events"),
+            json!({"id": "via-http", "type": "order.created", "data": {}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let sqs = aws_sdk_sqs::Client::new(&stack.aws);
+    let job = receive_jobs(&sqs, stack.queue_url("DeliveryQueue"), 1).await;
+    assert_eq!(job.len(), 1);
+    sqs.send_message()
+        .queue_url(stack.queue_url("DeliveryDeadLetterQueue"))
+        .message_body(job[0].body().unwrap())
+        .send()
+        .await
+        .unwrap();
+    sqs.delete_message()
+        .queue_url(stack.queue_url("DeliveryQueue"))
+        .receipt_handle(job[0].receipt_handle().unwrap())
+        .send()
+        .await
+        .unwrap();
+    sqs.send_message()
+        .queue_url(stack.queue_url("IngestDeadLetterQueue"))
+        .message_body(
+            json!({"venue_id": v, "id": "via-queue", "type": "order.created", "data": {}})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let urls = stack.provisioned.physical.clone();
+    stack.stop().await;
+
+    let mut moved = 0;
+    for (dlq, queue) in local::redrive::dead_letter_pairs(&local::default_template()).unwrap() {
+        moved += local::redrive::redrive(&sqs, &urls[&dlq], &urls[&queue])
+            .await
+            .unwrap();
+    }
+    assert_eq!(moved, 2);
+    for dlq in ["DeliveryDeadLetterQueue", "IngestDeadLetterQueue"] {
+        assert_eq!(on_queue(&sqs, &urls[dlq]).await, 0);
+    }
+
+    let mut o = options(&[]);
+    o.prefix = prefix;
+    let stack = start_with(o).await;
+    let got = rx.wait_for(2, WAIT).await;
+    assert_eq!(
+        event_ids_of(&got),
+        BTreeSet::from(["via-http".to_owned(), "via-queue".to_owned()])
+    );
+    stack.stop().await;
+}
+
+fn event_ids_of(got: &[Captured]) -> BTreeSet<String> {
+    got.iter()
+        .filter_map(|c| serde_json::from_str::<Value>(&c.body).ok())
+        .filter_map(|b| b["id"].as_str().map(str::to_owned))
+        .collect()
+}

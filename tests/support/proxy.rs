@@ -1,0 +1,391 @@
+//! A fault-injecting proxy in front of the local AWS endpoint (moto): it forwards every request
+//! and, while a fault is armed for an operation, answers the way AWS does when it is harsher
+//! than moto: BatchGetItem with every key unprocessed, writes throttled, one entry of a
+//! SendMessageBatch failed, a stale (empty) answer to an eventually consistent read, a
+//! service unavailable. Loopback only; every fault ends by itself (a deadline or a count).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+/// What the proxy does to a matching request instead of (or besides) forwarding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// `BatchGetItem`: nothing read, every key returned in `UnprocessedKeys`.
+    Unprocessed,
+    /// DynamoDB: `400 ProvisionedThroughputExceededException`; SQS: `400 RequestThrottled`.
+    Throttled,
+    /// `SendMessageBatch`: the first entry is not sent and comes back in `Failed`; the rest
+    /// are sent (the request is re-signed with the caller's key).
+    FailOneEntry,
+    /// A read that is not strongly consistent (`GetItem`, `BatchGetItem`) finds nothing, as
+    /// a stale replica would; a consistent read is forwarded.
+    StaleRead,
+    /// `503` (the service is down for the caller).
+    Unavailable,
+}
+
+#[derive(Clone, Debug)]
+struct Rule {
+    /// Matched against the end of `x-amz-target` (`PutItem`) or its start (`AmazonSQS.`).
+    op: String,
+    fault: Fault,
+    until: Instant,
+    left: Option<usize>,
+}
+
+impl Rule {
+    fn matches(&self, target: &str) -> bool {
+        (target.ends_with(&format!(".{}", self.op)) || target.starts_with(&self.op))
+            && Instant::now() < self.until
+            && self.left != Some(0)
+    }
+}
+
+/// The proxy: its URL is the AWS endpoint to give the functions.
+#[derive(Clone)]
+pub struct FaultProxy {
+    pub url: String,
+    rules: Arc<Mutex<Vec<Rule>>>,
+    /// Secret keys by access key id, to re-sign a request whose body the proxy changed.
+    keys: Arc<Mutex<HashMap<String, String>>>,
+    /// Faults applied so far, by operation and fault.
+    applied: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl FaultProxy {
+    pub async fn start(target: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let proxy = FaultProxy {
+            url: format!("http://{}", listener.local_addr().expect("addr")),
+            rules: Arc::default(),
+            keys: Arc::default(),
+            applied: Arc::default(),
+        };
+        if let (Ok(id), Ok(secret)) = (
+            std::env::var("AWS_ACCESS_KEY_ID"),
+            std::env::var("AWS_SECRET_ACCESS_KEY"),
+        ) {
+            proxy.trust(&id, &secret);
+        }
+        let target = target.trim_end_matches('/').to_owned();
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let handle = proxy.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (handle, target, client) = (handle.clone(), target.clone(), client.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (handle, target, client) =
+                            (handle.clone(), target.clone(), client.clone());
+                        async move { Ok::<_, hyper::Error>(handle.serve(req, &target, &client).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        proxy
+    }
+
+    /// Lets the proxy re-sign requests of this key (the functions' identities).
+    pub fn trust(&self, access_key_id: &str, secret: &str) {
+        self.keys
+            .lock()
+            .unwrap()
+            .insert(access_key_id.to_owned(), secret.to_owned());
+    }
+
+    /// Every identity of a stack.
+    pub fn trust_stack(&self, stack: &local::Stack) {
+        for identity in stack.provisioned.identities.values() {
+            self.trust(&identity.access_key_id, &identity.secret_access_key);
+        }
+    }
+
+    /// Arms `fault` for operation `op` (`BatchGetItem`, `PutItem`, `AmazonSQS.`…) for `time`.
+    pub fn inject(&self, op: &str, fault: Fault, time: Duration) {
+        self.rules.lock().unwrap().push(Rule {
+            op: op.to_owned(),
+            fault,
+            until: Instant::now() + time,
+            left: None,
+        });
+    }
+
+    /// Arms `fault` for the next `n` matching requests (within an hour).
+    pub fn inject_times(&self, op: &str, fault: Fault, n: usize) {
+        self.rules.lock().unwrap().push(Rule {
+            op: op.to_owned(),
+            fault,
+            until: Instant::now() + Duration::from_secs(3600),
+            left: Some(n),
+        });
+    }
+
+    pub fn clear(&self) {
+        self.rules.lock().unwrap().clear();
+    }
+
+    /// How often each fault was applied (`"BatchGetItem Unprocessed"` → n).
+    pub fn applied(&self) -> HashMap<String, usize> {
+        self.applied.lock().unwrap().clone()
+    }
+
+    fn armed(&self, target: &str, body: &Value) -> Option<Fault> {
+        let mut rules = self.rules.lock().unwrap();
+        let rule = rules.iter_mut().find(|r| {
+            r.matches(target)
+                && (r.fault != Fault::StaleRead || !consistent(target, body))
+                && (r.fault != Fault::Unprocessed || target.ends_with(".BatchGetItem"))
+                && (r.fault != Fault::FailOneEntry || target.ends_with(".SendMessageBatch"))
+        })?;
+        if let Some(left) = &mut rule.left {
+            *left -= 1;
+        }
+        let fault = rule.fault;
+        drop(rules);
+        let op = target.rsplit('.').next().unwrap_or(target);
+        *self
+            .applied
+            .lock()
+            .unwrap()
+            .entry(format!("{op} {fault:?}"))
+            .or_default() += 1;
+        Some(fault)
+    }
+
+    async fn serve(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+        target: &str,
+        client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    ) -> hyper::Response<Full<Bytes>> {
+        let op = req
+            .headers()
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let (mut parts, body) = req.into_parts();
+        let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+            return answer(502, Value::Null);
+        };
+        let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let dynamodb = op.starts_with("DynamoDB");
+        let mut body = body;
+        let mut failed_entry = None;
+        match self.armed(&op, &json) {
+            None => {}
+            Some(Fault::Unprocessed) => {
+                let items = json["RequestItems"].clone();
+                let empty: serde_json::Map<String, Value> = items
+                    .as_object()
+                    .map(|m| m.keys().map(|k| (k.clone(), json!([]))).collect())
+                    .unwrap_or_default();
+                return answer(200, json!({"Responses": empty, "UnprocessedKeys": items}));
+            }
+            Some(Fault::Throttled) if dynamodb => {
+                return answer(
+                    400,
+                    json!({"__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
+                           "message": "The level of configured provisioned throughput for the table was exceeded."}),
+                );
+            }
+            Some(Fault::Throttled) => {
+                return answer(
+                    400,
+                    json!({"__type": "com.amazonaws.sqs#RequestThrottled", "message": "Request is throttled."}),
+                );
+            }
+            Some(Fault::Unavailable) => {
+                return answer(
+                    503,
+                    json!({"__type": "ServiceUnavailable", "message": "Service is unavailable."}),
+                );
+            }
+            Some(Fault::StaleRead) if op.ends_with(".GetItem") => return answer(200, json!({})),
+            Some(Fault::StaleRead) => {
+                let empty: serde_json::Map<String, Value> = json["RequestItems"]
+                    .as_object()
+                    .map(|m| m.keys().map(|k| (k.clone(), json!([]))).collect())
+                    .unwrap_or_default();
+                return answer(200, json!({"Responses": empty, "UnprocessedKeys": {}}));
+            }
+            Some(Fault::FailOneEntry) => {
+                let mut rest = json.clone();
+                let entries = rest["Entries"].as_array_mut().map(std::mem::take);
+                let mut entries = entries.unwrap_or_default();
+                if entries.is_empty() {
+                    return answer(
+                        400,
+                        json!({"__type": "EmptyBatchRequest", "message": "empty"}),
+                    );
+                }
+                let first = entries.remove(0);
+                failed_entry = Some(json!({"Id": first["Id"], "SenderFault": false,
+                    "Code": "InternalError", "Message": "injected: this entry was not sent"}));
+                if entries.is_empty() {
+                    return answer(200, json!({"Successful": [], "Failed": [failed_entry]}));
+                }
+                rest["Entries"] = Value::Array(entries);
+                body = Bytes::from(rest.to_string());
+                if let Err(e) = self.resign(&mut parts, &body) {
+                    return answer(500, json!({"__type": "ProxyError", "message": e}));
+                }
+            }
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into());
+        parts.uri = format!("{target}{path}").parse().unwrap_or(parts.uri);
+        let forwarded = hyper::Request::from_parts(parts, Full::new(body));
+        let Ok(response) = client.request(forwarded).await else {
+            return answer(502, Value::Null);
+        };
+        let (mut parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let Some(failed) = failed_entry else {
+            return hyper::Response::from_parts(parts, Full::new(body));
+        };
+        let mut out: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+        if out.get("Failed").and_then(Value::as_array).is_none() {
+            out["Failed"] = json!([]);
+        }
+        if let Some(list) = out["Failed"].as_array_mut() {
+            list.push(failed);
+        }
+        let body = Bytes::from(out.to_string());
+        parts.headers.insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(body.len()),
+        );
+        hyper::Response::from_parts(parts, Full::new(body))
+    }
+
+    /// Signs a request again (SigV4) for a new body, with the key that signed it.
+    fn resign(&self, parts: &mut http::request::Parts, body: &[u8]) -> Result<(), String> {
+        use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+        let auth = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or("no authorization")?
+            .to_owned();
+        let scope = auth
+            .split("Credential=")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .ok_or("no credential")?;
+        let fields: Vec<&str> = scope.split('/').collect();
+        let [key_id, _, region, service, ..] = fields.as_slice() else {
+            return Err(format!("credential scope {scope}"));
+        };
+        let secret = self
+            .keys
+            .lock()
+            .unwrap()
+            .get(*key_id)
+            .cloned()
+            .ok_or_else(|| format!("unknown key {key_id}"))?;
+        parts.headers.remove(http::header::AUTHORIZATION);
+        parts.headers.insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(body.len()),
+        );
+        let identity = aws_smithy_runtime_api::client::identity::Identity::from(
+            aws_credential_types::Credentials::new(*key_id, secret, None, None, "proxy"),
+        );
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region(region)
+            .name(service)
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| e.to_string())?
+            .into();
+        let host = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("localhost")
+            .to_owned();
+        let uri = format!(
+            "http://{host}{}",
+            parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+        );
+        let headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .filter(|(k, _)| *k != "x-amz-date")
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let signable = SignableRequest::new(
+            parts.method.as_str(),
+            &uri,
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            SignableBody::Bytes(body),
+        )
+        .map_err(|e| e.to_string())?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| e.to_string())?
+            .into_parts();
+        let (new_headers, _) = instructions.into_parts();
+        for header in new_headers {
+            let value = http::HeaderValue::from_str(header.value()).map_err(|e| e.to_string())?;
+            let name = http::HeaderName::from_bytes(header.name().as_bytes())
+                .map_err(|e| e.to_string())?;
+            parts.headers.insert(name, value);
+        }
+        Ok(())
+    }
+}
+
+/// A strongly consistent read (or not a read at all).
+fn consistent(target: &str, body: &Value) -> bool {
+    if target.ends_with(".GetItem") {
+        return body["ConsistentRead"] == true;
+    }
+    if target.ends_with(".BatchGetItem") {
+        return body["RequestItems"]
+            .as_object()
+            .is_some_and(|m| m.values().all(|t| t["ConsistentRead"] == true));
+    }
+    true
+}
+
+fn answer(status: u16, body: Value) -> hyper::Response<Full<Bytes>> {
+    let text = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let mut response = hyper::Response::new(Full::new(Bytes::from(text)));
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-amz-json-1.0"),
+    );
+    response
+}
