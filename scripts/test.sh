@@ -43,6 +43,15 @@ if [ "$whole_suite" = 1 ]; then
     failed=$((failed + 1))
     status=1
   fi
+  # The credentials file that `popup-local dev` writes, used the way the README says.
+  echo "credentials file: .dev/schemathesis-credentials"
+  if .venv/bin/python scripts/check_credentials.py .dev/schemathesis-credentials "schema-$$" \
+      2>&1 | tee .dev/credentials-check.log; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    status=1
+  fi
   kill -INT "$stack_pid" 2>/dev/null || true
   wait "$stack_pid" 2>/dev/null || true
 

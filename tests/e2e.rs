@@ -1022,13 +1022,13 @@ const NAMED: &str = "subscribed_endpoints_receive_exact_signed_envelopes_from_ht
 
 #[test]
 fn without_one_action_of_the_deliver_policy_the_delivery_test_fails_with_access_denied() {
-    // A copy of the template whose deliver policy lacks dynamodb:BatchGetItem (the read of a
-    // batch's endpoints).
+    // A copy of the template whose deliver policy lacks kms:Decrypt (opening an endpoint's
+    // signing secret: no delivery can be signed without it).
     let template = std::fs::read_to_string(local::default_template()).unwrap();
-    let line = "                - dynamodb:BatchGetItem\n";
+    let statement = "            - Effect: Allow\n              Action: kms:Decrypt\n              Resource: !GetAtt SecretsKey.Arn\n";
     let deliver = template.find("\n  DeliverFunction:").unwrap();
-    let at = deliver + template[deliver..].find(line).unwrap();
-    let copy = format!("{}{}", &template[..at], &template[at + line.len()..]);
+    let at = deliver + template[deliver..].find(statement).unwrap();
+    let copy = format!("{}{}", &template[..at], &template[at + statement.len()..]);
     let path = std::env::temp_dir().join(format!("popup-iam-{}.yaml", unique_prefix()));
     std::fs::write(&path, copy).unwrap();
 
@@ -1055,7 +1055,7 @@ fn without_one_action_of_the_deliver_policy_the_delivery_test_fails_with_access_
         .map(|(_, f)| f)
         .unwrap_or_else(|| panic!("no failure message:\n{text}"));
     assert!(
-        failure.contains("AccessDenied") && failure.contains("dynamodb:BatchGetItem"),
-        "the failure does not say AccessDenied for dynamodb:BatchGetItem:\n{failure}"
+        failure.contains("AccessDenied") && failure.contains("kms:Decrypt"),
+        "the failure does not say AccessDenied for kms:Decrypt:\n{failure}"
     );
 }
