@@ -1,0 +1,249 @@
+//! The endpoints table: a venue's endpoints, their health, the fan-out set.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, Utc};
+
+use super::{from_item, is_conditional_failure, s, to_attr, to_item, written, Page, Store, Tenant};
+use crate::domain::Endpoint;
+use crate::error::{Error, Result};
+use crate::ids::{EndpointId, VenueId};
+
+impl Store {
+    pub async fn create_endpoint(&self, endpoint: &Endpoint) -> Result<()> {
+        self.put_generated(&self.endpoints, to_item(endpoint)?, "endpoint_id")
+            .await
+    }
+
+    /// Replaces an endpoint, provided nobody else changed it since `previous_updated_at`.
+    pub async fn replace_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        previous_updated_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let result = self
+            .ddb
+            .put_item()
+            .table_name(&self.endpoints)
+            .set_item(Some(to_item(endpoint)?))
+            .condition_expression("attribute_exists(endpoint_id) AND updated_at = :prev")
+            .expression_attribute_values(":prev", to_attr(&previous_updated_at)?)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Err(Error::Conflict(
+                "the endpoint was changed or deleted by another request; read it again and retry"
+                    .into(),
+            )),
+            Err(e) => Err(Error::aws("dynamodb", e)),
+        }
+    }
+
+    /// An endpoint, strongly consistent: an absent answer ends deliveries, so it must not be
+    /// a stale one.
+    pub async fn get_endpoint(&self, tenant: &Tenant, id: &EndpointId) -> Result<Option<Endpoint>> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.endpoints)
+            .key("venue_id", s(tenant.venue().as_str()))
+            .key("endpoint_id", s(id.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        out.item.map(from_item).transpose()
+    }
+
+    /// Endpoints of one or more venues in as few BatchGetItem calls as possible (one per
+    /// hundred), strongly consistent (an endpoint just created is there); missing ones are
+    /// left out, and an item that does not read as an endpoint is there as its error, so that
+    /// it fails its own deliveries and nobody else's.
+    pub async fn get_endpoints(
+        &self,
+        keys: &[(Tenant, EndpointId)],
+    ) -> Result<HashMap<(VenueId, EndpointId), std::result::Result<Endpoint, String>>> {
+        let mut unique: Vec<(&Tenant, &str)> =
+            keys.iter().map(|(t, id)| (t, id.as_str())).collect();
+        unique
+            .sort_unstable_by(|a, b| (a.0.venue().as_str(), a.1).cmp(&(b.0.venue().as_str(), b.1)));
+        unique.dedup();
+        let mut found = HashMap::new();
+        for item in self
+            .batch_get_of(&self.endpoints, "endpoint_id", &unique, true)
+            .await?
+        {
+            let key_of = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+            let (Some(venue), Some(id)) = (key_of("venue_id"), key_of("endpoint_id")) else {
+                continue;
+            };
+            let (Ok(venue), Ok(id)) = (VenueId::parse(&venue), EndpointId::parse(&id)) else {
+                continue;
+            };
+            let endpoint = from_item::<Endpoint>(item).map_err(|e| e.to_string());
+            found.insert((venue, id), endpoint);
+        }
+        Ok(found)
+    }
+
+    pub async fn delete_endpoint(&self, tenant: &Tenant, id: &EndpointId) -> Result<()> {
+        let result = self
+            .ddb
+            .delete_item()
+            .table_name(&self.endpoints)
+            .key("venue_id", s(tenant.venue().as_str()))
+            .key("endpoint_id", s(id.as_str()))
+            .condition_expression("attribute_exists(endpoint_id)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Err(Error::NotFound("endpoint")),
+            Err(e) => Err(Error::aws("dynamodb", e)),
+        }
+    }
+
+    /// Starts an endpoint's failure clock, unless it is already running.
+    pub async fn mark_failing(
+        &self,
+        tenant: &Tenant,
+        id: &EndpointId,
+        since: DateTime<Utc>,
+    ) -> Result<()> {
+        self.update_endpoint_health(
+            tenant,
+            id,
+            "SET failing_since = :since",
+            "attribute_exists(endpoint_id) AND attribute_not_exists(failing_since)",
+            vec![(":since", to_attr(&since)?)],
+        )
+        .await
+    }
+
+    /// A success stops the failure clock.
+    pub async fn clear_failing(&self, tenant: &Tenant, id: &EndpointId) -> Result<()> {
+        self.update_endpoint_health(
+            tenant,
+            id,
+            "REMOVE failing_since",
+            "attribute_exists(endpoint_id)",
+            vec![],
+        )
+        .await
+    }
+
+    /// Disables an endpoint on the system's own account, saying why.
+    pub async fn disable_endpoint(
+        &self,
+        tenant: &Tenant,
+        id: &EndpointId,
+        reason: &str,
+    ) -> Result<()> {
+        let now = Utc::now();
+        self.update_endpoint_health(
+            tenant,
+            id,
+            "SET enabled = :false, disabled_reason = :reason, updated_at = :now REMOVE failing_since",
+            "attribute_exists(endpoint_id)",
+            vec![
+                (":false", AttributeValue::Bool(false)),
+                (":reason", s(reason)),
+                (":now", to_attr(&now)?),
+            ],
+        )
+        .await
+    }
+
+    async fn update_endpoint_health(
+        &self,
+        tenant: &Tenant,
+        id: &EndpointId,
+        update: &str,
+        condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<()> {
+        let mut request = self
+            .ddb
+            .update_item()
+            .table_name(&self.endpoints)
+            .key("venue_id", s(tenant.venue().as_str()))
+            .key("endpoint_id", s(id.as_str()))
+            .update_expression(update)
+            .condition_expression(condition);
+        for (name, value) in values {
+            request = request.expression_attribute_values(name, value);
+        }
+        // Deleted meanwhile, or the clock was already running: nothing to do.
+        written(request.send().await).map(|_| ())
+    }
+
+    /// One page of a venue's endpoints, oldest first.
+    pub async fn list_endpoints(
+        &self,
+        tenant: &Tenant,
+        limit: i32,
+        after: Option<&EndpointId>,
+    ) -> Result<Page<Endpoint>> {
+        let mut query = self
+            .ddb
+            .query()
+            .table_name(&self.endpoints)
+            .key_condition_expression("venue_id = :v")
+            .expression_attribute_values(":v", s(tenant.venue().as_str()))
+            .limit(limit);
+        if let Some(after) = after {
+            query = query
+                .exclusive_start_key("venue_id", s(tenant.venue().as_str()))
+                .exclusive_start_key("endpoint_id", s(after.as_str()));
+        }
+        let out = query.send().await.map_err(|e| Error::aws("dynamodb", e))?;
+        let items: Vec<Endpoint> = out
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(from_item)
+            .collect::<Result<_>>()?;
+        let next_cursor = out
+            .last_evaluated_key
+            .and_then(|key| key.get("endpoint_id").and_then(|v| v.as_s().ok()).cloned());
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Every enabled endpoint of a venue (the fan-out set), all pages.
+    pub async fn enabled_endpoints(&self, tenant: &Tenant) -> Result<Vec<Endpoint>> {
+        let mut found = Vec::new();
+        let mut pages = self
+            .ddb
+            .query()
+            .table_name(&self.endpoints)
+            .key_condition_expression("venue_id = :v")
+            .filter_expression("enabled = :t")
+            .expression_attribute_values(":v", s(tenant.venue().as_str()))
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| Error::aws("dynamodb", e))?;
+            let id = item
+                .get("endpoint_id")
+                .and_then(|v| v.as_s().ok())
+                .cloned()
+                .unwrap_or_default();
+            match from_item(item) {
+                Ok(endpoint) => found.push(endpoint),
+                // One damaged item must not stop the venue's other endpoints from getting
+                // their events: it is left out (its subscriptions cannot be read) and said.
+                Err(e) => tracing::error!(
+                    venue_id = %tenant.venue(),
+                    endpoint_id = id,
+                    error = %e,
+                    "an endpoint's item does not read; it is left out of the fan-out"
+                ),
+            }
+        }
+        Ok(found)
+    }
+}

@@ -1,0 +1,350 @@
+//! The events table: accepted events (their data deflated, their targets as groups), and the
+//! notes of events stored whose jobs could not be queued (swept later).
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{from_item, is_conditional_failure, n, s, to_attr, to_item, Store, Tenant};
+use crate::domain::{Event, Target};
+use crate::error::{Error, Result};
+use crate::ids::{DeliveryId, EventId, VenueId};
+
+/// An accepted event as stored, with where it fans out to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub venue_id: VenueId,
+    pub event_id: EventId,
+    pub event_type: String,
+    pub timestamp: String,
+    /// Compact JSON of the data object.
+    pub data: String,
+    pub targets: Vec<Target>,
+    pub accepted_at: DateTime<Utc>,
+    pub expires_at: i64,
+}
+
+impl EventRecord {
+    /// An event accepted `now` for `tenant`, going to `targets`.
+    pub fn accepted(
+        tenant: &Tenant,
+        event: &Event,
+        targets: Vec<Target>,
+        now: DateTime<Utc>,
+        expires_at: i64,
+    ) -> Self {
+        Self {
+            venue_id: tenant.venue().clone(),
+            event_id: event.id.clone(),
+            event_type: event.event_type.clone(),
+            timestamp: event.timestamp.clone(),
+            data: event.data.get().to_owned(),
+            targets,
+            accepted_at: now,
+            expires_at,
+        }
+    }
+}
+
+/// The events table's partition of events stored whose jobs could not be queued.
+const UNQUEUED_PARTITION: &str = "#unqueued";
+
+/// Event data at least this long is stored deflated when that makes it shorter: a 1 KiB
+/// event then fits one write unit with its targets.
+const COMPRESS_FROM_BYTES: usize = 200;
+/// What inflating stored data may produce at most (far above any accepted payload).
+const INFLATE_LIMIT_BYTES: usize = 16 * 1024 * 1024;
+
+/// An event as its item: the data deflated (`data_z`) when that is shorter, and the
+/// targets as their groups (`groups`: the group id and its endpoints in order), which
+/// leaves out the delivery ids (each is its group's `member(i)`).
+fn event_item(record: &EventRecord) -> Result<HashMap<String, AttributeValue>> {
+    let mut item = to_item(record)?;
+    if record.data.len() >= COMPRESS_FROM_BYTES {
+        let deflated = miniz_oxide::deflate::compress_to_vec(record.data.as_bytes(), 6);
+        if deflated.len() < record.data.len() {
+            item.remove("data");
+            item.insert(
+                "data_z".into(),
+                AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(deflated)),
+            );
+        }
+    }
+    if let Some(groups) = as_groups(&record.targets) {
+        item.remove("targets");
+        item.insert("groups".into(), AttributeValue::L(groups));
+    }
+    Ok(item)
+}
+
+fn event_record(mut item: HashMap<String, AttributeValue>) -> Result<EventRecord> {
+    if let Some(AttributeValue::B(deflated)) = item.remove("data_z") {
+        let data = miniz_oxide::inflate::decompress_to_vec_with_limit(
+            deflated.as_ref(),
+            INFLATE_LIMIT_BYTES,
+        )
+        .map_err(|e| Error::Corrupt(format!("event data: {e}")))?;
+        let data = String::from_utf8(data).map_err(|e| Error::Corrupt(e.to_string()))?;
+        item.insert("data".into(), s(data));
+    }
+    if let Some(AttributeValue::L(groups)) = item.remove("groups") {
+        let mut targets = Vec::new();
+        for group in groups {
+            let (Some(AttributeValue::S(id)), Some(AttributeValue::L(endpoints))) = (
+                group.as_m().ok().and_then(|m| m.get("g")).cloned(),
+                group.as_m().ok().and_then(|m| m.get("e")).cloned(),
+            ) else {
+                return Err(Error::Corrupt("an event's target group".into()));
+            };
+            let id = DeliveryId::parse(&id).map_err(|e| Error::Corrupt(e.to_string()))?;
+            for (i, endpoint) in endpoints.into_iter().enumerate() {
+                let mut target = HashMap::new();
+                target.insert("endpoint_id".to_owned(), endpoint);
+                target.insert("delivery_id".to_owned(), s(id.member(i).as_str()));
+                targets.push(AttributeValue::M(target));
+            }
+        }
+        item.insert("targets".into(), AttributeValue::L(targets));
+    }
+    from_item(item)
+}
+
+/// Targets that are whole groups in order (as the fan-out makes them), as `{g, e}` maps.
+fn as_groups(targets: &[Target]) -> Option<Vec<AttributeValue>> {
+    let mut groups: Vec<(DeliveryId, Vec<AttributeValue>)> = Vec::new();
+    for target in targets {
+        let (group, index) = target.delivery_id.group()?;
+        let endpoint = s(target.endpoint_id.as_str());
+        if let Some((g, endpoints)) = groups.last_mut() {
+            if *g == group && endpoints.len() == index {
+                endpoints.push(endpoint);
+                continue;
+            }
+        }
+        if index != 0 || groups.iter().any(|(g, _)| *g == group) {
+            return None;
+        }
+        groups.push((group, vec![endpoint]));
+    }
+    Some(
+        groups
+            .into_iter()
+            .map(|(g, endpoints)| {
+                AttributeValue::M(HashMap::from([
+                    ("g".to_owned(), s(g.as_str())),
+                    ("e".to_owned(), AttributeValue::L(endpoints)),
+                ]))
+            })
+            .collect(),
+    )
+}
+
+impl Store {
+    // ---- events ----
+
+    /// Stores an event unless its id is taken. Returns the stored record: the new one, or the
+    /// one that already had this id (`false`).
+    pub async fn put_event(&self, record: &EventRecord) -> Result<(EventRecord, bool)> {
+        let result = self
+            .ddb
+            .put_item()
+            .table_name(&self.events)
+            .set_item(Some(event_item(record)?))
+            .condition_expression("attribute_not_exists(event_id)")
+            .return_values_on_condition_check_failure(
+                aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok((record.clone(), true)),
+            Err(e) if is_conditional_failure(&e) => {
+                let existing = match e.into_service_error() {
+                    PutItemError::ConditionalCheckFailedException(c) => c.item,
+                    _ => None,
+                };
+                // DynamoDB returns the item that failed the condition (asked for above); an
+                // answer without it is a passing fault: the caller tries again.
+                match existing {
+                    Some(item) => Ok((event_record(item)?, false)),
+                    None => Err(Error::Aws {
+                        service: "dynamodb",
+                        message: "the event id is taken, but its item did not come back".into(),
+                    }),
+                }
+            }
+            Err(e) => Err(Error::aws("dynamodb", e)),
+        }
+    }
+
+    /// An event, strongly consistent: the deliver function reads events over 16 KiB just
+    /// after they are stored, and an absent answer would end their deliveries.
+    pub async fn get_event(&self, tenant: &Tenant, id: &EventId) -> Result<Option<EventRecord>> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.events)
+            .key("venue_id", s(tenant.venue().as_str()))
+            .key("event_id", s(id.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        let now = Utc::now().timestamp();
+        // TTL deletion is lazy (and never happens locally): an expired item is gone.
+        Ok(out
+            .item
+            .map(event_record)
+            .transpose()?
+            .filter(|r| r.expires_at > now))
+    }
+
+    // ---- events stored whose jobs could not be queued ----
+
+    /// Notes that an event was stored but its jobs could not be queued, so that the sweeper
+    /// ([`crate::ingest::Publisher::sweep_unqueued`]) queues them later. The note lives in the
+    /// events table under a partition no venue can have (`#` is not allowed in venue ids);
+    /// only this failure path writes it.
+    pub async fn note_unqueued(&self, tenant: &Tenant, event: &EventId) -> Result<()> {
+        let now = Utc::now();
+        self.ddb
+            .put_item()
+            .table_name(&self.events)
+            .item("venue_id", s(UNQUEUED_PARTITION))
+            .item(
+                "event_id",
+                s(format!("{}#{}", tenant.venue().as_str(), event.as_str())),
+            )
+            .item("noted_at", to_attr(&now)?)
+            .item("expires_at", n(self.expiry(now)))
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        Ok(())
+    }
+
+    /// Up to `limit` events noted by [`Store::note_unqueued`], oldest first.
+    pub async fn unqueued(&self, limit: i32) -> Result<Vec<(Tenant, EventId)>> {
+        let out = self
+            .ddb
+            .query()
+            .table_name(&self.events)
+            .key_condition_expression("venue_id = :v")
+            .expression_attribute_values(":v", s(UNQUEUED_PARTITION))
+            .consistent_read(true)
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        Ok(out
+            .items
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|item| {
+                let key = item.get("event_id")?.as_s().ok()?;
+                let (venue, event) = key.split_once('#')?;
+                Some((
+                    Tenant(VenueId::parse(venue).ok()?),
+                    EventId::parse(event).ok()?,
+                ))
+            })
+            .collect())
+    }
+
+    /// The event's jobs are queued: its note goes.
+    pub async fn clear_unqueued(&self, tenant: &Tenant, event: &EventId) -> Result<()> {
+        self.ddb
+            .delete_item()
+            .table_name(&self.events)
+            .key("venue_id", s(UNQUEUED_PARTITION))
+            .key(
+                "event_id",
+                s(format!("{}#{}", tenant.venue().as_str(), event.as_str())),
+            )
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::EndpointId;
+
+    fn record(targets: Vec<Target>, data: String) -> EventRecord {
+        EventRecord {
+            venue_id: VenueId::parse("v1").unwrap(),
+            event_id: EventId::parse("evt_1").unwrap(),
+            event_type: "order.created".into(),
+            timestamp: "2026-11-27T10:15:00Z".into(),
+            data,
+            targets,
+            accepted_at: Utc::now(),
+            expires_at: 1,
+        }
+    }
+
+    fn group_targets(n: usize) -> Vec<Target> {
+        let group = DeliveryId::generate_group();
+        (0..n)
+            .map(|i| Target {
+                endpoint_id: EndpointId::generate(),
+                delivery_id: group.member(i),
+            })
+            .collect()
+    }
+
+    fn same(a: &EventRecord, b: &EventRecord) -> bool {
+        serde_json::to_value(a).unwrap() == serde_json::to_value(b).unwrap()
+    }
+
+    #[test]
+    fn event_items_store_data_deflated_and_targets_as_groups() {
+        let data = serde_json::json!({"order_id": "o-1", "note": "two tickets, balcony, row B"})
+            .to_string()
+            .repeat(8);
+        let data = format!("[{}]", data.replace("}{", "},{"));
+        let mut targets = group_targets(3);
+        targets.extend(group_targets(2));
+        let r = record(targets, data.clone());
+        let item = event_item(&r).unwrap();
+        assert!(item.contains_key("data_z") && !item.contains_key("data"));
+        assert!(item.contains_key("groups") && !item.contains_key("targets"));
+        assert!(size(&item) < data.len());
+        assert!(same(&event_record(item).unwrap(), &r));
+    }
+
+    #[test]
+    fn event_items_keep_what_does_not_shrink_as_it_is() {
+        // Short data and targets that are not whole groups in order stay plain.
+        let mut targets = group_targets(3);
+        targets.swap(0, 1);
+        let r = record(targets, r#"{"a":1}"#.into());
+        let item = event_item(&r).unwrap();
+        assert!(item.contains_key("data") && item.contains_key("targets"));
+        assert!(same(&event_record(item).unwrap(), &r));
+        let lone = vec![Target {
+            endpoint_id: EndpointId::generate(),
+            delivery_id: DeliveryId::generate_group().member(1),
+        }];
+        assert!(as_groups(&lone).is_none());
+    }
+
+    fn size(item: &HashMap<String, AttributeValue>) -> usize {
+        item.iter()
+            .map(|(k, v)| {
+                k.len()
+                    + match v {
+                        AttributeValue::S(s) => s.len(),
+                        AttributeValue::B(b) => b.as_ref().len(),
+                        _ => 0,
+                    }
+            })
+            .sum()
+    }
+}
