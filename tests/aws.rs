@@ -16,26 +16,24 @@ use integration_tests::*;
 use local::iam::EVENT_SOURCE;
 use local::{Stack, StackOptions};
 use serde_json::{json, Value};
+use shared::domain::Trigger;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// The fault suite's compressed clock, plus: resumed jobs after 1 s, an outage backoff from
+/// 0.5 s, the ingest queue's visibility at 2 s, the schedule every second.
 fn options(extra: &[(&str, &str)]) -> StackOptions {
-    let mut o = local_options_with(&[
-        ("RETRY_SCHEDULE_SECONDS", "1,1,1"),
-        ("OVERLOAD_WAIT_MS", "2000"),
-        ("REQUEST_TIMEOUT_MS", "1500"),
+    let mut o = compressed_options(&[
         ("RESUME_DELAY_SECONDS", "1"),
         ("OUTAGE_BACKOFF_BASE_MS", "500"),
     ]);
     for (k, v) in extra {
         o.env_overrides.insert(k.to_string(), v.to_string());
     }
-    for queue in ["DeliveryQueue", "IngestQueue"] {
-        o.queue_overrides.insert(
-            queue.into(),
-            [("VisibilityTimeout".to_owned(), "2".to_owned())].into(),
-        );
-    }
+    o.queue_overrides.insert(
+        "IngestQueue".into(),
+        [("VisibilityTimeout".to_owned(), "2".to_owned())].into(),
+    );
     o.schedule_every = Some(Duration::from_secs(1));
     o
 }
@@ -458,29 +456,6 @@ async fn one_bad_delivery_of_a_job_spoils_nothing_else() {
     stack.stop().await;
 }
 
-/// Receives up to `want` jobs of the delivery queue the way the event source mapping does.
-async fn receive_jobs(
-    sqs: &aws_sdk_sqs::Client,
-    queue_url: &str,
-    want: usize,
-) -> Vec<aws_sdk_sqs::types::Message> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut messages = Vec::new();
-    while messages.len() < want && Instant::now() < deadline {
-        let out = sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
-            .send()
-            .await
-            .unwrap();
-        messages.extend(out.messages.unwrap_or_default());
-    }
-    messages
-}
-
 /// One delivery, pending after a failed first attempt, its retry job in hand; the test then
 /// runs the scheduled attempt (the deliver handler, as Lambda would) and a manual one.
 struct Race {
@@ -495,7 +470,14 @@ struct Race {
 }
 
 impl Race {
-    async fn start(script: Vec<Mode>) -> Self {
+    /// The receiver fails the first attempt, then answers the next one slowly with a 500
+    /// and the one after at once with a 200.
+    async fn start() -> Self {
+        let script = vec![
+            Mode::Status(500),
+            Mode::Delayed(Duration::from_millis(1500), 500),
+            Mode::Status(200),
+        ];
         let mut o = options(&[]);
         o.run_deliver = false;
         let overrides = o.env_overrides.clone();
@@ -527,7 +509,7 @@ impl Race {
             shared::services::Services::new(shared::config::Config::from_map(&env).unwrap(), &aws);
         let deliver = deliver::Deliver::from_services(&services).unwrap();
         // The first attempt fails: pending, its retry due in about a second.
-        let first = receive_jobs(&sqs, &trigger.queue_url, 1).await;
+        let first = receive_jobs(&sqs, &trigger.queue_url, 1, Duration::from_secs(15)).await;
         let response = deliver
             .handle(local::esm::to_event(&trigger, &first).unwrap())
             .await;
@@ -539,7 +521,7 @@ impl Race {
         let h = history(&api, &venue, ep["id"].as_str().unwrap()).await;
         assert_eq!(h[0]["status"], "pending");
         let delivery_id = h[0]["id"].as_str().unwrap().to_owned();
-        let retry_job = receive_jobs(&sqs, &trigger.queue_url, 1).await;
+        let retry_job = receive_jobs(&sqs, &trigger.queue_url, 1, Duration::from_secs(15)).await;
         assert_eq!(retry_job.len(), 1);
         Race {
             stack,
@@ -573,7 +555,24 @@ impl Race {
         assert_eq!(status, 200, "{answer}");
     }
 
-    /// The delivery ends succeeded, with all three attempts, and nothing more is sent.
+    /// `slow` starts first (and meets the slow failure); the other starts 400 ms later and
+    /// succeeds first. Then: the delivery ends succeeded, with all three attempts, and
+    /// nothing more is sent.
+    async fn slow_then_fast(self, slow: Trigger) {
+        let this = &self;
+        let later = |trigger: Trigger| async move {
+            if trigger != slow {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            match trigger {
+                Trigger::Manual => this.manual().await,
+                _ => this.scheduled().await,
+            }
+        };
+        tokio::join!(later(Trigger::Manual), later(Trigger::Scheduled));
+        self.check().await;
+    }
+
     async fn check(self) {
         let d = delivery(&self.api, &self.venue, &self.delivery_id).await;
         assert_eq!(d["status"], "succeeded", "{d}");
@@ -607,37 +606,13 @@ impl Race {
 async fn a_success_stays_when_a_slower_manual_attempt_fails() {
     // The manual attempt reads "pending", is slow and fails; meanwhile the scheduled one
     // succeeds. The manual failure must not make it pending (or failed) again.
-    let race = Race::start(vec![
-        Mode::Status(500),
-        Mode::Delayed(Duration::from_millis(1500), 500),
-        Mode::Status(200),
-    ])
-    .await;
-    let manual = race.manual();
-    let scheduled = async {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        race.scheduled().await;
-    };
-    tokio::join!(manual, scheduled);
-    race.check().await;
+    Race::start().await.slow_then_fast(Trigger::Manual).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_success_stays_when_a_slower_scheduled_attempt_fails() {
     // The scheduled attempt is slow and fails; meanwhile a manual one succeeds.
-    let race = Race::start(vec![
-        Mode::Status(500),
-        Mode::Delayed(Duration::from_millis(1500), 500),
-        Mode::Status(200),
-    ])
-    .await;
-    let scheduled = race.scheduled();
-    let manual = async {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        race.manual().await;
-    };
-    tokio::join!(scheduled, manual);
-    race.check().await;
+    Race::start().await.slow_then_fast(Trigger::Scheduled).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -874,7 +849,13 @@ async fn the_dead_letter_queues_can_be_put_back() {
         .await;
     assert_eq!(status, 202);
     let sqs = aws_sdk_sqs::Client::new(&stack.aws);
-    let job = receive_jobs(&sqs, stack.queue_url("DeliveryQueue"), 1).await;
+    let job = receive_jobs(
+        &sqs,
+        stack.queue_url("DeliveryQueue"),
+        1,
+        Duration::from_secs(15),
+    )
+    .await;
     assert_eq!(job.len(), 1);
     sqs.send_message()
         .queue_url(stack.queue_url("DeliveryDeadLetterQueue"))

@@ -220,30 +220,6 @@ async fn subscribed_endpoints_receive_exact_signed_envelopes_from_http_and_queue
     stack.stop().await;
 }
 
-/// Receives up to `want` messages of a queue the way the event source mapping does.
-async fn receive_jobs(
-    sqs: &aws_sdk_sqs::Client,
-    queue_url: &str,
-    want: usize,
-    within: Duration,
-) -> Vec<aws_sdk_sqs::types::Message> {
-    let deadline = std::time::Instant::now() + within;
-    let mut messages = Vec::new();
-    while messages.len() < want && std::time::Instant::now() < deadline {
-        let out = sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
-            .send()
-            .await
-            .unwrap();
-        messages.extend(out.messages.unwrap_or_default());
-    }
-    messages
-}
-
 /// A stack whose deliver function the test plays, calling its handler as Lambda would; a
 /// venue with one endpoint per receiver status, and one event published to all of them.
 struct PlayedDeliver {

@@ -13,20 +13,7 @@ use serde_json::{json, Value};
 const WAIT: Duration = Duration::from_secs(30);
 
 fn options(extra: &[(&str, &str)]) -> StackOptions {
-    let mut o = local_options_with(&[
-        ("RETRY_SCHEDULE_SECONDS", "1,1,1"),
-        ("OVERLOAD_WAIT_MS", "2000"),
-        ("REQUEST_TIMEOUT_MS", "1500"),
-    ]);
-    for (k, v) in extra {
-        o.env_overrides.insert(k.to_string(), v.to_string());
-    }
-    // Jobs of a crashed worker come back after 2 s instead of the template's 180 s.
-    o.queue_overrides.insert(
-        "DeliveryQueue".into(),
-        [("VisibilityTimeout".to_owned(), "2".to_owned())].into(),
-    );
-    o
+    compressed_options(extra)
 }
 
 struct Case {

@@ -3,29 +3,14 @@
 //! installs the functions' own subscriber (`shared::logging`) process-wide, writing to a
 //! buffer, so it is a test binary of its own.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use integration_tests::*;
 use serde_json::{json, Value};
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_log_line_is_a_json_object_with_the_ids_as_fields() {
-    let logs = Captured::default();
+    let logs = LogBuffer::default();
     let writer = logs.clone();
     shared::logging::subscriber(tracing::Level::INFO, move || writer.clone()).init();
 
@@ -57,7 +42,7 @@ async fn every_log_line_is_a_json_object_with_the_ids_as_fields() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stack.stop().await;
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     let lines: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))

@@ -2,29 +2,14 @@
 //! captures every log line of the functions it runs (a process-wide subscriber), so it is a
 //! test binary of its own.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use integration_tests::*;
 use serde_json::json;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_sealed_at_rest_and_never_logged() {
-    let logs = Captured::default();
+    let logs = LogBuffer::default();
     let writer = logs.clone();
     tracing_subscriber::fmt()
         .with_env_filter("info,shared=debug,api=debug,ingest=debug,deliver=debug,local=debug")
@@ -129,7 +114,7 @@ async fn secrets_are_sealed_at_rest_and_never_logged() {
     );
 
     stack.stop().await;
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(
         text.contains("delivery attempt") && text.contains("api key issued"),
         "logs were captured"

@@ -74,6 +74,73 @@ pub fn local_options_with(env: &[(&str, &str)]) -> StackOptions {
     options
 }
 
+/// [`local_options_with`] on the fault suites' compressed clock: retry waits of 1 s, an
+/// overload wait of 2 s, a request timeout of 1.5 s, and the delivery queue's visibility
+/// timeout at 2 s (a crashed worker's jobs come back in seconds). Same mechanism, smaller
+/// numbers.
+pub fn compressed_options(extra: &[(&str, &str)]) -> StackOptions {
+    let mut o = local_options_with(&[
+        ("RETRY_SCHEDULE_SECONDS", "1,1,1"),
+        ("OVERLOAD_WAIT_MS", "2000"),
+        ("REQUEST_TIMEOUT_MS", "1500"),
+    ]);
+    for (k, v) in extra {
+        o.env_overrides.insert(k.to_string(), v.to_string());
+    }
+    o.queue_overrides.insert(
+        "DeliveryQueue".into(),
+        [("VisibilityTimeout".to_owned(), "2".to_owned())].into(),
+    );
+    o
+}
+
+/// Receives up to `want` messages of a queue the way the event source mapping does (at most
+/// `within`).
+pub async fn receive_jobs(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    want: usize,
+    within: Duration,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    let deadline = std::time::Instant::now() + within;
+    let mut messages = Vec::new();
+    while messages.len() < want && std::time::Instant::now() < deadline {
+        let out = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        messages.extend(out.messages.unwrap_or_default());
+    }
+    messages
+}
+
+/// A log writer that keeps everything written to it (for a test binary that installs a
+/// process-wide subscriber of its own).
+#[derive(Clone, Default)]
+pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A stack with every function running.
 pub async fn start_stack() -> Stack {
     start_with(local_options()).await
