@@ -35,10 +35,15 @@ async fn every_log_line_is_a_json_object_with_the_ids_as_fields() {
     let event_id = published["id"].as_str().unwrap().to_owned();
     ok.wait_for(1, Duration::from_secs(20)).await;
     failing.wait_for(1, Duration::from_secs(20)).await;
-    let (_, history) = api
-        .get(&format!("/venues/{venue}/endpoints/{ep_id}/deliveries"))
-        .await;
-    let delivery_id = history["data"][0]["id"].as_str().unwrap().to_owned();
+    // The attempt is recorded just after the receiver answered.
+    let delivery_id = eventually(Duration::from_secs(20), || async {
+        let (_, history) = api
+            .get(&format!("/venues/{venue}/endpoints/{ep_id}/deliveries"))
+            .await;
+        history["data"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await
+    .expect("the delivery is recorded");
     tokio::time::sleep(Duration::from_millis(500)).await;
     stack.stop().await;
 

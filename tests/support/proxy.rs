@@ -41,14 +41,28 @@ struct Rule {
     fault: Fault,
     until: Instant,
     left: Option<usize>,
+    /// Only requests signed with this access key (one function's); `None`: everyone's.
+    caller: Option<String>,
 }
 
 impl Rule {
-    fn matches(&self, target: &str) -> bool {
+    fn matches(&self, target: &str, caller: &str) -> bool {
         (target.ends_with(&format!(".{}", self.op)) || target.starts_with(&self.op))
             && Instant::now() < self.until
             && self.left != Some(0)
+            && self.caller.as_deref().is_none_or(|c| c == caller)
     }
+}
+
+/// The access key id a request is signed with.
+fn caller_of(headers: &http::HeaderMap) -> String {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.split("Credential=").nth(1))
+        .and_then(|c| c.split('/').next())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The proxy: its URL is the AWS endpoint to give the functions.
@@ -120,6 +134,24 @@ impl FaultProxy {
             fault,
             until: Instant::now() + time,
             left: None,
+            caller: None,
+        });
+    }
+
+    /// As [`FaultProxy::inject`], for the requests of one identity only (a function's).
+    pub fn inject_for(
+        &self,
+        identity: &local::iam::Identity,
+        op: &str,
+        fault: Fault,
+        time: Duration,
+    ) {
+        self.rules.lock().unwrap().push(Rule {
+            op: op.to_owned(),
+            fault,
+            until: Instant::now() + time,
+            left: None,
+            caller: Some(identity.access_key_id.clone()),
         });
     }
 
@@ -130,6 +162,7 @@ impl FaultProxy {
             fault,
             until: Instant::now() + Duration::from_secs(3600),
             left: Some(n),
+            caller: None,
         });
     }
 
@@ -142,10 +175,10 @@ impl FaultProxy {
         self.applied.lock().unwrap().clone()
     }
 
-    fn armed(&self, target: &str, body: &Value) -> Option<Fault> {
+    fn armed(&self, target: &str, caller: &str, body: &Value) -> Option<Fault> {
         let mut rules = self.rules.lock().unwrap();
         let rule = rules.iter_mut().find(|r| {
-            r.matches(target)
+            r.matches(target, caller)
                 && (r.fault != Fault::StaleRead || !consistent(target, body))
                 && (r.fault != Fault::Unprocessed || target.ends_with(".BatchGetItem"))
                 && (r.fault != Fault::FailOneEntry || target.ends_with(".SendMessageBatch"))
@@ -185,7 +218,7 @@ impl FaultProxy {
         let dynamodb = op.starts_with("DynamoDB");
         let mut body = body;
         let mut failed_entry = None;
-        match self.armed(&op, &json) {
+        match self.armed(&op, &caller_of(&parts.headers), &json) {
             None => {}
             Some(Fault::Unprocessed) => {
                 let items = json["RequestItems"].clone();
