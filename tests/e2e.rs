@@ -220,6 +220,14 @@ async fn subscribed_endpoints_receive_exact_signed_envelopes_from_http_and_queue
     stack.stop().await;
 }
 
+/// A message's `MessageGroupId` (the venue, for delivery jobs).
+fn group_of(message: &aws_sdk_sqs::types::Message) -> Option<&str> {
+    message
+        .attributes()?
+        .get(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId)
+        .map(String::as_str)
+}
+
 /// A stack whose deliver function the test plays, calling its handler as Lambda would; a
 /// venue with one endpoint per receiver status, and one event published to all of them.
 struct PlayedDeliver {
@@ -307,6 +315,8 @@ async fn a_failing_receiver_leaves_the_batch_alone_and_retries_on_its_own() {
     // The first attempts of the event's three deliveries travel as one job.
     let messages = t.receive(1, Duration::from_secs(10)).await;
     assert_eq!(messages.len(), 1, "one job for the event's three endpoints");
+    // The venue is the job's fair-queue group.
+    assert_eq!(group_of(&messages[0]), Some(venue.as_str()));
     let job: Value = serde_json::from_str(messages[0].body().unwrap()).unwrap();
     assert_eq!(job["targets"].as_array().unwrap().len(), 3, "{job}");
     let response = t.handle(&messages).await;
@@ -355,6 +365,7 @@ async fn a_failing_receiver_leaves_the_batch_alone_and_retries_on_its_own() {
     assert_eq!(retry.len(), 1, "the failed delivery came back on its own");
     let job: Value = serde_json::from_str(retry[0].body().unwrap()).unwrap();
     assert_eq!(job["targets"][0]["endpoint_id"], json!(ids[2]), "{job}");
+    assert_eq!(group_of(&retry[0]), Some(venue.as_str()));
     assert_eq!(job["targets"].as_array().unwrap().len(), 1, "{job}");
     let response = t.handle(&retry).await;
     let failed: Vec<String> = response

@@ -580,6 +580,45 @@ fn rate(expression: &str) -> Result<std::time::Duration, ProvisionError> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn deliver_is_capped_and_quiet_venues_are_watched() {
+        let doc: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(crate::default_template()).unwrap())
+                .unwrap();
+        let resources = get(&doc, "Resources").unwrap();
+        // The delivery queue's mapping has a concurrency cap, a parameter below the account's
+        // default of 1,000.
+        let scaling = get(resources, "DeliverFunction")
+            .and_then(|f| get(f, "Properties"))
+            .and_then(|p| get(p, "Events"))
+            .and_then(|e| get(e, "Queue"))
+            .and_then(|q| get(q, "Properties"))
+            .and_then(|p| get(p, "ScalingConfig"))
+            .and_then(|c| get(c, "MaximumConcurrency"))
+            .expect("deliver's SQS event has ScalingConfig.MaximumConcurrency");
+        let Value::Tagged(reference) = scaling else {
+            panic!("MaximumConcurrency is not a !Ref")
+        };
+        let parameter = get(&doc, "Parameters")
+            .and_then(|p| get(p, reference.value.as_str().unwrap()))
+            .unwrap();
+        let default: u32 = scalar(get(parameter, "Default").unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((2..1000).contains(&default), "{default}");
+        // An alarm on the age of the quiet venues' oldest job.
+        let watched = resources.as_mapping().unwrap().values().any(|r| {
+            get(r, "Properties")
+                .and_then(|p| get(p, "MetricName"))
+                .and_then(Value::as_str)
+                == Some("ApproximateAgeOfOldestMessageInQuietGroups")
+        });
+        assert!(watched);
+    }
+
     #[test]
     fn schedule_rates_are_read() {
         assert_eq!(super::rate("rate(1 minute)").unwrap().as_secs(), 60);

@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, SendMessageBatchRequestEntry,
+};
 use serde_yaml::Value;
 
 use crate::provision::{aws_err, bad, get, ProvisionError};
@@ -57,6 +59,7 @@ pub async fn redrive(
             .visibility_timeout(60)
             .wait_time_seconds(1)
             .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .send()
             .await
             .map_err(aws_err)?;
@@ -72,6 +75,13 @@ pub async fn redrive(
                     .id(i.to_string())
                     .set_message_body(m.body.clone())
                     .set_message_attributes(m.message_attributes.clone())
+                    // The venue's fair-queue group goes back with it.
+                    .set_message_group_id(
+                        m.attributes
+                            .as_ref()
+                            .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+                            .cloned(),
+                    )
                     .build()
                     .map_err(aws_err)
             })

@@ -84,7 +84,7 @@ impl Queues {
             .map(|(job, delay)| {
                 // Whole seconds, rounded up: a job back early only waits again.
                 let secs = delay.as_secs_f64().ceil().min(900.0) as i32;
-                serde_json::to_string(job).map(|body| (body, secs))
+                serde_json::to_string(job).map(|body| (body, secs, job.venue_id.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -94,7 +94,9 @@ impl Queues {
         Ok(())
     }
 
-    async fn send_batch(&self, mut pending: Vec<&(String, i32)>) -> Result<()> {
+    /// Sends one batch. Each job carries its venue as `MessageGroupId`: on a standard queue
+    /// that makes SQS a fair queue, so one venue's burst does not hold up the others.
+    async fn send_batch(&self, mut pending: Vec<&Entry>) -> Result<()> {
         // Entries SQS reports as `Failed` are sent again, with jittered backoff; the call
         // fails only if some are still refused after the last round.
         for round in 0..4u32 {
@@ -109,10 +111,11 @@ impl Queues {
             let entries = pending
                 .iter()
                 .enumerate()
-                .map(|(i, (body, delay))| {
+                .map(|(i, (body, delay, group))| {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(body.as_str())
+                        .message_group_id(group.as_str())
                         .set_delay_seconds((*delay > 0).then_some(*delay))
                         .build()
                         .map_err(|e| Error::aws("sqs", e))
@@ -218,8 +221,11 @@ fn truncate(text: &str, max: usize) -> String {
 
 /// Groups bodies (with their delays) into SendMessageBatch calls: at most 10 entries and
 /// 256 KiB each.
-fn batches(bodies: &[(String, i32)]) -> Vec<Vec<&(String, i32)>> {
-    let mut out: Vec<Vec<&(String, i32)>> = Vec::new();
+/// A job as sent: its body, its delay in seconds, its message group (the venue).
+type Entry = (String, i32, String);
+
+fn batches(bodies: &[Entry]) -> Vec<Vec<&Entry>> {
+    let mut out: Vec<Vec<&Entry>> = Vec::new();
     let mut size = 0;
     for entry in bodies {
         let body = &entry.0;
@@ -244,11 +250,13 @@ mod tests {
 
     #[test]
     fn batches_respect_count_and_size() {
-        let small: Vec<(String, i32)> = (0..25).map(|i| (i.to_string(), 0)).collect();
+        let small: Vec<Entry> = (0..25).map(|i| (i.to_string(), 0, "v".into())).collect();
         let sizes: Vec<usize> = batches(&small).iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![10, 10, 5]);
 
-        let big: Vec<(String, i32)> = (0..4).map(|_| ("x".repeat(100 * 1024), 0)).collect();
+        let big: Vec<Entry> = (0..4)
+            .map(|_| ("x".repeat(100 * 1024), 0, "v".into()))
+            .collect();
         let sizes: Vec<usize> = batches(&big).iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![2, 2]);
         assert!(batches(&[]).is_empty());
