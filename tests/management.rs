@@ -613,3 +613,37 @@ async fn a_fresh_api_process_opens_secrets_sealed_by_another() {
     assert_eq!(verify_with_python(&secret, &got), vec!["ok"]);
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_venue_has_a_bounded_number_of_endpoints() {
+    let mut options = local_options_with(&[("MAX_ENDPOINTS_PER_VENUE", "2")]);
+    options.run_ingest = false;
+    options.run_deliver = false;
+    let stack = start_with(options).await;
+    let api = Client::new(&stack);
+    let (v, other) = (venue("full"), venue("other"));
+    let body = json!({"url": "http://127.0.0.1:9/hooks", "event_types": ["*"]});
+    let first = api.create_endpoint(&v, body.clone()).await;
+    api.create_endpoint(&v, body.clone()).await;
+    let (status, refused) = api
+        .post(&format!("/venues/{v}/endpoints"), body.clone())
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused.to_string().contains("at most 2 endpoints"),
+        "{refused}"
+    );
+    // Nothing was created, another venue is not affected, and room comes back.
+    let (_, page) = api.get(&format!("/venues/{v}/endpoints")).await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+    api.create_endpoint(&other, body.clone()).await;
+    let (status, _) = api
+        .delete(&format!(
+            "/venues/{v}/endpoints/{}",
+            first["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 204);
+    api.create_endpoint(&v, body).await;
+    stack.stop().await;
+}

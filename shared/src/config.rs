@@ -42,6 +42,9 @@ pub struct Limits {
     pub response_excerpt_bytes: usize,
     /// How long events and delivery history are kept.
     pub retention_days: i64,
+    /// Most endpoints one venue may have: bounds the fan-out of an event, its item, and the
+    /// ingest function's read of the venue's endpoints.
+    pub max_endpoints_per_venue: usize,
 }
 
 /// Which destinations may be dialled in spite of the public-address rule, and which may use
@@ -121,6 +124,7 @@ impl Config {
                 request_timeout: Duration::from_millis(number("REQUEST_TIMEOUT_MS", 15_000)?),
                 response_excerpt_bytes: number("RESPONSE_EXCERPT_BYTES", 4096)? as usize,
                 retention_days: number("RETENTION_DAYS", 30)? as i64,
+                max_endpoints_per_venue: number("MAX_ENDPOINTS_PER_VENUE", 100)?.max(1) as usize,
             },
             retry: {
                 let defaults = RetryPolicy::default();

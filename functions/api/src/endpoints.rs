@@ -173,6 +173,15 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
     let payload_format = req.payload_format.unwrap_or_default();
     check_format(payload_format, req.template.as_deref(), &req.event_types)?;
     check_description(&req.description)?;
+    // A bounded fan-out: at most this many endpoints per venue (a concurrent create may pass
+    // it by one; the bound is for scale, not for billing).
+    let limit = api.max_endpoints_per_venue;
+    if api.store.count_endpoints(tenant, limit).await? >= limit {
+        return Err(ApiError::invalid(
+            "venue_id",
+            format!("a venue has at most {limit} endpoints; delete one before adding another"),
+        ));
+    }
     let (mode, secret) = match req.auth.unwrap_or(AuthRequest::SignedSecret) {
         AuthRequest::SignedSecret => (AuthMode::SignedSecret, Secret::generate_signing()),
         AuthRequest::BearerToken { token } => (

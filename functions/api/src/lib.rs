@@ -48,6 +48,7 @@ pub struct Api {
     destinations: DestinationPolicy,
     auth: Authenticator,
     max_body_bytes: usize,
+    max_endpoints_per_venue: usize,
 }
 
 /// The request after routing: method, path segments, query and body.
@@ -80,6 +81,7 @@ impl Api {
             auth: Authenticator::new(admin_key_sha256, services.store.clone()),
             // Room for the JSON around the largest accepted event.
             max_body_bytes: config.limits.max_payload_bytes + 16 * 1024,
+            max_endpoints_per_venue: config.limits.max_endpoints_per_venue,
         })
     }
 

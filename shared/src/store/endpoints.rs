@@ -211,6 +211,33 @@ impl Store {
         Ok(Page { items, next_cursor })
     }
 
+    /// How many endpoints a venue has (enabled or not), counting up to `limit` (what is past
+    /// it is not read).
+    pub async fn count_endpoints(&self, tenant: &Tenant, limit: usize) -> Result<usize> {
+        let mut count = 0;
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .ddb
+                .query()
+                .table_name(&self.endpoints)
+                .key_condition_expression("venue_id = :v")
+                .expression_attribute_values(":v", s(tenant.venue().as_str()))
+                .select(aws_sdk_dynamodb::types::Select::Count)
+                .consistent_read(true)
+                .limit((limit - count).clamp(1, 1000) as i32)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| Error::aws("dynamodb", e))?;
+            count += out.count as usize;
+            start = out.last_evaluated_key;
+            if start.is_none() || count >= limit {
+                return Ok(count);
+            }
+        }
+    }
+
     /// Every enabled endpoint of a venue (the fan-out set), all pages.
     pub async fn enabled_endpoints(&self, tenant: &Tenant) -> Result<Vec<Endpoint>> {
         let mut found = Vec::new();
