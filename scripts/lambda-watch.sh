@@ -8,10 +8,8 @@ export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:${MOTO_PORT:-4566}
 curl -fsS "$AWS_ENDPOINT_URL/moto-api/" >/dev/null || { echo "start 'make dev' first (it runs moto)"; exit 1; }
 # moto enforces IAM: the watched functions share one environment, so they use the operator's
 # keys that `make dev` wrote (each function's own identity is used by `make dev` itself).
-MOTO_DIR=".dev/moto-${MOTO_PORT:-4566}"
-AWS_ACCESS_KEY_ID=$(sed -n 's/^aws_access_key_id = //p' "$MOTO_DIR/operator-credentials")
-AWS_SECRET_ACCESS_KEY=$(sed -n 's/^aws_secret_access_key = //p' "$MOTO_DIR/operator-credentials")
-export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION=us-east-1
+source scripts/moto.sh
+use_operator ".dev/moto-${MOTO_PORT:-4566}"
 mkdir -p .dev
 {
   ./target/debug/popup-local env

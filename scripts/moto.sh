@@ -27,8 +27,14 @@ start_moto() {
   done
   export MOTO_DIR
   export AWS_ENDPOINT_URL="http://127.0.0.1:$port"
-  AWS_ACCESS_KEY_ID=$(sed -n 's/^aws_access_key_id = //p' "$MOTO_DIR/operator-credentials")
-  AWS_SECRET_ACCESS_KEY=$(sed -n 's/^aws_secret_access_key = //p' "$MOTO_DIR/operator-credentials")
+  use_operator "$MOTO_DIR"
+}
+
+# use_operator DIR: exports the keys of the `operator` user of the moto whose files are in
+# DIR (written by scripts/moto_server.py), and the region.
+use_operator() {
+  AWS_ACCESS_KEY_ID=$(sed -n 's/^aws_access_key_id = //p' "$1/operator-credentials")
+  AWS_SECRET_ACCESS_KEY=$(sed -n 's/^aws_secret_access_key = //p' "$1/operator-credentials")
   export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
   export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
   unset AWS_PROFILE AWS_SESSION_TOKEN AWS_SHARED_CREDENTIALS_FILE

@@ -7,7 +7,6 @@ cd "$(dirname "$0")/.."
 MOTO_DIR=".dev/moto-${MOTO_PORT:-4566}"
 [ -f "$MOTO_DIR/operator-credentials" ] || { echo "start 'make dev' first (it runs moto)"; exit 1; }
 export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:${MOTO_PORT:-4566}}"
-AWS_ACCESS_KEY_ID=$(sed -n 's/^aws_access_key_id = //p' "$MOTO_DIR/operator-credentials")
-AWS_SECRET_ACCESS_KEY=$(sed -n 's/^aws_secret_access_key = //p' "$MOTO_DIR/operator-credentials")
-export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION=us-east-1
+source scripts/moto.sh
+use_operator "$MOTO_DIR"
 exec ./target/debug/popup-local redrive "$@"

@@ -115,6 +115,13 @@ async fn on_queue(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
     attrs.values().map(|v| v.parse::<u64>().unwrap_or(0)).sum()
 }
 
+/// Publishes one event over HTTP; it must be accepted. Returns the answer.
+async fn publish(api: &Client, venue: &str, event: Value) -> Value {
+    let (status, answer) = api.post(&format!("/venues/{venue}/events"), event).await;
+    assert_eq!(status, 202, "{answer}");
+    answer
+}
+
 /// The operator's view of the local AWS, not through the proxy.
 async fn direct() -> aws_config::SdkConfig {
     aws().await
@@ -255,13 +262,7 @@ async fn an_eventually_consistent_read_never_ends_a_delivery() {
     // A small event travels in its job; a large one (over 16 KiB) is read from the table.
     let big = "x".repeat(20 * 1024);
     for data in [json!({"n": 1}), json!({"s": big})] {
-        let (status, answer) = api
-            .post(
-                &format!("/venues/{v}/events"),
-                json!({"type": "order.created", "data": data}),
-            )
-            .await;
-        assert_eq!(status, 202, "{answer}");
+        publish(&api, &v, json!({"type": "order.created", "data": data})).await;
     }
     let h = settled(&api, &v, ep_id, 2).await;
     assert!(h.iter().all(|d| d["status"] == "succeeded"), "{h:?}");
@@ -334,13 +335,7 @@ async fn one_bad_delivery_of_a_job_spoils_nothing_else() {
         .await;
 
     // One event: one job for the three endpoints.
-    let (status, answer) = api
-        .post(
-            &format!("/venues/{v}/events"),
-            json!({"type": "order.created", "data": {"n": 1}}),
-        )
-        .await;
-    assert_eq!(status, 202, "{answer}");
+    let answer = publish(&api, &v, json!({"type": "order.created", "data": {"n": 1}})).await;
 
     // Damage two endpoints at rest: a sealed secret that no longer opens, and an item that
     // no longer reads as an endpoint.
@@ -445,13 +440,7 @@ async fn one_bad_delivery_of_a_job_spoils_nothing_else() {
 
     // Publishing goes on: the unreadable endpoint is left out of the fan-out, the others get
     // the event.
-    let (status, answer) = api
-        .post(
-            &format!("/venues/{v}/events"),
-            json!({"type": "order.created", "data": {"n": 2}}),
-        )
-        .await;
-    assert_eq!(status, 202, "{answer}");
+    publish(&api, &v, json!({"type": "order.created", "data": {"n": 2}})).await;
     assert_eq!(flaky.wait_for(3, WAIT).await.len(), 3);
     stack.stop().await;
 }
@@ -488,26 +477,8 @@ impl Race {
         let ep = api
             .create_endpoint(&venue, json!({"url": receiver.url, "event_types": ["*"]}))
             .await;
-        let (status, _) = api
-            .post(
-                &format!("/venues/{venue}/events"),
-                json!({"type": "order.created", "data": {}}),
-            )
-            .await;
-        assert_eq!(status, 202);
-        let aws = stack.aws_of(local::DELIVER_FUNCTION).unwrap();
-        let sqs = aws_sdk_sqs::Client::new(&aws);
-        let trigger = stack
-            .provisioned
-            .trigger_of(local::DELIVER_FUNCTION)
-            .unwrap()
-            .clone();
-        let env = stack.provisioned.env_of(local::DELIVER_FUNCTION).unwrap();
-        let mut env = env.clone();
-        env.extend(overrides);
-        let services =
-            shared::services::Services::new(shared::config::Config::from_map(&env).unwrap(), &aws);
-        let deliver = deliver::Deliver::from_services(&services).unwrap();
+        publish(&api, &venue, json!({"type": "order.created", "data": {}})).await;
+        let (deliver, sqs, trigger) = played_deliver(&stack, &overrides);
         // The first attempt fails: pending, its retry due in about a second.
         let first = receive_jobs(&sqs, &trigger.queue_url, 1, Duration::from_secs(15)).await;
         let response = deliver
@@ -625,13 +596,7 @@ async fn a_delivery_item_stays_small_whatever_the_receiver_answers() {
     let ep = api
         .create_endpoint(&v, json!({"url": rx.url, "event_types": ["*"]}))
         .await;
-    let (status, _) = api
-        .post(
-            &format!("/venues/{v}/events"),
-            json!({"type": "order.created", "data": {}}),
-        )
-        .await;
-    assert_eq!(status, 202);
+    publish(&api, &v, json!({"type": "order.created", "data": {}})).await;
     let h = settled(&api, &v, ep["id"].as_str().unwrap(), 1).await;
     let id = h[0]["id"].as_str().unwrap().to_owned();
     for _ in 0..40 {
@@ -752,13 +717,12 @@ async fn a_template_cannot_take_the_function_down() {
         .await
         .unwrap();
 
-    let (status, _) = api
-        .post(
-            &format!("/venues/{v}/events"),
-            json!({"type": "order.created", "data": {"boom": true, "s": "x".repeat(40 * 1024)}}),
-        )
-        .await;
-    assert_eq!(status, 202);
+    publish(
+        &api,
+        &v,
+        json!({"type": "order.created", "data": {"boom": true, "s": "x".repeat(40 * 1024)}}),
+    )
+    .await;
     let started = Instant::now();
     let h = settled(&api, &v, ok_ep["id"].as_str().unwrap(), 1).await;
     assert_eq!(h[0]["status"], "succeeded");
@@ -809,13 +773,7 @@ async fn an_outage_backs_off_instead_of_using_up_the_receives() {
         Duration::from_secs(6),
     );
     let started = Instant::now();
-    let (status, _) = api
-        .post(
-            &format!("/venues/{v}/events"),
-            json!({"type": "order.created", "data": {}}),
-        )
-        .await;
-    assert_eq!(status, 202);
+    publish(&api, &v, json!({"type": "order.created", "data": {}})).await;
     let h = settled(&api, &v, ep["id"].as_str().unwrap(), 1).await;
     assert_eq!(h[0]["status"], "succeeded");
     let took = started.elapsed();
@@ -847,13 +805,12 @@ async fn the_dead_letter_queues_can_be_put_back() {
     let rx = Receiver::start(200).await;
     api.create_endpoint(&v, json!({"url": rx.url, "event_types": ["*"]}))
         .await;
-    let (status, _) = api
-        .post(
-            &format!("/venues/{v}/events"),
-            json!({"id": "via-http", "type": "order.created", "data": {}}),
-        )
-        .await;
-    assert_eq!(status, 202);
+    publish(
+        &api,
+        &v,
+        json!({"id": "via-http", "type": "order.created", "data": {}}),
+    )
+    .await;
     let sqs = aws_sdk_sqs::Client::new(&stack.aws);
     let job = receive_jobs(
         &sqs,

@@ -260,18 +260,7 @@ impl PlayedDeliver {
         }
         let (status, _) = api.post(&format!("/venues/{venue}/events"), event).await;
         assert_eq!(status, 202);
-        // The test plays Lambda's poller and the function: both under the function's identity.
-        let aws = stack.aws_of(local::DELIVER_FUNCTION).unwrap();
-        let sqs = aws_sdk_sqs::Client::new(&aws);
-        let trigger = stack
-            .provisioned
-            .trigger_of(local::DELIVER_FUNCTION)
-            .unwrap()
-            .clone();
-        let env = stack.provisioned.env_of(local::DELIVER_FUNCTION).unwrap();
-        let config = shared::config::Config::from_map(env).unwrap();
-        let services = shared::services::Services::new(config, &aws);
-        let deliver = deliver::Deliver::from_services(&services).unwrap();
+        let (deliver, sqs, trigger) = played_deliver(&stack, &Default::default());
         Self {
             stack,
             api,

@@ -95,13 +95,7 @@ pub async fn run(
             .iter()
             .filter(|m| !m.message_id.as_ref().is_some_and(|id| failed.contains(id)))
             .enumerate()
-            .filter_map(|(i, m)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .set_receipt_handle(m.receipt_handle.clone())
-                    .build()
-                    .ok()
-            })
+            .filter_map(|(i, m)| delete_entry(i, m))
             .collect();
         if done.is_empty() {
             continue;
@@ -119,6 +113,15 @@ pub async fn run(
             );
         }
     }
+}
+
+/// The DeleteMessageBatch entry of a received message, with `i` as its entry id.
+pub fn delete_entry(i: usize, message: &Message) -> Option<DeleteMessageBatchRequestEntry> {
+    DeleteMessageBatchRequestEntry::builder()
+        .id(i.to_string())
+        .set_receipt_handle(message.receipt_handle.clone())
+        .build()
+        .ok()
 }
 
 /// Like Lambda's batching window: after the first messages, keeps receiving until the batch is

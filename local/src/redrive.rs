@@ -5,7 +5,7 @@
 //! DLQ only once it is on its queue, so a failure midway loses nothing (at worst a message is
 //! there twice, which the functions de-duplicate).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::Path;
 
 use aws_sdk_sqs::types::{
@@ -93,18 +93,12 @@ pub async fn redrive(
             .send()
             .await
             .map_err(aws_err)?;
-        let ok: HashMap<String, ()> = sent.successful.into_iter().map(|s| (s.id, ())).collect();
+        let ok: HashSet<String> = sent.successful.into_iter().map(|s| s.id).collect();
         let done: Vec<DeleteMessageBatchRequestEntry> = messages
             .iter()
             .enumerate()
-            .filter(|(i, _)| ok.contains_key(&i.to_string()))
-            .filter_map(|(i, m)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .set_receipt_handle(m.receipt_handle.clone())
-                    .build()
-                    .ok()
-            })
+            .filter(|(i, _)| ok.contains(&i.to_string()))
+            .filter_map(|(i, m)| crate::esm::delete_entry(i, m))
             .collect();
         if done.is_empty() {
             return Err(ProvisionError::Aws(format!(

@@ -215,6 +215,21 @@ impl Queues {
     }
 }
 
+/// A wait as a visibility timeout: whole seconds, rounded up (SQS counts whole seconds; a
+/// message back early only waits again), at least one.
+pub fn visibility_secs(wait: Duration) -> i32 {
+    wait.as_secs_f64().ceil().clamp(1.0, i32::MAX as f64) as i32
+}
+
+/// SQS's count of how often a message was received (its `ApproximateReceiveCount`
+/// attribute, as Lambda passes it), 1 on the first.
+pub fn receive_count(attributes: &std::collections::HashMap<String, String>) -> u32 {
+    attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
 fn truncate(text: &str, max: usize) -> String {
     text.chars().take(max).collect()
 }
@@ -260,5 +275,15 @@ mod tests {
         let sizes: Vec<usize> = batches(&big).iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![2, 2]);
         assert!(batches(&[]).is_empty());
+    }
+
+    #[test]
+    fn waits_become_whole_seconds_and_receive_counts_default_to_one() {
+        assert_eq!(visibility_secs(Duration::from_millis(1)), 1);
+        assert_eq!(visibility_secs(Duration::from_millis(2500)), 3);
+        let mut attributes = std::collections::HashMap::new();
+        assert_eq!(receive_count(&attributes), 1);
+        attributes.insert("ApproximateReceiveCount".to_owned(), "4".to_owned());
+        assert_eq!(receive_count(&attributes), 4);
     }
 }

@@ -40,8 +40,8 @@ pub const MAX_CONCURRENT: usize = 2;
 const STACK_BYTES: usize = 16 * 1024 * 1024;
 
 /// Checks an expression without input: its length, that it parses, its depth and its growth.
-/// Returns the growth bound.
-fn check_expression(expression: &str) -> Result<f64, String> {
+/// Returns it compiled, with its growth bound.
+fn check_expression(expression: &str) -> Result<(jmespath::Expression<'static>, f64), String> {
     if expression.len() > MAX_TEMPLATE_LEN {
         return Err(format!(
             "the template is {} characters; at most {MAX_TEMPLATE_LEN}",
@@ -64,7 +64,7 @@ fn check_expression(expression: &str) -> Result<f64, String> {
             "the template nests {depth} levels deep; at most {MAX_DEPTH}"
         ));
     }
-    Ok(bound)
+    Ok((compiled, bound))
 }
 
 fn human(n: f64) -> String {
@@ -79,7 +79,7 @@ fn human(n: f64) -> String {
 /// [`MAX_RENDERED_BYTES`], or why not. Synchronous and unbounded in time: call it through
 /// [`render_bounded`] or [`render_blocking`].
 fn render(expression: &str, input: &[u8]) -> Result<Vec<u8>, String> {
-    let bound = check_expression(expression)?;
+    let (compiled, bound) = check_expression(expression)?;
     let work = bound * input.len() as f64;
     if work > MAX_WORK_BYTES {
         return Err(format!(
@@ -89,7 +89,6 @@ fn render(expression: &str, input: &[u8]) -> Result<Vec<u8>, String> {
             MAX_WORK_BYTES / (1024.0 * 1024.0)
         ));
     }
-    let compiled = jmespath::compile(expression).map_err(|e| format!("template: {e}"))?;
     let data =
         jmespath::Variable::from_json(std::str::from_utf8(input).map_err(|e| e.to_string())?)
             .map_err(|e| format!("envelope: {e}"))?;
@@ -149,42 +148,63 @@ impl std::io::Write for Limited {
     }
 }
 
-/// Runs `work` on a thread of its own with a large stack; the receiver gets its result.
+/// Runs `work` on a thread of its own with a large stack; `done` gets its result there.
 fn spawn<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
-) -> Result<mpsc::Receiver<T>, String> {
-    let (tx, rx) = mpsc::sync_channel(1);
+    done: impl FnOnce(T) + Send + 'static,
+) -> Result<(), String> {
     std::thread::Builder::new()
         .name("template".into())
         .stack_size(STACK_BYTES)
-        .spawn(move || {
-            let _ = tx.send(work());
-        })
-        .map_err(|e| format!("template: no thread to run it on: {e}"))?;
-    Ok(rx)
+        .spawn(move || done(work()))
+        .map(|_| ())
+        .map_err(|e| format!("template: no thread to run it on: {e}"))
+}
+
+fn too_slow() -> String {
+    format!(
+        "the template took longer than {} s on this event",
+        DEADLINE.as_secs()
+    )
 }
 
 static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT);
 
 /// [`render`] for the async delivery path: on a thread of its own, a few at a time, given up
-/// after [`DEADLINE`].
+/// after [`DEADLINE`] (the thread then ends on its own; what it can build is bounded).
 pub async fn render_bounded(expression: &str, input: Vec<u8>) -> Result<Vec<u8>, String> {
     let _slot = SLOTS
         .acquire()
         .await
         .map_err(|_| "template: no slot".to_owned())?;
     let expression = expression.to_owned();
-    let rx = spawn(move || render(&expression, &input))?;
-    let wait = tokio::task::spawn_blocking(move || rx.recv_timeout(DEADLINE));
-    match wait.await {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    spawn(
+        move || render(&expression, &input),
+        move |r| {
+            let _ = tx.send(r);
+        },
+    )?;
+    match tokio::time::timeout(DEADLINE, rx).await {
         Ok(Ok(result)) => result,
-        Ok(Err(mpsc::RecvTimeoutError::Timeout)) => Err(format!(
-            "the template took longer than {} s on this event",
-            DEADLINE.as_secs()
-        )),
-        Ok(Err(mpsc::RecvTimeoutError::Disconnected)) | Err(_) => {
-            Err("the template could not be run".into())
-        }
+        Ok(Err(_)) => Err("the template could not be run".into()),
+        Err(_) => Err(too_slow()),
+    }
+}
+
+/// Runs `work` on a template thread and waits for it, at most [`DEADLINE`], from a
+/// synchronous caller.
+fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    spawn(work, move |r| {
+        let _ = tx.send(r);
+    })?;
+    match rx.recv_timeout(DEADLINE) {
+        Ok(result) => result,
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(too_slow()),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err("the template could not be run".into()),
     }
 }
 
@@ -192,24 +212,15 @@ pub async fn render_bounded(expression: &str, input: Vec<u8>) -> Result<Vec<u8>,
 /// up after [`DEADLINE`].
 pub fn render_blocking(expression: &str, input: Vec<u8>) -> Result<Vec<u8>, String> {
     let expression = expression.to_owned();
-    let rx = spawn(move || render(&expression, &input))?;
-    match rx.recv_timeout(DEADLINE) {
-        Ok(result) => result,
-        Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
-            "the template took longer than {} s",
-            DEADLINE.as_secs()
-        )),
-        Err(mpsc::RecvTimeoutError::Disconnected) => Err("the template could not be run".into()),
-    }
+    run_blocking(move || render(&expression, &input))
 }
 
 /// [`check_expression`] on a thread of its own (parsing a deeply nested expression needs a
-/// large stack), given up after [`DEADLINE`].
-pub fn check_blocking(expression: &str) -> Result<f64, String> {
+/// large stack): the growth bound.
+#[cfg(test)]
+fn check_blocking(expression: &str) -> Result<f64, String> {
     let expression = expression.to_owned();
-    let rx = spawn(move || check_expression(&expression))?;
-    rx.recv_timeout(DEADLINE)
-        .map_err(|_| "the template could not be checked in time".to_owned())?
+    run_blocking(move || check_expression(&expression).map(|(_, bound)| bound))
 }
 
 /// Nesting depth of a syntax tree.

@@ -119,6 +119,35 @@ pub async fn receive_jobs(
     messages
 }
 
+/// The deliver function of `stack` for a test to play (calling its handler as Lambda would),
+/// with the SQS client and trigger of Lambda's poller: both under the function's identity,
+/// with the function's environment plus `overrides`.
+pub fn played_deliver(
+    stack: &Stack,
+    overrides: &HashMap<String, String>,
+) -> (
+    deliver::Deliver,
+    aws_sdk_sqs::Client,
+    local::provision::QueueTrigger,
+) {
+    let aws = stack.aws_of(local::DELIVER_FUNCTION).unwrap();
+    let trigger = stack
+        .provisioned
+        .trigger_of(local::DELIVER_FUNCTION)
+        .unwrap()
+        .clone();
+    let mut env = stack
+        .provisioned
+        .env_of(local::DELIVER_FUNCTION)
+        .unwrap()
+        .clone();
+    env.extend(overrides.clone());
+    let services =
+        shared::services::Services::new(shared::config::Config::from_map(&env).unwrap(), &aws);
+    let deliver = deliver::Deliver::from_services(&services).unwrap();
+    (deliver, aws_sdk_sqs::Client::new(&aws), trigger)
+}
+
 /// A log writer that keeps everything written to it (for a test binary that installs a
 /// process-wide subscriber of its own).
 #[derive(Clone, Default)]

@@ -2,7 +2,7 @@
 //! and, while a fault is armed for an operation, answers the way AWS does when it is harsher
 //! than moto: BatchGetItem with every key unprocessed, writes throttled, one entry of a
 //! SendMessageBatch failed, a stale (empty) answer to an eventually consistent read, a
-//! service unavailable. Loopback only; every fault ends by itself (a deadline or a count).
+//! service unavailable. Loopback only; every fault ends by itself (a deadline).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,7 +40,6 @@ struct Rule {
     op: String,
     fault: Fault,
     until: Instant,
-    left: Option<usize>,
     /// Only requests signed with this access key (one function's); `None`: everyone's.
     caller: Option<String>,
 }
@@ -49,7 +48,6 @@ impl Rule {
     fn matches(&self, target: &str, caller: &str) -> bool {
         (target.ends_with(&format!(".{}", self.op)) || target.starts_with(&self.op))
             && Instant::now() < self.until
-            && self.left != Some(0)
             && self.caller.as_deref().is_none_or(|c| c == caller)
     }
 }
@@ -133,7 +131,6 @@ impl FaultProxy {
             op: op.to_owned(),
             fault,
             until: Instant::now() + time,
-            left: None,
             caller: None,
         });
     }
@@ -150,24 +147,8 @@ impl FaultProxy {
             op: op.to_owned(),
             fault,
             until: Instant::now() + time,
-            left: None,
             caller: Some(identity.access_key_id.clone()),
         });
-    }
-
-    /// Arms `fault` for the next `n` matching requests (within an hour).
-    pub fn inject_times(&self, op: &str, fault: Fault, n: usize) {
-        self.rules.lock().unwrap().push(Rule {
-            op: op.to_owned(),
-            fault,
-            until: Instant::now() + Duration::from_secs(3600),
-            left: Some(n),
-            caller: None,
-        });
-    }
-
-    pub fn clear(&self) {
-        self.rules.lock().unwrap().clear();
     }
 
     /// How often each fault was applied (`"BatchGetItem Unprocessed"` → n).
@@ -176,16 +157,13 @@ impl FaultProxy {
     }
 
     fn armed(&self, target: &str, caller: &str, body: &Value) -> Option<Fault> {
-        let mut rules = self.rules.lock().unwrap();
-        let rule = rules.iter_mut().find(|r| {
+        let rules = self.rules.lock().unwrap();
+        let rule = rules.iter().find(|r| {
             r.matches(target, caller)
                 && (r.fault != Fault::StaleRead || !consistent(target, body))
                 && (r.fault != Fault::Unprocessed || target.ends_with(".BatchGetItem"))
                 && (r.fault != Fault::FailOneEntry || target.ends_with(".SendMessageBatch"))
         })?;
-        if let Some(left) = &mut rule.left {
-            *left -= 1;
-        }
         let fault = rule.fault;
         drop(rules);
         let op = target.rsplit('.').next().unwrap_or(target);

@@ -18,7 +18,7 @@ use futures::future::join_all;
 use shared::backoff;
 use shared::dispatch::{is_fresh, Dispatcher, Endpoints, JobOutcome, Ran};
 use shared::http_client::{BuildError, DeliveryClient};
-use shared::queue::{DeliveryJob, Queues};
+use shared::queue::{self, visibility_secs, DeliveryJob, Queues};
 use shared::services::Services;
 use shared::Error;
 
@@ -27,28 +27,32 @@ pub struct Deliver {
     dispatcher: Dispatcher,
     queues: Queues,
     dlq_url: String,
+    /// The first wait of a job that failed because AWS did ([`backoff::outage_wait`]).
     outage_backoff: Duration,
 }
 
 impl Deliver {
-    pub fn new(dispatcher: Dispatcher, queues: Queues, dlq_url: String) -> Self {
-        Self {
-            dispatcher,
-            queues,
-            dlq_url,
-            outage_backoff: Duration::from_secs(10),
+    pub fn from_services(services: &Services) -> Result<Self, BuildError> {
+        let http = DeliveryClient::new(&services.config)?;
+        Ok(Self {
+            dispatcher: Dispatcher::new(services, http),
+            queues: services.queues.clone(),
+            dlq_url: services.config.resources.delivery_dlq_url.clone(),
+            outage_backoff: services.config.outage_backoff,
+        })
+    }
+
+    /// Hides a received job for `wait` (its entry for one ChangeMessageVisibilityBatch).
+    fn hide(delays: &mut Vec<(String, i32)>, record: &SqsMessage, wait: Duration) {
+        if let Some(handle) = &record.receipt_handle {
+            delays.push((handle.clone(), visibility_secs(wait)));
         }
     }
 
-    pub fn from_services(services: &Services) -> Result<Self, BuildError> {
-        let http = DeliveryClient::new(&services.config)?;
-        let mut deliver = Self::new(
-            Dispatcher::new(services, http),
-            services.queues.clone(),
-            services.config.resources.delivery_dlq_url.clone(),
-        );
-        deliver.outage_backoff = services.config.outage_backoff;
-        Ok(deliver)
+    /// How long a job waits after failing because AWS did: longer with each receive, so an
+    /// outage of hours does not use up the receives that stand between it and the DLQ.
+    fn outage_wait(&self, record: &SqsMessage) -> Duration {
+        backoff::outage_wait(receive_count(record), self.outage_backoff)
     }
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
@@ -81,23 +85,14 @@ impl Deliver {
                 Handled::Done(more) if more.is_empty() => {}
                 Handled::Done(more) => {
                     follow_ups.extend(more);
-                    waiting_on_follow_ups.push(id);
+                    waiting_on_follow_ups.push((id, record));
                 }
                 Handled::RetryIn(wait) => {
-                    // Seconds, rounded up: SQS counts whole seconds.
-                    let secs = wait.as_secs_f64().ceil().max(1.0) as i32;
-                    if let Some(handle) = &record.receipt_handle {
-                        delays.push((handle.clone(), secs));
-                    }
+                    Self::hide(&mut delays, record, wait);
                     response.add_failure(id);
                 }
                 Handled::Failed => {
-                    // AWS failed us: back later each time, so an outage of hours does not
-                    // use up the receives that stand between a job and the DLQ.
-                    let wait = backoff::outage_wait(receive_count(record), self.outage_backoff);
-                    if let Some(handle) = &record.receipt_handle {
-                        delays.push((handle.clone(), wait.as_secs_f64().ceil().max(1.0) as i32));
-                    }
+                    Self::hide(&mut delays, record, self.outage_wait(record));
                     response.add_failure(id);
                 }
             }
@@ -108,18 +103,8 @@ impl Deliver {
             let jobs: Vec<_> = follow_ups.iter().map(|(job, wait)| (job, *wait)).collect();
             if let Err(e) = self.queues.send_delayed(&jobs).await {
                 tracing::error!(error = %e, "could not queue retries; their jobs come back");
-                for id in waiting_on_follow_ups {
-                    if let Some(record) = event
-                        .records
-                        .iter()
-                        .find(|r| r.message_id.as_deref() == Some(id.as_str()))
-                    {
-                        let wait = backoff::outage_wait(receive_count(record), self.outage_backoff);
-                        if let Some(handle) = &record.receipt_handle {
-                            delays
-                                .push((handle.clone(), wait.as_secs_f64().ceil().max(1.0) as i32));
-                        }
-                    }
+                for (id, record) in waiting_on_follow_ups {
+                    Self::hide(&mut delays, record, self.outage_wait(record));
                     response.add_failure(id);
                 }
             }
@@ -208,10 +193,6 @@ fn parse(record: &SqsMessage) -> Result<DeliveryJob, String> {
 }
 
 /// SQS's count of how often this message was received, 1 on the first.
-pub fn receive_count(record: &SqsMessage) -> u32 {
-    record
-        .attributes
-        .get("ApproximateReceiveCount")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
+fn receive_count(record: &SqsMessage) -> u32 {
+    queue::receive_count(&record.attributes)
 }

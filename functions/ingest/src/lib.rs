@@ -16,7 +16,7 @@ use chrono::Utc;
 use futures::future::join_all;
 use shared::domain::IngestMessage;
 use shared::ingest::Publisher;
-use shared::queue::{DeliveryJob, Queues};
+use shared::queue::{self, DeliveryJob, Queues};
 use shared::services::Services;
 use shared::store::Tenant;
 use shared::Error;
@@ -41,25 +41,14 @@ enum Refusal {
 }
 
 impl Ingest {
-    pub fn new(publisher: Publisher, queues: Queues, dlq_url: String) -> Self {
-        Self {
-            publisher,
-            queues,
-            dlq_url,
-            queue_url: None,
-            outage_backoff: std::time::Duration::from_secs(10),
-        }
-    }
-
     pub fn from_services(services: &Services) -> Self {
-        let mut ingest = Self::new(
-            Publisher::new(services),
-            services.queues.clone(),
-            services.config.resources.ingest_dlq_url.clone(),
-        );
-        ingest.queue_url = services.config.resources.ingest_queue_url.clone();
-        ingest.outage_backoff = services.config.outage_backoff;
-        ingest
+        Self {
+            publisher: Publisher::new(services),
+            queues: services.queues.clone(),
+            dlq_url: services.config.resources.ingest_dlq_url.clone(),
+            queue_url: services.config.resources.ingest_queue_url.clone(),
+            outage_backoff: services.config.outage_backoff,
+        }
     }
 
     /// One invocation, whatever triggered it: a batch from the ingest queue (answered with
@@ -130,16 +119,11 @@ impl Ingest {
                     .records
                     .iter()
                     .find(|r| r.message_id.as_deref() == Some(failure.item_identifier.as_str()))?;
-                let receives = record
-                    .attributes
-                    .get("ApproximateReceiveCount")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1);
-                let wait = shared::backoff::outage_wait(receives, self.outage_backoff);
-                Some((
-                    record.receipt_handle.clone()?,
-                    wait.as_secs_f64().ceil().max(1.0) as i32,
-                ))
+                let wait = shared::backoff::outage_wait(
+                    queue::receive_count(&record.attributes),
+                    self.outage_backoff,
+                );
+                Some((record.receipt_handle.clone()?, queue::visibility_secs(wait)))
             })
             .collect();
         if !delays.is_empty() {

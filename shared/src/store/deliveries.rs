@@ -188,9 +188,10 @@ impl Store {
     /// changes the status only from the one it read. Only the last
     /// [`MAX_KEPT_ATTEMPTS`] attempts are kept in full; `attempt_count` counts them all.
     pub async fn record_attempt(&self, rec: AttemptRecord<'_>) -> Result<Recorded> {
-        let mut previous = rec.previous.cloned();
+        // What the caller read, borrowed; replaced by what is there when a condition fails.
+        let mut previous = rec.previous.map(std::borrow::Cow::Borrowed);
         for _ in 0..4 {
-            match self.try_record(&rec, previous.as_ref(), true).await? {
+            match self.try_record(&rec, previous.as_deref(), true).await? {
                 Written::Yes => return Ok(Recorded::Written),
                 Written::No(old) => {
                     let Some(old) = old else {
@@ -225,7 +226,7 @@ impl Store {
                     }
                     // Only the attempts changed under us (a concurrent append): again, on
                     // what is there now.
-                    previous = Some(old);
+                    previous = Some(std::borrow::Cow::Owned(old));
                 }
             }
         }
