@@ -314,16 +314,27 @@ async fn timeouts_slow_bodies_huge_bodies_and_redirects_are_bounded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wait_longer_than_one_visibility_hop_is_honoured() {
-    // Each hop hides the job for at most 1 s; the planned wait is 4 s.
-    let stack = start_with(options(&[
+async fn a_wait_longer_than_sqs_can_delay_waits_in_the_retries_table() {
+    // SQS may delay a message 2 s here (900 s on AWS); the planned wait is 4 s, so the job
+    // waits in the retries table (1 s slots) until the sweep (every second) queues it.
+    let mut o = options(&[
         ("RETRY_SCHEDULE_SECONDS", "4"),
-        ("MAX_HOP_SECONDS", "1"),
-    ]))
-    .await;
+        ("MAX_QUEUE_DELAY_SECONDS", "2"),
+        ("RETRY_SLOT_SECONDS", "1"),
+        ("RETRY_SHARDS", "2"),
+    ]);
+    o.schedule_every = Some(Duration::from_secs(1));
+    let stack = start_with(o).await;
     let rx = FaultReceiver::start(vec![Mode::Status(500), Mode::Status(200)]).await;
     let case = Case::new(&stack, &rx.url).await;
     case.publish(1).await;
+    rx.wait_for(1, WAIT).await;
+    let waiting = eventually(WAIT, || async {
+        let n = waiting_retries(&stack).await;
+        (n > 0).then_some(n)
+    })
+    .await;
+    assert_eq!(waiting, Some(1), "the retry waits in the table");
     let d = &case.settled(1).await[0];
     assert_eq!(d["status"], "succeeded");
     let gap = gaps(&rx.hits())[0];
@@ -332,6 +343,7 @@ async fn a_wait_longer_than_one_visibility_hop_is_honoured() {
         "waited {gap:?}, planned 4 s ±20%"
     );
     assert!(gap < Duration::from_secs(8), "waited {gap:?}");
+    assert_eq!(waiting_retries(&stack).await, 0, "the sweep removed it");
     stack.stop().await;
 }
 

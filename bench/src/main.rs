@@ -577,9 +577,8 @@ async fn send_path(
     let config = shared::config::Config::from_lookup(|name| match name {
         "DESTINATION_ALLOW_CIDRS" => Some("127.0.0.0/8".into()),
         "ENDPOINTS_TABLE" | "EVENTS_TABLE" | "DELIVERIES_TABLE" | "API_KEYS_TABLE"
-        | "SECRETS_KMS_KEY_ID" | "DELIVERY_QUEUE_URL" | "DELIVERY_DLQ_URL" | "INGEST_DLQ_URL" => {
-            Some("unused".into())
-        }
+        | "RETRIES_TABLE" | "SECRETS_KMS_KEY_ID" | "DELIVERY_QUEUE_URL" | "DELIVERY_DLQ_URL"
+        | "INGEST_DLQ_URL" => Some("unused".into()),
         _ => None,
     })?;
     let ours = shared::http_client::DeliveryClient::new(&config)?;

@@ -1,6 +1,8 @@
 //! The local stand-in for Lambda's SQS event source mapping: long-polls a queue, hands each
 //! batch to the function as the `SqsEvent` JSON Lambda would send, and deletes the messages
-//! that succeeded. With `ReportBatchItemFailures`, only the listed records stay on the queue; a
+//! that succeeded. As on Lambda, batches run concurrently, up to the mapping's
+//! `ScalingConfig.MaximumConcurrency`: a poller receives only when a batch may start (a
+//! [`Concurrency`] permit), so a slow batch holds one slot, not the queue. With `ReportBatchItemFailures`, only the listed records stay on the queue; a
 //! failed invocation leaves the whole batch. Messages that stay become visible again after the
 //! queue's visibility timeout, and the queue's redrive policy moves them to the DLQ.
 
@@ -29,18 +31,34 @@ pub type Stats = Arc<std::sync::Mutex<std::collections::BTreeMap<String, Invocat
 pub type Handler =
     Arc<dyn Fn(SqsEvent) -> Pin<Box<dyn Future<Output = SqsBatchResponse> + Send>> + Send + Sync>;
 
-/// Polls until `shutdown` turns true.
+/// The batches of one mapping that may run at once (shared by its pollers).
+pub type Concurrency = Arc<tokio::sync::Semaphore>;
+
+/// Polls until `shutdown` turns true, running each batch on its own task once a permit of
+/// `concurrency` is free; returns once its batches have finished.
 pub async fn run(
     sqs: aws_sdk_sqs::Client,
     trigger: QueueTrigger,
     handler: Handler,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
     stats: Stats,
+    concurrency: Concurrency,
 ) {
+    let mut running = tokio::task::JoinSet::new();
     loop {
         if *shutdown.borrow() {
+            while running.join_next().await.is_some() {}
             return;
         }
+        // Finished batches leave the set as they end.
+        while running.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            permit = concurrency.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = shutdown.changed() => continue,
+        };
         // Not abandoned on shutdown: SQS would hand a message to a receive nobody reads.
         let received = sqs
             .receive_message()
@@ -67,51 +85,67 @@ pub async fn run(
             continue;
         }
         gather(&sqs, &trigger, &mut messages).await;
-        let event = match to_event(&trigger, &messages) {
-            Ok(event) => event,
-            Err(e) => {
-                tracing::error!(error = %e, "could not build the SQS event");
-                continue;
-            }
-        };
-        let started = std::time::Instant::now();
-        let response = handler(event).await;
-        if let Ok(mut stats) = stats.lock() {
-            let entry = stats.entry(trigger.function.clone()).or_default();
-            entry.count += 1;
-            entry.records += messages.len() as u64;
-            entry.busy += started.elapsed();
+        let (sqs, trigger, handler, stats) =
+            (sqs.clone(), trigger.clone(), handler.clone(), stats.clone());
+        running.spawn(async move {
+            invoke(&sqs, &trigger, &handler, &stats, messages).await;
+            drop(permit);
+        });
+    }
+}
+
+/// One invocation: the batch to the function, then the messages that succeeded deleted.
+async fn invoke(
+    sqs: &aws_sdk_sqs::Client,
+    trigger: &QueueTrigger,
+    handler: &Handler,
+    stats: &Stats,
+    messages: Vec<Message>,
+) {
+    let event = match to_event(trigger, &messages) {
+        Ok(event) => event,
+        Err(e) => {
+            tracing::error!(error = %e, "could not build the SQS event");
+            return;
         }
-        let failed: HashSet<String> = if trigger.reports_batch_item_failures {
-            response
-                .batch_item_failures
-                .into_iter()
-                .map(|f| f.item_identifier)
-                .collect()
-        } else {
-            HashSet::new()
-        };
-        let done: Vec<DeleteMessageBatchRequestEntry> = messages
-            .iter()
-            .filter(|m| !m.message_id.as_ref().is_some_and(|id| failed.contains(id)))
-            .enumerate()
-            .filter_map(|(i, m)| delete_entry(i, m))
-            .collect();
-        if done.is_empty() {
-            continue;
-        }
-        if let Err(e) = sqs
-            .delete_message_batch()
-            .queue_url(&trigger.queue_url)
-            .set_entries(Some(done))
-            .send()
-            .await
-        {
-            tracing::warn!(
-                error = shared::error::error_chain(&e),
-                "delete failed; the messages will be received again"
-            );
-        }
+    };
+    let started = std::time::Instant::now();
+    let response = handler(event).await;
+    if let Ok(mut stats) = stats.lock() {
+        let entry = stats.entry(trigger.function.clone()).or_default();
+        entry.count += 1;
+        entry.records += messages.len() as u64;
+        entry.busy += started.elapsed();
+    }
+    let failed: HashSet<String> = if trigger.reports_batch_item_failures {
+        response
+            .batch_item_failures
+            .into_iter()
+            .map(|f| f.item_identifier)
+            .collect()
+    } else {
+        HashSet::new()
+    };
+    let done: Vec<DeleteMessageBatchRequestEntry> = messages
+        .iter()
+        .filter(|m| !m.message_id.as_ref().is_some_and(|id| failed.contains(id)))
+        .enumerate()
+        .filter_map(|(i, m)| delete_entry(i, m))
+        .collect();
+    if done.is_empty() {
+        return;
+    }
+    if let Err(e) = sqs
+        .delete_message_batch()
+        .queue_url(&trigger.queue_url)
+        .set_entries(Some(done))
+        .send()
+        .await
+    {
+        tracing::warn!(
+            error = shared::error::error_chain(&e),
+            "delete failed; the messages will be received again"
+        );
     }
 }
 

@@ -52,8 +52,11 @@ pub struct StackOptions {
     pub run_api: bool,
     pub run_ingest: bool,
     pub run_deliver: bool,
-    /// Concurrent pollers per queue (Lambda runs several per mapping).
+    /// Concurrent pollers per queue (Lambda runs several per mapping); the batches they
+    /// receive run concurrently up to the mapping's `MaximumConcurrency`.
     pub pollers: usize,
+    /// Overrides every mapping's `MaximumConcurrency` (a test that wants one batch at a time).
+    pub max_concurrency: Option<usize>,
     /// The period of the template's `Schedule` events (tests shorten it); `None`: as the
     /// template says.
     pub schedule_every: Option<std::time::Duration>,
@@ -82,6 +85,7 @@ impl StackOptions {
             run_ingest: true,
             run_deliver: true,
             pollers: 2,
+            max_concurrency: None,
             schedule_every: None,
         }
     }
@@ -155,10 +159,17 @@ impl Stack {
         }
         let mut scheduled = Vec::new();
         // Lambda's SQS event source mapping: several pollers per queue-triggered function,
-        // under the function's identity (on AWS, the poller uses the function's role).
+        // under the function's identity (on AWS, the poller uses the function's role), and
+        // up to MaximumConcurrency batches at once.
         let mut poll = |function: &str, handler: esm::Handler| -> Result<(), StackError> {
             let trigger = provisioned.trigger_of(function)?.clone();
             let sqs = aws_sdk_sqs::Client::new(&aws_of(function)?);
+            let concurrency = Arc::new(tokio::sync::Semaphore::new(
+                options
+                    .max_concurrency
+                    .unwrap_or(trigger.max_concurrency)
+                    .max(1),
+            ));
             for _ in 0..options.pollers {
                 tasks.push(tokio::spawn(esm::run(
                     sqs.clone(),
@@ -166,6 +177,7 @@ impl Stack {
                     handler.clone(),
                     watch_rx.clone(),
                     invocations.clone(),
+                    concurrency.clone(),
                 )));
             }
             Ok(())

@@ -45,6 +45,9 @@ pub struct QueueTrigger {
     /// `MaximumBatchingWindowInSeconds`: how long to gather a fuller batch.
     pub batching_window: std::time::Duration,
     pub reports_batch_item_failures: bool,
+    /// `ScalingConfig.MaximumConcurrency`: how many batches run at once at most (Lambda's
+    /// default without it: as many as the account allows; here 1,000).
+    pub max_concurrency: usize,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -322,6 +325,15 @@ pub async fn provision(
                         s.iter()
                             .any(|t| t.as_str() == Some("ReportBatchItemFailures"))
                     }),
+                max_concurrency: match get(p, "ScalingConfig")
+                    .and_then(|c| get(c, "MaximumConcurrency"))
+                {
+                    Some(value) => resolver
+                        .resolve(value)?
+                        .parse()
+                        .map_err(|_| bad("MaximumConcurrency is not a number"))?,
+                    None => 1000,
+                },
             });
         }
     }

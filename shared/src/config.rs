@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::breaker::BreakerPolicy;
 use crate::retry::RetryPolicy;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,8 @@ pub struct Resources {
     pub events_table: String,
     pub deliveries_table: String,
     pub api_keys_table: String,
+    /// Delivery jobs waiting longer than SQS can delay a message.
+    pub retries_table: String,
     /// The KMS key that encrypts the data keys sealing endpoint secrets.
     pub secrets_kms_key_id: String,
     pub delivery_queue_url: String,
@@ -54,14 +57,28 @@ pub struct DestinationPolicy {
     pub allow_cidrs: Vec<IpNet>,
 }
 
+/// Where a delivery job waits for its retry: on the delivery queue with `DelaySeconds` up to
+/// `max_queue_delay`, in the retries table beyond, in slots of `slot` swept on a schedule.
+/// Never in flight on the queue.
+#[derive(Clone, Debug)]
+pub struct WaitConfig {
+    /// At most 900 s (SQS's limit).
+    pub max_queue_delay: Duration,
+    /// The retries table's time slot; at most half of `max_queue_delay`, so that a job
+    /// written to the table always falls in a slot the sweep has not passed.
+    pub slot: Duration,
+    /// Partitions per slot: writes of one slot spread over this many partition keys.
+    pub shards: u32,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub resources: Resources,
     pub limits: Limits,
     pub retry: RetryPolicy,
-    /// The longest one SQS visibility change may hide a job (SQS allows 12 h from receipt);
-    /// longer waits take several hops.
-    pub max_hop: Duration,
+    pub breaker: BreakerPolicy,
+    /// Where a retry waits ([`crate::waits`]).
+    pub waits: WaitConfig,
     /// How long the re-sent jobs of a repeated event wait (see `ingest`).
     pub resume_delay: Duration,
     pub destinations: DestinationPolicy,
@@ -113,6 +130,7 @@ impl Config {
                 events_table: required("EVENTS_TABLE")?,
                 deliveries_table: required("DELIVERIES_TABLE")?,
                 api_keys_table: required("API_KEYS_TABLE")?,
+                retries_table: required("RETRIES_TABLE")?,
                 secrets_kms_key_id: required("SECRETS_KMS_KEY_ID")?,
                 delivery_queue_url: required("DELIVERY_QUEUE_URL")?,
                 delivery_dlq_url: required("DELIVERY_DLQ_URL")?,
@@ -158,7 +176,52 @@ impl Config {
                     )?),
                 }
             },
-            max_hop: Duration::from_secs(number("MAX_HOP_SECONDS", 43_000)?.clamp(1, 43_000)),
+            breaker: {
+                let defaults = BreakerPolicy::default();
+                let ms = |d: Duration| d.as_millis() as u64;
+                let request_timeout = number("REQUEST_TIMEOUT_MS", 15_000)?;
+                BreakerPolicy {
+                    threshold: number("BREAKER_THRESHOLD", defaults.threshold as u64)?.max(1)
+                        as u32,
+                    cooldown: Duration::from_millis(
+                        number("BREAKER_COOLDOWN_MS", ms(defaults.cooldown))?.max(1),
+                    ),
+                    max_cooldown: Duration::from_millis(
+                        number("BREAKER_MAX_COOLDOWN_MS", ms(defaults.max_cooldown))?.max(1),
+                    ),
+                    // The probe's request, and a margin to record it.
+                    probe_lease: Duration::from_millis(request_timeout + 5_000),
+                    max_hold: Duration::from_millis(
+                        number("BREAKER_MAX_HOLD_MS", ms(defaults.max_hold))?.max(1),
+                    ),
+                    max_concurrent: number(
+                        "ENDPOINT_MAX_CONCURRENCY",
+                        defaults.max_concurrent as u64,
+                    )?
+                    .clamp(1, 50) as u32,
+                    slow_after: Duration::from_millis(
+                        number("SLOW_ATTEMPT_MS", ms(defaults.slow_after))?.max(1),
+                    ),
+                    slow_for: defaults.slow_for,
+                }
+            },
+            waits: {
+                let max_queue_delay = number("MAX_QUEUE_DELAY_SECONDS", 900)?.clamp(1, 900);
+                let slot = number("RETRY_SLOT_SECONDS", 60)?.max(1);
+                if slot * 2 > max_queue_delay {
+                    return Err(ConfigError::Invalid {
+                        name: "RETRY_SLOT_SECONDS",
+                        message: format!(
+                            "{slot} s is more than half of MAX_QUEUE_DELAY_SECONDS ({max_queue_delay} s)"
+                        ),
+                    });
+                }
+                WaitConfig {
+                    max_queue_delay: Duration::from_secs(max_queue_delay),
+                    slot: Duration::from_secs(slot),
+                    shards: number("RETRY_SHARDS", 16)?.clamp(1, 1000) as u32,
+                }
+            },
             resume_delay: Duration::from_secs(number("RESUME_DELAY_SECONDS", 900)?.min(900)),
             destinations: DestinationPolicy { allow_cidrs },
             user_agent: format!("PopupWebhooks/{}", env!("CARGO_PKG_VERSION")),

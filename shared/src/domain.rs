@@ -108,11 +108,40 @@ pub struct Endpoint {
     /// Start of the current run of failures; cleared by any success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failing_since: Option<DateTime<Utc>>,
+    /// The circuit breaker ([`crate::breaker`]): failed attempts in a row…
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures_in_row: u32,
+    /// …the circuit is open (deliveries wait unattempted) until then…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_open_until: Option<DateTime<Utc>>,
+    /// …after opening this many times in a row…
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub circuit_opens: u32,
+    /// …and a probe holds the endpoint until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_until: Option<DateTime<Utc>>,
+    /// Attempts took long lately: until then each takes a lease slot (`lease_0`…, not part
+    /// of this struct), so that only a few run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 impl Endpoint {
+    /// Back to a closed circuit (the venue changed the endpoint: a fresh start).
+    pub fn reset_circuit(&mut self) {
+        self.failures_in_row = 0;
+        self.circuit_open_until = None;
+        self.circuit_opens = 0;
+        self.probe_until = None;
+        self.slow_until = None;
+    }
+
     pub fn subscribes_to(&self, event_type: &str) -> bool {
         self.event_types
             .iter()

@@ -190,6 +190,7 @@ fn jobs_of(record: &EventRecord, resumed: bool) -> Result<Vec<DeliveryJob>> {
                 first: !resumed,
                 resumed,
                 manual: false,
+                held: 0,
             }),
         }
         group = this;

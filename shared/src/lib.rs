@@ -5,6 +5,8 @@
 //! - [`store`] (DynamoDB) and [`queue`] (SQS): persistence and jobs.
 //! - [`destination`], [`http_client`]: where a webhook may go and how it is sent.
 //! - [`ingest`], [`dispatch`]: accepting an event and attempting one delivery.
+//! - [`retry`], [`waits`], [`breaker`]: when a failed delivery is tried again, where it waits,
+//!   and when an endpoint's deliveries wait unattempted.
 
 // Release builds abort on panic (see the workspace's release profile): no panicking shortcuts.
 #![cfg_attr(
@@ -14,6 +16,7 @@
 
 pub mod api_key;
 pub mod backoff;
+pub mod breaker;
 pub mod catalog;
 pub mod config;
 pub mod destination;
@@ -33,5 +36,6 @@ pub mod services;
 pub mod signing;
 pub mod store;
 pub mod template;
+pub mod waits;
 
 pub use error::{Error, Result, ValidationError};

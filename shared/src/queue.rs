@@ -41,6 +41,14 @@ pub struct DeliveryJob {
     /// A replay: one manual attempt, never followed by scheduled retries.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub manual: bool,
+    /// How many times this delivery was held by its endpoint's open circuit (each hold
+    /// waits longer: [`crate::breaker::BreakerPolicy::hold_wait`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl DeliveryJob {

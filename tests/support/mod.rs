@@ -53,12 +53,18 @@ fn rand_u16() -> u16 {
 
 /// The local defaults on a fresh prefix, from `infra/template.yaml` or the template that
 /// `POPUP_TEMPLATE` names (the IAM test runs a test against a copy with an action removed).
+///
+/// The circuit breaker opens only after 1,000 failures in a row here, so that a test of
+/// retries sees every attempt it plans; the breaker's own tests (tests/scale.rs) set it.
 pub fn local_options() -> StackOptions {
     let mut options = StackOptions::local(
         &unique_prefix(),
         SocketAddr::from(([127, 0, 0, 1], 0)),
         ADMIN_KEY,
     );
+    options
+        .env_overrides
+        .insert("BREAKER_THRESHOLD".into(), "1000".into());
     if let Some(template) = std::env::var_os("POPUP_TEMPLATE") {
         options.template = template.into();
     }
@@ -236,6 +242,7 @@ pub async fn start_with(options: StackOptions) -> Stack {
 }
 
 /// The API as a venue admin's tool would call it.
+#[derive(Clone)]
 pub struct Client {
     base: String,
     http: reqwest::Client,
@@ -383,6 +390,38 @@ impl Receiver {
                 return got;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// How many delivery jobs wait in the stack's retries table (its sweep cursor aside).
+pub async fn waiting_retries(stack: &Stack) -> usize {
+    let ddb = aws_sdk_dynamodb::Client::new(&stack.aws);
+    let table = &stack.provisioned.physical["RetriesTable"];
+    let mut count = 0;
+    let mut start = None;
+    loop {
+        let out = ddb
+            .scan()
+            .table_name(table)
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .expect("scan the retries table");
+        count += out
+            .items()
+            .iter()
+            .filter(|item| {
+                item.get("slot")
+                    .and_then(|s| s.as_s().ok())
+                    .map(String::as_str)
+                    != Some("#cursor")
+            })
+            .count();
+        start = out.last_evaluated_key;
+        if start.is_none() {
+            return count;
         }
     }
 }

@@ -55,7 +55,8 @@ struct DetailView<'a> {
 
 pub async fn list(api: &Api, tenant: &Tenant, raw_endpoint: &str, call: &Call<'_>) -> ApiResult {
     // History of an endpoint that is not this venue's is a 404, like the endpoint itself.
-    let endpoint_id = load(api, tenant, raw_endpoint).await?.endpoint_id;
+    let endpoint = load(api, tenant, raw_endpoint).await?;
+    let endpoint_id = endpoint.endpoint_id.clone();
     let limit = page_limit(call)?;
     let status = call
         .param("status")
@@ -102,7 +103,12 @@ pub async fn list(api: &Api, tenant: &Tenant, raw_endpoint: &str, call: &Call<'_
     let data: Vec<_> = page.items.iter().map(SummaryView::of).collect();
     Ok((
         StatusCode::OK,
-        json!({"data": data, "next_cursor": page.next_cursor.as_deref().map(cursor::encode)}),
+        json!({
+            "data": data,
+            "next_cursor": page.next_cursor.as_deref().map(cursor::encode),
+            // Why deliveries may be waiting unattempted.
+            "circuit": crate::endpoints::CircuitView::of(&endpoint),
+        }),
     ))
 }
 
@@ -153,7 +159,8 @@ pub const REPLAY_MAX_DELIVERIES: usize = 10_000;
 /// delivery created in the window; 202 with how many.
 pub async fn replay(api: &Api, tenant: &Tenant, raw_endpoint: &str, call: &Call<'_>) -> ApiResult {
     let request: ReplayRequest = crate::error::parse_json(call.body)?;
-    let endpoint_id = load(api, tenant, raw_endpoint).await?.endpoint_id;
+    let endpoint = load(api, tenant, raw_endpoint).await?;
+    let endpoint_id = endpoint.endpoint_id.clone();
     let now = Utc::now();
     let until = request.until.unwrap_or(now).min(now);
     if request.since >= until {
@@ -192,6 +199,7 @@ pub async fn replay(api: &Api, tenant: &Tenant, raw_endpoint: &str, call: &Call<
             first: false,
             resumed: false,
             manual: true,
+            held: 0,
         })
         .collect();
     api.queues

@@ -98,8 +98,32 @@ pub struct EndpointView<'a> {
     disabled_reason: Option<&'a str>,
     /// Since when every delivery has failed, if they do.
     failing_since: Option<DateTime<Utc>>,
+    /// The circuit breaker: while open, deliveries wait without being attempted.
+    circuit: CircuitView,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+}
+
+/// The endpoint's circuit breaker as the API shows it.
+#[derive(Serialize)]
+pub struct CircuitView {
+    /// `closed`, `open` (deliveries wait) or `half_open` (one probe may go).
+    state: &'static str,
+    /// Failed attempts in a row.
+    failures_in_row: u32,
+    /// When it lets a probe through, while open.
+    open_until: Option<DateTime<Utc>>,
+}
+
+impl CircuitView {
+    pub fn of(ep: &Endpoint) -> Self {
+        let circuit = shared::breaker::Circuit::of(ep);
+        CircuitView {
+            state: circuit.state(Utc::now()),
+            failures_in_row: circuit.failures_in_row,
+            open_until: circuit.open_until,
+        }
+    }
 }
 
 impl<'a> EndpointView<'a> {
@@ -122,6 +146,7 @@ impl<'a> EndpointView<'a> {
             enabled: ep.enabled,
             disabled_reason: ep.disabled_reason.as_deref(),
             failing_since: ep.failing_since,
+            circuit: CircuitView::of(ep),
             created_at: ep.created_at,
             updated_at: ep.updated_at,
         }
@@ -215,6 +240,11 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
         enabled: req.enabled.unwrap_or(true),
         disabled_reason: None,
         failing_since: None,
+        failures_in_row: 0,
+        circuit_open_until: None,
+        circuit_opens: 0,
+        probe_until: None,
+        slow_until: None,
         created_at: now,
         updated_at: now,
     };
@@ -385,6 +415,8 @@ pub async fn update(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -
         }
         endpoint.enabled = enabled;
     }
+    // Whatever changed (the URL, the receiver's fix), deliveries are tried again at once.
+    endpoint.reset_circuit();
     endpoint.updated_at = Utc::now().max(previous + chrono::Duration::microseconds(1));
     api.store.replace_endpoint(&endpoint, previous).await?;
     tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, enabled = endpoint.enabled, "endpoint updated");

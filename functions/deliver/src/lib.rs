@@ -1,9 +1,10 @@
 //! The deliver function: each record of a batch is one delivery job (the first attempts of
 //! one event at up to ten endpoints, or one delivery's retry), all attempted concurrently.
-//! A job of one delivery that must wait is returned in `batchItemFailures` with its
-//! visibility set to the wait; the deliveries of a larger job that must wait are queued as
-//! jobs of their own first. A job that can never be processed goes to the delivery DLQ
-//! with its reason.
+//! A delivery that must wait for a retry is stored as a job of its own, with its wait
+//! (`DelaySeconds` on the queue, or the retries table: [`shared::waits`]), before its message
+//! leaves the queue: no retry waits in flight. A job that can never be processed goes to the
+//! delivery DLQ with its reason. Only a job that failed because AWS did stays on the queue,
+//! hidden for a backoff that grows with each receive.
 
 // Release builds abort on panic (see the workspace's release profile): no panicking shortcuts.
 #![cfg_attr(
@@ -16,16 +17,18 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::future::join_all;
 use shared::backoff;
-use shared::dispatch::{is_fresh, Dispatcher, Endpoints, JobOutcome, Ran};
+use shared::dispatch::{is_fresh, Dispatcher, Endpoints, Health, Ran};
 use shared::http_client::{BuildError, DeliveryClient};
 use shared::queue::{self, visibility_secs, DeliveryJob, Queues};
 use shared::services::Services;
+use shared::waits::Waits;
 use shared::Error;
 
 #[derive(Clone)]
 pub struct Deliver {
     dispatcher: Dispatcher,
     queues: Queues,
+    waits: Waits,
     dlq_url: String,
     /// The first wait of a job that failed because AWS did ([`backoff::outage_wait`]).
     outage_backoff: Duration,
@@ -37,6 +40,7 @@ impl Deliver {
         Ok(Self {
             dispatcher: Dispatcher::new(services, http),
             queues: services.queues.clone(),
+            waits: Waits::new(services),
             dlq_url: services.config.resources.delivery_dlq_url.clone(),
             outage_backoff: services.config.outage_backoff,
         })
@@ -67,14 +71,17 @@ impl Deliver {
         let endpoints = self.dispatcher.endpoints_of(&parsed).await.map_err(|e| {
             tracing::error!(error = %e, "could not read the batch's endpoints; its fresh jobs come back");
         });
+        let health = Health::default();
         let results = join_all(
             event
                 .records
                 .iter()
                 .zip(jobs)
-                .map(|(r, job)| self.handle_record(r, job, endpoints.as_ref().ok())),
+                .map(|(r, job)| self.handle_record(r, job, endpoints.as_ref().ok(), &health)),
         )
         .await;
+        // What the attempts said about each endpoint: one write per endpoint for the batch.
+        self.dispatcher.settle(health).await;
         let mut response = SqsBatchResponse::default();
         let mut delays = Vec::new();
         let mut follow_ups = Vec::new();
@@ -87,10 +94,6 @@ impl Deliver {
                     follow_ups.extend(more);
                     waiting_on_follow_ups.push((id, record));
                 }
-                Handled::RetryIn(wait) => {
-                    Self::hide(&mut delays, record, wait);
-                    response.add_failure(id);
-                }
                 Handled::Failed => {
                     Self::hide(&mut delays, record, self.outage_wait(record));
                     response.add_failure(id);
@@ -98,11 +101,10 @@ impl Deliver {
             }
         }
         if !follow_ups.is_empty() {
-            // One call for the whole batch; a job leaves the queue only once its waiting
-            // deliveries are queued on their own.
-            let jobs: Vec<_> = follow_ups.iter().map(|(job, wait)| (job, *wait)).collect();
-            if let Err(e) = self.queues.send_delayed(&jobs).await {
-                tracing::error!(error = %e, "could not queue retries; their jobs come back");
+            // Together for the whole batch; a job leaves the queue only once its waiting
+            // deliveries are stored on their own.
+            if let Err(e) = self.waits.schedule(&follow_ups, chrono::Utc::now()).await {
+                tracing::error!(error = %e, "could not store retries; their jobs come back");
                 for (id, record) in waiting_on_follow_ups {
                     Self::hide(&mut delays, record, self.outage_wait(record));
                     response.add_failure(id);
@@ -120,6 +122,7 @@ impl Deliver {
         record: &SqsMessage,
         job: Result<DeliveryJob, String>,
         endpoints: Option<&Endpoints>,
+        health: &Health,
     ) -> Handled {
         let message_id = record.message_id.as_deref().unwrap_or("");
         let body = record.body.as_deref().unwrap_or("");
@@ -136,20 +139,16 @@ impl Deliver {
         };
         match self
             .dispatcher
-            .run(&job, receive_count(record), endpoints)
+            .run(&job, receive_count(record), endpoints, health)
             .await
         {
             Ok(Ran {
-                outcome: JobOutcome::Done(why),
+                outcome,
                 follow_ups,
             }) => {
-                tracing::debug!(event_id = %job.event_id, why, "job done");
+                tracing::debug!(event_id = %job.event_id, outcome, "job done");
                 Handled::Done(follow_ups)
             }
-            Ok(Ran {
-                outcome: JobOutcome::RetryIn(wait),
-                ..
-            }) => Handled::RetryIn(wait),
             // Retrying cannot make a missing event or a corrupt item appear.
             Err(e @ (Error::NotFound(_) | Error::Corrupt(_))) => {
                 self.poison(message_id, body, format!("cannot be delivered: {e}"))
@@ -175,9 +174,8 @@ impl Deliver {
 }
 
 enum Handled {
-    /// Finished, once these (a job's deliveries that wait for a retry) are queued.
+    /// Finished, once these (a job's deliveries that wait for a retry) are stored.
     Done(Vec<(DeliveryJob, Duration)>),
-    RetryIn(Duration),
     /// Something broke (AWS unavailable…): back after the queue's visibility timeout.
     Failed,
 }

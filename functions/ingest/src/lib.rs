@@ -19,11 +19,13 @@ use shared::ingest::Publisher;
 use shared::queue::{self, DeliveryJob, Queues};
 use shared::services::Services;
 use shared::store::Tenant;
+use shared::waits::Waits;
 use shared::Error;
 
 #[derive(Clone)]
 pub struct Ingest {
     publisher: Publisher,
+    waits: Waits,
     queues: Queues,
     dlq_url: String,
     /// Its own queue, to make a message that failed for a passing reason wait longer each
@@ -44,6 +46,7 @@ impl Ingest {
     pub fn from_services(services: &Services) -> Self {
         Self {
             publisher: Publisher::new(services),
+            waits: Waits::new(services),
             queues: services.queues.clone(),
             dlq_url: services.config.resources.ingest_dlq_url.clone(),
             queue_url: services.config.resources.ingest_queue_url.clone(),
@@ -52,8 +55,8 @@ impl Ingest {
     }
 
     /// One invocation, whatever triggered it: a batch from the ingest queue (answered with
-    /// its `batchItemFailures`), or the schedule (`aws.events`) that runs the sweep of events
-    /// stored while the delivery queue could not be reached.
+    /// its `batchItemFailures`), or the schedule (`aws.events`) that runs the sweeps: retries
+    /// whose wait is over, and events stored while the delivery queue could not be reached.
     pub async fn invoke(&self, payload: serde_json::Value) -> Result<serde_json::Value, Error> {
         if payload.get("Records").is_some() {
             let event: SqsEvent = serde_json::from_value(payload)
@@ -62,18 +65,25 @@ impl Ingest {
             return serde_json::to_value(response).map_err(|e| Error::Corrupt(e.to_string()));
         }
         if payload.get("source").and_then(|s| s.as_str()) == Some("aws.events") {
-            let queued = self.sweep().await?;
-            return Ok(serde_json::json!({ "queued": queued }));
+            let (retries, events) = self.sweep().await?;
+            return Ok(serde_json::json!({ "retries_queued": retries, "events_queued": events }));
         }
         Err(Error::Corrupt(
             "neither an SQS batch nor a scheduled event".into(),
         ))
     }
 
-    /// Queues the jobs of stored events whose jobs could not be queued when they were
-    /// published (a page of them per run).
-    pub async fn sweep(&self) -> Result<usize, Error> {
-        self.publisher.sweep_unqueued(100).await
+    /// Queues the retries of the retries table that are due (for at most 20 s of the
+    /// function's 30), then the jobs of stored events whose jobs could not be queued when
+    /// they were published (a page of them). Returns how many of each were queued.
+    pub async fn sweep(&self) -> Result<(usize, usize), Error> {
+        let retries = self
+            .waits
+            .sweep(Utc::now(), std::time::Duration::from_secs(20))
+            .await;
+        // One failing does not keep the other from running.
+        let events = self.publisher.sweep_unqueued(100).await;
+        Ok((retries?.queued, events?))
     }
 
     /// Accepts every record, then queues the jobs of the whole batch together: a batch of

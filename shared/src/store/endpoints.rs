@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 
-use super::{from_item, is_conditional_failure, s, to_attr, to_item, written, Page, Store, Tenant};
+use super::{
+    from_item, is_conditional_failure, n, s, to_attr, to_item, written, Page, Store, Tenant,
+};
+use crate::breaker::Change;
 use crate::domain::Endpoint;
 use crate::error::{Error, Result};
 use crate::ids::{EndpointId, VenueId};
@@ -105,33 +108,154 @@ impl Store {
         }
     }
 
-    /// Starts an endpoint's failure clock, unless it is already running.
-    pub async fn mark_failing(
+    /// What a batch of attempts did to the endpoint's health, in one write: a success
+    /// stops the failure clock and closes the circuit; failures start the clock (if it is not
+    /// running) and count towards opening the circuit, or open it.
+    pub async fn record_health(
         &self,
         tenant: &Tenant,
         id: &EndpointId,
-        since: DateTime<Utc>,
+        change: &Change,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let since = to_attr(&now)?;
+        match change {
+            Change::None => Ok(()),
+            Change::Close => {
+                self.update_endpoint_health(
+                    tenant,
+                    id,
+                    "SET failures_in_row = :zero, circuit_opens = :zero REMOVE failing_since, circuit_open_until, probe_until",
+                    "attribute_exists(endpoint_id)",
+                    vec![(":zero", n(0))],
+                )
+                .await
+            }
+            Change::Count(failures) => {
+                self.update_endpoint_health(
+                    tenant,
+                    id,
+                    "SET failing_since = if_not_exists(failing_since, :now) ADD failures_in_row :n",
+                    "attribute_exists(endpoint_id)",
+                    vec![(":now", since), (":n", n(*failures))],
+                )
+                .await
+            }
+            Change::Open {
+                until,
+                opens,
+                failures,
+            } => {
+                self.update_endpoint_health(
+                    tenant,
+                    id,
+                    "SET failing_since = if_not_exists(failing_since, :now), circuit_open_until = :until, circuit_opens = :opens ADD failures_in_row :n REMOVE probe_until",
+                    "attribute_exists(endpoint_id)",
+                    vec![
+                        (":now", since),
+                        (":until", to_attr(until)?),
+                        (":opens", n(*opens)),
+                        (":n", n(*failures)),
+                    ],
+                )
+                .await
+            }
+        }
+    }
+
+    /// Marks the endpoint slow until `until` (unless it is already).
+    pub async fn mark_slow(
+        &self,
+        tenant: &Tenant,
+        id: &EndpointId,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
     ) -> Result<()> {
         self.update_endpoint_health(
             tenant,
             id,
-            "SET failing_since = :since",
-            "attribute_exists(endpoint_id) AND attribute_not_exists(failing_since)",
-            vec![(":since", to_attr(&since)?)],
+            "SET slow_until = :until",
+            "attribute_exists(endpoint_id) AND (attribute_not_exists(slow_until) OR slow_until < :now)",
+            vec![(":now", to_attr(&now)?), (":until", to_attr(&until)?)],
         )
         .await
     }
 
-    /// A success stops the failure clock.
-    pub async fn clear_failing(&self, tenant: &Tenant, id: &EndpointId) -> Result<()> {
-        self.update_endpoint_health(
-            tenant,
-            id,
-            "REMOVE failing_since",
-            "attribute_exists(endpoint_id)",
-            vec![],
-        )
-        .await
+    /// Takes lease slot `slot` of a slow endpoint until `until_ms` (unix ms): `true` if it
+    /// was free (or its holder's lease ran out).
+    pub async fn take_slot(
+        &self,
+        tenant: &Tenant,
+        id: &EndpointId,
+        slot: u32,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool> {
+        let result = self
+            .ddb
+            .update_item()
+            .table_name(&self.endpoints)
+            .key("venue_id", s(tenant.venue().as_str()))
+            .key("endpoint_id", s(id.as_str()))
+            .update_expression("SET #slot = :until")
+            .condition_expression(
+                "attribute_exists(endpoint_id) AND (attribute_not_exists(#slot) OR #slot < :now)",
+            )
+            .expression_attribute_names("#slot", format!("lease_{slot}"))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":until", n(until_ms))
+            .send()
+            .await;
+        written(result)
+    }
+
+    /// Frees a lease slot taken by [`Store::take_slot`] (if it is still ours).
+    pub async fn free_slot(
+        &self,
+        tenant: &Tenant,
+        id: &EndpointId,
+        slot: u32,
+        until_ms: i64,
+    ) -> Result<()> {
+        let result = self
+            .ddb
+            .update_item()
+            .table_name(&self.endpoints)
+            .key("venue_id", s(tenant.venue().as_str()))
+            .key("endpoint_id", s(id.as_str()))
+            .update_expression("REMOVE #slot")
+            .condition_expression("#slot = :until")
+            .expression_attribute_names("#slot", format!("lease_{slot}"))
+            .expression_attribute_values(":until", n(until_ms))
+            .send()
+            .await;
+        written(result).map(|_| ())
+    }
+
+    /// The probe's lease of an endpoint whose circuit's cooldown is over: `true` for the one
+    /// caller that gets it (until `until`), `false` for everyone else.
+    pub async fn take_probe(
+        &self,
+        tenant: &Tenant,
+        id: &EndpointId,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let result = self
+            .ddb
+            .update_item()
+            .table_name(&self.endpoints)
+            .key("venue_id", s(tenant.venue().as_str()))
+            .key("endpoint_id", s(id.as_str()))
+            .update_expression("SET probe_until = :until")
+            .condition_expression(
+                "circuit_open_until <= :now AND (attribute_not_exists(probe_until) OR probe_until < :now)",
+            )
+            .expression_attribute_values(":now", to_attr(&now)?)
+            .expression_attribute_values(":until", to_attr(&until)?)
+            .send()
+            .await;
+        written(result)
     }
 
     /// Disables an endpoint on the system's own account, saying why.

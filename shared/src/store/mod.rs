@@ -14,14 +14,18 @@
 //!   An endpoint's history is a query of the venue, newest first, filtered on the endpoint.
 //!   No secondary index: it would double the write cost of every item.
 //!
+//! - retries: jobs waiting longer than SQS can delay them, by due slot and shard.
+//!
 //! One file per table: [`endpoints`], [`events`] (and the notes of events whose jobs could not
-//! be queued), [`deliveries`] (history items, attempts and their rules), [`api_keys`]. This
+//! be queued), [`deliveries`] (history items, attempts and their rules), [`api_keys`],
+//! [`retries`]. This
 //! file holds the store itself and what they share (conditional puts, batched reads).
 
 mod api_keys;
 mod deliveries;
 mod endpoints;
 mod events;
+mod retries;
 
 pub use api_keys::ApiKeyRecord;
 pub use deliveries::{
@@ -29,6 +33,7 @@ pub use deliveries::{
     MAX_KEPT_ATTEMPTS,
 };
 pub use events::EventRecord;
+pub use retries::Waiting;
 
 use std::collections::HashMap;
 
@@ -74,6 +79,7 @@ pub struct Store {
     events: String,
     deliveries: String,
     api_keys: String,
+    retries: String,
     retention: Duration,
 }
 
@@ -132,6 +138,7 @@ impl Store {
             events: resources.events_table.clone(),
             deliveries: resources.deliveries_table.clone(),
             api_keys: resources.api_keys_table.clone(),
+            retries: resources.retries_table.clone(),
             retention: Duration::days(retention_days),
         }
     }

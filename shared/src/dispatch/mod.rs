@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Timelike, Utc};
 use http::{HeaderMap, HeaderValue};
 
+use crate::breaker::{BreakerPolicy, Change, Circuit, Gate};
 use crate::domain::{
     rfc3339, Attempt, Credential, DeliveryStatus, Endpoint, Event, Target, Trigger,
 };
@@ -26,6 +27,10 @@ use crate::store::{
 };
 use futures::future::join_all;
 
+mod health;
+
+pub use health::{Health, Tally};
+
 /// How much of a receiver's answer a first-try success keeps in its group's item.
 const GROUP_BODY_BYTES: usize = 256;
 /// How much of an error message an attempt keeps.
@@ -36,17 +41,20 @@ const ERROR_BYTES: usize = 1024;
 pub enum JobOutcome {
     /// Finished: delivered, failed for good, or nothing to do. The job leaves the queue.
     Done(&'static str),
-    /// Not finished: the job stays queued and comes back after this long.
+    /// Not finished: to be tried again after this long.
     RetryIn(Duration),
+    /// Not attempted: the endpoint's circuit is open; to be looked at again after this long.
+    Held(Duration),
 }
 
 /// What became of a queued job (all its deliveries).
 #[derive(Debug)]
 pub struct Ran {
-    /// For the message: done, or back after a while (a job of one delivery).
-    pub outcome: JobOutcome,
-    /// Deliveries of a job of several that wait for a retry: each is queued on its own, with
-    /// its wait, before the message leaves the queue.
+    /// What happened, for the log.
+    pub outcome: &'static str,
+    /// Deliveries that wait for a retry (or were set apart): each is stored as a job of its
+    /// own, with its wait ([`crate::waits::Waits::schedule`]), before the message leaves the
+    /// queue.
     pub follow_ups: Vec<(DeliveryJob, Duration)>,
 }
 
@@ -58,6 +66,8 @@ enum First {
     Done,
     /// Recorded in an item of its own, pending: back after this long.
     RetryIn(Duration),
+    /// Not attempted, nothing recorded: the endpoint's circuit is open.
+    Held(Duration),
 }
 
 #[derive(Clone)]
@@ -66,7 +76,7 @@ pub struct Dispatcher {
     sealer: Sealer,
     http: DeliveryClient,
     policy: RetryPolicy,
-    max_hop: Duration,
+    breaker: BreakerPolicy,
 }
 
 impl Dispatcher {
@@ -77,7 +87,7 @@ impl Dispatcher {
             sealer: services.sealer.clone(),
             http,
             policy: config.retry.clone(),
-            max_hop: config.max_hop,
+            breaker: config.breaker.clone(),
         }
     }
 
@@ -88,26 +98,48 @@ impl Dispatcher {
     ///
     /// `endpoints` holds the endpoints of the batch's fresh jobs ([`Dispatcher::endpoints_of`]),
     /// read once for all of them just before.
-    pub async fn run(&self, job: &DeliveryJob, receive: u32, endpoints: &Endpoints) -> Result<Ran> {
+    ///
+    /// What the attempts say about each endpoint's health is added to `health`, written once
+    /// for the whole batch by [`Dispatcher::settle`].
+    pub async fn run(
+        &self,
+        job: &DeliveryJob,
+        receive: u32,
+        endpoints: &Endpoints,
+        health: &Health,
+    ) -> Result<Ran> {
         let single = job.targets.len() == 1;
         let results: Vec<(Target, Result<JobOutcome>)> = if is_fresh(job, receive) {
-            self.first_attempts(job, endpoints).await?
+            self.first_attempts(job, endpoints, health).await?
         } else {
-            join_all(
-                job.targets
-                    .iter()
-                    .map(|t| async { (t.clone(), self.run_target(&job.single(t.clone())).await) }),
-            )
+            join_all(job.targets.iter().map(|t| async {
+                (
+                    t.clone(),
+                    self.run_target(&job.single(t.clone()), health).await,
+                )
+            }))
             .await
         };
         let mut follow_ups = Vec::new();
-        let mut outcome = JobOutcome::Done("every delivery done");
+        let mut outcome = "every delivery done";
         let mut failure = None;
         for (target, result) in results {
             match result {
-                Ok(JobOutcome::RetryIn(wait)) if single => outcome = JobOutcome::RetryIn(wait),
-                Ok(JobOutcome::RetryIn(wait)) => follow_ups.push((job.single(target), wait)),
-                Ok(JobOutcome::Done(why)) if single => outcome = JobOutcome::Done(why),
+                // Every wait is a job of its own, stored before this message leaves the queue
+                // ([`crate::waits`]): nothing waits in flight.
+                Ok(JobOutcome::RetryIn(wait)) => {
+                    outcome = "waiting for a retry";
+                    follow_ups.push((job.single(target), wait));
+                }
+                Ok(JobOutcome::Held(wait)) => {
+                    outcome = "held: the endpoint's circuit is open";
+                    let held = DeliveryJob {
+                        held: job.held + 1,
+                        ..job.single(target)
+                    };
+                    follow_ups.push((held, wait));
+                }
+                Ok(JobOutcome::Done(why)) if single => outcome = why,
                 Ok(JobOutcome::Done(_)) => {}
                 // A delivery that can never be processed (its item is damaged…) goes on as a
                 // job of its own, which ends in the DLQ with the reason; the others go on.
@@ -156,6 +188,7 @@ impl Dispatcher {
         &self,
         job: &DeliveryJob,
         endpoints: &Endpoints,
+        health: &Health,
     ) -> Result<Vec<(Target, Result<JobOutcome>)>> {
         let tenant = Tenant::from_internal_message(job.venue_id.clone());
         let now = Utc::now();
@@ -164,7 +197,7 @@ impl Dispatcher {
             let endpoint = endpoints
                 .get(&(job.venue_id.clone(), target.endpoint_id.clone()))
                 .map(|e| e.as_ref().map_err(String::as_str));
-            self.first_attempt(&tenant, &event, target, endpoint, now)
+            self.first_attempt(&tenant, (&event, job.held), target, endpoint, (now, health))
         }))
         .await;
         let mut group = GroupRecord {
@@ -193,6 +226,7 @@ impl Dispatcher {
                 }
                 Ok(First::Done) => Ok(JobOutcome::Done("recorded")),
                 Ok(First::RetryIn(wait)) => Ok(JobOutcome::RetryIn(wait)),
+                Ok(First::Held(wait)) => Ok(JobOutcome::Held(wait)),
                 Err(e) => Err(e),
             };
             results.push((target.clone(), result));
@@ -206,10 +240,10 @@ impl Dispatcher {
     async fn first_attempt(
         &self,
         tenant: &Tenant,
-        event: &Event,
+        (event, held): (&Event, u32),
         target: &Target,
         endpoint: Option<std::result::Result<&Endpoint, &str>>,
-        now: DateTime<Utc>,
+        (now, health): (DateTime<Utc>, &Health),
     ) -> Result<First> {
         let job_target = (&target.delivery_id, &target.endpoint_id, event);
         let endpoint = match endpoint {
@@ -230,11 +264,22 @@ impl Dispatcher {
                 return Ok(First::Done);
             }
         };
+        let admitted = match self.pass(tenant, endpoint, held, now).await? {
+            Ok(admitted) => admitted,
+            Err(wait) => return Ok(First::Held(wait)),
+        };
+        let probed = admitted.probed;
         let (attempt, decision) = self
-            .attempt(tenant, endpoint, event, &target.delivery_id, 1, now)
+            .attempt(
+                tenant,
+                endpoint,
+                event,
+                (&target.delivery_id, 1),
+                (now, health, admitted),
+            )
             .await?;
         if decision == Decision::Delivered {
-            self.track_health(tenant, endpoint, &decision, now).await?;
+            health.note(endpoint, &attempt, probed);
             let index = target.delivery_id.group().map_or(0, |(_, i)| i);
             // Ten of these share an item: each keeps only the start of what its receiver said.
             let mut attempt = attempt;
@@ -259,18 +304,19 @@ impl Dispatcher {
                     attempt,
                     (1, None),
                     decision,
-                    now,
+                    (now, health, probed),
                 )
                 .await?
             {
                 JobOutcome::RetryIn(wait) => First::RetryIn(wait),
+                JobOutcome::Held(wait) => First::Held(wait),
                 JobOutcome::Done(_) => First::Done,
             },
         )
     }
 
     /// One delivery that may be under way already: what its record says decides.
-    async fn run_target(&self, job: &DeliveryJob) -> Result<JobOutcome> {
+    async fn run_target(&self, job: &DeliveryJob, health: &Health) -> Result<JobOutcome> {
         let tenant = Tenant::from_internal_message(job.venue_id.clone());
         let target = job
             .targets
@@ -297,10 +343,10 @@ impl Dispatcher {
                 return Ok(JobOutcome::Done("delivery already finished"));
             }
             if let Some(due) = delivery.next_attempt_at {
-                // Back early: a wait longer than one visibility hop, or a crash retry.
+                // Back early: a duplicate, or a job sent again after a crash.
                 if let Ok(left) = (due - now).to_std() {
                     if left > Duration::from_millis(50) {
-                        return Ok(JobOutcome::RetryIn(left.min(self.max_hop)));
+                        return Ok(JobOutcome::RetryIn(left));
                     }
                 }
             }
@@ -327,8 +373,19 @@ impl Dispatcher {
                 .await?;
             return Ok(JobOutcome::Done("endpoint disabled"));
         }
+        let admitted = match self.pass(&tenant, &endpoint, job.held, now).await? {
+            Ok(admitted) => admitted,
+            Err(wait) => return Ok(JobOutcome::Held(wait)),
+        };
+        let probed = admitted.probed;
         let (attempt, decision) = self
-            .attempt(&tenant, &endpoint, &event, &target.delivery_id, number, now)
+            .attempt(
+                &tenant,
+                &endpoint,
+                &event,
+                (&target.delivery_id, number),
+                (now, health, admitted),
+            )
             .await?;
         self.record_scheduled(
             &tenant,
@@ -338,24 +395,41 @@ impl Dispatcher {
             attempt,
             (number, existing.as_ref()),
             decision,
-            now,
+            (now, health, probed),
         )
         .await
     }
 
-    /// Sends one scheduled attempt and decides what follows it.
+    /// Sends one scheduled attempt and decides what follows it. An attempt still running
+    /// after `slow_after` marks its endpoint slow; a lease slot it holds is freed after.
     async fn attempt(
         &self,
         tenant: &Tenant,
         endpoint: &Endpoint,
         event: &Event,
-        delivery_id: &DeliveryId,
-        number: u32,
-        now: DateTime<Utc>,
+        (delivery_id, number): (&DeliveryId, u32),
+        (now, health, admitted): (DateTime<Utc>, &Health, Admitted),
     ) -> Result<(Attempt, Decision)> {
-        let (attempt, response) = self
-            .send(endpoint, event, Trigger::Scheduled, number, now)
-            .await?;
+        let send = self.send(endpoint, event, Trigger::Scheduled, number, now);
+        tokio::pin!(send);
+        let sent = tokio::select! {
+            sent = &mut send => sent,
+            () = tokio::time::sleep(self.breaker.slow_after) => {
+                self.mark_slow(tenant, endpoint, health).await;
+                send.await
+            }
+        };
+        if let Some((slot, until_ms)) = admitted.slot {
+            if let Err(e) = self
+                .store
+                .free_slot(tenant, &endpoint.endpoint_id, slot, until_ms)
+                .await
+            {
+                // It frees itself when its lease runs out.
+                tracing::warn!(endpoint_id = %endpoint.endpoint_id, error = %e, "could not free a lease slot");
+            }
+        }
+        let (attempt, response) = sent?;
         let decision = self.policy.decide(
             number,
             &Outcome::of(&response, now),
@@ -389,13 +463,24 @@ impl Dispatcher {
         attempt: Attempt,
         (number, previous): (u32, Option<&DeliveryRecord>),
         decision: Decision,
-        now: DateTime<Utc>,
+        (now, health, probed): (DateTime<Utc>, &Health, bool),
     ) -> Result<JobOutcome> {
         let (status, next_attempt_at) = match decision {
             Decision::Delivered => (DeliveryStatus::Succeeded, None),
             Decision::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
             Decision::GiveUp | Decision::DisableEndpoint => (DeliveryStatus::Failed, None),
         };
+        health.note(endpoint, &attempt, probed);
+        if decision == Decision::DisableEndpoint {
+            tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, "receiver answered 410 Gone; endpoint disabled");
+            self.store
+                .disable_endpoint(
+                    tenant,
+                    &endpoint.endpoint_id,
+                    "the receiver answered 410 Gone",
+                )
+                .await?;
+        }
         let recorded = self
             .store
             .record_attempt(AttemptRecord {
@@ -421,16 +506,12 @@ impl Dispatcher {
             Recorded::StateKept(status) => {
                 // A manual attempt finished the delivery meanwhile; this one is in the history.
                 tracing::info!(%delivery_id, attempt = number, status = status.as_str(), "delivery finished meanwhile");
-                self.track_health(tenant, endpoint, &decision, now).await?;
                 return Ok(JobOutcome::Done("finished meanwhile"));
             }
         }
-        self.track_health(tenant, endpoint, &decision, now).await?;
         Ok(match decision {
             Decision::Delivered => JobOutcome::Done("delivered"),
-            Decision::RetryAt(at) => {
-                JobOutcome::RetryIn((at - now).to_std().unwrap_or_default().min(self.max_hop))
-            }
+            Decision::RetryAt(at) => JobOutcome::RetryIn((at - now).to_std().unwrap_or_default()),
             Decision::GiveUp => JobOutcome::Done("failed after the last attempt"),
             Decision::DisableEndpoint => JobOutcome::Done("receiver answered 410 Gone"),
         })
@@ -485,9 +566,11 @@ impl Dispatcher {
                 previous: Some(delivery),
             })
             .await?;
-        if attempt.succeeded() && endpoint.failing_since.is_some() {
+        if attempt.succeeded() && (endpoint.failing_since.is_some() || endpoint.failures_in_row > 0)
+        {
+            // The receiver is back: the failure clock stops and the circuit closes.
             self.store
-                .clear_failing(tenant, &endpoint.endpoint_id)
+                .record_health(tenant, &endpoint.endpoint_id, &Change::Close, now)
                 .await?;
         }
         Ok(attempt)
@@ -571,37 +654,136 @@ impl Dispatcher {
             .await
     }
 
-    /// The endpoint's failure clock: started by a failure, stopped by a success, and the
-    /// endpoint disabled when it has run too long or the receiver answered 410.
-    async fn track_health(
+    /// Whether a delivery to `endpoint` may be attempted now: by its circuit breaker (the
+    /// one probe of an endpoint whose cooldown is over goes), and, if it is slow, by a free
+    /// lease slot. `Err(wait)`: held for that long without being attempted.
+    async fn pass(
         &self,
         tenant: &Tenant,
         endpoint: &Endpoint,
-        decision: &Decision,
+        held: u32,
         now: DateTime<Utc>,
-    ) -> Result<()> {
-        let id = &endpoint.endpoint_id;
-        match (decision, endpoint.failing_since) {
-            (Decision::Delivered, Some(_)) => self.store.clear_failing(tenant, id).await,
-            (Decision::Delivered, None) => Ok(()),
-            (Decision::DisableEndpoint, _) => {
-                tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %id, "receiver answered 410 Gone; endpoint disabled");
-                self.store
-                    .disable_endpoint(tenant, id, "the receiver answered 410 Gone")
-                    .await
+    ) -> Result<std::result::Result<Admitted, Duration>> {
+        let hold = |until| {
+            let wait = self
+                .breaker
+                .hold_wait(until, held, now, rand::random::<f64>());
+            tracing::debug!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, wait_ms = wait.as_millis() as u64, "held without an attempt");
+            Ok(Err(wait))
+        };
+        let lease = now
+            + chrono::TimeDelta::from_std(self.breaker.probe_lease)
+                .unwrap_or(chrono::TimeDelta::MAX / 2);
+        let probed = match self.breaker.gate(&Circuit::of(endpoint), now) {
+            Gate::Pass => false,
+            Gate::Hold(until) => return hold(until),
+            Gate::Probe => {
+                if !self
+                    .store
+                    .take_probe(tenant, &endpoint.endpoint_id, now, lease)
+                    .await?
+                {
+                    return hold(lease);
+                }
+                tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, "circuit half open: this delivery is the probe");
+                true
             }
-            (_, None) => self.store.mark_failing(tenant, id, now).await,
-            (_, Some(since)) if self.policy.should_disable(since, now) => {
-                tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %id, %since, "failing too long; endpoint disabled");
-                self.store
-                    .disable_endpoint(
-                        tenant,
-                        id,
-                        &format!("every delivery failed since {}", rfc3339(since)),
-                    )
-                    .await
+        };
+        let slow = endpoint.slow_until.is_some_and(|until| until > now);
+        if !slow {
+            return Ok(Ok(Admitted { probed, slot: None }));
+        }
+        // A few tries at random slots; all taken: wait while the others finish.
+        let slots = self.breaker.max_concurrent.max(1);
+        let first = rand::random::<u32>() % slots;
+        for k in 0..slots.min(3) {
+            let slot = (first + k) % slots;
+            if self
+                .store
+                .take_slot(
+                    tenant,
+                    &endpoint.endpoint_id,
+                    slot,
+                    now.timestamp_millis(),
+                    lease.timestamp_millis(),
+                )
+                .await?
+            {
+                return Ok(Ok(Admitted {
+                    probed,
+                    slot: Some((slot, lease.timestamp_millis())),
+                }));
             }
-            (_, Some(_)) => Ok(()),
+        }
+        tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, slots, "slow endpoint at its concurrency cap; held");
+        hold(now + chrono::TimeDelta::from_std(self.breaker.slow_after).unwrap_or_default())
+    }
+
+    /// Marks a slow endpoint as such (once a batch, and not again while the mark stands),
+    /// so that attempts from then on take lease slots.
+    async fn mark_slow(&self, tenant: &Tenant, endpoint: &Endpoint, health: &Health) {
+        let now = Utc::now();
+        let marked = endpoint.slow_until.is_some_and(|until| until > now);
+        if marked || !health.first_slow(endpoint) {
+            return;
+        }
+        let until = now + chrono::TimeDelta::from_std(self.breaker.slow_for).unwrap_or_default();
+        tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, "slow endpoint: its attempts now take lease slots");
+        if let Err(e) = self
+            .store
+            .mark_slow(tenant, &endpoint.endpoint_id, now, until)
+            .await
+        {
+            tracing::warn!(endpoint_id = %endpoint.endpoint_id, error = %e, "could not mark the endpoint slow");
+        }
+    }
+
+    /// Writes what a batch's attempts said about each endpoint's health, one write per
+    /// endpoint at most: the failure clock (started by a failure, stopped by a success; the
+    /// endpoint disabled when it has run too long) and the circuit breaker. A write that
+    /// fails is logged and dropped: the next batch writes the endpoint's health again.
+    pub async fn settle(&self, health: Health) {
+        let now = Utc::now();
+        for tally in health.take() {
+            let tenant = Tenant::from_internal_message(tally.endpoint.venue_id.clone());
+            let endpoint = &tally.endpoint;
+            let id = &endpoint.endpoint_id;
+            let failed_last = !tally.last_succeeded && tally.failures > 0;
+            let result = match endpoint.failing_since {
+                Some(since) if failed_last && self.policy.should_disable(since, now) => {
+                    tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %id, %since, "failing too long; endpoint disabled");
+                    self.store
+                        .disable_endpoint(
+                            &tenant,
+                            id,
+                            &format!("every delivery failed since {}", rfc3339(since)),
+                        )
+                        .await
+                }
+                _ => {
+                    let change = match self.breaker.after(
+                        &Circuit::of(endpoint),
+                        (tally.successes, tally.failures, tally.last_succeeded),
+                        (tally.probed, rand::random::<f64>()),
+                        now,
+                    ) {
+                        Change::None if !failed_last && endpoint.failing_since.is_some() => {
+                            Change::Close
+                        }
+                        Change::None if failed_last && endpoint.failing_since.is_none() => {
+                            Change::Count(0)
+                        }
+                        change => change,
+                    };
+                    if let Change::Open { until, opens, .. } = &change {
+                        tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %id, %until, opens, "circuit opened: deliveries wait unattempted until a probe succeeds");
+                    }
+                    self.store.record_health(&tenant, id, &change, now).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %id, error = %e, "could not record the endpoint's health");
+            }
         }
     }
 
@@ -662,6 +844,14 @@ impl Dispatcher {
         };
         Ok((attempt, response))
     }
+}
+
+/// A delivery let through to its attempt: whether it is the circuit's probe, and the lease
+/// slot it holds at a slow endpoint (slot, lease end in unix ms).
+#[derive(Clone, Copy, Debug)]
+struct Admitted {
+    probed: bool,
+    slot: Option<(u32, i64)>,
 }
 
 /// Endpoints by venue and id, as read for a batch of jobs; an item that does not read as an

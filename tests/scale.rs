@@ -1,0 +1,308 @@
+//! Scale and isolation: what many waiting retries, a dead receiver and a busy venue do to
+//! everyone else. On the local stack with a compressed clock (waits of seconds, slots of
+//! the retries table of one second), so that each case ends in under a minute.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use integration_tests::faults::{FaultReceiver, Mode};
+use integration_tests::*;
+use serde_json::{json, Value};
+
+/// The tests of this file run one at a time: each loads the machine, and the isolation
+/// test compares two timings that another test running beside it would skew.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The delivery queue's messages: (visible, in flight, delayed).
+async fn queue_counts(stack: &local::Stack) -> (u64, u64, u64) {
+    let sqs = aws_sdk_sqs::Client::new(&stack.aws);
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(stack.queue_url("DeliveryQueue"))
+        .attribute_names(QueueAttributeName::All)
+        .send()
+        .await
+        .expect("queue attributes");
+    let attrs = out.attributes.unwrap_or_default();
+    let count = |name: QueueAttributeName| {
+        attrs
+            .get(&name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    (
+        count(QueueAttributeName::ApproximateNumberOfMessages),
+        count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        count(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_waiting_retries_leave_nothing_in_flight() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    // A receiver answering 503 with `Retry-After: 7200`: the wait is the plan (40 s ± 20%)
+    // stretched towards the receiver's wish, at most twice the plan: 64–96 s, longer than
+    // the first attempts take here (moto serves ~100 calls a second). SQS may delay a message
+    // 4 s here (15 min on AWS), so every wait goes to the retries table.
+    let mut options = compressed_options(&[
+        // The circuit breaker stays closed here: every first attempt is made.
+        ("BREAKER_THRESHOLD", "100000"),
+        ("RETRY_SCHEDULE_SECONDS", "40"),
+        ("OVERLOAD_WAIT_MS", "3000"),
+        ("MAX_QUEUE_DELAY_SECONDS", "4"),
+        ("RETRY_SLOT_SECONDS", "1"),
+        ("RETRY_SHARDS", "2"),
+    ]);
+    options.schedule_every = Some(Duration::from_secs(1));
+    // The template's visibility timeout: under this load a batch can take longer than the
+    // compressed 2 s, and a job seen again would be attempted twice.
+    options.queue_overrides.remove("DeliveryQueue");
+    let stack = start_with(options).await;
+    // Ten endpoints, each with a receiver of its own.
+    let overloaded = || vec![Mode::StatusWith(503, vec![("Retry-After", "7200".into())])];
+    let api = Client::new(&stack);
+    let venue = format!("venue-{}", unique_prefix());
+    let mut receivers = Vec::new();
+    for _ in 0..10 {
+        let rx = FaultReceiver::start(overloaded()).await;
+        api.create_endpoint(&venue, json!({"url": rx.url, "event_types": ["*"]}))
+            .await;
+        receivers.push(rx);
+    }
+    let hits =
+        |receivers: &[FaultReceiver]| receivers.iter().map(|r| r.hits().len()).sum::<usize>();
+    // 100 events at 10 endpoints: 1,000 deliveries.
+    for i in 0..100 {
+        let (status, body) = api
+            .post(
+                &format!("/venues/{venue}/events"),
+                json!({"type": "order.created", "data": {"n": i}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let first = eventually(Duration::from_secs(90), || async {
+        let n = hits(&receivers);
+        (n >= 1000).then_some(n)
+    })
+    .await;
+    assert!(
+        first == Some(1000),
+        "{first:?} requests: the first attempts took so long that retries came back (make their wait longer)"
+    );
+
+    // Once the first attempts are recorded, nothing is in flight: every wait is in the table.
+    let last = std::sync::Mutex::new((0, 0, 0, 0));
+    let quiet = eventually(Duration::from_secs(10), || async {
+        let (visible, in_flight, delayed) = queue_counts(&stack).await;
+        let waiting = waiting_retries(&stack).await;
+        *last.lock().unwrap() = (visible, in_flight, delayed, waiting);
+        (in_flight == 0 && waiting == 1000).then_some(())
+    })
+    .await;
+    let (visible, in_flight, delayed, waiting) = *last.lock().unwrap();
+    assert!(
+        quiet.is_some(),
+        "visible {visible}, in flight {in_flight}, delayed {delayed}, in the retries table {waiting}"
+    );
+    assert_eq!((visible, delayed), (0, 0));
+
+    // When due, every retry comes back, once, and not before.
+    for rx in &receivers {
+        rx.set_script(vec![Mode::Status(200)]);
+    }
+    let all = eventually(Duration::from_secs(150), || async {
+        let n = hits(&receivers);
+        (n >= 2000).then_some(n)
+    })
+    .await;
+    assert_eq!(all, Some(2000), "every retry made");
+    for rx in &receivers {
+        let mut by_event: std::collections::HashMap<u64, Vec<std::time::Instant>> =
+            Default::default();
+        for hit in rx.hits() {
+            let body: Value = serde_json::from_str(&hit.body).unwrap();
+            by_event
+                .entry(body["data"]["n"].as_u64().unwrap())
+                .or_default()
+                .push(hit.at);
+        }
+        assert_eq!(by_event.len(), 100);
+        for (n, times) in by_event {
+            assert_eq!(times.len(), 2, "event {n}: {} requests", times.len());
+            let gap = times[1] - times[0];
+            assert!(
+                gap >= Duration::from_millis(63_500) && gap <= Duration::from_secs(110),
+                "event {n}: second attempt {gap:?} after the first; due after 64–96 s"
+            );
+        }
+    }
+    assert_eq!(waiting_retries(&stack).await, 0);
+    stack.stop().await;
+}
+
+/// The healthy venue's publish-to-attempt times (sorted) for 100 events, on a fresh stack;
+/// with `dead`, another venue's endpoint that hangs past the timeout has 500 events queued
+/// just before.
+async fn healthy_times(dead: bool) -> Vec<Duration> {
+    // The breaker opens after 5 failures in a row; an attempt running 300 ms marks its
+    // endpoint slow, and a slow endpoint gets 5 attempts at once.
+    let mut options = compressed_options(&[
+        ("BREAKER_THRESHOLD", "5"),
+        ("SLOW_ATTEMPT_MS", "300"),
+        ("ENDPOINT_MAX_CONCURRENCY", "5"),
+    ]);
+    options.queue_overrides.remove("DeliveryQueue");
+    let stack = start_with(options).await;
+    let api = Client::new(&stack);
+    let hanging = FaultReceiver::start(vec![Mode::Hang(Duration::from_secs(10))]).await;
+    let healthy = FaultReceiver::start(vec![Mode::Status(200)]).await;
+    let noisy = format!("noisy-{}", unique_prefix());
+    let quiet = format!("quiet-{}", unique_prefix());
+    api.create_endpoint(&noisy, json!({"url": hanging.url, "event_types": ["*"]}))
+        .await;
+    api.create_endpoint(&quiet, json!({"url": healthy.url, "event_types": ["*"]}))
+        .await;
+    let publish = |api: Client, venue: String, from: usize, to: usize| async move {
+        let mut published = Vec::new();
+        for n in from..to {
+            published.push((n, std::time::Instant::now()));
+            let (status, body) = api
+                .post(
+                    &format!("/venues/{venue}/events"),
+                    json!({"type": "order.created", "data": {"n": n}}),
+                )
+                .await;
+            assert_eq!(status, 202, "{body}");
+        }
+        published
+    };
+    if dead {
+        // 500 events queued for the hanging endpoint, five publishers at once.
+        let mut publishers = tokio::task::JoinSet::new();
+        for p in 0..5 {
+            publishers.spawn(publish(api.clone(), noisy.clone(), p * 100, p * 100 + 100));
+        }
+        while publishers.join_next().await.is_some() {}
+    }
+    let published: std::collections::HashMap<u64, std::time::Instant> =
+        publish(api.clone(), quiet.clone(), 0, 100)
+            .await
+            .into_iter()
+            .map(|(n, at)| (n as u64, at))
+            .collect();
+    let hits = healthy.wait_for(100, Duration::from_secs(120)).await;
+    assert_eq!(hits.len(), 100, "every healthy event delivered");
+    let mut times: Vec<Duration> = hits
+        .iter()
+        .map(|hit| {
+            let body: Value = serde_json::from_str(&hit.body).unwrap();
+            hit.at - published[&body["data"]["n"].as_u64().unwrap()]
+        })
+        .collect();
+    times.sort();
+    if dead {
+        // The hanging endpoint was cut off: its circuit is open, and it got a small part of
+        // its 500 deliveries (the others wait unattempted).
+        let (_, page) = api.get(&format!("/venues/{noisy}/endpoints")).await;
+        let circuit = &page["data"][0]["circuit"];
+        eprintln!(
+            "hanging endpoint: circuit {circuit}, {} requests",
+            hanging.hits().len()
+        );
+        assert_eq!(circuit["state"], "open", "{circuit}");
+        assert!(
+            hanging.hits().len() < 100,
+            "{} requests reached the hanging endpoint",
+            hanging.hits().len()
+        );
+    }
+    stack.stop().await;
+    times
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_endpoint_does_not_slow_another_venue() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let p99 = |t: &[Duration]| t[t.len() * 99 / 100 - 1];
+    let alone = healthy_times(false).await;
+    let beside_dead = healthy_times(true).await;
+    eprintln!(
+        "healthy venue publish-to-attempt p50/p99: alone {:?}/{:?}, beside a hanging endpoint {:?}/{:?}",
+        alone[49], p99(&alone), beside_dead[49], p99(&beside_dead)
+    );
+    assert!(
+        p99(&beside_dead) <= p99(&alone) * 2,
+        "p99 {:?} beside a hanging endpoint, {:?} alone: more than twice",
+        p99(&beside_dead),
+        p99(&alone)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_opens_its_circuit_and_a_probe_closes_it() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    // Opens after 3 failures in a row, for 1.5 s doubling up to 3 s; many retries planned.
+    let stack = start_with(compressed_options(&[
+        ("BREAKER_THRESHOLD", "3"),
+        ("BREAKER_COOLDOWN_MS", "1500"),
+        ("BREAKER_MAX_COOLDOWN_MS", "3000"),
+        ("BREAKER_MAX_HOLD_MS", "4000"),
+        ("RETRY_SCHEDULE_SECONDS", "1,1,1,1,1,1,1,1,1,1,1,1"),
+    ]))
+    .await;
+    let rx = FaultReceiver::start(vec![Mode::Status(500)]).await;
+    let api = Client::new(&stack);
+    let venue = format!("venue-{}", unique_prefix());
+    let ep = api
+        .create_endpoint(&venue, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    let endpoint = format!("/venues/{venue}/endpoints/{}", ep["id"].as_str().unwrap());
+    assert_eq!(ep["circuit"]["state"], "closed", "{ep}");
+    for i in 0..20 {
+        let (status, body) = api
+            .post(
+                &format!("/venues/{venue}/events"),
+                json!({"type": "order.created", "data": {"n": i}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let opened = eventually(Duration::from_secs(30), || async {
+        let (_, ep) = api.get(&endpoint).await;
+        (ep["circuit"]["state"] == "open").then_some(ep)
+    })
+    .await
+    .expect("the circuit opens");
+    assert!(opened["circuit"]["failures_in_row"].as_u64().unwrap() >= 3);
+    assert!(opened["circuit"]["open_until"].is_string(), "{opened}");
+    // The history says so too.
+    let (_, history) = api.get(&format!("{endpoint}/deliveries")).await;
+    assert!(
+        ["open", "half_open"].contains(&history["circuit"]["state"].as_str().unwrap()),
+        "{history}"
+    );
+
+    // While open, only probes reach the receiver, one at a time: a cooldown of 1.5–3 s
+    // lets at most 3 through in 4 s. Without the breaker, 20 deliveries retried every
+    // second would make about 80 requests.
+    let before = rx.hits().len();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = rx.hits().len() - before;
+    assert!(during <= 3, "{during} requests while the circuit was open");
+
+    // The receiver is back: the next probe closes the circuit and every delivery goes.
+    rx.set_script(vec![Mode::Status(200)]);
+    let delivered = eventually(Duration::from_secs(40), || async {
+        let (_, page) = api.get(&format!("{endpoint}/deliveries?limit=100")).await;
+        let list = page["data"].as_array().cloned().unwrap_or_default();
+        (list.len() == 20 && list.iter().all(|d| d["status"] == "succeeded")).then_some(page)
+    })
+    .await
+    .expect("every delivery succeeds once the receiver is back");
+    assert_eq!(delivered["circuit"]["state"], "closed", "{delivered}");
+    let (_, ep) = api.get(&endpoint).await;
+    assert_eq!(ep["circuit"]["failures_in_row"], 0, "{ep}");
+    assert_eq!(ep["failing_since"], Value::Null, "{ep}");
+    stack.stop().await;
+}
