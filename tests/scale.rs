@@ -9,6 +9,27 @@ use integration_tests::faults::{FaultReceiver, Mode};
 use integration_tests::*;
 use serde_json::{json, Value};
 
+/// Publishes `order.created` events numbered `numbers` (`data.n`) for `venue`, one after
+/// the other, and returns when each was published.
+async fn publish_orders(
+    api: &Client,
+    venue: &str,
+    numbers: std::ops::Range<usize>,
+) -> Vec<(usize, std::time::Instant)> {
+    let mut published = Vec::new();
+    for n in numbers {
+        published.push((n, std::time::Instant::now()));
+        let (status, body) = api
+            .post(
+                &format!("/venues/{venue}/events"),
+                json!({"type": "order.created", "data": {"n": n}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    published
+}
+
 /// The tests of this file run one at a time: each loads the machine, and the isolation
 /// test compares two timings that another test running beside it would skew.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -72,15 +93,7 @@ async fn a_thousand_waiting_retries_leave_nothing_in_flight() {
     let hits =
         |receivers: &[FaultReceiver]| receivers.iter().map(|r| r.hits().len()).sum::<usize>();
     // 100 events at 10 endpoints: 1,000 deliveries.
-    for i in 0..100 {
-        let (status, body) = api
-            .post(
-                &format!("/venues/{venue}/events"),
-                json!({"type": "order.created", "data": {"n": i}}),
-            )
-            .await;
-        assert_eq!(status, 202, "{body}");
-    }
+    publish_orders(&api, &venue, 0..100).await;
     let first = eventually(Duration::from_secs(90), || async {
         let n = hits(&receivers);
         (n >= 1000).then_some(n)
@@ -163,30 +176,18 @@ async fn healthy_times(dead: bool) -> Vec<Duration> {
         .await;
     api.create_endpoint(&quiet, json!({"url": healthy.url, "event_types": ["*"]}))
         .await;
-    let publish = |api: Client, venue: String, from: usize, to: usize| async move {
-        let mut published = Vec::new();
-        for n in from..to {
-            published.push((n, std::time::Instant::now()));
-            let (status, body) = api
-                .post(
-                    &format!("/venues/{venue}/events"),
-                    json!({"type": "order.created", "data": {"n": n}}),
-                )
-                .await;
-            assert_eq!(status, 202, "{body}");
-        }
-        published
-    };
     if dead {
         // 500 events queued for the hanging endpoint, five publishers at once.
         let mut publishers = tokio::task::JoinSet::new();
         for p in 0..5 {
-            publishers.spawn(publish(api.clone(), noisy.clone(), p * 100, p * 100 + 100));
+            let (api, noisy) = (api.clone(), noisy.clone());
+            publishers
+                .spawn(async move { publish_orders(&api, &noisy, p * 100..p * 100 + 100).await });
         }
         while publishers.join_next().await.is_some() {}
     }
     let published: std::collections::HashMap<u64, std::time::Instant> =
-        publish(api.clone(), quiet.clone(), 0, 100)
+        publish_orders(&api, &quiet, 0..100)
             .await
             .into_iter()
             .map(|(n, at)| (n as u64, at))
@@ -259,15 +260,7 @@ async fn a_dead_endpoint_opens_its_circuit_and_a_probe_closes_it() {
         .await;
     let endpoint = format!("/venues/{venue}/endpoints/{}", ep["id"].as_str().unwrap());
     assert_eq!(ep["circuit"]["state"], "closed", "{ep}");
-    for i in 0..20 {
-        let (status, body) = api
-            .post(
-                &format!("/venues/{venue}/events"),
-                json!({"type": "order.created", "data": {"n": i}}),
-            )
-            .await;
-        assert_eq!(status, 202, "{body}");
-    }
+    publish_orders(&api, &venue, 0..20).await;
     let opened = eventually(Duration::from_secs(30), || async {
         let (_, ep) = api.get(&endpoint).await;
         (ep["circuit"]["state"] == "open").then_some(ep)

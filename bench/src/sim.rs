@@ -373,7 +373,7 @@ fn run(day: &Day) -> Figures {
         }
         f.peak_table_writes_per_sec = f.peak_table_writes_per_sec.max(table_writes * scale);
         f.worst_other_latency = f.worst_other_latency.max(worst_now as f64);
-        if t >= day.outage_start + day.outage_secs && f.caught_up_after.is_none() {
+        if count_now && t >= day.outage_start + day.outage_secs && f.caught_up_after.is_none() {
             // Caught up: nothing of the receiver's is waiting but what is due this second.
             let waiting: f64 = endpoints
                 .iter()
@@ -461,10 +461,17 @@ fn main() {
             ),
             None => println!("  in flight stays under 120,000"),
         }
-        println!(
-            "  peak retries pending: {:.0} ({:.0} delayed on the queue, {:.0} in the retries table); peak retries-table writes {:.0}/s",
-            f.peak_pending, f.peak_delayed, f.peak_in_table, f.peak_table_writes_per_sec
-        );
+        if built {
+            println!(
+                "  peak retries pending: {:.0} ({:.0} delayed on the queue, {:.0} in the retries table); peak retries-table writes {:.0}/s",
+                f.peak_pending, f.peak_delayed, f.peak_in_table, f.peak_table_writes_per_sec
+            );
+        } else {
+            println!(
+                "  peak retries pending: {:.0}, all in flight",
+                f.peak_pending
+            );
+        }
         println!(
             "  requests sent to the dead receiver: {:.0}; holds (re-queued unattempted): {:.0}",
             f.requests_to_dead, f.held_passes

@@ -176,8 +176,8 @@ impl BreakerPolicy {
     }
 
     /// How long a delivery held for the `held`-th time waits: until the circuit may let it
-    /// through, or longer the more often it was held, spread by `draw` (uniform in [0, 1))
-    /// over a tenth more so that held deliveries do not all come back at once.
+    /// through, or longer the more often it was held (at most `max_hold`), spread by `draw`
+    /// (uniform in [0, 1)) over a tenth so that held deliveries do not all come back at once.
     pub fn hold_wait(
         &self,
         until: DateTime<Utc>,
@@ -188,7 +188,17 @@ impl BreakerPolicy {
         let to_open = (until - now).to_std().unwrap_or_default();
         let grown = crate::backoff::step(held, self.cooldown, self.max_hold);
         let wait = to_open.max(grown).max(Duration::from_secs(1));
-        wait + wait.mul_f64(0.1 * draw.clamp(0.0, 1.0))
+        let spread = wait.mul_f64(0.1 * draw.clamp(0.0, 1.0));
+        // Never past the longest hold (unless the circuit opens later than that): at the
+        // cap, the spread goes below it.
+        let cap = self.max_hold.max(to_open);
+        if wait + spread <= cap {
+            wait + spread
+        } else {
+            cap - cap
+                .mul_f64(0.1 * draw.clamp(0.0, 1.0))
+                .min(cap - to_open.min(cap))
+        }
     }
 }
 
@@ -302,6 +312,9 @@ mod tests {
         assert_eq!(p.hold_wait(until, 0, now(), 0.0), Duration::from_secs(30));
         assert_eq!(p.hold_wait(until, 1, now(), 0.0), Duration::from_secs(60));
         assert_eq!(p.hold_wait(until, 20, now(), 0.0), Duration::from_secs(900));
+        // At the cap the spread goes below it: never past SQS's 15-minute delay.
+        assert_eq!(p.hold_wait(until, 20, now(), 0.5), Duration::from_secs(855));
+        assert_eq!(p.hold_wait(until, 4, now(), 0.999).as_secs(), 527);
         let far = now() + secs(500);
         assert_eq!(p.hold_wait(far, 0, now(), 0.0), Duration::from_secs(500));
         assert_eq!(p.hold_wait(far, 0, now(), 0.999).as_secs(), 549);

@@ -1,35 +1,37 @@
 //! One delivery attempt end to end: render, sign, POST, record. The deliver function runs it
-//! per queued job; the API's manual retry and send-test use the same [`Dispatcher::send`].
+//! per queued job (this file: a job's deliveries, their attempts and records); the API's
+//! manual retry and send-test ([`manual`]) use the same [`Dispatcher::send`] ([`send`]);
+//! [`health`] decides whether an endpoint may be tried now and records what the attempts
+//! said about it.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Timelike, Utc};
-use http::{HeaderMap, HeaderValue};
+use chrono::{DateTime, Utc};
 
-use crate::breaker::{BreakerPolicy, Change, Circuit, Gate};
-use crate::domain::{
-    rfc3339, Attempt, Credential, DeliveryStatus, Endpoint, Event, Target, Trigger,
-};
-use crate::envelope;
+use crate::breaker::BreakerPolicy;
+use crate::domain::{Attempt, DeliveryStatus, Endpoint, Event, Target, Trigger};
 use crate::error::{Error, Result};
-use crate::http_client::{text_excerpt, DeliveryClient, ErrorClass, Response};
+use crate::http_client::{text_excerpt, DeliveryClient};
 use std::collections::HashMap;
 
-use crate::ids::{DeliveryId, EndpointId, EventId, VenueId};
+use crate::ids::{DeliveryId, EndpointId, VenueId};
 use crate::ingest::record_event;
 use crate::queue::DeliveryJob;
 use crate::retry::{Decision, Outcome, RetryPolicy};
 use crate::sealing::Sealer;
 use crate::services::Services;
-use crate::signing;
 use crate::store::{
-    AttemptRecord, DeliveryRecord, EventRecord, GroupEntry, GroupRecord, Recorded, Store, Tenant,
+    AttemptRecord, DeliveryRecord, GroupEntry, GroupRecord, Recorded, Store, Tenant,
 };
 use futures::future::join_all;
 
 mod health;
+mod manual;
+mod send;
 
+use health::Admitted;
 pub use health::{Health, Tally};
+pub use send::request_headers;
 
 /// How much of a receiver's answer a first-try success keeps in its group's item.
 const GROUP_BODY_BYTES: usize = 256;
@@ -517,111 +519,6 @@ impl Dispatcher {
         })
     }
 
-    /// One manual attempt of a delivery, now: recorded with trigger `manual`, not followed by
-    /// scheduled retries. A success finishes the delivery; a failure leaves a pending delivery
-    /// to its schedule and a failed one failed.
-    pub async fn retry_now(&self, tenant: &Tenant, delivery: &DeliveryRecord) -> Result<Attempt> {
-        let endpoint = self
-            .store
-            .get_endpoint(tenant, &delivery.endpoint_id)
-            .await?
-            .ok_or(Error::NotFound("endpoint"))?;
-        let record = self
-            .store
-            .get_event(tenant, &delivery.event_id)
-            .await?
-            .ok_or(Error::NotFound("event (it is past its retention)"))?;
-        let event = record_event(&record)?;
-        if delivery.in_group {
-            self.store.move_out_of_group(tenant, delivery).await?;
-        }
-        let now = Utc::now();
-        let (attempt, _) = self
-            .send(
-                &endpoint,
-                &event,
-                Trigger::Manual,
-                delivery.attempt_count + 1,
-                now,
-            )
-            .await?;
-        let status = if attempt.succeeded() {
-            DeliveryStatus::Succeeded
-        } else {
-            delivery.status
-        };
-        self.store
-            .record_attempt(AttemptRecord {
-                delivery_id: &delivery.delivery_id,
-                tenant,
-                endpoint_id: &endpoint.endpoint_id,
-                event_id: &event.id,
-                event_type: &event.event_type,
-                status,
-                next_attempt_at: (status == DeliveryStatus::Pending)
-                    .then_some(delivery.next_attempt_at)
-                    .flatten(),
-                attempt: attempt.clone(),
-                scheduled: None,
-                previous: Some(delivery),
-            })
-            .await?;
-        if attempt.succeeded() && (endpoint.failing_since.is_some() || endpoint.failures_in_row > 0)
-        {
-            // The receiver is back: the failure clock stops and the circuit closes.
-            self.store
-                .record_health(tenant, &endpoint.endpoint_id, &Change::Close, now)
-                .await?;
-        }
-        Ok(attempt)
-    }
-
-    /// "Send test": one attempt now of a sample event, through the same rendering, signing
-    /// and HTTP client as every delivery. The event and the delivery are stored, so the
-    /// attempt shows in history (trigger `test`) and can be retried.
-    pub async fn send_test(
-        &self,
-        tenant: &Tenant,
-        endpoint: &Endpoint,
-        event_type: String,
-        data: Box<serde_json::value::RawValue>,
-    ) -> Result<(DeliveryId, Event, Attempt)> {
-        let now = Utc::now();
-        let event = Event {
-            id: EventId::generate(),
-            event_type,
-            timestamp: rfc3339(now.with_nanosecond(0).unwrap_or(now)),
-            data,
-        };
-        let delivery_id = DeliveryId::generate();
-        let targets = vec![Target {
-            endpoint_id: endpoint.endpoint_id.clone(),
-            delivery_id: delivery_id.clone(),
-        }];
-        let record = EventRecord::accepted(tenant, &event, targets, now, self.store.expiry(now));
-        self.store.put_event(&record).await?;
-        let (attempt, _) = self.send(endpoint, &event, Trigger::Test, 1, now).await?;
-        self.store
-            .record_attempt(AttemptRecord {
-                delivery_id: &delivery_id,
-                tenant,
-                endpoint_id: &endpoint.endpoint_id,
-                event_id: &event.id,
-                event_type: &event.event_type,
-                status: if attempt.succeeded() {
-                    DeliveryStatus::Succeeded
-                } else {
-                    DeliveryStatus::Failed
-                },
-                next_attempt_at: None,
-                attempt: attempt.clone(),
-                scheduled: None,
-                previous: None,
-            })
-            .await?;
-        Ok((delivery_id, event, attempt))
-    }
-
     async fn event_of(&self, tenant: &Tenant, job: &DeliveryJob) -> Result<Event> {
         match &job.event {
             Some(event) => Ok(event.clone()),
@@ -653,205 +550,6 @@ impl Dispatcher {
             )
             .await
     }
-
-    /// Whether a delivery to `endpoint` may be attempted now: by its circuit breaker (the
-    /// one probe of an endpoint whose cooldown is over goes), and, if it is slow, by a free
-    /// lease slot. `Err(wait)`: held for that long without being attempted.
-    async fn pass(
-        &self,
-        tenant: &Tenant,
-        endpoint: &Endpoint,
-        held: u32,
-        now: DateTime<Utc>,
-    ) -> Result<std::result::Result<Admitted, Duration>> {
-        let hold = |until| {
-            let wait = self
-                .breaker
-                .hold_wait(until, held, now, rand::random::<f64>());
-            tracing::debug!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, wait_ms = wait.as_millis() as u64, "held without an attempt");
-            Ok(Err(wait))
-        };
-        let lease = now
-            + chrono::TimeDelta::from_std(self.breaker.probe_lease)
-                .unwrap_or(chrono::TimeDelta::MAX / 2);
-        let probed = match self.breaker.gate(&Circuit::of(endpoint), now) {
-            Gate::Pass => false,
-            Gate::Hold(until) => return hold(until),
-            Gate::Probe => {
-                if !self
-                    .store
-                    .take_probe(tenant, &endpoint.endpoint_id, now, lease)
-                    .await?
-                {
-                    return hold(lease);
-                }
-                tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, "circuit half open: this delivery is the probe");
-                true
-            }
-        };
-        let slow = endpoint.slow_until.is_some_and(|until| until > now);
-        if !slow {
-            return Ok(Ok(Admitted { probed, slot: None }));
-        }
-        // A few tries at random slots; all taken: wait while the others finish.
-        let slots = self.breaker.max_concurrent.max(1);
-        let first = rand::random::<u32>() % slots;
-        for k in 0..slots.min(3) {
-            let slot = (first + k) % slots;
-            if self
-                .store
-                .take_slot(
-                    tenant,
-                    &endpoint.endpoint_id,
-                    slot,
-                    now.timestamp_millis(),
-                    lease.timestamp_millis(),
-                )
-                .await?
-            {
-                return Ok(Ok(Admitted {
-                    probed,
-                    slot: Some((slot, lease.timestamp_millis())),
-                }));
-            }
-        }
-        tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, slots, "slow endpoint at its concurrency cap; held");
-        hold(now + chrono::TimeDelta::from_std(self.breaker.slow_after).unwrap_or_default())
-    }
-
-    /// Marks a slow endpoint as such (once a batch, and not again while the mark stands),
-    /// so that attempts from then on take lease slots.
-    async fn mark_slow(&self, tenant: &Tenant, endpoint: &Endpoint, health: &Health) {
-        let now = Utc::now();
-        let marked = endpoint.slow_until.is_some_and(|until| until > now);
-        if marked || !health.first_slow(endpoint) {
-            return;
-        }
-        let until = now + chrono::TimeDelta::from_std(self.breaker.slow_for).unwrap_or_default();
-        tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, "slow endpoint: its attempts now take lease slots");
-        if let Err(e) = self
-            .store
-            .mark_slow(tenant, &endpoint.endpoint_id, now, until)
-            .await
-        {
-            tracing::warn!(endpoint_id = %endpoint.endpoint_id, error = %e, "could not mark the endpoint slow");
-        }
-    }
-
-    /// Writes what a batch's attempts said about each endpoint's health, one write per
-    /// endpoint at most: the failure clock (started by a failure, stopped by a success; the
-    /// endpoint disabled when it has run too long) and the circuit breaker. A write that
-    /// fails is logged and dropped: the next batch writes the endpoint's health again.
-    pub async fn settle(&self, health: Health) {
-        let now = Utc::now();
-        for tally in health.take() {
-            let tenant = Tenant::from_internal_message(tally.endpoint.venue_id.clone());
-            let endpoint = &tally.endpoint;
-            let id = &endpoint.endpoint_id;
-            let failed_last = !tally.last_succeeded && tally.failures > 0;
-            let result = match endpoint.failing_since {
-                Some(since) if failed_last && self.policy.should_disable(since, now) => {
-                    tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %id, %since, "failing too long; endpoint disabled");
-                    self.store
-                        .disable_endpoint(
-                            &tenant,
-                            id,
-                            &format!("every delivery failed since {}", rfc3339(since)),
-                        )
-                        .await
-                }
-                _ => {
-                    let change = match self.breaker.after(
-                        &Circuit::of(endpoint),
-                        (tally.successes, tally.failures, tally.last_succeeded),
-                        (tally.probed, rand::random::<f64>()),
-                        now,
-                    ) {
-                        Change::None if !failed_last && endpoint.failing_since.is_some() => {
-                            Change::Close
-                        }
-                        Change::None if failed_last && endpoint.failing_since.is_none() => {
-                            Change::Count(0)
-                        }
-                        change => change,
-                    };
-                    if let Change::Open { until, opens, .. } = &change {
-                        tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %id, %until, opens, "circuit opened: deliveries wait unattempted until a probe succeeds");
-                    }
-                    self.store.record_health(&tenant, id, &change, now).await
-                }
-            };
-            if let Err(e) = result {
-                tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %id, error = %e, "could not record the endpoint's health");
-            }
-        }
-    }
-
-    /// Renders, signs and POSTs one event to one endpoint; the attempt describes the outcome.
-    pub async fn send(
-        &self,
-        endpoint: &Endpoint,
-        event: &Event,
-        trigger: Trigger,
-        attempt_number: u32,
-        now: DateTime<Utc>,
-    ) -> Result<(Attempt, Response)> {
-        let not_sent = |class: ErrorClass, message: String| Response {
-            status_code: None,
-            duration: std::time::Duration::ZERO,
-            error: Some((class, message)),
-            body_excerpt: None,
-            retry_after: None,
-        };
-        let response = match self.sealer.open_credential(endpoint, now).await {
-            Ok(credential) => {
-                match envelope::render(event, endpoint.payload_format, endpoint.template.as_deref())
-                    .await
-                {
-                    Ok(body) => {
-                        let headers = request_headers(&credential, event, &body, now);
-                        self.http.post(&endpoint.url, headers, body).await
-                    }
-                    Err(message) => not_sent(ErrorClass::Template, message),
-                }
-            }
-            // Damaged at rest: this delivery fails with the reason; nothing else is held up.
-            Err(Error::Corrupt(reason)) => not_sent(
-                ErrorClass::Secret,
-                format!("the endpoint's secret does not open: {reason}"),
-            ),
-            Err(e) => return Err(e),
-        };
-        let attempt = Attempt {
-            attempt: attempt_number,
-            at: now,
-            trigger,
-            status_code: response.status_code,
-            duration_ms: response.duration.as_millis() as u64,
-            error: response
-                .error
-                .as_ref()
-                .map(|(_, message)| text_excerpt(message.as_bytes(), ERROR_BYTES)),
-            error_class: response
-                .error
-                .as_ref()
-                .map(|(class, _)| class.as_str().to_owned()),
-            hint: response
-                .error
-                .as_ref()
-                .map(|(class, _)| class.hint(response.status_code).to_owned()),
-            response_body: response.body_excerpt.clone(),
-        };
-        Ok((attempt, response))
-    }
-}
-
-/// A delivery let through to its attempt: whether it is the circuit's probe, and the lease
-/// slot it holds at a slow endpoint (slot, lease end in unix ms).
-#[derive(Clone, Copy, Debug)]
-struct Admitted {
-    probed: bool,
-    slot: Option<(u32, i64)>,
 }
 
 /// Endpoints by venue and id, as read for a batch of jobs; an item that does not read as an
@@ -873,45 +571,4 @@ pub fn is_fresh(job: &DeliveryJob, receive: u32) -> bool {
             .all(|t| t.delivery_id.group().is_some_and(|(h, _)| &h == g))
     });
     job.first && !job.resumed && !job.manual && receive == 1 && one_group
-}
-
-/// The Standard Webhooks headers, plus the signature or the bearer token.
-pub fn request_headers(
-    credential: &Credential,
-    event: &Event,
-    body: &[u8],
-    now: DateTime<Utc>,
-) -> HeaderMap {
-    let timestamp = now.timestamp();
-    let mut headers = HeaderMap::with_capacity(8);
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    // Ids are `[A-Za-z0-9_-]` and timestamps digits, so both are valid header values.
-    if let Ok(id) = HeaderValue::from_str(event.id.as_str()) {
-        headers.insert("webhook-id", id);
-    }
-    headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
-    match credential {
-        Credential::SignedSecret { .. } => {
-            let keys = credential.signing_keys();
-            let signature = signing::signature_header(
-                keys.iter().map(Vec::as_slice),
-                event.id.as_str(),
-                timestamp,
-                body,
-            );
-            if let Ok(value) = HeaderValue::from_str(&signature) {
-                headers.insert("webhook-signature", value);
-            }
-        }
-        Credential::BearerToken { token } => {
-            if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", token.expose())) {
-                value.set_sensitive(true);
-                headers.insert(http::header::AUTHORIZATION, value);
-            }
-        }
-    }
-    headers
 }

@@ -191,22 +191,17 @@ impl Store {
         now_ms: i64,
         until_ms: i64,
     ) -> Result<bool> {
-        let result = self
-            .ddb
-            .update_item()
-            .table_name(&self.endpoints)
-            .key("venue_id", s(tenant.venue().as_str()))
-            .key("endpoint_id", s(id.as_str()))
-            .update_expression("SET #slot = :until")
-            .condition_expression(
+        self.update_endpoint_if(
+            tenant,
+            id,
+            (
+                "SET #slot = :until",
                 "attribute_exists(endpoint_id) AND (attribute_not_exists(#slot) OR #slot < :now)",
-            )
-            .expression_attribute_names("#slot", format!("lease_{slot}"))
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":until", n(until_ms))
-            .send()
-            .await;
-        written(result)
+            ),
+            Some(("#slot", format!("lease_{slot}"))),
+            vec![(":now", n(now_ms)), (":until", n(until_ms))],
+        )
+        .await
     }
 
     /// Frees a lease slot taken by [`Store::take_slot`] (if it is still ours).
@@ -217,19 +212,15 @@ impl Store {
         slot: u32,
         until_ms: i64,
     ) -> Result<()> {
-        let result = self
-            .ddb
-            .update_item()
-            .table_name(&self.endpoints)
-            .key("venue_id", s(tenant.venue().as_str()))
-            .key("endpoint_id", s(id.as_str()))
-            .update_expression("REMOVE #slot")
-            .condition_expression("#slot = :until")
-            .expression_attribute_names("#slot", format!("lease_{slot}"))
-            .expression_attribute_values(":until", n(until_ms))
-            .send()
-            .await;
-        written(result).map(|_| ())
+        self.update_endpoint_if(
+            tenant,
+            id,
+            ("REMOVE #slot", "#slot = :until"),
+            Some(("#slot", format!("lease_{slot}"))),
+            vec![(":until", n(until_ms))],
+        )
+        .await
+        .map(|_| ())
     }
 
     /// The probe's lease of an endpoint whose circuit's cooldown is over: `true` for the one
@@ -241,21 +232,17 @@ impl Store {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<bool> {
-        let result = self
-            .ddb
-            .update_item()
-            .table_name(&self.endpoints)
-            .key("venue_id", s(tenant.venue().as_str()))
-            .key("endpoint_id", s(id.as_str()))
-            .update_expression("SET probe_until = :until")
-            .condition_expression(
+        self.update_endpoint_if(
+            tenant,
+            id,
+            (
+                "SET probe_until = :until",
                 "circuit_open_until <= :now AND (attribute_not_exists(probe_until) OR probe_until < :now)",
-            )
-            .expression_attribute_values(":now", to_attr(&now)?)
-            .expression_attribute_values(":until", to_attr(&until)?)
-            .send()
-            .await;
-        written(result)
+            ),
+            None,
+            vec![(":now", to_attr(&now)?), (":until", to_attr(&until)?)],
+        )
+        .await
     }
 
     /// Disables an endpoint on the system's own account, saying why.
@@ -288,6 +275,21 @@ impl Store {
         condition: &str,
         values: Vec<(&str, AttributeValue)>,
     ) -> Result<()> {
+        // Deleted meanwhile, or the clock was already running: nothing to do.
+        self.update_endpoint_if(tenant, id, (update, condition), None, values)
+            .await
+            .map(|_| ())
+    }
+
+    /// A conditional UpdateItem of the endpoint's item: `false` if the condition did not hold.
+    async fn update_endpoint_if(
+        &self,
+        tenant: &Tenant,
+        id: &EndpointId,
+        (update, condition): (&str, &str),
+        name: Option<(&str, String)>,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<bool> {
         let mut request = self
             .ddb
             .update_item()
@@ -296,11 +298,13 @@ impl Store {
             .key("endpoint_id", s(id.as_str()))
             .update_expression(update)
             .condition_expression(condition);
+        if let Some((placeholder, attribute)) = name {
+            request = request.expression_attribute_names(placeholder, attribute);
+        }
         for (name, value) in values {
             request = request.expression_attribute_values(name, value);
         }
-        // Deleted meanwhile, or the clock was already running: nothing to do.
-        written(request.send().await).map(|_| ())
+        written(request.send().await)
     }
 
     /// One page of a venue's endpoints, oldest first.

@@ -83,8 +83,21 @@ pub struct Store {
     retention: Duration,
 }
 
-/// How many times one BatchGetItem is sent for the keys it leaves unprocessed.
+/// How many times one BatchGetItem (or BatchWriteItem) is sent for what it leaves unprocessed.
 const UNPROCESSED_ROUNDS: u32 = 6;
+
+/// Before round `round` of a batch call's unprocessed part: nothing before the first, then
+/// jittered backoff from 50 ms up to 1 s.
+async fn pause_before(round: u32) {
+    if round > 0 {
+        tokio::time::sleep(backoff::jittered(
+            round - 1,
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_secs(1),
+        ))
+        .await;
+    }
+}
 
 fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
@@ -222,14 +235,7 @@ impl Store {
                 if keys.is_empty() {
                     break;
                 }
-                if round > 0 {
-                    tokio::time::sleep(backoff::jittered(
-                        round - 1,
-                        std::time::Duration::from_millis(50),
-                        std::time::Duration::from_secs(1),
-                    ))
-                    .await;
-                }
+                pause_before(round).await;
                 let request = KeysAndAttributes::builder()
                     .set_keys(Some(keys))
                     .consistent_read(consistent)

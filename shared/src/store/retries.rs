@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::{DeleteRequest, PutRequest, WriteRequest};
 
 use super::{n, s, written, Store};
-use crate::backoff;
 use crate::error::{Error, Result};
 
 /// BatchWriteItem's limit.
@@ -161,14 +160,7 @@ impl Store {
                 if pending.is_empty() {
                     break;
                 }
-                if round > 0 {
-                    tokio::time::sleep(backoff::jittered(
-                        round - 1,
-                        std::time::Duration::from_millis(50),
-                        std::time::Duration::from_secs(1),
-                    ))
-                    .await;
-                }
+                super::pause_before(round).await;
                 let out = self
                     .ddb
                     .batch_write_item()
