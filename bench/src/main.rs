@@ -125,6 +125,11 @@ async fn stack_with(
         ADMIN_KEY,
     );
     options.run_deliver = deliver;
+    // A batch's busy time must be its own: moto serves one call at a time, so batches run
+    // side by side here would wait for each other's calls and each count that wait (on
+    // AWS they do not). One batch per poller, as the local mapping ran before it learned
+    // MaximumConcurrency.
+    options.max_concurrency = Some(options.pollers);
     for (name, value) in env {
         options
             .env_overrides

@@ -44,8 +44,9 @@ pub struct Health {
 impl Health {
     /// Adds one attempt at `endpoint`; `probed`: it was the circuit's probe.
     pub fn note(&self, endpoint: &Endpoint, attempt: &Attempt, probed: bool) {
-        let says_nothing = matches!(attempt.error_class.as_deref(), Some("template" | "secret"));
-        if says_nothing && !probed {
+        // A template or secret error says nothing about the receiver (a probe that ends so
+        // leaves its lease to run out, and another delivery probes).
+        if matches!(attempt.error_class.as_deref(), Some("template" | "secret")) {
             return;
         }
         let Ok(mut tallies) = self.tallies.lock() else {
