@@ -33,8 +33,16 @@ impl Store {
     /// Writes waiting jobs (BatchWriteItem, 25 a call, re-sending what DynamoDB leaves
     /// unprocessed). Either all are written or this is an error.
     pub async fn put_waiting(&self, waiting: &[Waiting]) -> Result<()> {
-        let requests = waiting
+        // One BatchWriteItem may not name a key twice (two copies of a job in one batch):
+        // the last wins.
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<&Waiting> = waiting
             .iter()
+            .rev()
+            .filter(|w| seen.insert((w.slot.as_str(), w.id.as_str())))
+            .collect();
+        let requests = unique
+            .into_iter()
             .map(|w| {
                 PutRequest::builder()
                     .item("slot", s(&w.slot))
