@@ -1,11 +1,14 @@
 //! Accepting an event: validate, store it once, fan out one delivery job per subscribed
 //! endpoint. Used by the ingest function (SQS) and by the API (`POST /venues/{id}/events`).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Event, PublishRequest, Target};
+use crate::domain::{Endpoint, Event, PublishRequest, Target};
 use crate::error::{Error, Result};
-use crate::ids::{DeliveryId, GROUP_SIZE};
+use crate::ids::{DeliveryId, VenueId, GROUP_SIZE};
 use crate::queue::{DeliveryJob, Queues, INLINE_EVENT_BYTES};
 use crate::services::Services;
 use crate::store::{EventRecord, Store, Tenant};
@@ -20,6 +23,28 @@ pub struct Accepted {
     /// The jobs are on the queue; `false`: they could not be queued yet, and the sweeper
     /// will queue them ([`Publisher::sweep_unqueued`]).
     pub queued: bool,
+}
+
+/// One venue's enabled endpoints, read once (by whichever event of the batch asks first).
+type VenueRead = Arc<tokio::sync::OnceCell<Arc<Vec<Endpoint>>>>;
+
+/// The enabled endpoints of each venue, read at most once for a batch of events.
+#[derive(Default)]
+pub struct EndpointReads(tokio::sync::Mutex<HashMap<VenueId, VenueRead>>);
+
+impl EndpointReads {
+    async fn of(&self, store: &Store, tenant: &Tenant) -> Result<Arc<Vec<Endpoint>>> {
+        let cell = self
+            .0
+            .lock()
+            .await
+            .entry(tenant.venue().clone())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| async { store.enabled_endpoints(tenant).await.map(Arc::new) })
+            .await
+            .cloned()
+    }
 }
 
 #[derive(Clone)]
@@ -63,7 +88,9 @@ impl Publisher {
         request: PublishRequest,
         now: DateTime<Utc>,
     ) -> Result<Accepted> {
-        let mut accepted = self.accept(tenant, request, now).await?;
+        let mut accepted = self
+            .accept(tenant, request, (now, &EndpointReads::default()))
+            .await?;
         if let Err(e) = self.enqueue(&accepted.jobs).await {
             let event = &accepted.record.event_id;
             tracing::error!(venue_id = %tenant.venue(), event_id = %event, error = %e, "event stored, jobs not queued; noting it for the sweeper");
@@ -96,14 +123,18 @@ impl Publisher {
     /// Stores one event and returns the jobs to queue, without queueing them, so that a
     /// batch of events can share SendMessageBatch calls ([`Publisher::enqueue`]). The event
     /// counts as published only once its jobs are queued.
+    ///
+    /// `reads` holds the venues' endpoints as read for this batch of events: events of one
+    /// venue in a batch share one read (a fresh one per batch, so an endpoint created a
+    /// moment ago is never missed for longer than a batch).
     pub async fn accept(
         &self,
         tenant: &Tenant,
         request: PublishRequest,
-        now: DateTime<Utc>,
+        (now, reads): (DateTime<Utc>, &EndpointReads),
     ) -> Result<Accepted> {
         let event = request.into_event(now)?;
-        let endpoints = self.store.enabled_endpoints(tenant).await?;
+        let endpoints = reads.of(&self.store, tenant).await?;
         let subscribed: Vec<_> = endpoints
             .iter()
             .filter(|ep| ep.subscribes_to(&event.event_type))

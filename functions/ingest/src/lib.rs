@@ -15,7 +15,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::Utc;
 use futures::future::join_all;
 use shared::domain::IngestMessage;
-use shared::ingest::Publisher;
+use shared::ingest::{EndpointReads, Publisher};
 use shared::queue::{self, DeliveryJob, Queues};
 use shared::services::Services;
 use shared::store::Tenant;
@@ -89,7 +89,9 @@ impl Ingest {
     /// Accepts every record, then queues the jobs of the whole batch together: a batch of
     /// ten events at fan-out 3 takes 3 SendMessageBatch calls, not 10.
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        let results = join_all(event.records.iter().map(|r| self.handle_record(r))).await;
+        // Events of one venue in the batch share one read of its endpoints.
+        let reads = EndpointReads::default();
+        let results = join_all(event.records.iter().map(|r| self.handle_record(r, &reads))).await;
         let mut jobs = Vec::new();
         let mut with_jobs = Vec::new();
         let mut response = SqsBatchResponse::default();
@@ -142,10 +144,14 @@ impl Ingest {
     }
 
     /// The jobs of an accepted record (`Some`, maybe empty), or `None` to retry it later.
-    async fn handle_record(&self, record: &SqsMessage) -> Option<Vec<DeliveryJob>> {
+    async fn handle_record(
+        &self,
+        record: &SqsMessage,
+        reads: &EndpointReads,
+    ) -> Option<Vec<DeliveryJob>> {
         let message_id = record.message_id.as_deref().unwrap_or("");
         let body = record.body.as_deref().unwrap_or("");
-        match self.accept(body).await {
+        match self.accept(body, reads).await {
             Ok(jobs) => Some(jobs),
             Err(Refusal::Transient(reason)) => {
                 tracing::warn!(
@@ -172,7 +178,7 @@ impl Ingest {
         }
     }
 
-    async fn accept(&self, body: &str) -> Result<Vec<DeliveryJob>, Refusal> {
+    async fn accept(&self, body: &str, reads: &EndpointReads) -> Result<Vec<DeliveryJob>, Refusal> {
         self.publisher
             .check_size(body.len())
             .map_err(|e| Refusal::Permanent(e.to_string()))?;
@@ -182,7 +188,11 @@ impl Ingest {
             .split()
             .map_err(|e| Refusal::Permanent(e.to_string()))?;
         let tenant = Tenant::from_internal_message(venue);
-        match self.publisher.accept(&tenant, request, Utc::now()).await {
+        match self
+            .publisher
+            .accept(&tenant, request, (Utc::now(), reads))
+            .await
+        {
             Ok(accepted) => Ok(accepted.jobs),
             Err(
                 e @ (Error::Validation(_) | Error::Conflict(_) | Error::PayloadTooLarge { .. }),
