@@ -68,6 +68,9 @@ pub struct Circuit {
     /// How many times in a row it opened (the cooldown doubles with each).
     pub opens: u32,
     pub probe_until: Option<DateTime<Utc>>,
+    /// The endpoint's failure clock is running (`failing_since`): a success stops it, with
+    /// the same write that closes the circuit.
+    pub failing: bool,
 }
 
 impl Circuit {
@@ -77,6 +80,7 @@ impl Circuit {
             open_until: endpoint.circuit_open_until,
             opens: endpoint.circuit_opens,
             probe_until: endpoint.probe_until,
+            failing: endpoint.failing_since.is_some(),
         }
     }
 
@@ -108,7 +112,8 @@ pub enum Change {
     None,
     /// Back to closed: failures, cooldown and probe cleared.
     Close,
-    /// `n` more failures in a row, circuit still closed.
+    /// `n` more failures in a row, circuit still closed; the failure clock starts if it is
+    /// not running.
     Count(u32),
     /// `failures` more in a row, and the circuit opens until then (`opens` times in a row).
     Open {
@@ -152,7 +157,8 @@ impl BreakerPolicy {
         if last_succeeded || (successes > 0 && failures == 0) {
             let dirty = circuit.failures_in_row > 0
                 || circuit.open_until.is_some()
-                || circuit.probe_until.is_some();
+                || circuit.probe_until.is_some()
+                || circuit.failing;
             return if dirty { Change::Close } else { Change::None };
         }
         let in_row = circuit.failures_in_row.saturating_add(failures);
@@ -169,8 +175,13 @@ impl BreakerPolicy {
             };
         }
         if circuit.open_until.is_some() {
-            // Open already (attempts begun before it opened): nothing to add.
-            return Change::None;
+            // Open already (attempts begun before it opened): nothing to add, but the
+            // failure clock, if it is not running.
+            return if circuit.failing {
+                Change::None
+            } else {
+                Change::Count(0)
+            };
         }
         Change::Count(failures)
     }
@@ -273,6 +284,7 @@ mod tests {
             open_until: Some(now() - secs(1)),
             opens: 1,
             probe_until: Some(now() + secs(20)),
+            failing: true,
         };
         assert_eq!(
             p.after(&open, (0, 1, false), (true, 0.5), now()),
@@ -294,10 +306,28 @@ mod tests {
                 failures: 1
             }
         );
-        // Attempts that were under way when it opened add nothing.
+        // Attempts that were under way when it opened add nothing…
         assert_eq!(
             p.after(&open, (0, 3, false), (false, 0.5), now()),
             Change::None
+        );
+        // …but start the failure clock if it is not running (the venue re-enabled it).
+        let unclocked = Circuit {
+            failing: false,
+            ..open.clone()
+        };
+        assert_eq!(
+            p.after(&unclocked, (0, 3, false), (false, 0.5), now()),
+            Change::Count(0)
+        );
+        // A success stops a running failure clock even with the circuit closed.
+        let failing = Circuit {
+            failing: true,
+            ..Circuit::default()
+        };
+        assert_eq!(
+            p.after(&failing, (1, 0, true), (false, 0.5), now()),
+            Change::Close
         );
         assert_eq!(
             p.after(&open, (1, 0, true), (true, 0.5), now()),

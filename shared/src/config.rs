@@ -112,6 +112,8 @@ impl Config {
                 }),
             }
         };
+        // Read once: the delivery timeout also sets how long a probe holds its lease.
+        let request_timeout_ms = number("REQUEST_TIMEOUT_MS", 15_000)?;
         let allow_cidrs = get("DESTINATION_ALLOW_CIDRS")
             .unwrap_or_default()
             .split(',')
@@ -139,7 +141,7 @@ impl Config {
             },
             limits: Limits {
                 max_payload_bytes: number("MAX_PAYLOAD_BYTES", 256 * 1024)? as usize,
-                request_timeout: Duration::from_millis(number("REQUEST_TIMEOUT_MS", 15_000)?),
+                request_timeout: Duration::from_millis(request_timeout_ms),
                 response_excerpt_bytes: number("RESPONSE_EXCERPT_BYTES", 4096)? as usize,
                 retention_days: number("RETENTION_DAYS", 30)? as i64,
                 max_endpoints_per_venue: number("MAX_ENDPOINTS_PER_VENUE", 100)?.max(1) as usize,
@@ -179,7 +181,6 @@ impl Config {
             breaker: {
                 let defaults = BreakerPolicy::default();
                 let ms = |d: Duration| d.as_millis() as u64;
-                let request_timeout = number("REQUEST_TIMEOUT_MS", 15_000)?;
                 BreakerPolicy {
                     threshold: number("BREAKER_THRESHOLD", defaults.threshold as u64)?.max(1)
                         as u32,
@@ -190,7 +191,7 @@ impl Config {
                         number("BREAKER_MAX_COOLDOWN_MS", ms(defaults.max_cooldown))?.max(1),
                     ),
                     // The probe's request, and a margin to record it.
-                    probe_lease: Duration::from_millis(request_timeout + 5_000),
+                    probe_lease: Duration::from_millis(request_timeout_ms + 5_000),
                     max_hold: Duration::from_millis(
                         number("BREAKER_MAX_HOLD_MS", ms(defaults.max_hold))?.max(1),
                     ),

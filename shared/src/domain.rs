@@ -128,7 +128,8 @@ pub struct Endpoint {
     pub updated_at: DateTime<Utc>,
 }
 
-fn is_zero(n: &u32) -> bool {
+/// For `skip_serializing_if`: a count left out of an item while it is zero.
+pub(crate) fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 

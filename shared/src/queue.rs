@@ -43,12 +43,8 @@ pub struct DeliveryJob {
     pub manual: bool,
     /// How many times this delivery was held by its endpoint's open circuit (each hold
     /// waits longer: [`crate::breaker::BreakerPolicy::hold_wait`]).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::domain::is_zero")]
     pub held: u32,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 impl DeliveryJob {

@@ -135,9 +135,9 @@ impl Waits {
             None => current - FIRST_LOOKBACK_SLOTS * width,
         };
         let mut swept = Swept::default();
+        let deadline = started + budget;
         let mut slot = last + width;
         while slot <= current && swept.slots < MAX_SLOTS_PER_SWEEP {
-            let deadline = started + budget;
             let queued: Vec<(usize, bool)> = stream::iter(0..self.config.shards)
                 .map(|shard| self.drain(slot_key(slot, shard), now, deadline))
                 .buffer_unordered(self.config.shards.min(16) as usize)
@@ -175,7 +175,7 @@ impl Waits {
             if Instant::now() >= deadline {
                 return Ok((queued, false));
             }
-            let (page, more) = self.store.waiting_in(&slot, PAGE, None).await?;
+            let (page, more) = self.store.waiting_in(&slot, PAGE).await?;
             if page.is_empty() {
                 return Ok((queued, true));
             }
@@ -201,7 +201,7 @@ impl Waits {
                 }
             }
             self.store.remove_waiting(&page).await?;
-            if more.is_none() {
+            if !more {
                 return Ok((queued, true));
             }
         }

@@ -207,20 +207,12 @@ impl Dispatcher {
                         .await
                 }
                 _ => {
-                    let change = match self.breaker.after(
+                    let change = self.breaker.after(
                         &Circuit::of(endpoint),
                         (tally.successes, tally.failures, tally.last_succeeded),
                         (tally.probed, rand::random::<f64>()),
                         now,
-                    ) {
-                        Change::None if !failed_last && endpoint.failing_since.is_some() => {
-                            Change::Close
-                        }
-                        Change::None if failed_last && endpoint.failing_since.is_none() => {
-                            Change::Count(0)
-                        }
-                        change => change,
-                    };
+                    );
                     if let Change::Open { until, opens, .. } = &change {
                         tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %id, %until, opens, "circuit opened: deliveries wait unattempted until a probe succeeds");
                     }

@@ -5,8 +5,6 @@
 //! sweep ([`crate::waits::Waits::sweep`]) reads each slot once it is due, queues its jobs and
 //! removes them. One item (`slot` = `id` = `#cursor`) remembers the last slot swept.
 
-use std::collections::HashMap;
-
 use aws_sdk_dynamodb::types::{DeleteRequest, PutRequest, WriteRequest};
 
 use super::{n, s, written, Store};
@@ -57,28 +55,21 @@ impl Store {
         self.write_batches(&self.retries, requests).await
     }
 
-    /// A page of the jobs waiting in one slot's shard (strongly consistent: a job written a
-    /// moment ago is there), and where the next page starts.
-    pub async fn waiting_in(
-        &self,
-        slot: &str,
-        limit: i32,
-        start: Option<String>,
-    ) -> Result<(Vec<Waiting>, Option<String>)> {
-        let out =
-            self.ddb
-                .query()
-                .table_name(&self.retries)
-                .key_condition_expression("slot = :s")
-                .expression_attribute_values(":s", s(slot))
-                .consistent_read(true)
-                .limit(limit)
-                .set_exclusive_start_key(start.map(|id| {
-                    HashMap::from([("slot".to_owned(), s(slot)), ("id".to_owned(), s(id))])
-                }))
-                .send()
-                .await
-                .map_err(|e| Error::aws("dynamodb", e))?;
+    /// The first page of the jobs waiting in one slot's shard (strongly consistent: a job
+    /// written a moment ago is there), and whether more follow. The sweep removes each page
+    /// once queued, so the next page is again the first.
+    pub async fn waiting_in(&self, slot: &str, limit: i32) -> Result<(Vec<Waiting>, bool)> {
+        let out = self
+            .ddb
+            .query()
+            .table_name(&self.retries)
+            .key_condition_expression("slot = :s")
+            .expression_attribute_values(":s", s(slot))
+            .consistent_read(true)
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
         let items = out
             .items
             .unwrap_or_default()
@@ -102,10 +93,7 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let next = out
-            .last_evaluated_key
-            .and_then(|key| key.get("id").and_then(|v| v.as_s().ok()).cloned());
-        Ok((items, next))
+        Ok((items, out.last_evaluated_key.is_some()))
     }
 
     /// Removes jobs that are queued again.
