@@ -636,8 +636,11 @@ async fn a_delivery_item_stays_small_whatever_the_receiver_answers() {
         .get_item()
         .table_name(&stack.provisioned.physical["DeliveriesTable"])
         .key(
-            "venue_id",
-            aws_sdk_dynamodb::types::AttributeValue::S(v.clone()),
+            "history_key",
+            aws_sdk_dynamodb::types::AttributeValue::S(shared::store::history_partition(
+                &shared::ids::VenueId::parse(&v).unwrap(),
+                shared::ids::DeliveryId::parse(&id).unwrap().tag(),
+            )),
         )
         .key(
             "delivery_id",

@@ -229,7 +229,9 @@ fn group_of(message: &aws_sdk_sqs::types::Message) -> Option<&str> {
 }
 
 /// A stack whose deliver function the test plays, calling its handler as Lambda would; a
-/// venue with one endpoint per receiver status, and one event published to all of them.
+/// venue with one endpoint per receiver status, and events published to all of them, accepted
+/// together as one batch of the ingest function is (so the first attempts of the events at
+/// one endpoint are one job).
 struct PlayedDeliver {
     stack: local::Stack,
     api: Client,
@@ -242,7 +244,7 @@ struct PlayedDeliver {
 }
 
 impl PlayedDeliver {
-    async fn start(statuses: &[u16], event: Value) -> Self {
+    async fn start(statuses: &[u16], events: &[Value]) -> Self {
         let mut options = local_options();
         options.run_deliver = false;
         let stack = start_with(options).await;
@@ -258,8 +260,7 @@ impl PlayedDeliver {
             ids.push(ep["id"].as_str().unwrap().to_owned());
             receivers.push(rx);
         }
-        let (status, _) = api.post(&format!("/venues/{venue}/events"), event).await;
-        assert_eq!(status, 202);
+        publish_together(&stack, &venue, events).await;
         let (deliver, sqs, trigger) = played_deliver(&stack, &Default::default());
         Self {
             stack,
@@ -296,22 +297,28 @@ impl PlayedDeliver {
 async fn a_failing_receiver_leaves_the_batch_alone_and_retries_on_its_own() {
     let t = PlayedDeliver::start(
         &[200, 201, 500],
-        json!({"type": "registration.created", "data": {"attendee": "A"}}),
+        &[json!({"type": "registration.created", "data": {"attendee": "A"}})],
     )
     .await;
     let (api, venue, ids) = (&t.api, &t.venue, &t.ids);
 
-    // The first attempts of the event's three deliveries travel as one job.
-    let messages = t.receive(1, Duration::from_secs(10)).await;
-    assert_eq!(messages.len(), 1, "one job for the event's three endpoints");
-    // The venue is the job's fair-queue group.
-    assert_eq!(group_of(&messages[0]), Some(venue.as_str()));
-    let job: Value = serde_json::from_str(messages[0].body().unwrap()).unwrap();
-    assert_eq!(job["targets"].as_array().unwrap().len(), 3, "{job}");
+    // A job per endpoint, handled as one batch.
+    let messages = t.receive(3, Duration::from_secs(10)).await;
+    assert_eq!(
+        messages.len(),
+        3,
+        "one job for each of the event's endpoints"
+    );
+    for message in &messages {
+        // The venue is the job's fair-queue group.
+        assert_eq!(group_of(message), Some(venue.as_str()));
+        let job: Value = serde_json::from_str(message.body().unwrap()).unwrap();
+        assert_eq!(job["deliveries"].as_array().unwrap().len(), 1, "{job}");
+    }
     let response = t.handle(&messages).await;
     assert!(
         response.batch_item_failures.is_empty(),
-        "the job is done: its failed delivery was queued on its own"
+        "the batch is done: its failed delivery was queued on its own"
     );
     assert_eq!(t.hits(), vec![1, 1, 1]);
 
@@ -353,9 +360,9 @@ async fn a_failing_receiver_leaves_the_batch_alone_and_retries_on_its_own() {
     let retry = t.receive(1, Duration::from_secs(12)).await;
     assert_eq!(retry.len(), 1, "the failed delivery came back on its own");
     let job: Value = serde_json::from_str(retry[0].body().unwrap()).unwrap();
-    assert_eq!(job["targets"][0]["endpoint_id"], json!(ids[2]), "{job}");
+    assert_eq!(job["endpoint_id"], json!(ids[2]), "{job}");
     assert_eq!(group_of(&retry[0]), Some(venue.as_str()));
-    assert_eq!(job["targets"].as_array().unwrap().len(), 1, "{job}");
+    assert_eq!(job["deliveries"].as_array().unwrap().len(), 1, "{job}");
     let response = t.handle(&retry).await;
     let failed: Vec<String> = response
         .batch_item_failures
@@ -391,15 +398,18 @@ async fn a_failing_receiver_leaves_the_batch_alone_and_retries_on_its_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_of_several_back_again_sends_only_what_is_not_recorded() {
-    let t = PlayedDeliver::start(
-        &[200, 200, 503],
-        json!({"type": "order.created", "data": {"n": 1}}),
-    )
-    .await;
+    // Three events accepted together: their first attempts at the endpoint are one job.
+    let events: Vec<Value> = (1..=3)
+        .map(|n| json!({"type": "order.created", "data": {"n": n}}))
+        .collect();
+    let t = PlayedDeliver::start(&[200], &events).await;
+    t.receivers[0].answer(r#""n":3"#, 503);
     let first = t.receive(1, Duration::from_secs(10)).await;
     assert_eq!(first.len(), 1);
+    let job: Value = serde_json::from_str(first[0].body().unwrap()).unwrap();
+    assert_eq!(job["deliveries"].as_array().unwrap().len(), 3, "{job}");
     assert!(t.handle(&first).await.batch_item_failures.is_empty());
-    assert_eq!(t.hits(), vec![1, 1, 1]);
+    assert_eq!(t.hits(), vec![3]);
 
     // As if the worker had died before Lambda deleted the message: it comes back (second
     // receive). The two successes are recorded, the failure waits for its retry: nothing is
@@ -425,16 +435,35 @@ async fn a_job_of_several_back_again_sends_only_what_is_not_recorded() {
     assert!(t.handle(&again).await.batch_item_failures.is_empty());
     assert_eq!(
         t.hits(),
-        vec![1, 1, 1],
+        vec![3],
         "nothing re-sent: the successes are recorded, the failure is not due"
     );
-    for (id, status) in t.ids.iter().zip(["succeeded", "succeeded", "pending"]) {
-        let h = deliveries_of(&t.api, &t.venue, id).await;
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert_eq!(
-            (h[0]["status"].as_str(), h[0]["attempt_count"].as_u64()),
-            (Some(status), Some(1))
-        );
+    let h = deliveries_of(&t.api, &t.venue, &t.ids[0]).await;
+    let states: Vec<(Option<&str>, Option<u64>)> = h
+        .iter()
+        .map(|d| (d["status"].as_str(), d["attempt_count"].as_u64()))
+        .collect();
+    assert_eq!(h.len(), 3, "{h:?}");
+    assert_eq!(
+        states
+            .iter()
+            .filter(|s| **s == (Some("succeeded"), Some(1)))
+            .count(),
+        2,
+        "{h:?}"
+    );
+    assert!(states.contains(&(Some("pending"), Some(1))), "{h:?}");
+    // Each of the three reads back by its id, the two successes from their group's one item.
+    for d in &h {
+        let (status, one) = t
+            .api
+            .get(&format!(
+                "/venues/{}/deliveries/{}",
+                t.venue,
+                d["id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!((status, &one["event_id"]), (200, &d["event_id"]), "{one}");
     }
     t.stack.stop().await;
 }
@@ -753,10 +782,14 @@ async fn publishing_the_same_event_id_twice_delivers_once() {
         event_type: "lead.created".into(),
         timestamp: "2026-11-27T10:15:00Z".into(),
         data: r#"{"email":"c@d.e"}"#.into(),
-        targets: vec![shared::domain::Target {
-            endpoint_id: shared::ids::EndpointId::parse(ep["id"].as_str().unwrap()).unwrap(),
-            delivery_id: shared::ids::DeliveryId::generate(),
-        }],
+        targets: {
+            let endpoint_id = shared::ids::EndpointId::parse(ep["id"].as_str().unwrap()).unwrap();
+            let base = shared::ids::DeliveryId::batch_base();
+            vec![shared::domain::Target {
+                delivery_id: base.group_at(&endpoint_id).member(0),
+                endpoint_id,
+            }]
+        },
         accepted_at: now,
         expires_at: services.store.expiry(now),
     };
@@ -816,9 +849,9 @@ async fn unprocessable_messages_go_to_their_dlq_with_the_reason() {
         .await;
     for body in [
         "garbage".to_owned(),
-        json!({"venue_id": venue, "event_id": "evt_missing", "event_type": "order.created",
-               "targets": [{"endpoint_id": ep["id"],
-                            "delivery_id": "dlv_01KB0000000000000000000000"}]})
+        json!({"venue_id": venue, "endpoint_id": ep["id"],
+               "deliveries": [{"delivery_id": "dlv_01KB0000000000000000000000",
+                               "event_id": "evt_missing", "event_type": "order.created"}]})
         .to_string(),
     ] {
         sqs.send_message()

@@ -411,6 +411,43 @@ async fn manual_retry_and_replay_resend_failed_deliveries() {
         .await;
     assert_eq!(status, 202, "{replay}");
     assert_eq!(replay["replaying"], 2, "only the deliveries still failed");
+    // The work runs in the background; the same request again answers the same replay.
+    let replay_id = replay["replay_id"].as_str().unwrap().to_owned();
+    let (status, again) = case
+        .api
+        .post(
+            &format!("/venues/{}/endpoints/{}/replay", case.venue, case.endpoint),
+            json!({"since": since}),
+        )
+        .await;
+    assert_eq!(
+        (status, again["replay_id"].as_str()),
+        (202, Some(replay_id.as_str())),
+        "{again}"
+    );
+    let progress = format!(
+        "/venues/{}/endpoints/{}/replays/{replay_id}",
+        case.venue, case.endpoint
+    );
+    let done = eventually(WAIT, || async {
+        let (_, r) = case.api.get(&progress).await;
+        (r["state"] == "done").then_some(r)
+    })
+    .await
+    .expect("the replay finishes");
+    assert_eq!(
+        (done["replaying"].as_u64(), done["queued"].as_u64()),
+        (Some(2), Some(2)),
+        "{done}"
+    );
+    let (status, _) = case
+        .api
+        .get(&format!(
+            "/venues/{}/endpoints/{}/replays/rpl_01KB0000000000000000000000",
+            case.venue, case.endpoint
+        ))
+        .await;
+    assert_eq!(status, 404);
     let all = eventually(WAIT, || async {
         let (_, page) = case
             .api

@@ -466,6 +466,89 @@ async fn history_filters_by_status_type_and_time_with_opaque_cursors() {
     stack.stop().await;
 }
 
+/// Ten events accepted together are one group at the endpoint: nine first-try successes in
+/// one item, the failure in an item of its own. Pages that stop inside the group's item go on
+/// where they stopped; the status filters find each kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_through_a_group_and_filters_its_failure() {
+    let stack = start_stack().await;
+    let api = Client::new(&stack);
+    let v = venue("grp");
+    let rx = Receiver::start(200).await;
+    rx.answer(r#""n":4}"#, 500);
+    let ep = api
+        .create_endpoint(&v, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    let id = ep["id"].as_str().unwrap();
+    let events: Vec<Value> = (0..10)
+        .map(|n| json!({"type": if n % 2 == 0 { "order.created" } else { "order.paid" }, "data": {"n": n}}))
+        .collect();
+    publish_together(&stack, &v, &events).await;
+    rx.wait_for(10, WAIT).await;
+    let history = format!("/venues/{v}/endpoints/{id}/deliveries");
+    let all = eventually(WAIT, || async {
+        let (_, page) = api.get(&format!("{history}?limit=100")).await;
+        let data = page["data"].as_array()?.clone();
+        (data.len() == 10 && data.iter().any(|d| d["status"] == "pending")).then_some(data)
+    })
+    .await
+    .expect("ten deliveries, one pending");
+    let ids: Vec<&str> = all.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    // Newest first; the deliveries of one group were created together (their ids differ in
+    // their place only), so among them any order is newest first.
+    let groups: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            let id = shared::ids::DeliveryId::parse(id).unwrap();
+            id.group().map_or(id, |(g, _)| g).to_string()
+        })
+        .collect();
+    assert!(groups.windows(2).all(|w| w[0] >= w[1]), "{ids:?}");
+
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let path = match &cursor {
+            Some(c) => format!("{history}?limit=3&cursor={c}"),
+            None => format!("{history}?limit=3"),
+        };
+        let (status, page) = api.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        paged.extend(
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["id"].as_str().unwrap().to_owned()),
+        );
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(paged, ids, "pages of three: no gap, no repeat");
+
+    let (_, pending) = api.get(&format!("{history}?status=pending")).await;
+    let pending = pending["data"].as_array().unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let failing = pending[0]["id"].as_str().unwrap();
+    let (_, one) = api.get(&format!("/venues/{v}/deliveries/{failing}")).await;
+    assert_eq!(one["attempts"][0]["status_code"], 500, "{one}");
+    let (_, succeeded) = api
+        .get(&format!(
+            "{history}?status=succeeded&event_type=order.created"
+        ))
+        .await;
+    assert_eq!(
+        succeeded["data"].as_array().unwrap().len(),
+        4,
+        "five order.created, one of them pending: {succeeded}"
+    );
+    let (_, failed) = api.get(&format!("{history}?status=failed")).await;
+    assert_eq!(failed["data"], json!([]));
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_formats_data_and_a_slack_template_are_signed_as_sent() {
     let stack = start_stack().await;

@@ -46,7 +46,7 @@ pub const READ_MILLI_UNITS: &str = "DynamoDB read units (thousandths)";
 
 /// The read units DynamoDB charges for a GetItem, BatchGetItem or Query, from the request
 /// (consistency) and the items in the answer: 4 KB per unit, half for eventually
-/// consistent reads; per item for Get and BatchGet, over the sum for a Query.
+/// consistent reads; per item for Get and BatchGet, over the sum of the items read for a Query.
 pub fn read_milli_units(op: &str, request: &[u8], response: &[u8]) -> u64 {
     let (Ok(request), Ok(response)) = (
         serde_json::from_slice::<serde_json::Value>(request),
@@ -61,8 +61,21 @@ pub fn read_milli_units(op: &str, request: &[u8], response: &[u8]) -> u64 {
             units(response.get("Item").map_or(0, item_size)) * factor(&request["ConsistentRead"])
         }
         "DynamoDB_20120810.Query" => {
+            // A filtered Query is charged for every item it read (`ScannedCount`), returned
+            // or not: those filtered out are taken as large as the average one returned (1 KB
+            // when none was).
             let items = response["Items"].as_array().cloned().unwrap_or_default();
-            units(items.iter().map(item_size).sum()) * factor(&request["ConsistentRead"])
+            let returned: usize = items.iter().map(item_size).sum();
+            let scanned = response["ScannedCount"]
+                .as_u64()
+                .unwrap_or(items.len() as u64) as usize;
+            let average = if items.is_empty() {
+                1024
+            } else {
+                returned / items.len()
+            };
+            let read = returned + scanned.saturating_sub(items.len()) * average;
+            units(read) * factor(&request["ConsistentRead"])
         }
         "DynamoDB_20120810.BatchGetItem" => response["Responses"]
             .as_object()

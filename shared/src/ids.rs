@@ -9,6 +9,16 @@ use crate::error::ValidationError;
 
 macro_rules! generated_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        generated_id!(@id $(#[$doc])* $name, $prefix);
+
+        impl $name {
+            /// A new id, sortable by creation time.
+            pub fn generate() -> Self {
+                Self(format!("{}_{}", $prefix, ulid::Ulid::new()))
+            }
+        }
+    };
+    (@id $(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
@@ -16,11 +26,6 @@ macro_rules! generated_id {
 
         impl $name {
             pub const PREFIX: &'static str = $prefix;
-
-            /// A new id, sortable by creation time.
-            pub fn generate() -> Self {
-                Self(format!("{}_{}", $prefix, ulid::Ulid::new()))
-            }
 
             /// Parses an id from a path or a cursor: right prefix, then a ULID.
             pub fn parse(raw: &str) -> Result<Self, ValidationError> {
@@ -64,51 +69,94 @@ generated_id!(
     "ep"
 );
 generated_id!(
-    /// One delivery of one event to one endpoint (`dlv_…`).
+    @id
+    /// One delivery of one event to one endpoint (`dlv_…`); generated only with its
+    /// endpoint's tag (below).
     DeliveryId,
     "dlv"
 );
-/// How many deliveries one group holds at most: the low bits of a group's id are zero and its
-/// members count up from it, so a member's id names its group and sorts right after it.
+/// How many deliveries one group holds at most.
 pub const GROUP_SIZE: usize = 10;
-const GROUP_BITS: u32 = 8;
+/// The low bits of a delivery id: its place in its group (1 to [`GROUP_SIZE`]), 0 outside one.
+const MEMBER_BITS: u32 = 8;
+/// Above them, the endpoint's tag ([`EndpointId::tag`]): where the delivery's history lives.
+const TAG_BITS: u32 = 40;
+const MEMBER_MASK: u128 = (1 << MEMBER_BITS) - 1;
+const TAG_MASK: u128 = ((1 << TAG_BITS) - 1) << MEMBER_BITS;
 
+impl EndpointId {
+    /// 40 of the id's random bits: delivery ids carry them, so that a delivery's id alone
+    /// names the history partition of its endpoint. Unique among a venue's endpoints (creation
+    /// makes sure); where two endpoints of a venue once shared one, their histories share a
+    /// partition, and each item still names its endpoint.
+    pub fn tag(&self) -> u64 {
+        (ulid_of(&self.0, Self::PREFIX).0 & ((1 << TAG_BITS) - 1)) as u64
+    }
+}
+
+/// A delivery id's ULID: 48 bits of time (milliseconds), 32 random, the endpoint's 40-bit tag,
+/// 8 bits of place in its group. A group is the first attempts at one endpoint of up to
+/// [`GROUP_SIZE`] events accepted together: its id has place 0, its members count up from it,
+/// so a member's id names its group and sorts right after it.
 impl DeliveryId {
-    /// A new group id: the first attempts of one event at up to [`GROUP_SIZE`] endpoints
-    /// are recorded together under it, their delivery ids are its [`DeliveryId::member`]s.
-    pub fn generate_group() -> Self {
+    /// The base of the groups of one batch of accepted events: each endpoint's group is
+    /// [`DeliveryId::group_at`] it, so an event's delivery ids follow from the base, its place
+    /// in the batch and its endpoints.
+    pub fn batch_base() -> Self {
         let ulid = ulid::Ulid::new();
-        let group = ulid::Ulid(ulid.0 & !((1u128 << GROUP_BITS) - 1));
-        Self(format!("{}_{}", Self::PREFIX, group))
+        Self::from_ulid(ulid.0 & !(TAG_MASK | MEMBER_MASK))
+    }
+
+    /// The group of this batch base at `endpoint`.
+    pub fn group_at(&self, endpoint: &EndpointId) -> Self {
+        Self::from_ulid(self.base().ulid().0 | (u128::from(endpoint.tag()) << MEMBER_BITS))
+    }
+
+    /// The batch base this delivery's group was made from ([`DeliveryId::group_at`]).
+    pub fn base(&self) -> Self {
+        Self::from_ulid(self.ulid().0 & !(TAG_MASK | MEMBER_MASK))
+    }
+
+    /// A delivery outside any group (a test send), at `endpoint`.
+    pub fn single(endpoint: &EndpointId) -> Self {
+        Self::batch_base().group_at(endpoint)
     }
 
     /// The delivery id of the `index`th member of this group (0-based).
     pub fn member(&self, index: usize) -> Self {
         debug_assert!(index < GROUP_SIZE);
-        let ulid = self.ulid();
-        let group = ulid.0 & !((1u128 << GROUP_BITS) - 1);
-        let member = ulid::Ulid(group + index as u128 + 1);
-        Self(format!("{}_{}", Self::PREFIX, member))
+        Self::from_ulid((self.ulid().0 & !MEMBER_MASK) + index as u128 + 1)
     }
 
     /// The group this delivery belongs to, and its place in it; `None` for a delivery
-    /// that never was in one (a test send).
+    /// that never was in one (a test send), and for a group's own id.
     pub fn group(&self) -> Option<(Self, usize)> {
-        let ulid = self.ulid();
-        let low = (ulid.0 & ((1u128 << GROUP_BITS) - 1)) as usize;
-        (1..=GROUP_SIZE).contains(&low).then(|| {
-            let group = ulid::Ulid(ulid.0 - low as u128);
-            (Self(format!("{}_{}", Self::PREFIX, group)), low - 1)
-        })
+        let ulid = self.ulid().0;
+        let low = (ulid & MEMBER_MASK) as usize;
+        (1..=GROUP_SIZE)
+            .contains(&low)
+            .then(|| (Self::from_ulid(ulid & !MEMBER_MASK), low - 1))
+    }
+
+    /// The tag of the endpoint this delivery is for ([`EndpointId::tag`]).
+    pub fn tag(&self) -> u64 {
+        ((self.ulid().0 & TAG_MASK) >> MEMBER_BITS) as u64
+    }
+
+    fn from_ulid(bits: u128) -> Self {
+        Self(format!("{}_{}", Self::PREFIX, ulid::Ulid(bits)))
     }
 
     fn ulid(&self) -> ulid::Ulid {
-        // Every DeliveryId was generated or parsed, so the part after the prefix is a ULID.
-        self.0
-            .get(Self::PREFIX.len() + 1..)
-            .and_then(|rest| ulid::Ulid::from_string(rest).ok())
-            .unwrap_or_default()
+        ulid_of(&self.0, Self::PREFIX)
     }
+}
+
+/// The ULID of a generated or parsed id (every one has one after its prefix).
+fn ulid_of(id: &str, prefix: &str) -> ulid::Ulid {
+    id.get(prefix.len() + 1..)
+        .and_then(|rest| ulid::Ulid::from_string(rest).ok())
+        .unwrap_or_default()
 }
 
 generated_id!(
@@ -227,13 +275,18 @@ mod tests {
     }
 
     #[test]
-    fn group_members_name_their_group_and_sort_after_it() {
-        let group = DeliveryId::generate_group();
+    fn group_members_name_their_group_and_endpoint_and_sort_after_it() {
+        let (a, b) = (EndpointId::generate(), EndpointId::generate());
+        let base = DeliveryId::batch_base();
+        let group = base.group_at(&a);
         assert_eq!(group.group(), None, "a group id is no member");
+        assert_eq!(group.tag(), a.tag());
+        assert_ne!(base.group_at(&b), group, "one group per endpoint");
         let members: Vec<_> = (0..GROUP_SIZE).map(|i| group.member(i)).collect();
         for (i, m) in members.iter().enumerate() {
             assert_eq!(DeliveryId::parse(m.as_str()).unwrap(), *m);
             assert_eq!(m.group(), Some((group.clone(), i)));
+            assert_eq!(m.tag(), a.tag(), "a member names its endpoint's partition");
             assert!(*m > group);
         }
         let mut sorted = members.clone();
@@ -241,12 +294,14 @@ mod tests {
         assert_eq!(sorted, members);
         // A later group sorts after every member of an earlier one.
         std::thread::sleep(std::time::Duration::from_millis(2));
-        assert!(DeliveryId::generate_group() > members[GROUP_SIZE - 1]);
+        assert!(DeliveryId::batch_base().group_at(&a) > members[GROUP_SIZE - 1]);
+        let single = DeliveryId::single(&b);
+        assert_eq!((single.group(), single.tag()), (None, b.tag()));
     }
 
     #[test]
     fn ids_of_the_wrong_kind_or_shape_are_refused() {
-        let dlv = DeliveryId::generate();
+        let dlv = DeliveryId::batch_base();
         assert!(EndpointId::parse(dlv.as_str()).is_err());
         assert!(EndpointId::parse("ep_short").is_err());
         assert!(EventId::parse("has.dot").is_err());

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::domain::{Endpoint, Event, PublishRequest, Target};
 use crate::error::{Error, Result};
 use crate::ids::{DeliveryId, VenueId, GROUP_SIZE};
-use crate::queue::{DeliveryJob, Queues, INLINE_EVENT_BYTES};
+use crate::queue::{DeliveryJob, Queued, Queues, INLINE_EVENT_BYTES};
 use crate::services::Services;
 use crate::store::{EventRecord, Store, Tenant};
 
@@ -25,23 +25,53 @@ pub struct Accepted {
     pub queued: bool,
 }
 
-/// One venue's enabled endpoints, read once (by whichever event of the batch asks first).
-type VenueRead = Arc<tokio::sync::OnceCell<Arc<Vec<Endpoint>>>>;
-
-/// The enabled endpoints of each venue, read at most once for a batch of events.
+/// What the events of one venue in a batch share: its enabled endpoints, read once (by
+/// whichever event asks first), and the groups their deliveries join.
 #[derive(Default)]
-pub struct EndpointReads(tokio::sync::Mutex<HashMap<VenueId, VenueRead>>);
+struct VenueBatch {
+    endpoints: tokio::sync::OnceCell<Arc<Vec<Endpoint>>>,
+    /// The batch base of the groups being filled, and how many places it has given.
+    places: std::sync::Mutex<Option<(DeliveryId, usize)>>,
+}
 
-impl EndpointReads {
-    async fn of(&self, store: &Store, tenant: &Tenant) -> Result<Arc<Vec<Endpoint>>> {
-        let cell = self
-            .0
+impl VenueBatch {
+    /// The next place in this venue's groups: the first attempts of up to
+    /// [`GROUP_SIZE`] events at one endpoint share a job and a history item.
+    fn place(&self) -> (DeliveryId, usize) {
+        let mut places = self
+            .places
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (base, place) = match places.take() {
+            Some((base, given)) if given < GROUP_SIZE => (base, given),
+            _ => (DeliveryId::batch_base(), 0),
+        };
+        *places = Some((base.clone(), place + 1));
+        (base, place)
+    }
+}
+
+/// What a batch of events shares, per venue: one read of its endpoints (a fresh one per
+/// batch, so an endpoint created a moment ago is never missed for longer than a batch), and
+/// the groups its deliveries join.
+#[derive(Default)]
+pub struct IngestBatch(tokio::sync::Mutex<HashMap<VenueId, Arc<VenueBatch>>>);
+
+impl IngestBatch {
+    async fn of(&self, tenant: &Tenant) -> Arc<VenueBatch> {
+        self.0
             .lock()
             .await
             .entry(tenant.venue().clone())
             .or_default()
-            .clone();
-        cell.get_or_try_init(|| async { store.enabled_endpoints(tenant).await.map(Arc::new) })
+            .clone()
+    }
+}
+
+impl VenueBatch {
+    async fn endpoints(&self, store: &Store, tenant: &Tenant) -> Result<Arc<Vec<Endpoint>>> {
+        self.endpoints
+            .get_or_try_init(|| async { store.enabled_endpoints(tenant).await.map(Arc::new) })
             .await
             .cloned()
     }
@@ -89,7 +119,7 @@ impl Publisher {
         now: DateTime<Utc>,
     ) -> Result<Accepted> {
         let mut accepted = self
-            .accept(tenant, request, (now, &EndpointReads::default()))
+            .accept(tenant, request, (now, &IngestBatch::default()))
             .await?;
         if let Err(e) = self.enqueue(&accepted.jobs).await {
             let event = &accepted.record.event_id;
@@ -124,32 +154,35 @@ impl Publisher {
     /// batch of events can share SendMessageBatch calls ([`Publisher::enqueue`]). The event
     /// counts as published only once its jobs are queued.
     ///
-    /// `reads` holds the venues' endpoints as read for this batch of events: events of one
-    /// venue in a batch share one read (a fresh one per batch, so an endpoint created a
-    /// moment ago is never missed for longer than a batch).
+    /// `batch` is what the events of one batch share ([`IngestBatch`]): events of one venue
+    /// share one read of its endpoints, and each event takes a place in the venue's groups, so
+    /// that the first attempts of up to ten events at one endpoint travel as one job
+    /// ([`Publisher::enqueue`] merges them) and share one history item.
     pub async fn accept(
         &self,
         tenant: &Tenant,
         request: PublishRequest,
-        (now, reads): (DateTime<Utc>, &EndpointReads),
+        (now, batch): (DateTime<Utc>, &IngestBatch),
     ) -> Result<Accepted> {
         let event = request.into_event(now)?;
-        let endpoints = reads.of(&self.store, tenant).await?;
+        let venue = batch.of(tenant).await;
+        let endpoints = venue.endpoints(&self.store, tenant).await?;
         let subscribed: Vec<_> = endpoints
             .iter()
             .filter(|ep| ep.subscribes_to(&event.event_type))
             .collect();
-        // One group per ten endpoints: their first attempts share a job and a history item.
-        let targets: Vec<Target> = subscribed
-            .chunks(GROUP_SIZE)
-            .flat_map(|chunk| {
-                let group = DeliveryId::generate_group();
-                chunk.iter().enumerate().map(move |(i, ep)| Target {
+        let targets: Vec<Target> = if subscribed.is_empty() {
+            Vec::new()
+        } else {
+            let (base, place) = venue.place();
+            subscribed
+                .iter()
+                .map(|ep| Target {
                     endpoint_id: ep.endpoint_id.clone(),
-                    delivery_id: group.member(i),
+                    delivery_id: base.group_at(&ep.endpoint_id).member(place),
                 })
-            })
-            .collect();
+                .collect()
+        };
         let record = EventRecord::accepted(tenant, &event, targets, now, self.store.expiry(now));
         let (stored, is_new) = self.store.put_event(&record).await?;
         if !is_new {
@@ -185,9 +218,11 @@ impl Publisher {
         })
     }
 
-    /// Queues jobs in as few calls as possible; re-sent jobs of repeated events wait.
+    /// Queues jobs in as few calls as possible, the first attempts of one group as one job;
+    /// re-sent jobs of repeated events wait.
     pub async fn enqueue(&self, jobs: &[DeliveryJob]) -> Result<()> {
         let (resumed, fresh): (Vec<_>, Vec<_>) = jobs.iter().cloned().partition(|j| j.resumed);
+        let fresh = DeliveryJob::merge_groups(fresh);
         if !fresh.is_empty() {
             self.queues
                 .send_jobs(&fresh, std::time::Duration::ZERO)
@@ -200,33 +235,30 @@ impl Publisher {
     }
 }
 
-/// The jobs of an event: one per group of targets (the first attempts of a fresh fan-out
-/// travel together); a resumed fan-out re-sends the same groups, marked as such.
+/// The jobs of an event: one per delivery (the first attempts of one group are merged into
+/// one job when queued); a resumed fan-out re-sends them, marked as such.
 fn jobs_of(record: &EventRecord, resumed: bool) -> Result<Vec<DeliveryJob>> {
     let inline = (record.data.len() <= INLINE_EVENT_BYTES)
         .then(|| record_event(record))
         .transpose()?;
-    let mut jobs: Vec<DeliveryJob> = Vec::new();
-    let mut group = None;
-    for target in &record.targets {
-        let this = target.delivery_id.group().map(|(g, _)| g);
-        match jobs.last_mut() {
-            Some(job) if this.is_some() && this == group => job.targets.push(target.clone()),
-            _ => jobs.push(DeliveryJob {
-                venue_id: record.venue_id.clone(),
+    Ok(record
+        .targets
+        .iter()
+        .map(|target| DeliveryJob {
+            venue_id: record.venue_id.clone(),
+            endpoint_id: target.endpoint_id.clone(),
+            deliveries: vec![Queued {
+                delivery_id: target.delivery_id.clone(),
                 event_id: record.event_id.clone(),
                 event_type: record.event_type.clone(),
                 event: inline.clone(),
-                targets: vec![target.clone()],
-                first: !resumed,
-                resumed,
-                manual: false,
-                held: 0,
-            }),
-        }
-        group = this;
-    }
-    Ok(jobs)
+            }],
+            first: !resumed,
+            resumed,
+            manual: false,
+            held: 0,
+        })
+        .collect())
 }
 
 /// The event as deliveries carry it.

@@ -4,7 +4,8 @@
 //! - [`envelope`], [`signing`]: the wire format and the Standard Webhooks signature.
 //! - [`store`] (DynamoDB) and [`queue`] (SQS): persistence and jobs.
 //! - [`destination`], [`http_client`]: where a webhook may go and how it is sent.
-//! - [`ingest`], [`dispatch`]: accepting an event and attempting one delivery.
+//! - [`ingest`], [`dispatch`], [`replay`]: accepting an event, attempting one delivery, and
+//!   re-sending an endpoint's failed deliveries in the background.
 //! - [`retry`], [`waits`], [`breaker`]: when a failed delivery is tried again, where it waits,
 //!   and when an endpoint's deliveries wait unattempted.
 
@@ -29,6 +30,7 @@ pub mod ids;
 pub mod ingest;
 pub mod logging;
 pub mod queue;
+pub mod replay;
 pub mod retry;
 pub mod sealing;
 pub mod secret;

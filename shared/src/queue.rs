@@ -8,9 +8,11 @@ use aws_sdk_sqs::types::{
 use aws_sdk_sqs::Client;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Event, Target};
+use std::collections::HashMap;
+
+use crate::domain::Event;
 use crate::error::{Error, Result};
-use crate::ids::{EventId, VenueId};
+use crate::ids::{DeliveryId, EndpointId, EventId, VenueId};
 
 /// Events up to this size travel inside the job, which saves the deliver function a read;
 /// larger ones are read from the events table.
@@ -19,19 +21,15 @@ const MAX_BATCH_ENTRIES: usize = 10;
 /// SendMessageBatch's limit on the sum of the bodies.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
-/// Deliveries of one event, as queued for the deliver function: the first attempts of a
-/// fan-out travel together (up to [`crate::ids::GROUP_SIZE`] endpoints, one group, one
-/// message, one history item for their successes); a retry, a replay or a resumed job
-/// carries one delivery.
+/// Deliveries at one endpoint, as queued for the deliver function: the first attempts of a
+/// batch of accepted events travel together (up to [`crate::ids::GROUP_SIZE`] events, one
+/// group, one message, one history item for their successes); a retry, a replay or a resumed
+/// job carries one delivery.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeliveryJob {
     pub venue_id: VenueId,
-    pub event_id: EventId,
-    pub event_type: String,
-    /// The event itself when small enough.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event: Option<Event>,
-    pub targets: Vec<Target>,
+    pub endpoint_id: EndpointId,
+    pub deliveries: Vec<Queued>,
     /// The first attempts of a fresh fan-out: nothing of these deliveries exists yet.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub first: bool,
@@ -47,14 +45,61 @@ pub struct DeliveryJob {
     pub held: u32,
 }
 
+/// A replay task as it travels on the delivery queue, beside the jobs.
+#[derive(Serialize, Deserialize)]
+pub struct ReplayMessage<T> {
+    pub replay: T,
+}
+
+/// One delivery of a job: an event, under its delivery id.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Queued {
+    pub delivery_id: DeliveryId,
+    pub event_id: EventId,
+    pub event_type: String,
+    /// The event itself when small enough.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Event>,
+}
+
 impl DeliveryJob {
-    /// The same event, one of its deliveries.
-    pub fn single(&self, target: Target) -> Self {
+    /// One of its deliveries, as a job of its own.
+    pub fn single(&self, delivery: Queued) -> Self {
         Self {
-            targets: vec![target],
+            deliveries: vec![delivery],
             first: false,
             ..self.clone()
         }
+    }
+
+    /// The jobs of one group as one: the first attempts of a batch's events at one endpoint
+    /// ([`crate::ingest`] makes one job per delivery, then merges them here). Jobs of
+    /// different groups, or not first attempts, stay as they are; order is kept.
+    pub fn merge_groups(jobs: Vec<DeliveryJob>) -> Vec<DeliveryJob> {
+        let mut merged: Vec<DeliveryJob> = Vec::new();
+        let mut at: HashMap<(VenueId, DeliveryId), usize> = HashMap::new();
+        for job in jobs {
+            let group = match (&job.deliveries[..], job.first && !job.manual) {
+                ([only], true) => only.delivery_id.group().map(|(g, _)| g),
+                _ => None,
+            };
+            let Some(group) = group else {
+                merged.push(job);
+                continue;
+            };
+            match at.get(&(job.venue_id.clone(), group.clone())) {
+                Some(&i) => merged[i].deliveries.extend(job.deliveries),
+                None => {
+                    at.insert((job.venue_id.clone(), group), merged.len());
+                    merged.push(job);
+                }
+            }
+        }
+        for job in &mut merged {
+            job.deliveries
+                .sort_by(|a, b| a.delivery_id.cmp(&b.delivery_id));
+        }
+        merged
     }
 }
 
@@ -96,6 +141,14 @@ impl Queues {
             self.send_batch(batch).await?;
         }
         Ok(())
+    }
+
+    /// Queues the task that runs the next page of a replay, in its venue's group.
+    pub async fn send_replay(&self, task: &crate::replay::ReplayTask) -> Result<()> {
+        let body = serde_json::to_string(&ReplayMessage { replay: task })
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
+        let entry: Entry = (body, 0, task.venue_id.to_string());
+        self.send_batch(vec![&entry]).await
     }
 
     /// Sends one batch. Each job carries its venue as `MessageGroupId`: on a standard queue

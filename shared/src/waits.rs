@@ -97,15 +97,15 @@ impl Waits {
     /// The table item of a job due at `due`.
     fn waiting(&self, job: &DeliveryJob, due: DateTime<Utc>) -> Result<Waiting> {
         let target = job
-            .targets
+            .deliveries
             .first()
             .ok_or_else(|| Error::Corrupt("a delivery job without deliveries".into()))?;
         let mut body = serde_json::to_string(job).map_err(|e| Error::Corrupt(e.to_string()))?;
-        if body.len() > INLINE_IN_TABLE_BYTES && job.event.is_some() {
-            let lean = DeliveryJob {
-                event: None,
-                ..job.clone()
-            };
+        if body.len() > INLINE_IN_TABLE_BYTES && job.deliveries.iter().any(|d| d.event.is_some()) {
+            let mut lean = job.clone();
+            for delivery in &mut lean.deliveries {
+                delivery.event = None;
+            }
             body = serde_json::to_string(&lean).map_err(|e| Error::Corrupt(e.to_string()))?;
         }
         let id = target.delivery_id.to_string();

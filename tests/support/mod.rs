@@ -324,6 +324,8 @@ pub struct Receiver {
     pub url: String,
     captured: Arc<Mutex<Vec<Captured>>>,
     status: Arc<AtomicU16>,
+    /// Bodies containing the first string are answered with the second's status instead.
+    rules: Arc<Mutex<Vec<(String, u16)>>>,
 }
 
 impl Receiver {
@@ -334,6 +336,7 @@ impl Receiver {
             url: format!("http://{addr}/hooks"),
             captured: Arc::default(),
             status: Arc::new(AtomicU16::new(status)),
+            rules: Arc::default(),
         };
         let handle = receiver.clone();
         tokio::spawn(async move {
@@ -351,11 +354,21 @@ impl Receiver {
                                 })
                                 .collect();
                             let body = req.into_body().collect().await?.to_bytes();
-                            handle.captured.lock().unwrap().push(Captured {
-                                headers,
-                                body: String::from_utf8_lossy(&body).into_owned(),
-                            });
-                            let status = handle.status.load(Ordering::SeqCst);
+                            let body = String::from_utf8_lossy(&body).into_owned();
+                            let rule = handle
+                                .rules
+                                .lock()
+                                .unwrap()
+                                .iter()
+                                .find(|(part, _)| body.contains(part.as_str()))
+                                .map(|(_, status)| *status);
+                            handle
+                                .captured
+                                .lock()
+                                .unwrap()
+                                .push(Captured { headers, body });
+                            let status =
+                                rule.unwrap_or_else(|| handle.status.load(Ordering::SeqCst));
                             let mut resp = hyper::Response::new(Full::new(Bytes::from(format!(
                                 "receiver answered {status}"
                             ))));
@@ -377,6 +390,11 @@ impl Receiver {
         self.status.store(status, Ordering::SeqCst);
     }
 
+    /// Answers requests whose body contains `part` with `status`, whatever the set status.
+    pub fn answer(&self, part: &str, status: u16) {
+        self.rules.lock().unwrap().push((part.to_owned(), status));
+    }
+
     pub fn received(&self) -> Vec<Captured> {
         self.captured.lock().unwrap().clone()
     }
@@ -392,6 +410,29 @@ impl Receiver {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Publishes `events` for `venue` as one batch of the ingest function accepts them (so the
+/// first attempts of up to ten events at one endpoint are one job and one history item).
+pub async fn publish_together(stack: &Stack, venue: &str, events: &[Value]) {
+    let env = stack.provisioned.env_of(local::API_FUNCTION).unwrap();
+    let services = shared::services::Services::new(
+        shared::config::Config::from_map(env).unwrap(),
+        &stack.aws_of(local::API_FUNCTION).unwrap(),
+    );
+    let publisher = shared::ingest::Publisher::new(&services);
+    let batch = shared::ingest::IngestBatch::default();
+    let tenant = shared::store::Tenant::authorized(shared::ids::VenueId::parse(venue).unwrap());
+    let mut jobs = Vec::new();
+    for event in events {
+        let request = serde_json::from_value(event.clone()).unwrap();
+        let accepted = publisher
+            .accept(&tenant, request, (chrono::Utc::now(), &batch))
+            .await
+            .unwrap();
+        jobs.extend(accepted.jobs);
+    }
+    publisher.enqueue(&jobs).await.unwrap();
 }
 
 /// How many delivery jobs wait in the stack's retries table (its sweep cursor aside).

@@ -4,10 +4,9 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::Serialize;
 use serde_json::json;
-use shared::domain::{Attempt, DeliveryStatus, Target};
+use shared::domain::{Attempt, DeliveryStatus};
 use shared::ids::{DeliveryId, EndpointId, EventId};
-use shared::queue::DeliveryJob;
-use shared::store::{DeliveryFilter, DeliveryRecord, Tenant};
+use shared::store::{DeliveryFilter, DeliveryRecord, HistoryCursor, ReplayRecord, Tenant};
 
 use crate::endpoints::load;
 use crate::error::ApiError;
@@ -73,10 +72,11 @@ pub async fn list(api: &Api, tenant: &Tenant, raw_endpoint: &str, call: &Call<'_
     if let Some(t) = &event_type {
         shared::domain::validate_event_type("event_type", t)?;
     }
-    let before = call
+    let after = call
         .param("cursor")
         .map(|c| {
-            cursor::decode(c).and_then(|id| DeliveryId::parse(&id).map_err(|_| cursor::invalid()))
+            cursor::decode(c)
+                .and_then(|raw| HistoryCursor::decode(&raw).ok_or_else(cursor::invalid))
         })
         .transpose()?;
     let time = |name: &str| {
@@ -98,7 +98,7 @@ pub async fn list(api: &Api, tenant: &Tenant, raw_endpoint: &str, call: &Call<'_
     };
     let page = api
         .store
-        .list_deliveries(tenant, &endpoint_id, &filter, limit, before.as_ref())
+        .list_deliveries(tenant, &endpoint_id, &filter, limit, after.as_ref())
         .await?;
     let data: Vec<_> = page.items.iter().map(SummaryView::of).collect();
     Ok((
@@ -151,16 +151,30 @@ struct ReplayRequest {
     until: Option<DateTime<Utc>>,
 }
 
-/// How far back a replay may reach, and how many deliveries one replay re-sends at most.
+/// How far back a replay may reach.
 pub const REPLAY_MAX_WINDOW_DAYS: i64 = 14;
-pub const REPLAY_MAX_DELIVERIES: usize = 10_000;
 
-/// `POST .../endpoints/{id}/replay {since, until?}`: queues one manual attempt for every failed
-/// delivery created in the window; 202 with how many.
+/// A replay as the API shows it.
+fn replay_view(r: &ReplayRecord) -> serde_json::Value {
+    json!({
+        "replay_id": r.replay_id,
+        "endpoint_id": r.endpoint_id,
+        "state": r.state,
+        "replaying": r.found,
+        "queued": r.queued,
+        "since": r.since,
+        "until": r.until_at,
+        "started_at": r.started_at,
+        "updated_at": r.updated_at,
+    })
+}
+
+/// `POST .../endpoints/{id}/replay {since, until?}`: one manual attempt for every failed
+/// delivery created in the window, queued in the background. 202 at once with the replay's
+/// id and how many it found; the same request while it runs answers the same replay.
 pub async fn replay(api: &Api, tenant: &Tenant, raw_endpoint: &str, call: &Call<'_>) -> ApiResult {
     let request: ReplayRequest = crate::error::parse_json(call.body)?;
     let endpoint = load(api, tenant, raw_endpoint).await?;
-    let endpoint_id = endpoint.endpoint_id.clone();
     let now = Utc::now();
     let until = request.until.unwrap_or(now).min(now);
     if request.since >= until {
@@ -175,39 +189,33 @@ pub async fn replay(api: &Api, tenant: &Tenant, raw_endpoint: &str, call: &Call<
             format!("a replay reaches back at most {REPLAY_MAX_WINDOW_DAYS} days"),
         ));
     }
-    let failed = api
-        .store
-        .failed_deliveries_between(
+    let record = api
+        .replayer
+        .start(
             tenant,
-            &endpoint_id,
-            request.since,
-            until,
-            REPLAY_MAX_DELIVERIES,
+            &endpoint.endpoint_id,
+            (request.since, request.until),
+            now,
         )
         .await?;
-    let jobs: Vec<DeliveryJob> = failed
-        .iter()
-        .map(|d| DeliveryJob {
-            venue_id: d.venue_id.clone(),
-            event_id: d.event_id.clone(),
-            event_type: d.event_type.clone(),
-            event: None,
-            targets: vec![Target {
-                endpoint_id: d.endpoint_id.clone(),
-                delivery_id: d.delivery_id.clone(),
-            }],
-            first: false,
-            resumed: false,
-            manual: true,
-            held: 0,
-        })
-        .collect();
-    api.queues
-        .send_jobs(&jobs, std::time::Duration::ZERO)
-        .await?;
-    tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint_id, replaying = jobs.len(), "replay queued");
-    Ok((
-        StatusCode::ACCEPTED,
-        json!({"replaying": jobs.len(), "since": request.since, "until": until}),
-    ))
+    Ok((StatusCode::ACCEPTED, replay_view(&record)))
+}
+
+/// `GET .../endpoints/{id}/replays/{replay_id}`: how far a replay is.
+pub async fn get_replay(
+    api: &Api,
+    tenant: &Tenant,
+    raw_endpoint: &str,
+    replay_id: &str,
+) -> ApiResult {
+    let endpoint = load(api, tenant, raw_endpoint).await?;
+    if !ReplayRecord::is_id(replay_id) {
+        return Err(ApiError::not_found("replay"));
+    }
+    let record = api
+        .store
+        .get_replay(tenant, &endpoint.endpoint_id, replay_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("replay"))?;
+    Ok((StatusCode::OK, replay_view(&record)))
 }

@@ -201,7 +201,8 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
     // A bounded fan-out: at most this many endpoints per venue (a concurrent create may pass
     // it by one; the bound is for scale, not for billing).
     let limit = api.max_endpoints_per_venue;
-    if api.store.count_endpoints(tenant, limit).await? >= limit {
+    let existing = api.store.endpoint_ids(tenant, limit).await?;
+    if existing.len() >= limit {
         return Err(ApiError::invalid(
             "venue_id",
             format!("a venue has at most {limit} endpoints; delete one before adding another"),
@@ -218,7 +219,11 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
         ),
     };
     let now = Utc::now();
-    let endpoint_id = EndpointId::generate();
+    // Its tag names its history partition: never one of the venue's other endpoints'.
+    let mut endpoint_id = EndpointId::generate();
+    while existing.iter().any(|e| e.tag() == endpoint_id.tag()) {
+        endpoint_id = EndpointId::generate();
+    }
     let auth = api
         .sealer
         .seal_auth(

@@ -27,7 +27,6 @@ use shared::config::DestinationPolicy;
 use shared::dispatch::Dispatcher;
 use shared::http_client::{BuildError, DeliveryClient};
 use shared::ingest::Publisher;
-use shared::queue::Queues;
 use shared::sealing::Sealer;
 use shared::services::Services;
 use shared::store::Store;
@@ -42,9 +41,9 @@ pub type ApiResult = Result<(StatusCode, serde_json::Value), ApiError>;
 pub struct Api {
     store: Store,
     sealer: Sealer,
-    queues: Queues,
     dispatcher: Dispatcher,
     publisher: Publisher,
+    replayer: shared::replay::Replayer,
     destinations: DestinationPolicy,
     auth: Authenticator,
     max_body_bytes: usize,
@@ -74,9 +73,9 @@ impl Api {
         Ok(Self {
             store: services.store.clone(),
             sealer: services.sealer.clone(),
-            queues: services.queues.clone(),
             dispatcher: Dispatcher::new(services, http),
             publisher: Publisher::new(services),
+            replayer: shared::replay::Replayer::new(services),
             destinations: config.destinations.clone(),
             auth: Authenticator::new(admin_key_sha256, services.store.clone()),
             // Room for the JSON around the largest accepted event.
@@ -155,6 +154,10 @@ impl Api {
             Op::SendTest => endpoints::send_test(self, t, id, c).await,
             Op::ListDeliveries => deliveries::list(self, t, id, c).await,
             Op::Replay => deliveries::replay(self, t, id, c).await,
+            Op::GetReplay => {
+                let replay = params.get(2).copied().unwrap_or_default();
+                deliveries::get_replay(self, t, id, replay).await
+            }
             Op::GetDelivery => deliveries::get(self, t, id).await,
             Op::RetryDelivery => deliveries::retry(self, t, id).await,
             Op::PublishEvent => events::publish(self, t, c).await,
@@ -179,6 +182,7 @@ pub enum Op {
     SendTest,
     ListDeliveries,
     Replay,
+    GetReplay,
     GetDelivery,
     RetryDelivery,
     PublishEvent,
@@ -233,6 +237,11 @@ pub const ROUTES: &[(&str, &str, Op)] = &[
         "POST",
         "/venues/{venue_id}/endpoints/{endpoint_id}/replay",
         Op::Replay,
+    ),
+    (
+        "GET",
+        "/venues/{venue_id}/endpoints/{endpoint_id}/replays/{replay_id}",
+        Op::GetReplay,
     ),
     (
         "GET",

@@ -1,5 +1,6 @@
 //! The deliver function: each record of a batch is one delivery job (the first attempts of
-//! one event at up to ten endpoints, or one delivery's retry), all attempted concurrently.
+//! up to ten events at one endpoint, or one delivery's retry), all attempted concurrently, or
+//! a page of a replay ([`shared::replay`]).
 //! A delivery that must wait for a retry is stored as a job of its own, with its wait
 //! (`DelaySeconds` on the queue, or the retries table: [`shared::waits`]), before its message
 //! leaves the queue: no retry waits in flight. A job that can never be processed goes to the
@@ -19,7 +20,8 @@ use futures::future::join_all;
 use shared::backoff;
 use shared::dispatch::{is_fresh, Dispatcher, Endpoints, Health, Ran};
 use shared::http_client::{BuildError, DeliveryClient};
-use shared::queue::{self, visibility_secs, DeliveryJob, Queues};
+use shared::queue::{self, visibility_secs, DeliveryJob, Queues, ReplayMessage};
+use shared::replay::{ReplayTask, Replayer};
 use shared::services::Services;
 use shared::waits::Waits;
 use shared::Error;
@@ -27,6 +29,7 @@ use shared::Error;
 #[derive(Clone)]
 pub struct Deliver {
     dispatcher: Dispatcher,
+    replayer: Replayer,
     queues: Queues,
     waits: Waits,
     dlq_url: String,
@@ -39,6 +42,7 @@ impl Deliver {
         let http = DeliveryClient::new(&services.config)?;
         Ok(Self {
             dispatcher: Dispatcher::new(services, http),
+            replayer: Replayer::new(services),
             queues: services.queues.clone(),
             waits: Waits::new(services),
             dlq_url: services.config.resources.delivery_dlq_url.clone(),
@@ -60,13 +64,16 @@ impl Deliver {
     }
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        let jobs: Vec<Result<DeliveryJob, String>> = event.records.iter().map(parse).collect();
+        let jobs: Vec<Result<Message, String>> = event.records.iter().map(parse).collect();
         // The endpoints of every fresh job of the batch, in one read.
         let parsed: Vec<(&DeliveryJob, u32)> = event
             .records
             .iter()
             .zip(&jobs)
-            .filter_map(|(r, job)| job.as_ref().ok().map(|job| (job, receive_count(r))))
+            .filter_map(|(r, job)| match job {
+                Ok(Message::Job(job)) => Some((job, receive_count(r))),
+                _ => None,
+            })
             .collect();
         let endpoints = self.dispatcher.endpoints_of(&parsed).await.map_err(|e| {
             tracing::error!(error = %e, "could not read the batch's endpoints; its fresh jobs come back");
@@ -120,14 +127,15 @@ impl Deliver {
     async fn handle_record(
         &self,
         record: &SqsMessage,
-        job: Result<DeliveryJob, String>,
+        job: Result<Message, String>,
         endpoints: Option<&Endpoints>,
         health: &Health,
     ) -> Handled {
         let message_id = record.message_id.as_deref().unwrap_or("");
         let body = record.body.as_deref().unwrap_or("");
         let job = match job {
-            Ok(job) => job,
+            Ok(Message::Job(job)) => job,
+            Ok(Message::Replay(task)) => return self.replay(&task).await,
             Err(reason) => return self.poison(message_id, body, reason).await,
         };
         let no_endpoints = Endpoints::new();
@@ -146,7 +154,7 @@ impl Deliver {
                 outcome,
                 follow_ups,
             }) => {
-                tracing::debug!(event_id = %job.event_id, outcome, "job done");
+                tracing::debug!(endpoint_id = %job.endpoint_id, outcome, "job done");
                 Handled::Done(follow_ups)
             }
             // Retrying cannot make a missing event or a corrupt item appear.
@@ -155,7 +163,7 @@ impl Deliver {
                     .await
             }
             Err(e) => {
-                tracing::error!(event_id = %job.event_id, error = %e, "job failed; it will be retried");
+                tracing::error!(endpoint_id = %job.endpoint_id, error = %e, "job failed; it will be retried");
                 Handled::Failed
             }
         }
@@ -163,6 +171,24 @@ impl Deliver {
 }
 
 impl Deliver {
+    /// A page of a replay; the task of the next page is queued before this one leaves.
+    async fn replay(&self, task: &ReplayTask) -> Handled {
+        let next = match self.replayer.run_page(task).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(replay_id = %task.replay_id, error = %e, "replay page failed; it will be retried");
+                return Handled::Failed;
+            }
+        };
+        if let Some(next) = next {
+            if let Err(e) = self.queues.send_replay(&next).await {
+                tracing::error!(replay_id = %task.replay_id, error = %e, "could not queue the replay's next page; this page comes back");
+                return Handled::Failed;
+            }
+        }
+        Handled::Done(Vec::new())
+    }
+
     /// Hands a job that can never succeed to the DLQ with its reason.
     async fn poison(&self, message_id: &str, body: &str, reason: String) -> Handled {
         tracing::error!(message_id, reason, "poison delivery job; sent to the DLQ");
@@ -180,11 +206,20 @@ enum Handled {
     Failed,
 }
 
-/// The job of a record, or why it is none.
-fn parse(record: &SqsMessage) -> Result<DeliveryJob, String> {
+/// What a record of the delivery queue carries.
+enum Message {
+    Job(DeliveryJob),
+    Replay(ReplayTask),
+}
+
+/// The job (or replay task) of a record, or why it is none.
+fn parse(record: &SqsMessage) -> Result<Message, String> {
     let body = record.body.as_deref().unwrap_or("");
+    if let Ok(ReplayMessage { replay }) = serde_json::from_str::<ReplayMessage<ReplayTask>>(body) {
+        return Ok(Message::Replay(replay));
+    }
     match serde_json::from_str::<DeliveryJob>(body) {
-        Ok(job) if !job.targets.is_empty() => Ok(job),
+        Ok(job) if !job.deliveries.is_empty() => Ok(Message::Job(job)),
         Ok(_) => Err("a delivery job without deliveries".into()),
         Err(e) => Err(format!("not a delivery job: {e}")),
     }

@@ -15,7 +15,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::Utc;
 use futures::future::join_all;
 use shared::domain::IngestMessage;
-use shared::ingest::{EndpointReads, Publisher};
+use shared::ingest::{IngestBatch, Publisher};
 use shared::queue::{self, DeliveryJob, Queues};
 use shared::services::Services;
 use shared::store::Tenant;
@@ -86,12 +86,13 @@ impl Ingest {
         Ok((retries?.queued, events?))
     }
 
-    /// Accepts every record, then queues the jobs of the whole batch together: a batch of
-    /// ten events at fan-out 3 takes 3 SendMessageBatch calls, not 10.
+    /// Accepts every record, then queues the jobs of the whole batch together: the first
+    /// attempts of its events at one endpoint travel as one job, so a batch of ten events of
+    /// one venue at fan-out 3 is 3 jobs in one SendMessageBatch call.
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        // Events of one venue in the batch share one read of its endpoints.
-        let reads = EndpointReads::default();
-        let results = join_all(event.records.iter().map(|r| self.handle_record(r, &reads))).await;
+        // Events of one venue in the batch share one read of its endpoints, and its groups.
+        let batch = IngestBatch::default();
+        let results = join_all(event.records.iter().map(|r| self.handle_record(r, &batch))).await;
         let mut jobs = Vec::new();
         let mut with_jobs = Vec::new();
         let mut response = SqsBatchResponse::default();
@@ -147,11 +148,11 @@ impl Ingest {
     async fn handle_record(
         &self,
         record: &SqsMessage,
-        reads: &EndpointReads,
+        batch: &IngestBatch,
     ) -> Option<Vec<DeliveryJob>> {
         let message_id = record.message_id.as_deref().unwrap_or("");
         let body = record.body.as_deref().unwrap_or("");
-        match self.accept(body, reads).await {
+        match self.accept(body, batch).await {
             Ok(jobs) => Some(jobs),
             Err(Refusal::Transient(reason)) => {
                 tracing::warn!(
@@ -178,7 +179,7 @@ impl Ingest {
         }
     }
 
-    async fn accept(&self, body: &str, reads: &EndpointReads) -> Result<Vec<DeliveryJob>, Refusal> {
+    async fn accept(&self, body: &str, batch: &IngestBatch) -> Result<Vec<DeliveryJob>, Refusal> {
         self.publisher
             .check_size(body.len())
             .map_err(|e| Refusal::Permanent(e.to_string()))?;
@@ -190,7 +191,7 @@ impl Ingest {
         let tenant = Tenant::from_internal_message(venue);
         match self
             .publisher
-            .accept(&tenant, request, (Utc::now(), reads))
+            .accept(&tenant, request, (Utc::now(), batch))
             .await
         {
             Ok(accepted) => Ok(accepted.jobs),

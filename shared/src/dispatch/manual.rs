@@ -88,7 +88,7 @@ impl Dispatcher {
             timestamp: rfc3339(now.with_nanosecond(0).unwrap_or(now)),
             data,
         };
-        let delivery_id = DeliveryId::generate();
+        let delivery_id = DeliveryId::single(&endpoint.endpoint_id);
         let targets = vec![Target {
             endpoint_id: endpoint.endpoint_id.clone(),
             delivery_id: delivery_id.clone(),

@@ -9,14 +9,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::breaker::BreakerPolicy;
-use crate::domain::{Attempt, DeliveryStatus, Endpoint, Event, Target, Trigger};
+use crate::domain::{Attempt, DeliveryStatus, Endpoint, Event, Trigger};
 use crate::error::{Error, Result};
 use crate::http_client::{text_excerpt, DeliveryClient};
 use std::collections::HashMap;
 
 use crate::ids::{DeliveryId, EndpointId, VenueId};
 use crate::ingest::record_event;
-use crate::queue::DeliveryJob;
+use crate::queue::{DeliveryJob, Queued};
 use crate::retry::{Decision, Outcome, RetryPolicy};
 use crate::sealing::Sealer;
 use crate::services::Services;
@@ -63,7 +63,7 @@ pub struct Ran {
 /// One delivery's first attempt, for its group.
 enum First {
     /// Delivered: recorded in the group's item.
-    Delivered(GroupEntry, EndpointId),
+    Delivered(GroupEntry),
     /// Recorded in an item of its own: failed for good, or left unsent.
     Done,
     /// Recorded in an item of its own, pending: back after this long.
@@ -110,14 +110,14 @@ impl Dispatcher {
         endpoints: &Endpoints,
         health: &Health,
     ) -> Result<Ran> {
-        let single = job.targets.len() == 1;
-        let results: Vec<(Target, Result<JobOutcome>)> = if is_fresh(job, receive) {
+        let single = job.deliveries.len() == 1;
+        let results: Vec<(Queued, Result<JobOutcome>)> = if is_fresh(job, receive) {
             self.first_attempts(job, endpoints, health).await?
         } else {
-            join_all(job.targets.iter().map(|t| async {
+            join_all(job.deliveries.iter().map(|d| async {
                 (
-                    t.clone(),
-                    self.run_target(&job.single(t.clone()), health).await,
+                    d.clone(),
+                    self.run_target(&job.single(d.clone()), health).await,
                 )
             }))
             .await
@@ -146,7 +146,7 @@ impl Dispatcher {
                 // A delivery that can never be processed (its item is damaged…) goes on as a
                 // job of its own, which ends in the DLQ with the reason; the others go on.
                 Err(e @ (Error::NotFound(_) | Error::Corrupt(_))) if !single => {
-                    tracing::error!(venue_id = %job.venue_id, event_id = %job.event_id, delivery_id = %target.delivery_id, error = %e, "a delivery of the job cannot be processed; set apart");
+                    tracing::error!(venue_id = %job.venue_id, endpoint_id = %job.endpoint_id, event_id = %target.event_id, delivery_id = %target.delivery_id, error = %e, "a delivery of the job cannot be processed; set apart");
                     follow_ups.push((job.single(target), Duration::ZERO));
                 }
                 Err(e) => failure = Some(e),
@@ -169,13 +169,11 @@ impl Dispatcher {
         let keys: Vec<(Tenant, EndpointId)> = jobs
             .iter()
             .filter(|(job, receive)| is_fresh(job, *receive))
-            .flat_map(|(job, _)| {
-                job.targets.iter().map(|t| {
-                    (
-                        Tenant::from_internal_message(job.venue_id.clone()),
-                        t.endpoint_id.clone(),
-                    )
-                })
+            .map(|(job, _)| {
+                (
+                    Tenant::from_internal_message(job.venue_id.clone()),
+                    job.endpoint_id.clone(),
+                )
             })
             .collect();
         if keys.is_empty() {
@@ -184,45 +182,45 @@ impl Dispatcher {
         self.store.get_endpoints(&keys).await
     }
 
-    /// The first attempts of a fresh group, concurrently; the successes are recorded
-    /// together in the group's item, everything else in an item of its own.
+    /// The first attempts of a fresh group (up to ten events at one endpoint), concurrently;
+    /// the successes are recorded together in the group's item, everything else in an item
+    /// of its own.
     async fn first_attempts(
         &self,
         job: &DeliveryJob,
         endpoints: &Endpoints,
         health: &Health,
-    ) -> Result<Vec<(Target, Result<JobOutcome>)>> {
+    ) -> Result<Vec<(Queued, Result<JobOutcome>)>> {
         let tenant = Tenant::from_internal_message(job.venue_id.clone());
         let now = Utc::now();
-        let event = self.event_of(&tenant, job).await?;
-        let firsts = join_all(job.targets.iter().map(|target| {
-            let endpoint = endpoints
-                .get(&(job.venue_id.clone(), target.endpoint_id.clone()))
-                .map(|e| e.as_ref().map_err(String::as_str));
-            self.first_attempt(&tenant, (&event, job.held), target, endpoint, (now, health))
+        let endpoint = endpoints
+            .get(&(job.venue_id.clone(), job.endpoint_id.clone()))
+            .map(|e| e.as_ref().map_err(String::as_str));
+        let firsts = join_all(job.deliveries.iter().map(|queued| async {
+            let event = self.event_of(&tenant, queued).await?;
+            let ids = (&queued.delivery_id, &job.endpoint_id);
+            self.first_attempt(&tenant, (&event, job.held), ids, endpoint, (now, health))
+                .await
         }))
         .await;
         let mut group = GroupRecord {
             venue_id: job.venue_id.clone(),
+            endpoint_id: job.endpoint_id.clone(),
             delivery_id: job
-                .targets
+                .deliveries
                 .first()
-                .and_then(|t| t.delivery_id.group())
+                .and_then(|d| d.delivery_id.group())
                 .map(|(g, _)| g)
                 .ok_or_else(|| Error::Corrupt("a first-attempt job without a group".into()))?,
-            event_id: event.id.clone(),
-            event_type: event.event_type.clone(),
             created_at: now,
             expires_at: self.store.expiry(now),
-            eps: Vec::new(),
             entries: Vec::new(),
             moved: Vec::new(),
         };
         let mut results = Vec::new();
-        for (target, first) in job.targets.iter().zip(firsts) {
+        for (queued, first) in job.deliveries.iter().zip(firsts) {
             let result = match first {
-                Ok(First::Delivered(entry, endpoint)) => {
-                    group.eps.push(endpoint);
+                Ok(First::Delivered(entry)) => {
                     group.entries.push(entry);
                     Ok(JobOutcome::Done("delivered"))
                 }
@@ -231,7 +229,7 @@ impl Dispatcher {
                 Ok(First::Held(wait)) => Ok(JobOutcome::Held(wait)),
                 Err(e) => Err(e),
             };
-            results.push((target.clone(), result));
+            results.push((queued.clone(), result));
         }
         if !group.entries.is_empty() && !self.store.put_group(&group).await? {
             tracing::warn!(group = %group.delivery_id, "group recorded by another copy of its job");
@@ -243,11 +241,11 @@ impl Dispatcher {
         &self,
         tenant: &Tenant,
         (event, held): (&Event, u32),
-        target: &Target,
+        (delivery_id, endpoint_id): (&DeliveryId, &EndpointId),
         endpoint: Option<std::result::Result<&Endpoint, &str>>,
         (now, health): (DateTime<Utc>, &Health),
     ) -> Result<First> {
-        let job_target = (&target.delivery_id, &target.endpoint_id, event);
+        let job_target = (delivery_id, endpoint_id, event);
         let endpoint = match endpoint {
             Some(Ok(endpoint)) if endpoint.enabled => endpoint,
             Some(Err(reason)) => {
@@ -276,25 +274,24 @@ impl Dispatcher {
                 tenant,
                 endpoint,
                 event,
-                (&target.delivery_id, 1),
+                (delivery_id, 1),
                 (now, health, admitted),
             )
             .await?;
         if decision == Decision::Delivered {
             health.note(endpoint, &attempt, probed);
-            let index = target.delivery_id.group().map_or(0, |(_, i)| i);
+            let index = delivery_id.group().map_or(0, |(_, i)| i);
             // Ten of these share an item: each keeps only the start of what its receiver said.
             let mut attempt = attempt;
             attempt.response_body = attempt
                 .response_body
                 .map(|b| text_excerpt(b.as_bytes(), GROUP_BODY_BYTES));
-            return Ok(First::Delivered(
-                GroupEntry {
-                    i: index,
-                    a: attempt,
-                },
-                endpoint.endpoint_id.clone(),
-            ));
+            return Ok(First::Delivered(GroupEntry {
+                i: index,
+                e: event.id.clone(),
+                t: event.event_type.clone(),
+                a: attempt,
+            }));
         }
         Ok(
             match self
@@ -302,7 +299,7 @@ impl Dispatcher {
                     tenant,
                     endpoint,
                     event,
-                    &target.delivery_id,
+                    delivery_id,
                     attempt,
                     (1, None),
                     decision,
@@ -321,7 +318,7 @@ impl Dispatcher {
     async fn run_target(&self, job: &DeliveryJob, health: &Health) -> Result<JobOutcome> {
         let tenant = Tenant::from_internal_message(job.venue_id.clone());
         let target = job
-            .targets
+            .deliveries
             .first()
             .ok_or_else(|| Error::Corrupt("a delivery job without deliveries".into()))?;
         let now = Utc::now();
@@ -354,9 +351,9 @@ impl Dispatcher {
             }
         }
         let number = existing.as_ref().map_or(0, |d| d.scheduled_attempts) + 1;
-        let event = self.event_of(&tenant, job).await?;
-        let job_target = (&target.delivery_id, &target.endpoint_id, &event);
-        let endpoint = match self.store.get_endpoint(&tenant, &target.endpoint_id).await {
+        let event = self.event_of(&tenant, target).await?;
+        let job_target = (&target.delivery_id, &job.endpoint_id, &event);
+        let endpoint = match self.store.get_endpoint(&tenant, &job.endpoint_id).await {
             Ok(Some(endpoint)) => endpoint,
             Ok(None) => {
                 self.end_unsent(&tenant, job_target, "the endpoint was deleted")
@@ -519,13 +516,13 @@ impl Dispatcher {
         })
     }
 
-    async fn event_of(&self, tenant: &Tenant, job: &DeliveryJob) -> Result<Event> {
-        match &job.event {
+    async fn event_of(&self, tenant: &Tenant, queued: &Queued) -> Result<Event> {
+        match &queued.event {
             Some(event) => Ok(event.clone()),
             None => {
                 let record = self
                     .store
-                    .get_event(tenant, &job.event_id)
+                    .get_event(tenant, &queued.event_id)
                     .await?
                     .ok_or(Error::NotFound("event"))?;
                 record_event(&record)
@@ -564,11 +561,11 @@ fn unreadable(reason: &str) -> String {
 /// A fresh fan-out's job on its first receive: nothing of its deliveries exists yet, so
 /// nothing is read but its endpoints, and its successes share one history item.
 pub fn is_fresh(job: &DeliveryJob, receive: u32) -> bool {
-    let group = job.targets.first().and_then(|t| t.delivery_id.group());
+    let group = job.deliveries.first().and_then(|d| d.delivery_id.group());
     let one_group = group.as_ref().is_some_and(|(g, _)| {
-        job.targets
+        job.deliveries
             .iter()
-            .all(|t| t.delivery_id.group().is_some_and(|(h, _)| &h == g))
+            .all(|d| d.delivery_id.group().is_some_and(|(h, _)| &h == g))
     });
     job.first && !job.resumed && !job.manual && receive == 1 && one_group
 }

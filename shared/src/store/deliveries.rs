@@ -1,5 +1,14 @@
 //! The deliveries table: history items (a delivery's own, or a group of first-try successes),
 //! attempts and the rules that keep them consistent and bounded.
+//!
+//! Keys: `history_key` = "{venue}#{endpoint tag}" ([`crate::ids::EndpointId::tag`]), so each
+//! endpoint's history is a partition of its own, and `delivery_id` (newest last). A delivery's
+//! id carries its endpoint's tag, so the id alone finds its item. A group item (the first-try
+//! successes of up to ten events at one endpoint) is under the group's id; a delivery that
+//! needed more than one attempt has an item of its own under its delivery id, which sorts
+//! right after its group's. Items that are not succeeded carry `status_key` =
+//! "{venue}#{endpoint}#{status}", the key of the sparse index `by_status`: an endpoint's failed
+//! (or pending) deliveries without reading its successes.
 
 use std::collections::HashMap;
 
@@ -45,59 +54,62 @@ pub struct DeliveryRecord {
     pub in_group: bool,
 }
 
-/// The first-try successes of one group (one event, up to ten endpoints) in one item, under
-/// the group's id: a single write for all of them. A delivery that needs more than one
+/// The first-try successes of one group (up to ten events at one endpoint) in one item,
+/// under the group's id: a single write for all of them. A delivery that needs more than one
 /// attempt is not here; it has an item of its own ([`DeliveryRecord`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GroupRecord {
     pub venue_id: VenueId,
+    pub endpoint_id: EndpointId,
     /// The group's id; its members' delivery ids are [`DeliveryId::member`]s of it.
     pub delivery_id: DeliveryId,
-    pub event_id: EventId,
-    pub event_type: String,
     pub created_at: DateTime<Utc>,
     pub expires_at: i64,
-    /// The endpoints this item holds a delivery of (the history query filters on it).
-    pub eps: Vec<EndpointId>,
-    /// One per endpoint of `eps`, in the same order.
     pub entries: Vec<GroupEntry>,
-    /// Endpoints whose delivery was moved to an item of its own (a manual retry of it).
+    /// Places of members moved to an item of their own (a manual retry of them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub moved: Vec<EndpointId>,
+    pub moved: Vec<usize>,
 }
 
-/// One first-try success in a group item: the member's place and its attempt.
+/// One first-try success in a group item: the member's place, its event and its attempt.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GroupEntry {
     pub i: usize,
+    pub e: EventId,
+    pub t: String,
     pub a: Attempt,
 }
 
 impl GroupRecord {
     /// The delivery of the member at `index`, unless it is not here (or moved out).
     pub fn member(&self, index: usize) -> Option<DeliveryRecord> {
-        let k = self.entries.iter().position(|e| e.i == index)?;
-        self.delivery(k)
+        self.entries
+            .iter()
+            .find(|e| e.i == index)
+            .and_then(|e| self.delivery(e))
     }
 
-    /// This item's delivery to `endpoint`, unless it has none (or moved it out).
-    pub fn of_endpoint(&self, endpoint: &EndpointId) -> Option<DeliveryRecord> {
-        let k = self.eps.iter().position(|e| e == endpoint)?;
-        self.delivery(k)
+    /// Every delivery this item holds, newest (highest place) first.
+    fn members(&self) -> Vec<DeliveryRecord> {
+        let mut members: Vec<DeliveryRecord> = self
+            .entries
+            .iter()
+            .filter_map(|e| self.delivery(e))
+            .collect();
+        members.sort_by(|a, b| b.delivery_id.cmp(&a.delivery_id));
+        members
     }
 
-    fn delivery(&self, k: usize) -> Option<DeliveryRecord> {
-        let endpoint_id = self.eps.get(k)?;
-        let entry = self.entries.get(k)?;
-        if self.moved.contains(endpoint_id) {
+    fn delivery(&self, entry: &GroupEntry) -> Option<DeliveryRecord> {
+        if self.moved.contains(&entry.i) {
             return None;
         }
         Some(DeliveryRecord {
             delivery_id: self.delivery_id.member(entry.i),
             venue_id: self.venue_id.clone(),
-            endpoint_id: endpoint_id.clone(),
-            event_id: self.event_id.clone(),
-            event_type: self.event_type.clone(),
+            endpoint_id: self.endpoint_id.clone(),
+            event_id: entry.e.clone(),
+            event_type: entry.t.clone(),
             status: DeliveryStatus::Succeeded,
             attempt_count: 1,
             scheduled_attempts: 1,
@@ -176,8 +188,13 @@ impl Store {
     /// Records the first-try successes of a group in one item. Returns `false` if the group
     /// was recorded before (a copy of its job ran first).
     pub async fn put_group(&self, group: &GroupRecord) -> Result<bool> {
-        self.put_new(&self.deliveries, to_item(group)?, "delivery_id")
-            .await
+        let mut item = to_item(group)?;
+        let tenant = Tenant::from_internal_message(group.venue_id.clone());
+        item.insert(
+            "history_key".into(),
+            history_key(&tenant, group.delivery_id.tag()),
+        );
+        self.put_new(&self.deliveries, item, "delivery_id").await
     }
 
     /// Records one attempt in its delivery's own item, creating it on its first attempt.
@@ -250,9 +267,13 @@ impl Store {
             .ddb
             .update_item()
             .table_name(&self.deliveries)
-            .key("venue_id", s(rec.tenant.venue().as_str()))
+            .key(
+                "history_key",
+                history_key(rec.tenant, rec.delivery_id.tag()),
+            )
             .key("delivery_id", s(rec.delivery_id.as_str()))
             .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":venue", s(rec.tenant.venue().as_str()))
             .expression_attribute_values(":endpoint", s(rec.endpoint_id.as_str()))
             .expression_attribute_values(":event", s(rec.event_id.as_str()))
             .expression_attribute_values(":type", s(rec.event_type))
@@ -263,9 +284,11 @@ impl Store {
                 aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
             );
         let mut set = String::from(
-            "SET endpoint_id = :endpoint, event_id = :event, event_type = :type, \
-             created_at = if_not_exists(created_at, :now), updated_at = :now, expires_at = :ttl",
+            "SET venue_id = :venue, endpoint_id = :endpoint, event_id = :event, \
+             event_type = :type, created_at = if_not_exists(created_at, :now), \
+             updated_at = :now, expires_at = :ttl",
         );
+        let mut remove = "";
         let mut conditions: Vec<String> = Vec::new();
         // The attempts: appended, or (at the cap) the last ones kept, on the count read.
         let kept = previous.map_or(0, |p| p.attempts.len());
@@ -303,6 +326,16 @@ impl Store {
                 .expression_attribute_values(":code", to_attr(&rec.attempt.status_code)?)
                 .expression_attribute_values(":error", to_attr(&rec.attempt.error)?)
                 .expression_attribute_values(":next", to_attr(&rec.next_attempt_at)?);
+            // In the `by_status` index while not succeeded.
+            if rec.status == DeliveryStatus::Succeeded {
+                remove = " REMOVE status_key";
+            } else {
+                set.push_str(", status_key = :status_key");
+                update = update.expression_attribute_values(
+                    ":status_key",
+                    s(status_key(rec.tenant, rec.endpoint_id, rec.status)),
+                );
+            }
             if let Some(number) = rec.scheduled {
                 set.push_str(", scheduled_attempts = :number");
                 update = update
@@ -339,7 +372,7 @@ impl Store {
             update = update.condition_expression(conditions.join(" AND "));
         }
         let result = update
-            .update_expression(format!("{set} ADD attempt_count :one"))
+            .update_expression(format!("{set} ADD attempt_count :one{remove}"))
             .send()
             .await;
         match result {
@@ -367,21 +400,27 @@ impl Store {
             .ddb
             .update_item()
             .table_name(&self.deliveries)
-            .key("venue_id", s(tenant.venue().as_str()))
+            .key("history_key", history_key(tenant, delivery_id.tag()))
             .key("delivery_id", s(delivery_id.as_str()))
             .update_expression(
-                "SET endpoint_id = :endpoint, event_id = :event, \
+                "SET venue_id = :venue, endpoint_id = :endpoint, event_id = :event, \
                  event_type = :type, created_at = if_not_exists(created_at, :now), \
                  updated_at = :now, #status = :failed, last_error = :reason, \
-                 attempt_count = if_not_exists(attempt_count, :zero), expires_at = :ttl \
+                 attempt_count = if_not_exists(attempt_count, :zero), expires_at = :ttl, \
+                 status_key = :status_key \
                  REMOVE next_attempt_at",
             )
             .condition_expression("attribute_not_exists(#status) OR #status = :pending")
             .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":venue", s(tenant.venue().as_str()))
             .expression_attribute_values(":endpoint", s(endpoint_id.as_str()))
             .expression_attribute_values(":event", s(event_id.as_str()))
             .expression_attribute_values(":type", s(event_type))
             .expression_attribute_values(":now", to_attr(&now)?)
+            .expression_attribute_values(
+                ":status_key",
+                s(status_key(tenant, endpoint_id, DeliveryStatus::Failed)),
+            )
             .expression_attribute_values(":failed", s(DeliveryStatus::Failed.as_str()))
             .expression_attribute_values(":pending", s(DeliveryStatus::Pending.as_str()))
             .expression_attribute_values(":reason", s(reason))
@@ -438,20 +477,23 @@ impl Store {
                 keys.push(key);
             }
         }
+        let keys: Vec<HashMap<String, AttributeValue>> =
+            keys.iter().map(|id| history_item_key(tenant, id)).collect();
         let mut singles: HashMap<String, DeliveryRecord> = HashMap::new();
         let mut grouped: HashMap<String, GroupRecord> = HashMap::new();
-        let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
-        let items = self
-            .batch_get(&self.deliveries, tenant, "delivery_id", &keys, consistent)
-            .await?;
-        for item in items {
+        for item in self
+            .batch_get_keys(&self.deliveries, keys, consistent)
+            .await?
+        {
             match HistoryItem::from_item(item)? {
-                HistoryItem::Single(d) => {
+                // The partition names the venue; the item says so too.
+                HistoryItem::Single(d) if d.venue_id == *tenant.venue() => {
                     singles.insert(d.delivery_id.to_string(), d);
                 }
-                HistoryItem::Group(g) => {
+                HistoryItem::Group(g) if g.venue_id == *tenant.venue() => {
                     grouped.insert(g.delivery_id.to_string(), g);
                 }
+                _ => {}
             }
         }
         let now = Utc::now().timestamp();
@@ -475,143 +517,284 @@ impl Store {
         tenant: &Tenant,
         delivery: &DeliveryRecord,
     ) -> Result<()> {
-        let Some((group, _)) = delivery.delivery_id.group() else {
+        let Some((group, index)) = delivery.delivery_id.group() else {
             return Ok(());
         };
         let mut item = to_item(delivery)?;
-        item.insert("venue_id".into(), s(tenant.venue().as_str()));
+        item.insert(
+            "history_key".into(),
+            history_key(tenant, delivery.delivery_id.tag()),
+        );
         // Already moved by a concurrent retry: that copy is as good as this one.
         self.put_new(&self.deliveries, item, "delivery_id").await?;
         let result = self
             .ddb
             .update_item()
             .table_name(&self.deliveries)
-            .key("venue_id", s(tenant.venue().as_str()))
+            .key("history_key", history_key(tenant, group.tag()))
             .key("delivery_id", s(group.as_str()))
-            .update_expression("SET moved = list_append(if_not_exists(moved, :empty), :endpoint)")
+            .update_expression("SET moved = list_append(if_not_exists(moved, :empty), :index)")
             .condition_expression("attribute_exists(delivery_id)")
             .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
-            .expression_attribute_values(
-                ":endpoint",
-                AttributeValue::L(vec![s(delivery.endpoint_id.as_str())]),
-            )
+            .expression_attribute_values(":index", AttributeValue::L(vec![n(index)]))
             .send()
             .await;
         written(result).map(|_| ())
     }
 
-    /// An endpoint's deliveries, newest first, optionally filtered. The venue's history is
-    /// one partition; the endpoint, status and type are filters on it.
+    /// An endpoint's deliveries, newest first, optionally filtered, after `cursor` (where the
+    /// previous page stopped). Its own partition holds them: a page reads about as many items
+    /// as it shows, whatever the rest of the venue does. Failed and pending deliveries come
+    /// from the `by_status` index, which holds nothing else; an event type is a filter.
     pub async fn list_deliveries(
         &self,
         tenant: &Tenant,
         endpoint: &EndpointId,
         filter: &DeliveryFilter,
         limit: usize,
-        before: Option<&DeliveryId>,
+        cursor: Option<&HistoryCursor>,
     ) -> Result<Page<DeliveryRecord>> {
-        let mut items = Vec::new();
-        let mut start = before.map(|id| id.as_str().to_owned());
         let now = Utc::now();
         // Retention is enforced on read too: nothing older than it, whatever TTL has done.
         let oldest = now - self.retention;
         let from = DeliveryId::bound(filter.since.map_or(oldest, |s| s.max(oldest)), false);
-        let to = DeliveryId::bound(filter.until.unwrap_or(now), true);
-        let now = now.timestamp();
+        let to = match cursor {
+            Some(c) => c.item.as_str().to_owned(),
+            None => DeliveryId::bound(filter.until.unwrap_or(now), true),
+        };
+        let by_status = matches!(
+            filter.status,
+            Some(DeliveryStatus::Failed | DeliveryStatus::Pending)
+        );
+        let mut items = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
         for _ in 0..MAX_FILTER_PAGES {
-            let mut query = self
-                .ddb
-                .query()
-                .table_name(&self.deliveries)
-                .key_condition_expression("venue_id = :v AND delivery_id BETWEEN :from AND :to")
-                .filter_expression(filter.expression())
-                .expression_attribute_values(":v", s(tenant.venue().as_str()))
-                .expression_attribute_values(":e", s(endpoint.as_str()))
-                .expression_attribute_values(":from", s(from.clone()))
-                .expression_attribute_values(":to", s(to.clone()))
-                .expression_attribute_values(":now", n(now))
-                .scan_index_forward(false)
-                // Other endpoints' deliveries share the partition: read more than a page.
-                .limit((limit * 4).clamp(50, 400) as i32);
-            if let Some(status) = filter.status {
-                query = query
-                    .expression_attribute_names("#status", "status")
-                    .expression_attribute_values(":status", s(status.as_str()));
-            }
-            if let Some(event_type) = &filter.event_type {
-                query = query.expression_attribute_values(":type", s(event_type.as_str()));
-            }
-            if let Some(after) = &start {
-                query = query
-                    .exclusive_start_key("venue_id", s(tenant.venue().as_str()))
-                    .exclusive_start_key("delivery_id", s(after.as_str()));
-            }
-            let out = query.send().await.map_err(|e| Error::aws("dynamodb", e))?;
-            for item in out.items.unwrap_or_default() {
-                let key = item.get("delivery_id").and_then(|v| v.as_s().ok()).cloned();
-                let record = match HistoryItem::from_item(item)? {
-                    HistoryItem::Single(d) => Some(d),
-                    HistoryItem::Group(g) => g.of_endpoint(endpoint),
-                };
-                let Some(record) = record else { continue };
+            let (records, last) = if by_status {
+                self.status_page(tenant, endpoint, filter, (&from, &to), limit, start)
+                    .await?
+            } else {
+                self.history_page(tenant, endpoint, filter, (&from, &to), limit, start)
+                    .await?
+            };
+            for (key, record) in records {
+                let seen = cursor.is_some_and(|c| key == c.item && record.delivery_id >= c.last);
+                let wanted = filter.status.is_none_or(|s| s == record.status)
+                    && filter
+                        .event_type
+                        .as_ref()
+                        .is_none_or(|t| *t == record.event_type);
+                if seen || !wanted || record.expires_at <= now.timestamp() {
+                    continue;
+                }
+                let last = record.delivery_id.clone();
                 items.push(record);
                 if items.len() == limit {
-                    // The item's key, not the delivery's id: a group item holds several.
                     return Ok(Page {
                         items,
-                        next_cursor: key,
+                        next_cursor: Some(HistoryCursor { item: key, last }.encode()),
                     });
                 }
             }
-            start = out
-                .last_evaluated_key
-                .and_then(|key| key.get("delivery_id").and_then(|v| v.as_s().ok()).cloned());
+            start = last;
             if start.is_none() {
                 break;
             }
         }
-        Ok(Page {
-            items,
-            next_cursor: start,
-        })
+        // Stopped after reading its share of pages: the cursor goes on from there.
+        let next_cursor = start.and_then(|key| {
+            let item = key.get("delivery_id")?.as_s().ok()?;
+            let item = DeliveryId::parse(item).ok()?;
+            Some(
+                HistoryCursor {
+                    last: item.clone(),
+                    item,
+                }
+                .encode(),
+            )
+        });
+        Ok(Page { items, next_cursor })
     }
-}
 
-impl Store {
-    /// The failed deliveries of an endpoint created in `[from, to)` (delivery ids sort by
-    /// creation time), at most `max`. A failed delivery always has an item of its own.
-    pub async fn failed_deliveries_between(
+    /// One Query of the endpoint's partition: its records (each with its item's key), newest
+    /// first, and where to go on from.
+    async fn history_page(
         &self,
         tenant: &Tenant,
         endpoint: &EndpointId,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        max: usize,
-    ) -> Result<Vec<DeliveryRecord>> {
-        let mut pages = self
+        filter: &DeliveryFilter,
+        (from, to): (&str, &str),
+        limit: usize,
+        start: Option<HashMap<String, AttributeValue>>,
+    ) -> Result<(
+        Vec<(DeliveryId, DeliveryRecord)>,
+        Option<HashMap<String, AttributeValue>>,
+    )> {
+        let mut query = self
             .ddb
             .query()
             .table_name(&self.deliveries)
-            .key_condition_expression("venue_id = :v AND delivery_id BETWEEN :from AND :to")
-            .filter_expression("endpoint_id = :e AND #status = :failed AND expires_at > :now")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":v", s(tenant.venue().as_str()))
+            .key_condition_expression("history_key = :h AND delivery_id BETWEEN :from AND :to")
+            .expression_attribute_values(":h", history_key(tenant, endpoint.tag()))
+            .expression_attribute_values(":from", s(from))
+            .expression_attribute_values(":to", s(to))
             .expression_attribute_values(":e", s(endpoint.as_str()))
-            .expression_attribute_values(":from", s(DeliveryId::bound(from, false)))
-            .expression_attribute_values(":to", s(DeliveryId::bound(to, true)))
-            .expression_attribute_values(":failed", s(DeliveryStatus::Failed.as_str()))
-            .expression_attribute_values(":now", n(Utc::now().timestamp()))
-            .into_paginator()
-            .items()
-            .send();
-        let mut found = Vec::new();
-        while let Some(item) = pages.next().await {
-            found.push(from_item(item.map_err(|e| Error::aws("dynamodb", e))?)?);
-            if found.len() >= max {
-                break;
+            .scan_index_forward(false)
+            .set_exclusive_start_key(start)
+            // A group item holds up to ten: a page of items is enough for a page.
+            .limit(limit.max(1) as i32);
+        // Another endpoint that shares the tag (never one of the same venue) is filtered out.
+        query = if filter.status == Some(DeliveryStatus::Succeeded) {
+            query
+                .filter_expression(
+                    "endpoint_id = :e AND (#status = :status OR attribute_exists(entries))",
+                )
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":status", s(DeliveryStatus::Succeeded.as_str()))
+        } else {
+            query.filter_expression("endpoint_id = :e")
+        };
+        let out = query.send().await.map_err(|e| Error::aws("dynamodb", e))?;
+        let mut records = Vec::new();
+        for item in out.items.unwrap_or_default() {
+            match HistoryItem::from_item(item)? {
+                HistoryItem::Single(d) => records.push((d.delivery_id.clone(), d)),
+                HistoryItem::Group(g) => {
+                    records.extend(g.members().into_iter().map(|d| (g.delivery_id.clone(), d)))
+                }
             }
         }
-        Ok(found)
+        Ok((records, out.last_evaluated_key))
+    }
+
+    /// One Query of the `by_status` index for the endpoint's deliveries in the filter's
+    /// status, then their items (one BatchGetItem): records newest first, and where to go on.
+    async fn status_page(
+        &self,
+        tenant: &Tenant,
+        endpoint: &EndpointId,
+        filter: &DeliveryFilter,
+        (from, to): (&str, &str),
+        limit: usize,
+        start: Option<HashMap<String, AttributeValue>>,
+    ) -> Result<(
+        Vec<(DeliveryId, DeliveryRecord)>,
+        Option<HashMap<String, AttributeValue>>,
+    )> {
+        let status = filter.status.unwrap_or(DeliveryStatus::Failed);
+        let (ids, last) = self
+            .by_status(tenant, endpoint, status, (from, to), limit, start)
+            .await?;
+        let found = self.get_deliveries(tenant, &ids).await?;
+        let mut by_id: HashMap<DeliveryId, DeliveryRecord> = found
+            .into_iter()
+            .map(|d| (d.delivery_id.clone(), d))
+            .collect();
+        let records = ids
+            .into_iter()
+            .filter_map(|id| by_id.remove(&id).map(|d| (id, d)))
+            .collect();
+        Ok((records, last))
+    }
+
+    /// Delivery ids of the `by_status` index: the endpoint's deliveries in `status` created in
+    /// the range, newest first, and where to go on from.
+    async fn by_status(
+        &self,
+        tenant: &Tenant,
+        endpoint: &EndpointId,
+        status: DeliveryStatus,
+        (from, to): (&str, &str),
+        limit: usize,
+        start: Option<HashMap<String, AttributeValue>>,
+    ) -> Result<(Vec<DeliveryId>, Option<HashMap<String, AttributeValue>>)> {
+        let out = self
+            .ddb
+            .query()
+            .table_name(&self.deliveries)
+            .index_name(BY_STATUS)
+            .key_condition_expression("status_key = :k AND delivery_id BETWEEN :from AND :to")
+            .expression_attribute_values(":k", s(status_key(tenant, endpoint, status)))
+            .expression_attribute_values(":from", s(from))
+            .expression_attribute_values(":to", s(to))
+            .scan_index_forward(false)
+            .set_exclusive_start_key(start)
+            .limit(limit.clamp(1, 100) as i32)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        let ids = out
+            .items
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|item| DeliveryId::parse(item.get("delivery_id")?.as_s().ok()?).ok())
+            .collect();
+        Ok((ids, out.last_evaluated_key))
+    }
+}
+
+/// The sparse index of deliveries that are not succeeded, by endpoint and status.
+pub(super) const BY_STATUS: &str = "by_status";
+
+/// A failed delivery as the `by_status` index has it: what a replay needs.
+#[derive(Clone, Debug, Deserialize)]
+pub struct FailedDelivery {
+    pub delivery_id: DeliveryId,
+    pub endpoint_id: EndpointId,
+    pub event_id: EventId,
+    pub event_type: String,
+}
+
+/// The partition of the history of the venue's endpoint with this tag.
+pub(super) fn history_key(tenant: &Tenant, tag: u64) -> AttributeValue {
+    s(history_partition(tenant.venue(), tag))
+}
+
+/// The `history_key` of the venue's endpoint with this tag (tests read items by it).
+pub fn history_partition(venue: &VenueId, tag: u64) -> String {
+    format!("{}#{tag:010x}", venue.as_str())
+}
+
+/// The key of a delivery's item (or of its group's, given the group's id).
+fn history_item_key(tenant: &Tenant, id: &DeliveryId) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        ("history_key".to_owned(), history_key(tenant, id.tag())),
+        ("delivery_id".to_owned(), s(id.as_str())),
+    ])
+}
+
+/// The `by_status` key of an endpoint's deliveries in `status`.
+pub(super) fn status_key(tenant: &Tenant, endpoint: &EndpointId, status: DeliveryStatus) -> String {
+    format!(
+        "{}#{}#{}",
+        tenant.venue().as_str(),
+        endpoint,
+        status.as_str()
+    )
+}
+
+/// Where a page of history stopped: the item it read last, and the last delivery it showed
+/// of it (a group item holds several).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryCursor {
+    pub item: DeliveryId,
+    pub last: DeliveryId,
+}
+
+impl HistoryCursor {
+    pub fn encode(&self) -> String {
+        if self.item == self.last {
+            self.item.to_string()
+        } else {
+            format!("{}.{}", self.item, self.last)
+        }
+    }
+
+    pub fn decode(raw: &str) -> Option<Self> {
+        let (item, last) = raw.split_once('.').unwrap_or((raw, raw));
+        Some(Self {
+            item: DeliveryId::parse(item).ok()?,
+            last: DeliveryId::parse(last).ok()?,
+        })
     }
 }
 
@@ -623,26 +806,4 @@ pub struct DeliveryFilter {
     pub since: Option<DateTime<Utc>>,
     /// Deliveries created at or before this time.
     pub until: Option<DateTime<Utc>>,
-}
-
-impl DeliveryFilter {
-    /// Over a venue's history items: an item of its own for the endpoint, or a group item
-    /// that holds the endpoint's delivery (always a success) and has not moved it out.
-    fn expression(&self) -> String {
-        let status = match self.status {
-            None => "",
-            Some(DeliveryStatus::Succeeded) => {
-                " AND (#status = :status OR attribute_exists(entries))"
-            }
-            Some(_) => " AND #status = :status",
-        };
-        let event_type = if self.event_type.is_some() {
-            " AND event_type = :type"
-        } else {
-            ""
-        };
-        format!(
-            "expires_at > :now AND (endpoint_id = :e OR (contains(eps, :e) AND NOT contains(moved, :e))){status}{event_type}"
-        )
-    }
 }

@@ -339,10 +339,10 @@ impl Store {
         Ok(Page { items, next_cursor })
     }
 
-    /// How many endpoints a venue has (enabled or not), counting up to `limit` (what is past
+    /// The ids of a venue's endpoints (enabled or not), up to `limit` of them (what is past
     /// it is not read).
-    pub async fn count_endpoints(&self, tenant: &Tenant, limit: usize) -> Result<usize> {
-        let mut count = 0;
+    pub async fn endpoint_ids(&self, tenant: &Tenant, limit: usize) -> Result<Vec<EndpointId>> {
+        let mut ids = Vec::new();
         let mut start: Option<HashMap<String, AttributeValue>> = None;
         loop {
             let out = self
@@ -351,17 +351,21 @@ impl Store {
                 .table_name(&self.endpoints)
                 .key_condition_expression("venue_id = :v")
                 .expression_attribute_values(":v", s(tenant.venue().as_str()))
-                .select(aws_sdk_dynamodb::types::Select::Count)
+                .projection_expression("endpoint_id")
                 .consistent_read(true)
-                .limit((limit - count).clamp(1, 1000) as i32)
+                .limit((limit - ids.len()).clamp(1, 1000) as i32)
                 .set_exclusive_start_key(start)
                 .send()
                 .await
                 .map_err(|e| Error::aws("dynamodb", e))?;
-            count += out.count as usize;
+            ids.extend(
+                out.items.unwrap_or_default().iter().filter_map(|item| {
+                    EndpointId::parse(item.get("endpoint_id")?.as_s().ok()?).ok()
+                }),
+            );
             start = out.last_evaluated_key;
-            if start.is_none() || count >= limit {
-                return Ok(count);
+            if start.is_none() || ids.len() >= limit {
+                return Ok(ids);
             }
         }
     }

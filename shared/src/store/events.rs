@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{from_item, is_conditional_failure, n, s, to_attr, to_item, Store, Tenant};
 use crate::domain::{Event, Target};
 use crate::error::{Error, Result};
-use crate::ids::{DeliveryId, EventId, VenueId};
+use crate::ids::{DeliveryId, EndpointId, EventId, VenueId};
 
 /// An accepted event as stored, with where it fans out to.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -73,9 +73,9 @@ fn event_item(record: &EventRecord) -> Result<HashMap<String, AttributeValue>> {
             );
         }
     }
-    if let Some(groups) = as_groups(&record.targets) {
+    if let Some(fan) = as_fan(&record.targets) {
         item.remove("targets");
-        item.insert("groups".into(), AttributeValue::L(groups));
+        item.insert("fan".into(), fan);
     }
     Ok(item)
 }
@@ -90,56 +90,57 @@ fn event_record(mut item: HashMap<String, AttributeValue>) -> Result<EventRecord
         let data = String::from_utf8(data).map_err(|e| Error::Corrupt(e.to_string()))?;
         item.insert("data".into(), s(data));
     }
-    if let Some(AttributeValue::L(groups)) = item.remove("groups") {
+    if let Some(AttributeValue::M(fan)) = item.remove("fan") {
+        let field = |name: &str| fan.get(name).cloned();
+        let (
+            Some(AttributeValue::S(base)),
+            Some(AttributeValue::N(place)),
+            Some(AttributeValue::L(endpoints)),
+        ) = (field("b"), field("i"), field("e"))
+        else {
+            return Err(Error::Corrupt("an event's targets".into()));
+        };
+        let corrupt = |e: String| Error::Corrupt(format!("an event's targets: {e}"));
+        let base = DeliveryId::parse(&base).map_err(|e| corrupt(e.to_string()))?;
+        let place: usize = place.parse().map_err(|_| corrupt(place.clone()))?;
         let mut targets = Vec::new();
-        for group in groups {
-            let (Some(AttributeValue::S(id)), Some(AttributeValue::L(endpoints))) = (
-                group.as_m().ok().and_then(|m| m.get("g")).cloned(),
-                group.as_m().ok().and_then(|m| m.get("e")).cloned(),
-            ) else {
-                return Err(Error::Corrupt("an event's target group".into()));
-            };
-            let id = DeliveryId::parse(&id).map_err(|e| Error::Corrupt(e.to_string()))?;
-            for (i, endpoint) in endpoints.into_iter().enumerate() {
-                let mut target = HashMap::new();
-                target.insert("endpoint_id".to_owned(), endpoint);
-                target.insert("delivery_id".to_owned(), s(id.member(i).as_str()));
-                targets.push(AttributeValue::M(target));
-            }
+        for endpoint in endpoints {
+            let id = endpoint
+                .as_s()
+                .ok()
+                .and_then(|e| EndpointId::parse(e).ok())
+                .ok_or_else(|| corrupt("an endpoint id".into()))?;
+            let delivery = base.group_at(&id).member(place);
+            targets.push(AttributeValue::M(HashMap::from([
+                ("endpoint_id".to_owned(), endpoint),
+                ("delivery_id".to_owned(), s(delivery.as_str())),
+            ])));
         }
         item.insert("targets".into(), AttributeValue::L(targets));
     }
     from_item(item)
 }
 
-/// Targets that are whole groups in order (as the fan-out makes them), as `{g, e}` maps.
-fn as_groups(targets: &[Target]) -> Option<Vec<AttributeValue>> {
-    let mut groups: Vec<(DeliveryId, Vec<AttributeValue>)> = Vec::new();
-    for target in targets {
-        let (group, index) = target.delivery_id.group()?;
-        let endpoint = s(target.endpoint_id.as_str());
-        if let Some((g, endpoints)) = groups.last_mut() {
-            if *g == group && endpoints.len() == index {
-                endpoints.push(endpoint);
-                continue;
-            }
-        }
-        if index != 0 || groups.iter().any(|(g, _)| *g == group) {
-            return None;
-        }
-        groups.push((group, vec![endpoint]));
-    }
-    Some(
-        groups
-            .into_iter()
-            .map(|(g, endpoints)| {
-                AttributeValue::M(HashMap::from([
-                    ("g".to_owned(), s(g.as_str())),
-                    ("e".to_owned(), AttributeValue::L(endpoints)),
-                ]))
-            })
-            .collect(),
-    )
+/// Targets as the fan-out makes them (each the event's place in one batch base's group at its
+/// endpoint) as one `{b, i, e}` map: the base, the place, the endpoints. The delivery ids
+/// follow from them, so an event's item grows by an endpoint id per endpoint.
+fn as_fan(targets: &[Target]) -> Option<AttributeValue> {
+    let first = &targets.first()?.delivery_id;
+    let (_, place) = first.group()?;
+    let base = first.base();
+    let fits = targets
+        .iter()
+        .all(|t| t.delivery_id == base.group_at(&t.endpoint_id).member(place));
+    fits.then(|| {
+        AttributeValue::M(HashMap::from([
+            ("b".to_owned(), s(base.as_str())),
+            ("i".to_owned(), n(place)),
+            (
+                "e".to_owned(),
+                AttributeValue::L(targets.iter().map(|t| s(t.endpoint_id.as_str())).collect()),
+            ),
+        ]))
+    })
 }
 
 impl Store {
@@ -274,7 +275,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::EndpointId;
 
     fn record(targets: Vec<Target>, data: String) -> EventRecord {
         EventRecord {
@@ -289,12 +289,16 @@ mod tests {
         }
     }
 
-    fn group_targets(n: usize) -> Vec<Target> {
-        let group = DeliveryId::generate_group();
+    /// The targets of the event at `place` in a batch, at `n` endpoints.
+    fn fan_targets(n: usize, place: usize) -> Vec<Target> {
+        let base = DeliveryId::batch_base();
         (0..n)
-            .map(|i| Target {
-                endpoint_id: EndpointId::generate(),
-                delivery_id: group.member(i),
+            .map(|_| {
+                let endpoint_id = EndpointId::generate();
+                Target {
+                    delivery_id: base.group_at(&endpoint_id).member(place),
+                    endpoint_id,
+                }
             })
             .collect()
     }
@@ -304,35 +308,32 @@ mod tests {
     }
 
     #[test]
-    fn event_items_store_data_deflated_and_targets_as_groups() {
+    fn event_items_store_data_deflated_and_targets_as_their_fan() {
         let data = serde_json::json!({"order_id": "o-1", "note": "two tickets, balcony, row B"})
             .to_string()
             .repeat(8);
         let data = format!("[{}]", data.replace("}{", "},{"));
-        let mut targets = group_targets(3);
-        targets.extend(group_targets(2));
-        let r = record(targets, data.clone());
+        let r = record(fan_targets(5, 3), data.clone());
         let item = event_item(&r).unwrap();
         assert!(item.contains_key("data_z") && !item.contains_key("data"));
-        assert!(item.contains_key("groups") && !item.contains_key("targets"));
+        assert!(item.contains_key("fan") && !item.contains_key("targets"));
         assert!(size(&item) < data.len());
         assert!(same(&event_record(item).unwrap(), &r));
     }
 
     #[test]
     fn event_items_keep_what_does_not_shrink_as_it_is() {
-        // Short data and targets that are not whole groups in order stay plain.
-        let mut targets = group_targets(3);
-        targets.swap(0, 1);
+        // Short data and targets of different batches or places stay plain.
+        let mut targets = fan_targets(3, 0);
+        targets.extend(fan_targets(1, 0));
         let r = record(targets, r#"{"a":1}"#.into());
         let item = event_item(&r).unwrap();
         assert!(item.contains_key("data") && item.contains_key("targets"));
         assert!(same(&event_record(item).unwrap(), &r));
-        let lone = vec![Target {
-            endpoint_id: EndpointId::generate(),
-            delivery_id: DeliveryId::generate_group().member(1),
-        }];
-        assert!(as_groups(&lone).is_none());
+        let mut places = fan_targets(2, 1);
+        places[1].delivery_id = places[1].delivery_id.group().unwrap().0.member(2);
+        assert!(as_fan(&places).is_none());
+        assert!(as_fan(&[]).is_none());
     }
 
     fn size(item: &HashMap<String, AttributeValue>) -> usize {

@@ -7,32 +7,36 @@
 //! Tables (see `infra/template.yaml`):
 //! - endpoints: `venue_id` (hash) + `endpoint_id` (range).
 //! - events: `venue_id` + `event_id`; the conditional put on the id is the de-duplication.
-//! - deliveries: `venue_id` (hash) + `delivery_id` (range). The first-try successes of one
-//!   job (one event, up to ten endpoints) share one item under the group's id
-//!   ([`GroupRecord`]); a delivery that needs more than one attempt has an item of its own
-//!   under its delivery id ([`DeliveryRecord`]), which sorts right after its group's.
-//!   An endpoint's history is a query of the venue, newest first, filtered on the endpoint.
-//!   No secondary index: it would double the write cost of every item.
+//! - deliveries: `history_key` ("{venue}#{endpoint tag}": a partition per endpoint) +
+//!   `delivery_id`. The first-try successes of one job (up to ten events at one endpoint)
+//!   share one item under the group's id ([`GroupRecord`]); a delivery that needs more than
+//!   one attempt has an item of its own under its delivery id ([`DeliveryRecord`]), which
+//!   sorts right after its group's. A delivery id carries its endpoint's tag, so it finds its
+//!   item alone. The sparse index `by_status` holds the deliveries that are not succeeded.
 //!
+//!   A replay's progress is an item of its endpoint's partition too, under its id (`rpl_…`,
+//!   outside the range of delivery ids every history query reads).
 //! - retries: jobs waiting longer than SQS can delay them, by due slot and shard.
 //!
 //! One file per table: [`endpoints`], [`events`] (and the notes of events whose jobs could not
-//! be queued), [`deliveries`] (history items, attempts and their rules), [`api_keys`],
-//! [`retries`]. This
+//! be queued), [`deliveries`] (history items, attempts and their rules), [`replays`],
+//! [`api_keys`], [`retries`]. This
 //! file holds the store itself and what they share (conditional puts, batched reads).
 
 mod api_keys;
 mod deliveries;
 mod endpoints;
 mod events;
+mod replays;
 mod retries;
 
 pub use api_keys::ApiKeyRecord;
 pub use deliveries::{
-    AttemptRecord, DeliveryFilter, DeliveryRecord, GroupEntry, GroupRecord, Recorded,
-    MAX_KEPT_ATTEMPTS,
+    history_partition, AttemptRecord, DeliveryFilter, DeliveryRecord, FailedDelivery, GroupEntry,
+    GroupRecord, HistoryCursor, Recorded, MAX_KEPT_ATTEMPTS,
 };
 pub use events::EventRecord;
+pub use replays::{ReplayRecord, ReplayState};
 pub use retries::Waiting;
 
 use std::collections::HashMap;
@@ -195,21 +199,7 @@ impl Store {
         }
     }
 
-    /// BatchGetItem of the venue's items whose range key `range` is one of `keys`,
-    /// re-asking for what it leaves.
-    async fn batch_get(
-        &self,
-        table: &str,
-        tenant: &Tenant,
-        range: &str,
-        keys: &[&str],
-        consistent: bool,
-    ) -> Result<Vec<HashMap<String, AttributeValue>>> {
-        let keys: Vec<(&Tenant, &str)> = keys.iter().map(|k| (tenant, *k)).collect();
-        self.batch_get_of(table, range, &keys, consistent).await
-    }
-
-    /// As [`Store::batch_get`], over several venues.
+    /// BatchGetItem of the items of these venues whose range key `range` is the one given.
     async fn batch_get_of(
         &self,
         table: &str,
@@ -217,17 +207,28 @@ impl Store {
         keys: &[(&Tenant, &str)],
         consistent: bool,
     ) -> Result<Vec<HashMap<String, AttributeValue>>> {
+        let keys = keys
+            .iter()
+            .map(|(tenant, id)| {
+                HashMap::from([
+                    ("venue_id".to_owned(), s(tenant.venue().as_str())),
+                    (range.to_owned(), s(*id)),
+                ])
+            })
+            .collect();
+        self.batch_get_keys(table, keys, consistent).await
+    }
+
+    /// BatchGetItem of these keys, a hundred a call, re-asking for what it leaves.
+    async fn batch_get_keys(
+        &self,
+        table: &str,
+        keys: Vec<HashMap<String, AttributeValue>>,
+        consistent: bool,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>> {
         let mut found = Vec::new();
         for chunk in keys.chunks(100) {
-            let mut keys: Vec<HashMap<String, AttributeValue>> = chunk
-                .iter()
-                .map(|(tenant, id)| {
-                    HashMap::from([
-                        ("venue_id".to_owned(), s(tenant.venue().as_str())),
-                        (range.to_owned(), s(*id)),
-                    ])
-                })
-                .collect();
+            let mut keys: Vec<HashMap<String, AttributeValue>> = chunk.to_vec();
             // BatchGetItem may return only part (throttling, size): ask again for what it
             // left, with jittered backoff. Keys still left make the read an error: "not
             // found" would end deliveries whose items exist.

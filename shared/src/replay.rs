@@ -1,0 +1,162 @@
+//! Replays of an endpoint's failed deliveries, in the background: the API records the replay
+//! and answers at once ([`Replayer::start`]); a replay task on the delivery queue then queues
+//! one manual attempt per failed delivery, a page at a time ([`Replayer::run_page`], run by the
+//! deliver function), recording its progress after each page. Repeating a replay while it runs
+//! (or within minutes of its end) answers the same replay.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::ids::{EndpointId, VenueId};
+use crate::queue::{DeliveryJob, Queued, Queues};
+use crate::services::Services;
+use crate::store::{ReplayRecord, ReplayState, Store, Tenant};
+
+/// How many deliveries one replay re-sends at most.
+pub const REPLAY_MAX_DELIVERIES: usize = 10_000;
+/// How many deliveries one page of a replay queues.
+const PAGE: usize = 100;
+
+/// The message that runs the next page of a replay (`{"replay": …}` on the delivery queue).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplayTask {
+    pub venue_id: VenueId,
+    pub endpoint_id: EndpointId,
+    pub replay_id: String,
+}
+
+#[derive(Clone)]
+pub struct Replayer {
+    store: Store,
+    queues: Queues,
+}
+
+impl Replayer {
+    pub fn new(services: &Services) -> Self {
+        Self {
+            store: services.store.clone(),
+            queues: services.queues.clone(),
+        }
+    }
+
+    /// Starts a replay of the endpoint's failed deliveries created in `[since, until]`
+    /// (`until` as asked; `None`: up to now), or answers the same one if it is running.
+    pub async fn start(
+        &self,
+        tenant: &Tenant,
+        endpoint: &EndpointId,
+        (since, until): (DateTime<Utc>, Option<DateTime<Utc>>),
+        now: DateTime<Utc>,
+    ) -> Result<ReplayRecord> {
+        let until_at = until.unwrap_or(now).min(now);
+        let found = self
+            .store
+            .count_failed_between(tenant, endpoint, (since, until_at), REPLAY_MAX_DELIVERIES)
+            .await?;
+        let record = ReplayRecord {
+            venue_id: tenant.venue().clone(),
+            endpoint_id: endpoint.clone(),
+            replay_id: ReplayRecord::id_for(since, until),
+            since,
+            until,
+            until_at,
+            state: if found == 0 {
+                ReplayState::Done
+            } else {
+                ReplayState::Running
+            },
+            found,
+            queued: 0,
+            after: None,
+            started_at: now,
+            updated_at: now,
+            updated_ms: now.timestamp_millis(),
+            expires_at: self.store.expiry(now),
+        };
+        let (record, started) = self.store.start_replay(&record).await?;
+        if started && record.state == ReplayState::Running {
+            let task = ReplayTask {
+                venue_id: record.venue_id.clone(),
+                endpoint_id: record.endpoint_id.clone(),
+                replay_id: record.replay_id.clone(),
+            };
+            if let Err(e) = self.queues.send_replay(&task).await {
+                // Not running after all: a repeat starts it again.
+                if let Err(e) = self
+                    .store
+                    .advance_replay(&record, 0, None, ReplayState::Failed)
+                    .await
+                {
+                    tracing::warn!(replay_id = %record.replay_id, error = %e, "could not mark the replay failed; a repeat restarts it once it counts as stalled");
+                }
+                return Err(e);
+            }
+            tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint, replay_id = %record.replay_id, found, "replay started");
+        }
+        Ok(record)
+    }
+
+    /// Queues the next page of a replay's deliveries and records it; the task of the page
+    /// after, if there is more.
+    pub async fn run_page(&self, task: &ReplayTask) -> Result<Option<ReplayTask>> {
+        let tenant = Tenant::from_internal_message(task.venue_id.clone());
+        let Some(record) = self
+            .store
+            .get_replay(&tenant, &task.endpoint_id, &task.replay_id)
+            .await?
+        else {
+            tracing::warn!(replay_id = %task.replay_id, "replay task without its replay; dropped");
+            return Ok(None);
+        };
+        if record.state != ReplayState::Running {
+            return Ok(None);
+        }
+        let room = REPLAY_MAX_DELIVERIES.saturating_sub(record.queued);
+        let (page, more) = self
+            .store
+            .failed_page(
+                &tenant,
+                &task.endpoint_id,
+                (record.since, record.until_at),
+                record.after.as_ref(),
+                PAGE.min(room),
+            )
+            .await?;
+        let jobs: Vec<DeliveryJob> = page
+            .iter()
+            .map(|d| DeliveryJob {
+                venue_id: task.venue_id.clone(),
+                endpoint_id: d.endpoint_id.clone(),
+                deliveries: vec![Queued {
+                    delivery_id: d.delivery_id.clone(),
+                    event_id: d.event_id.clone(),
+                    event_type: d.event_type.clone(),
+                    event: None,
+                }],
+                first: false,
+                resumed: false,
+                manual: true,
+                held: 0,
+            })
+            .collect();
+        self.queues
+            .send_jobs(&jobs, std::time::Duration::ZERO)
+            .await?;
+        let after = page
+            .last()
+            .map(|d| &d.delivery_id)
+            .or(record.after.as_ref());
+        let done = !more || page.is_empty() || jobs.len() >= room;
+        let state = if done {
+            ReplayState::Done
+        } else {
+            ReplayState::Running
+        };
+        self.store
+            .advance_replay(&record, jobs.len(), after, state)
+            .await?;
+        tracing::info!(replay_id = %task.replay_id, queued = record.queued + jobs.len(), done, "replay page queued");
+        Ok((!done).then(|| task.clone()))
+    }
+}
