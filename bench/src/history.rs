@@ -48,11 +48,10 @@ async fn write_history(
     for g in 0..groups {
         let group = DeliveryId::batch_base().group_at(endpoint);
         let entries = (0..GROUP_SIZE)
-            .map(|i| GroupEntry {
-                i,
-                e: EventId::parse(&format!("evt_{g}_{i}")).unwrap_or_else(|_| EventId::generate()),
-                t: "order.created".into(),
-                a: attempt(200, at),
+            .map(|i| {
+                let event =
+                    EventId::parse(&format!("evt_{g}_{i}")).unwrap_or_else(|_| EventId::generate());
+                GroupEntry::success(i, (&event, "order.created"), attempt(200, at))
             })
             .collect();
         store
@@ -133,11 +132,9 @@ pub async fn history_run(moto: &str, report: &mut Report, smoke: bool) -> Result
             created_at: Utc::now() - Span::minutes(5),
             expires_at: services.store.expiry(Utc::now()),
             entries: (0..4)
-                .map(|i| GroupEntry {
-                    i,
-                    e: EventId::generate(),
-                    t: "order.paid".into(),
-                    a: attempt(200, Utc::now() - Span::minutes(5)),
+                .map(|i| {
+                    let at = Utc::now() - Span::minutes(5);
+                    GroupEntry::success(i, (&EventId::generate(), "order.paid"), attempt(200, at))
                 })
                 .collect(),
             moved: Vec::new(),

@@ -320,6 +320,59 @@ fn batches(bodies: &[Entry]) -> Vec<Vec<&Entry>> {
 mod tests {
     use super::*;
 
+    fn one(
+        venue: &str,
+        endpoint: &EndpointId,
+        delivery_id: DeliveryId,
+        first: bool,
+    ) -> DeliveryJob {
+        DeliveryJob {
+            venue_id: VenueId::parse(venue).unwrap(),
+            endpoint_id: endpoint.clone(),
+            deliveries: vec![Queued {
+                delivery_id,
+                event_id: EventId::generate(),
+                event_type: "order.created".into(),
+                event: None,
+            }],
+            first,
+            resumed: !first,
+            manual: false,
+            held: 0,
+        }
+    }
+
+    #[test]
+    fn the_first_attempts_of_one_group_merge_into_one_job() {
+        let (a, b) = (EndpointId::generate(), EndpointId::generate());
+        let base = DeliveryId::batch_base();
+        let (ga, gb) = (base.group_at(&a), base.group_at(&b));
+        let jobs = vec![
+            one("v1", &a, ga.member(1), true),
+            one("v1", &b, gb.member(0), true),
+            one("v1", &a, ga.member(0), true),
+            // A resumed copy stays on its own.
+            one("v1", &a, ga.member(2), false),
+            one("v1", &b, gb.member(1), true),
+        ];
+        let merged = DeliveryJob::merge_groups(jobs);
+        let shape: Vec<(EndpointId, Vec<DeliveryId>)> = merged
+            .iter()
+            .map(|j| {
+                let ids = j.deliveries.iter().map(|d| d.delivery_id.clone()).collect();
+                (j.endpoint_id.clone(), ids)
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (a.clone(), vec![ga.member(0), ga.member(1)]),
+                (b.clone(), vec![gb.member(0), gb.member(1)]),
+                (a, vec![ga.member(2)]),
+            ]
+        );
+    }
+
     #[test]
     fn batches_respect_count_and_size() {
         let small: Vec<Entry> = (0..25).map(|i| (i.to_string(), 0, "v".into())).collect();

@@ -286,12 +286,11 @@ impl Dispatcher {
             attempt.response_body = attempt
                 .response_body
                 .map(|b| text_excerpt(b.as_bytes(), GROUP_BODY_BYTES));
-            return Ok(First::Delivered(GroupEntry {
-                i: index,
-                e: event.id.clone(),
-                t: event.event_type.clone(),
-                a: attempt,
-            }));
+            return Ok(First::Delivered(GroupEntry::success(
+                index,
+                (&event.id, &event.event_type),
+                attempt,
+            )));
         }
         Ok(
             match self
