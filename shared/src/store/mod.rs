@@ -19,7 +19,8 @@
 //! - retries: jobs waiting longer than SQS can delay them, by due slot and shard.
 //!
 //! One file per table: [`endpoints`], [`events`] (and the notes of events whose jobs could not
-//! be queued), [`deliveries`] (history items, attempts and their rules), [`replays`],
+//! be queued), [`deliveries`] (history items, attempts and their rules), [`history`] (reading
+//! an endpoint's history), [`replays`],
 //! [`api_keys`], [`retries`]. This
 //! file holds the store itself and what they share (conditional puts, batched reads).
 
@@ -27,15 +28,17 @@ mod api_keys;
 mod deliveries;
 mod endpoints;
 mod events;
+mod history;
 mod replays;
 mod retries;
 
 pub use api_keys::ApiKeyRecord;
 pub use deliveries::{
-    history_partition, AttemptRecord, DeliveryFilter, DeliveryRecord, FailedDelivery, GroupEntry,
-    GroupRecord, HistoryCursor, Recorded, MAX_KEPT_ATTEMPTS,
+    history_partition, AttemptRecord, DeliveryRecord, FailedDelivery, GroupEntry, GroupRecord,
+    Recorded, MAX_KEPT_ATTEMPTS,
 };
 pub use events::EventRecord;
+pub use history::{DeliveryFilter, HistoryCursor};
 pub use replays::{ReplayRecord, ReplayState};
 pub use retries::Waiting;
 
