@@ -583,7 +583,28 @@ impl Store {
 }
 
 /// The sparse index of deliveries that are not succeeded, by endpoint and status.
-pub(super) const BY_STATUS: &str = "by_status";
+const BY_STATUS: &str = "by_status";
+
+impl Store {
+    /// A Query of the `by_status` index: the endpoint's deliveries in `status` whose ids are in
+    /// `[from, to]` (ascending unless the caller says otherwise).
+    pub(super) fn by_status_query(
+        &self,
+        tenant: &Tenant,
+        endpoint: &EndpointId,
+        status: DeliveryStatus,
+        (from, to): (&str, &str),
+    ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        self.ddb
+            .query()
+            .table_name(&self.deliveries)
+            .index_name(BY_STATUS)
+            .key_condition_expression("status_key = :k AND delivery_id BETWEEN :from AND :to")
+            .expression_attribute_values(":k", s(status_key(tenant, endpoint, status)))
+            .expression_attribute_values(":from", s(from))
+            .expression_attribute_values(":to", s(to))
+    }
+}
 
 /// A failed delivery as the `by_status` index has it: what a replay needs.
 #[derive(Clone, Debug, Deserialize)]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 
-use super::deliveries::{history_key, status_key, HistoryItem, BY_STATUS};
+use super::deliveries::{history_key, HistoryItem};
 use super::{s, DeliveryRecord, Page, Store, Tenant};
 use crate::domain::DeliveryStatus;
 use crate::error::{Error, Result};
@@ -183,14 +183,7 @@ impl Store {
         start: Option<HashMap<String, AttributeValue>>,
     ) -> Result<(Vec<DeliveryId>, Option<HashMap<String, AttributeValue>>)> {
         let out = self
-            .ddb
-            .query()
-            .table_name(&self.deliveries)
-            .index_name(BY_STATUS)
-            .key_condition_expression("status_key = :k AND delivery_id BETWEEN :from AND :to")
-            .expression_attribute_values(":k", s(status_key(tenant, endpoint, status)))
-            .expression_attribute_values(":from", s(from))
-            .expression_attribute_values(":to", s(to))
+            .by_status_query(tenant, endpoint, status, (from, to))
             .scan_index_forward(false)
             .set_exclusive_start_key(start)
             .limit(limit.clamp(1, 100) as i32)

@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailur
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::deliveries::{history_key, status_key, FailedDelivery, BY_STATUS};
+use super::deliveries::{history_key, status_key, FailedDelivery};
 use super::{from_item, is_conditional_failure, n, s, to_attr, to_item, Store, Tenant};
 use crate::domain::DeliveryStatus;
 use crate::error::{Error, Result};
@@ -191,21 +191,12 @@ impl Store {
         (from, to): (DateTime<Utc>, DateTime<Utc>),
         max: usize,
     ) -> Result<usize> {
+        let (from, to) = (DeliveryId::bound(from, false), DeliveryId::bound(to, true));
         let mut count = 0;
         let mut start: Option<HashMap<String, AttributeValue>> = None;
         loop {
             let out = self
-                .ddb
-                .query()
-                .table_name(&self.deliveries)
-                .index_name(BY_STATUS)
-                .key_condition_expression("status_key = :k AND delivery_id BETWEEN :from AND :to")
-                .expression_attribute_values(
-                    ":k",
-                    s(status_key(tenant, endpoint, DeliveryStatus::Failed)),
-                )
-                .expression_attribute_values(":from", s(DeliveryId::bound(from, false)))
-                .expression_attribute_values(":to", s(DeliveryId::bound(to, true)))
+                .by_status_query(tenant, endpoint, DeliveryStatus::Failed, (&from, &to))
                 .select(Select::Count)
                 .set_exclusive_start_key(start)
                 .send()
@@ -229,16 +220,11 @@ impl Store {
         after: Option<&DeliveryId>,
         limit: usize,
     ) -> Result<(Vec<FailedDelivery>, bool)> {
-        let key = s(status_key(tenant, endpoint, DeliveryStatus::Failed));
+        let failed = DeliveryStatus::Failed;
+        let key = s(status_key(tenant, endpoint, failed));
+        let (from, to) = (DeliveryId::bound(from, false), DeliveryId::bound(to, true));
         let mut query = self
-            .ddb
-            .query()
-            .table_name(&self.deliveries)
-            .index_name(BY_STATUS)
-            .key_condition_expression("status_key = :k AND delivery_id BETWEEN :from AND :to")
-            .expression_attribute_values(":k", key.clone())
-            .expression_attribute_values(":from", s(DeliveryId::bound(from, false)))
-            .expression_attribute_values(":to", s(DeliveryId::bound(to, true)))
+            .by_status_query(tenant, endpoint, failed, (&from, &to))
             .limit(limit.clamp(1, 1000) as i32);
         if let Some(after) = after {
             // The index's key, and the table's (every index entry carries both).
