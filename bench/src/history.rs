@@ -89,12 +89,7 @@ async fn write_history(
 
 /// Measures the reading of history pages; adds rows to `report`.
 pub async fn history_run(moto: &str, report: &mut Report, smoke: bool) -> Result<(), BoxError> {
-    let (proxy_url, counts) = proxy::start(moto).await?;
-    let counted = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&proxy_url)
-        .load()
-        .await;
-    let direct = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let (counts, counted, direct) = proxy::clients(moto).await?;
     let stack = stack_with(counted, "h", false, &[]).await?;
     let http = reqwest::Client::new();
     let venue = unique("v");

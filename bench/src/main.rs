@@ -297,12 +297,7 @@ async fn fanout_run(
     events: usize,
     fail_every: Option<u64>,
 ) -> Result<FanoutRun, BoxError> {
-    let (proxy_url, counts) = proxy::start(moto).await?;
-    let counted = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&proxy_url)
-        .load()
-        .await;
-    let direct = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let (counts, counted, direct) = proxy::clients(moto).await?;
     // Failed first attempts are retried after 1 s (instead of 5 s) to keep the run short;
     // the requests a retry makes do not depend on its wait.
     let stack = stack_with(counted, "f", true, &[("RETRY_SCHEDULE_SECONDS", "1,1,1,1")]).await?;

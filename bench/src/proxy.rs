@@ -128,6 +128,20 @@ fn value_size(v: &serde_json::Value) -> usize {
     }
 }
 
+/// A proxy in front of `moto` with its counters, an AWS configuration whose requests pass it
+/// (counted), and one that goes straight to moto (not counted).
+pub async fn clients(
+    moto: &str,
+) -> std::io::Result<(Counts, aws_config::SdkConfig, aws_config::SdkConfig)> {
+    let (proxy_url, counts) = start(moto).await?;
+    let counted = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&proxy_url)
+        .load()
+        .await;
+    let direct = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    Ok((counts, counted, direct))
+}
+
 /// Starts the proxy on a free loopback port; returns its URL and the counters.
 pub async fn start(target: &str) -> std::io::Result<(String, Counts)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
