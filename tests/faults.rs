@@ -374,7 +374,12 @@ async fn an_endpoint_failing_too_long_is_disabled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_retry_and_replay_resend_failed_deliveries() {
-    let stack = start_with(options(&[("RETRY_SCHEDULE_SECONDS", "1")])).await;
+    // Pages of one delivery: the replay of two goes on from where its first page stopped.
+    let stack = start_with(options(&[
+        ("RETRY_SCHEDULE_SECONDS", "1"),
+        ("REPLAY_PAGE_SIZE", "1"),
+    ]))
+    .await;
     let rx = FaultReceiver::start(vec![Mode::Status(500)]).await;
     let case = Case::new(&stack, &rx.url).await;
     let since = chrono::Utc::now() - chrono::Duration::seconds(5);

@@ -86,6 +86,8 @@ pub struct Config {
     /// The first wait of a message that failed because AWS did; doubles with each receive
     /// ([`crate::backoff::outage_wait`]).
     pub outage_backoff: Duration,
+    /// How many deliveries one page of a replay queues ([`crate::replay`]).
+    pub replay_page: usize,
 }
 
 impl Config {
@@ -227,6 +229,7 @@ impl Config {
             destinations: DestinationPolicy { allow_cidrs },
             user_agent: format!("PopupWebhooks/{}", env!("CARGO_PKG_VERSION")),
             outage_backoff: Duration::from_millis(number("OUTAGE_BACKOFF_BASE_MS", 10_000)?.max(1)),
+            replay_page: number("REPLAY_PAGE_SIZE", 100)?.clamp(1, 1000) as usize,
         })
     }
 }

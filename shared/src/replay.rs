@@ -15,8 +15,6 @@ use crate::store::{ReplayRecord, ReplayState, Store, Tenant};
 
 /// How many deliveries one replay re-sends at most.
 pub const REPLAY_MAX_DELIVERIES: usize = 10_000;
-/// How many deliveries one page of a replay queues.
-const PAGE: usize = 100;
 
 /// The message that runs the next page of a replay (`{"replay": …}` on the delivery queue).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -30,6 +28,8 @@ pub struct ReplayTask {
 pub struct Replayer {
     store: Store,
     queues: Queues,
+    /// How many deliveries one page queues (100; fewer in tests).
+    page: usize,
 }
 
 impl Replayer {
@@ -37,6 +37,7 @@ impl Replayer {
         Self {
             store: services.store.clone(),
             queues: services.queues.clone(),
+            page: services.config.replay_page,
         }
     }
 
@@ -120,7 +121,7 @@ impl Replayer {
                 &task.endpoint_id,
                 (record.since, record.until_at),
                 record.after.as_ref(),
-                PAGE.min(room),
+                self.page.min(room),
             )
             .await?;
         let jobs: Vec<DeliveryJob> = page
