@@ -466,6 +466,113 @@ async fn history_filters_by_status_type_and_time_with_opaque_cursors() {
     stack.stop().await;
 }
 
+/// A portal session acts for its venue like a venue key, until it expires or is revoked; then
+/// it gets the "link has expired" answer. Only the admin key mints or revokes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_sessions_act_for_their_venue_until_they_expire_or_are_revoked() {
+    let stack = start_stack().await;
+    let admin = Client::new(&stack);
+    let v = venue("portal");
+    let other = venue("portal-other");
+    let sessions = format!("/venues/{v}/portal-sessions");
+    let (status, minted) = admin.post(&sessions, json!({})).await;
+    assert_eq!(status, 201, "{minted}");
+    let url = minted["url"].as_str().unwrap();
+    let (page, token) = url
+        .split_once("#token=")
+        .expect("the token is in the fragment");
+    assert_eq!(page, format!("{}/portal", stack.api_url));
+    assert!(token.starts_with("pps_"), "{token}");
+    let expires = chrono::DateTime::parse_from_rfc3339(minted["expires_at"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let hour = (expires - chrono::Utc::now()).num_seconds();
+    assert!(
+        (3590..=3600).contains(&hour),
+        "one hour by default: {hour} s"
+    );
+
+    let mut portal = Client::new(&stack);
+    portal.key = Some(token.to_owned());
+    let rx = Receiver::start(200).await;
+    let (status, created) = portal
+        .post(
+            &format!("/venues/{v}/endpoints"),
+            json!({"url": rx.url, "event_types": ["*"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "it acts for its venue: {created}");
+    let (status, _) = portal.get(&format!("/venues/{other}/endpoints")).await;
+    assert_eq!(status, 404, "and for no other");
+    for (method, path) in [
+        ("POST", format!("/venues/{v}/api-keys")),
+        ("GET", format!("/venues/{v}/api-keys")),
+        ("POST", sessions.clone()),
+        ("DELETE", sessions.clone()),
+    ] {
+        let (status, answer) = portal.send_raw(method, &path, Some(b"{}".to_vec())).await;
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+    }
+    let key = issue_key(&admin, &v).await;
+    let mut venue_key = Client::new(&stack);
+    venue_key.key = Some(key);
+    let (status, _) = venue_key.post(&sessions, json!({})).await;
+    assert_eq!(status, 403, "a venue key mints no sessions");
+    let (_, keys) = admin.get(&format!("/venues/{v}/api-keys")).await;
+    assert_eq!(
+        keys["data"].as_array().map(Vec::len),
+        Some(1),
+        "sessions are not keys: {keys}"
+    );
+
+    for bad in [
+        json!({"ttl_seconds": 0}),
+        json!({"ttl_seconds": 86_401}),
+        json!({"ttl": 5}),
+    ] {
+        let (status, answer) = admin.post(&sessions, bad.clone()).await;
+        assert_eq!(status, 422, "{bad}: {answer}");
+    }
+
+    // A short one expires.
+    let (_, short) = admin.post(&sessions, json!({"ttl_seconds": 1})).await;
+    let short_token = short["url"]
+        .as_str()
+        .unwrap()
+        .split_once("#token=")
+        .unwrap()
+        .1;
+    let mut expiring = Client::new(&stack);
+    expiring.key = Some(short_token.to_owned());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, answer) = expiring.get(&format!("/venues/{v}/endpoints")).await;
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(answer["error"]["code"], "session_expired");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("open Webhooks from your dashboard again"),
+        "{answer}"
+    );
+
+    // Revoking ends the rest at once; the venue key goes on working.
+    let (status, revoked) = admin.send_raw("DELETE", &sessions, None).await;
+    assert_eq!(
+        (status, revoked["revoked"].as_u64()),
+        (200, Some(2)),
+        "{revoked}"
+    );
+    let (status, answer) = portal.get(&format!("/venues/{v}/endpoints")).await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (401, &json!("session_expired"))
+    );
+    let (status, _) = venue_key.get(&format!("/venues/{v}/endpoints")).await;
+    assert_eq!(status, 200);
+    stack.stop().await;
+}
+
 /// Ten events accepted together are one group at the endpoint: nine first-try successes in
 /// one item, the failure in an item of its own. Pages that stop inside the group's item go on
 /// where they stopped; the status filters find each kind.

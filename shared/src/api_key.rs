@@ -1,14 +1,16 @@
-//! Venue API keys: `pwk_<26-char id>_<43-char secret>`. The id part names the stored record;
-//! only the SHA-256 of the whole key is stored, and compared in constant time. 32 random bytes
-//! make a plain hash enough (no password stretching is needed for a key nobody chose).
+//! Venue API keys: `pwk_<26-char id>_<43-char secret>`, and portal sessions' tokens of the same
+//! shape, `pps_…` ([`issue_portal`]). The id part names the stored record; only the SHA-256 of
+//! the whole key is stored, and compared in constant time. 32 random bytes make a plain hash
+//! enough (no password stretching is needed for a key nobody chose).
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::ids::ApiKeyId;
+use crate::ids::{ApiKeyId, PortalSessionId};
 use crate::secret::Secret;
 
 const PREFIX: &str = "pwk_";
+const PORTAL_PREFIX: &str = "pps_";
 const ULID_LEN: usize = 26;
 
 /// A newly issued key: shown once, then only its hash is kept.
@@ -20,21 +22,52 @@ pub struct IssuedKey {
 
 pub fn issue() -> IssuedKey {
     let id = ApiKeyId::generate();
-    let ulid = &id.as_str()[ApiKeyId::PREFIX.len() + 1..];
-    let random = Secret::generate_token();
-    let key = Secret::from_config(format!("{PREFIX}{ulid}_{}", random.expose()));
-    let sha256 = sha256_hex(key.expose());
+    let (key, sha256) = token(PREFIX, &id.as_str()[ApiKeyId::PREFIX.len() + 1..]);
     IssuedKey { id, key, sha256 }
+}
+
+/// A newly issued portal session: its token is shown once (in the portal link), then only
+/// its hash is kept.
+pub struct IssuedSession {
+    pub id: PortalSessionId,
+    pub token: Secret,
+    pub sha256: String,
+}
+
+pub fn issue_portal() -> IssuedSession {
+    let id = PortalSessionId::generate();
+    let (token, sha256) = token(
+        PORTAL_PREFIX,
+        &id.as_str()[PortalSessionId::PREFIX.len() + 1..],
+    );
+    IssuedSession { id, token, sha256 }
+}
+
+/// `{prefix}{ulid}_{43 random characters}`, and its hash.
+fn token(prefix: &str, ulid: &str) -> (Secret, String) {
+    let random = Secret::generate_token();
+    let token = Secret::from_config(format!("{prefix}{ulid}_{}", random.expose()));
+    let sha256 = sha256_hex(token.expose());
+    (token, sha256)
+}
+
+/// The ULID part of a presented token of this prefix, if it has the shape of one of ours.
+fn claimed_ulid<'a>(presented: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = presented.strip_prefix(prefix)?;
+    let ulid = rest.get(..ULID_LEN)?;
+    (rest.as_bytes().get(ULID_LEN) == Some(&b'_')).then_some(ulid)
 }
 
 /// The record id a presented key claims, if it has the shape of one of ours.
 pub fn claimed_id(presented: &str) -> Option<ApiKeyId> {
-    let rest = presented.strip_prefix(PREFIX)?;
-    let ulid = rest.get(..ULID_LEN)?;
-    if rest.as_bytes().get(ULID_LEN) != Some(&b'_') {
-        return None;
-    }
+    let ulid = claimed_ulid(presented, PREFIX)?;
     ApiKeyId::parse(&format!("{}_{ulid}", ApiKeyId::PREFIX)).ok()
+}
+
+/// The portal session a presented token claims, if it has the shape of a portal token.
+pub fn claimed_session(presented: &str) -> Option<PortalSessionId> {
+    let ulid = claimed_ulid(presented, PORTAL_PREFIX)?;
+    PortalSessionId::parse(&format!("{}_{ulid}", PortalSessionId::PREFIX)).ok()
 }
 
 pub fn sha256_hex(value: &str) -> String {
@@ -70,5 +103,16 @@ mod tests {
         assert!(!matches(&forged, &issued.sha256) || key.ends_with('A'));
         assert_eq!(claimed_id("dev-admin-key"), None);
         assert_eq!(claimed_id("pwk_short"), None);
+        assert_eq!(claimed_session(key), None, "a key is no portal token");
+    }
+
+    #[test]
+    fn portal_tokens_name_their_session_and_are_no_keys() {
+        let issued = issue_portal();
+        let token = issued.token.expose();
+        assert!(token.starts_with("pps_"));
+        assert_eq!(claimed_session(token), Some(issued.id.clone()));
+        assert_eq!(claimed_id(token), None);
+        assert!(matches(token, &issued.sha256));
     }
 }

@@ -88,6 +88,17 @@ pub struct Config {
     pub outage_backoff: Duration,
     /// How many deliveries one page of a replay queues ([`crate::replay`]).
     pub replay_page: usize,
+    /// The venue's Settings → Webhooks page (the api function).
+    pub portal: PortalConfig,
+}
+
+/// Portal sessions: where the page is, and how long a link may live.
+#[derive(Clone, Debug)]
+pub struct PortalConfig {
+    /// The page's public URL (`https://…/portal`); empty: the API's own origin + `/portal`.
+    pub url: Option<String>,
+    /// The longest `ttl_seconds` a session may ask for.
+    pub max_ttl_seconds: i64,
 }
 
 impl Config {
@@ -230,6 +241,10 @@ impl Config {
             user_agent: format!("PopupWebhooks/{}", env!("CARGO_PKG_VERSION")),
             outage_backoff: Duration::from_millis(number("OUTAGE_BACKOFF_BASE_MS", 10_000)?.max(1)),
             replay_page: number("REPLAY_PAGE_SIZE", 100)?.clamp(1, 1000) as usize,
+            portal: PortalConfig {
+                url: get("PORTAL_URL").filter(|v| !v.is_empty()),
+                max_ttl_seconds: number("PORTAL_SESSION_MAX_TTL_SECONDS", 86_400)?.max(1) as i64,
+            },
         })
     }
 }

@@ -164,6 +164,11 @@ generated_id!(
     ApiKeyId,
     "key"
 );
+generated_id!(
+    /// A portal session (`pss_…`): a short-lived link to a venue's Settings → Webhooks page.
+    PortalSessionId,
+    "pss"
+);
 
 /// A venue, as named by the Popup platform: `[A-Za-z0-9_-]`, 1 to 64 characters.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
-//! Who is calling. The admin key (the Popup platform) acts for any venue; a venue key only for
-//! its own venue, and another venue's resources are a 404 to it. Handlers receive a [`Tenant`]
+//! Who is calling. The admin key (the Popup platform) acts for any venue; a venue key, or a
+//! portal session's token (the venue's Settings → Webhooks page), only for its own venue, and
+//! another venue's resources are a 404 to it. Handlers receive a [`Tenant`]
 //! made here, so a venue route cannot run without this check.
 
 use chrono::Utc;
@@ -13,7 +14,14 @@ use crate::error::ApiError;
 
 pub enum Caller {
     Admin,
-    Venue { venue: VenueId, key_id: ApiKeyId },
+    Venue {
+        venue: VenueId,
+        key_id: ApiKeyId,
+    },
+    /// A portal session: like a venue key, until it expires or is revoked.
+    Portal {
+        venue: VenueId,
+    },
 }
 
 impl Caller {
@@ -22,19 +30,21 @@ impl Caller {
         let venue = VenueId::parse(venue).map_err(|_| ApiError::not_found("venue"))?;
         match self {
             Caller::Admin => Ok(Tenant::authorized(venue)),
-            Caller::Venue { venue: own, .. } if *own == venue => Ok(Tenant::authorized(venue)),
+            Caller::Venue { venue: own, .. } | Caller::Portal { venue: own } if *own == venue => {
+                Ok(Tenant::authorized(venue))
+            }
             // Indistinguishable from a venue with nothing in it that does not exist.
-            Caller::Venue { .. } => Err(ApiError::not_found("venue")),
+            Caller::Venue { .. } | Caller::Portal { .. } => Err(ApiError::not_found("venue")),
         }
     }
 
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self {
             Caller::Admin => Ok(()),
-            Caller::Venue { .. } => Err(ApiError::new(
+            Caller::Venue { .. } | Caller::Portal { .. } => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                "only the admin key may manage API keys",
+                "only the admin key may manage API keys and portal sessions",
             )),
         }
     }
@@ -68,6 +78,15 @@ impl Authenticator {
                 .ct_eq(self.admin_key_sha256.as_bytes()),
         ) {
             return Ok(Caller::Admin);
+        }
+        if let Some(session) = api_key::claimed_session(presented) {
+            return self
+                .store
+                .get_portal_session(&session, Utc::now())
+                .await?
+                .filter(|r| api_key::matches(presented, &r.key_sha256))
+                .map(|r| Caller::Portal { venue: r.venue_id })
+                .ok_or_else(ApiError::session_expired);
         }
         let id = api_key::claimed_id(presented).ok_or_else(ApiError::unauthorized)?;
         let record = self

@@ -28,6 +28,15 @@ impl ApiError {
         )
     }
 
+    /// A portal link that has expired or was revoked: the page shows this message as it is.
+    pub fn session_expired() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "session_expired",
+            "this link has expired; open Webhooks from your dashboard again",
+        )
+    }
+
     pub fn not_found(what: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

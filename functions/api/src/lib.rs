@@ -17,6 +17,7 @@ pub mod deliveries;
 pub mod endpoints;
 pub mod error;
 pub mod events;
+pub mod portal;
 
 use std::time::Instant;
 
@@ -44,6 +45,7 @@ pub struct Api {
     dispatcher: Dispatcher,
     publisher: Publisher,
     replayer: shared::replay::Replayer,
+    portal: shared::config::PortalConfig,
     destinations: DestinationPolicy,
     auth: Authenticator,
     max_body_bytes: usize,
@@ -54,6 +56,8 @@ pub struct Api {
 pub struct Call<'a> {
     pub query: Vec<(String, String)>,
     pub body: &'a [u8],
+    /// The API's origin as the caller reached it (`https://host`), for links to it.
+    pub origin: String,
 }
 
 impl Call<'_> {
@@ -76,6 +80,7 @@ impl Api {
             dispatcher: Dispatcher::new(services, http),
             publisher: Publisher::new(services),
             replayer: shared::replay::Replayer::new(services),
+            portal: config.portal.clone(),
             destinations: config.destinations.clone(),
             auth: Authenticator::new(admin_key_sha256, services.store.clone()),
             // Room for the JSON around the largest accepted event.
@@ -131,6 +136,7 @@ impl Api {
                 })
                 .unwrap_or_default(),
             body,
+            origin: origin(request),
         };
         let (op, params) = route(request.method(), request.uri().path())?;
         if op == Op::EventTypes {
@@ -165,8 +171,25 @@ impl Api {
             Op::CreateApiKey => api_keys::create(self, t, c).await,
             Op::ListApiKeys => api_keys::list(self, t).await,
             Op::RevokeApiKey => api_keys::revoke(self, t, id).await,
+            Op::CreatePortalSession => portal::create(self, t, c).await,
+            Op::RevokePortalSessions => portal::revoke(self, t).await,
         }
     }
+}
+
+/// The API's origin as the caller reached it: `x-forwarded-proto` (API Gateway sets it) or
+/// `http`, and the `host` header.
+fn origin(request: &Request) -> String {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let proto = header("x-forwarded-proto").unwrap_or_else(|| "http".into());
+    let host = header("host").unwrap_or_else(|| "localhost".into());
+    format!("{proto}://{host}")
 }
 
 /// What a route does.
@@ -190,11 +213,20 @@ pub enum Op {
     CreateApiKey,
     ListApiKeys,
     RevokeApiKey,
+    CreatePortalSession,
+    RevokePortalSessions,
 }
 
 impl Op {
     fn admin_only(self) -> bool {
-        matches!(self, Op::CreateApiKey | Op::ListApiKeys | Op::RevokeApiKey)
+        matches!(
+            self,
+            Op::CreateApiKey
+                | Op::ListApiKeys
+                | Op::RevokeApiKey
+                | Op::CreatePortalSession
+                | Op::RevokePortalSessions
+        )
     }
 }
 
@@ -261,6 +293,16 @@ pub const ROUTES: &[(&str, &str, Op)] = &[
         "DELETE",
         "/venues/{venue_id}/api-keys/{key_id}",
         Op::RevokeApiKey,
+    ),
+    (
+        "POST",
+        "/venues/{venue_id}/portal-sessions",
+        Op::CreatePortalSession,
+    ),
+    (
+        "DELETE",
+        "/venues/{venue_id}/portal-sessions",
+        Op::RevokePortalSessions,
     ),
 ];
 

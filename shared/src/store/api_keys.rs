@@ -1,11 +1,12 @@
-//! The API keys table: a venue's keys, by their hash only.
+//! The API keys table: a venue's keys, by their hash only; and its portal sessions (short-lived
+//! tokens for the venue's Settings → Webhooks page), the same way.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{from_item, is_conditional_failure, s, to_attr, to_item, written, Store, Tenant};
 use crate::error::{Error, Result};
-use crate::ids::{ApiKeyId, VenueId};
+use crate::ids::{ApiKeyId, PortalSessionId, VenueId};
 
 /// A venue API key as stored: its hash, never the key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -51,8 +52,10 @@ impl Store {
             .query()
             .table_name(&self.api_keys)
             .index_name(BY_VENUE)
-            .key_condition_expression("venue_id = :v")
+            // Keys only: the venue's portal sessions share the table (`pss_…`).
+            .key_condition_expression("venue_id = :v AND begins_with(key_id, :kind)")
             .expression_attribute_values(":v", s(tenant.venue().as_str()))
+            .expression_attribute_values(":kind", s(format!("{}_", ApiKeyId::PREFIX)))
             .into_paginator()
             .items()
             .send();
@@ -100,5 +103,79 @@ impl Store {
             .send()
             .await;
         written(result).map(|_| ())
+    }
+}
+
+/// A portal session as stored: its token's hash, never the token, and when it ends.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PortalSessionRecord {
+    /// The table's key (`pss_…`).
+    pub key_id: PortalSessionId,
+    pub venue_id: VenueId,
+    pub key_sha256: String,
+    pub created_at: DateTime<Utc>,
+    /// Unix seconds; also the table's TTL attribute.
+    pub expires_at: i64,
+}
+
+impl Store {
+    pub async fn create_portal_session(&self, record: &PortalSessionRecord) -> Result<()> {
+        self.put_generated(&self.api_keys, to_item(record)?, "key_id")
+            .await
+    }
+
+    /// For authentication: the session a presented token names, whatever its venue, if it has
+    /// not expired.
+    pub async fn get_portal_session(
+        &self,
+        id: &PortalSessionId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<PortalSessionRecord>> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.api_keys)
+            .key("key_id", s(id.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        Ok(out
+            .item
+            .map(from_item::<PortalSessionRecord>)
+            .transpose()?
+            // TTL deletion is lazy: an expired session is gone.
+            .filter(|r| r.expires_at > now.timestamp()))
+    }
+
+    /// Ends every portal session of the venue at once; how many there were.
+    pub async fn revoke_portal_sessions(&self, tenant: &Tenant) -> Result<usize> {
+        let mut pages = self
+            .ddb
+            .query()
+            .table_name(&self.api_keys)
+            .index_name(BY_VENUE)
+            .key_condition_expression("venue_id = :v AND begins_with(key_id, :kind)")
+            .expression_attribute_values(":v", s(tenant.venue().as_str()))
+            .expression_attribute_values(":kind", s(format!("{}_", PortalSessionId::PREFIX)))
+            .into_paginator()
+            .items()
+            .send();
+        let mut revoked = 0;
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| Error::aws("dynamodb", e))?;
+            let Some(id) = item.get("key_id").and_then(|v| v.as_s().ok()) else {
+                continue;
+            };
+            self.ddb
+                .delete_item()
+                .table_name(&self.api_keys)
+                .key("key_id", s(id.as_str()))
+                .send()
+                .await
+                .map_err(|e| Error::aws("dynamodb", e))?;
+            revoked += 1;
+        }
+        Ok(revoked)
     }
 }

@@ -32,7 +32,7 @@ mod history;
 mod replays;
 mod retries;
 
-pub use api_keys::ApiKeyRecord;
+pub use api_keys::{ApiKeyRecord, PortalSessionRecord};
 pub use deliveries::{
     history_partition, AttemptRecord, DeliveryRecord, FailedDelivery, GroupEntry, GroupRecord,
     Recorded, MAX_KEPT_ATTEMPTS,
