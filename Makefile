@@ -6,7 +6,7 @@ VENV := .venv
 VERIFIERS := tests/verifiers
 export CARGO_BUILD_JOBS ?= 2
 
-.PHONY: help dev test faults bench lint venv verifiers build lambda-build lambda-watch redrive clean
+.PHONY: help dev test faults bench lint venv verifiers browser build lambda-build lambda-watch redrive clean
 
 help:
 	@echo "make dev    - run the whole system locally (moto + API on :9000 + ingest/deliver on their queues)"
@@ -32,6 +32,11 @@ $(VERIFIERS)/node_modules/.installed: $(VERIFIERS)/package.json $(VERIFIERS)/pac
 
 verifiers: $(VERIFIERS)/node_modules/.installed
 
+# Debian's Chromium, which the portal page's browser tests drive with Playwright (from the venv,
+# launched with this executable: never `playwright install`, which downloads a browser).
+browser:
+	scripts/browser.sh
+
 build:
 	cargo build --workspace
 
@@ -43,7 +48,7 @@ lint: venv
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(VENV)/bin/cfn-lint infra/template.yaml
 
-test: venv verifiers lint
+test: venv verifiers browser lint
 	scripts/test.sh
 
 # Performance and cost figures, written to docs/PERFORMANCE.md (release build, minutes).

@@ -478,11 +478,13 @@ async fn portal_sessions_act_for_their_venue_until_they_expire_or_are_revoked() 
     let (status, minted) = admin.post(&sessions, json!({})).await;
     assert_eq!(status, 201, "{minted}");
     let url = minted["url"].as_str().unwrap();
-    let (page, token) = url
+    let (page, fragment) = url
         .split_once("#token=")
         .expect("the token is in the fragment");
     assert_eq!(page, format!("{}/portal", stack.api_url));
+    let (token, for_venue) = fragment.split_once("&venue=").unwrap();
     assert!(token.starts_with("pps_"), "{token}");
+    assert_eq!(for_venue, v);
     let expires = chrono::DateTime::parse_from_rfc3339(minted["expires_at"].as_str().unwrap())
         .unwrap()
         .with_timezone(&chrono::Utc);
@@ -533,6 +535,40 @@ async fn portal_sessions_act_for_their_venue_until_they_expire_or_are_revoked() 
         let (status, answer) = admin.post(&sessions, bad.clone()).await;
         assert_eq!(status, 422, "{bad}: {answer}");
     }
+    let (_, answer) = admin.post(&sessions, json!({"ttl_seconds": 0})).await;
+    assert_eq!(
+        answer["error"]["field"], "ttl_seconds",
+        "the field it is about: {answer}"
+    );
+
+    // The page the link opens: served without a key, strict about what it loads.
+    let page = reqwest::get(page).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors"),
+        "{csp}"
+    );
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    let script = html
+        .split("src=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let script = reqwest::get(format!("{}{script}", stack.api_url))
+        .await
+        .unwrap();
+    assert_eq!(script.status(), 200);
+    assert!(script.text().await.unwrap().contains("sessionStorage"));
 
     // A short one expires.
     let (_, short) = admin.post(&sessions, json!({"ttl_seconds": 1})).await;
@@ -541,7 +577,10 @@ async fn portal_sessions_act_for_their_venue_until_they_expire_or_are_revoked() 
         .unwrap()
         .split_once("#token=")
         .unwrap()
-        .1;
+        .1
+        .split_once('&')
+        .unwrap()
+        .0;
     let mut expiring = Client::new(&stack);
     expiring.key = Some(short_token.to_owned());
     tokio::time::sleep(Duration::from_millis(2100)).await;

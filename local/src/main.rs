@@ -70,6 +70,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("  AWS credentials: {credentials_file}   (profiles `operator`: everything; `event-source`: send to the ingest queue only)");
     println!("  loopback destinations (http://127.0.0.1:…) are allow-listed.");
+    match demo_portal_link(&stack.api_url, &admin_key).await {
+        Ok(link) => println!("  Settings → Webhooks of `demo-venue` (12 h): {link}"),
+        Err(e) => println!("  (no portal link for the demo venue: {e})"),
+    }
     println!("Press Ctrl-C to stop.");
     tokio::signal::ctrl_c().await?;
     println!("stopping…");
@@ -166,4 +170,34 @@ async fn redrive() -> Result<(), Box<dyn std::error::Error>> {
         println!("{moved} message(s) moved from {from} to {to}");
     }
     Ok(())
+}
+
+/// A portal session for `demo-venue`, minted through the API like the platform would:
+/// `POST /venues/demo-venue/portal-sessions` with the admin key (plain HTTP/1.1 on loopback).
+async fn demo_portal_link(
+    api_url: &str,
+    admin_key: &str,
+) -> Result<String, Box<dyn std::error::Error>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = api_url.trim_start_matches("http://");
+    let body = r#"{"ttl_seconds":43200}"#;
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    let request = format!(
+        "POST /venues/demo-venue/portal-sessions HTTP/1.1\r\nhost: {host}\r\n\
+         authorization: Bearer {admin_key}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    let json = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let value: serde_json::Value = serde_json::from_str(json.trim())?;
+    value["url"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("the API answered {answer}").into())
 }

@@ -99,6 +99,8 @@ pub struct PortalConfig {
     pub url: Option<String>,
     /// The longest `ttl_seconds` a session may ask for.
     pub max_ttl_seconds: i64,
+    /// Who may frame the page: the CSP `frame-ancestors` sources (Popup's dashboard).
+    pub frame_ancestors: String,
 }
 
 impl Config {
@@ -244,6 +246,9 @@ impl Config {
             portal: PortalConfig {
                 url: get("PORTAL_URL").filter(|v| !v.is_empty()),
                 max_ttl_seconds: number("PORTAL_SESSION_MAX_TTL_SECONDS", 86_400)?.max(1) as i64,
+                frame_ancestors: get("PORTAL_FRAME_ANCESTORS")
+                    .filter(|v| !v.trim().is_empty())
+                    .unwrap_or_else(|| "'self'".into()),
             },
         })
     }

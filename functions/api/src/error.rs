@@ -9,6 +9,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// For a validation error: the request field it is about (the page shows it there).
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -17,6 +19,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            field: None,
         }
     }
 
@@ -46,15 +49,23 @@ impl ApiError {
     }
 
     pub fn invalid(field: &str, message: impl std::fmt::Display) -> Self {
-        Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_error",
-            format!("{field}: {message}"),
-        )
+        Self {
+            field: Some(field.to_owned()),
+            ..Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_error",
+                format!("{field}: {message}"),
+            )
+        }
     }
 
     pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"code": self.code, "message": self.message}})
+        match &self.field {
+            Some(field) => {
+                json!({"error": {"code": self.code, "message": self.message, "field": field}})
+            }
+            None => json!({"error": {"code": self.code, "message": self.message}}),
+        }
     }
 }
 

@@ -17,6 +17,7 @@ pub mod deliveries;
 pub mod endpoints;
 pub mod error;
 pub mod events;
+pub mod page;
 pub mod portal;
 
 use std::time::Instant;
@@ -46,6 +47,7 @@ pub struct Api {
     publisher: Publisher,
     replayer: shared::replay::Replayer,
     portal: shared::config::PortalConfig,
+    page: page::Page,
     destinations: DestinationPolicy,
     auth: Authenticator,
     max_body_bytes: usize,
@@ -81,6 +83,7 @@ impl Api {
             publisher: Publisher::new(services),
             replayer: shared::replay::Replayer::new(services),
             portal: config.portal.clone(),
+            page: page::Page::new(&config.portal.frame_ancestors),
             destinations: config.destinations.clone(),
             auth: Authenticator::new(admin_key_sha256, services.store.clone()),
             // Room for the JSON around the largest accepted event.
@@ -93,6 +96,13 @@ impl Api {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
+        // The venue's page: no key needed to load it (its calls carry the session's token).
+        if method == Method::GET && path.starts_with("/portal") {
+            if let Some(response) = self.page.serve(&path, request.uri().query()) {
+                tracing::info!(method = %method, path, status = 200, "portal page");
+                return response;
+            }
+        }
         let (status, body) = match self.dispatch(&request).await {
             Ok(ok) => ok,
             Err(e) => (e.status, e.body()),

@@ -1,6 +1,6 @@
 //! Portal sessions, minted with the admin key: a short-lived link to one venue's Settings →
-//! Webhooks page (`…/portal#token=…`; the token travels in the fragment, so it never reaches
-//! a server log), which acts like a venue key until it expires or is revoked.
+//! Webhooks page (`…/portal#token=…&venue=…`; the token travels in the fragment, so it never
+//! reaches a server log), which acts like a venue key until it expires or is revoked.
 
 use chrono::{Duration, Utc};
 use http::StatusCode;
@@ -57,7 +57,7 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
         StatusCode::CREATED,
         json!({
             // The only time the token is ever shown.
-            "url": format!("{page}#token={}", issued.token.expose()),
+            "url": format!("{page}#token={}&venue={}", issued.token.expose(), tenant.venue()),
             "expires_at": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         }),
     ))

@@ -1,0 +1,294 @@
+// Settings → Webhooks: the venue's page. Plain script, no build step. The session token comes
+// in the URL fragment (never sent to a server), is kept in sessionStorage for this tab only, and
+// every call goes to this API with it, like a venue key.
+"use strict";
+
+(function () {
+  const STORE = "popup-webhooks-session";
+  const app = document.getElementById("app");
+  let session = null; // {token, venue}
+  let catalog = [];
+
+  // ---- DOM ----------------------------------------------------------------------------------
+  // h("button", {class: "primary", onclick: f}, "Create"): elements from data, never from HTML
+  // strings, so nothing a receiver or an API answer says can become markup.
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+      else if (key === "class") el.className = value;
+      else if (value === true) el.setAttribute(key, "");
+      else el.setAttribute(key, String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === undefined || child === null || child === false) continue;
+      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return el;
+  }
+
+  function show(...nodes) {
+    app.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined));
+    const heading = app.querySelector("h1, h2");
+    if (heading) heading.setAttribute("tabindex", "-1");
+  }
+
+  function when(iso) {
+    if (!iso) return "—";
+    const d = new Date(iso);
+    return isNaN(d) ? iso : d.toLocaleString();
+  }
+
+  // ---- session ------------------------------------------------------------------------------
+  function readSession() {
+    const params = new URLSearchParams(location.hash.replace(/^#/, ""));
+    if (params.get("token") && params.get("venue")) {
+      const s = { token: params.get("token"), venue: params.get("venue") };
+      sessionStorage.setItem(STORE, JSON.stringify(s));
+      // The token leaves the address bar (and the history) at once.
+      history.replaceState(null, "", location.pathname + location.search);
+      return s;
+    }
+    try {
+      return JSON.parse(sessionStorage.getItem(STORE) || "null");
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function expired() {
+    sessionStorage.removeItem(STORE);
+    session = null;
+    show(
+      h("section", { class: "expired" },
+        h("h1", {}, "This link has expired"),
+        h("p", {}, "Open Webhooks from your dashboard again."))
+    );
+  }
+
+  class ApiError extends Error {
+    constructor(status, body) {
+      super((body && body.error && body.error.message) || `the server answered ${status}`);
+      this.status = status;
+      this.code = body && body.error && body.error.code;
+      this.field = body && body.error && body.error.field;
+    }
+  }
+
+  async function api(method, path, body) {
+    const response = await fetch(path.replace("{venue}", encodeURIComponent(session.venue)), {
+      method,
+      headers: Object.assign(
+        { authorization: "Bearer " + session.token },
+        body === undefined ? {} : { "content-type": "application/json" }
+      ),
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: "omit",
+    });
+    const text = await response.text();
+    const data = text ? JSON.parse(text) : null;
+    if (response.status === 401) {
+      expired();
+      throw new ApiError(401, data);
+    }
+    if (!response.ok) throw new ApiError(response.status, data);
+    return data;
+  }
+
+  // ---- endpoints ----------------------------------------------------------------------------
+  async function home(notice) {
+    const list = await api("GET", "/venues/{venue}/endpoints?limit=100");
+    const rows = list.data.map((ep) =>
+      h("tr", {},
+        h("td", {}, h("a", { href: "#", onclick: (e) => { e.preventDefault(); endpoint(ep.id); } }, ep.url)),
+        h("td", {}, ep.description || ""),
+        h("td", {}, ep.event_types.join(", ")),
+        h("td", {}, ep.enabled ? "Enabled" : "Disabled"))
+    );
+    show(
+      h("h1", {}, "Webhooks"),
+      h("p", { class: "muted" }, "Send your venue's events (orders, registrations, subscribers) to the tools you use."),
+      notice || null,
+      h("div", { class: "bar" }, h("button", { class: "primary", onclick: addEndpoint }, "Add endpoint")),
+      list.data.length
+        ? h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Destination URL"), h("th", {}, "Description"), h("th", {}, "Events"), h("th", {}, "Status"))), h("tbody", {}, rows))
+        : h("p", { class: "muted" }, "No endpoints yet.")
+    );
+  }
+
+  function fieldError(form, field, message) {
+    const target = form.querySelector(`[data-field="${field}"]`) || form.querySelector("[data-field=form]");
+    const p = h("p", { class: "field-error", role: "alert" }, message);
+    target.append(p);
+    const input = target.querySelector("input, textarea, select");
+    if (input) {
+      input.setAttribute("aria-invalid", "true");
+      input.focus();
+    }
+  }
+
+  function clearErrors(form) {
+    form.querySelectorAll(".field-error").forEach((e) => e.remove());
+    form.querySelectorAll("[aria-invalid]").forEach((e) => e.removeAttribute("aria-invalid"));
+  }
+
+  function eventChoices(selected) {
+    const chosen = new Set(selected || []);
+    const box = h("fieldset", { "data-field": "event_types" },
+      h("legend", {}, "Events"),
+      h("label", { class: "inline" }, h("input", { type: "checkbox", name: "event", value: "*", checked: chosen.has("*") }), "All events"));
+    const prefixes = [...new Set(catalog.map((t) => t.type.split(".")[0]))];
+    const wild = h("div", { class: "bar" }, prefixes.map((p) =>
+      h("label", { class: "inline" }, h("input", { type: "checkbox", name: "event", value: p + ".*", checked: chosen.has(p + ".*") }), p + ".*")));
+    const grid = h("div", { class: "events" }, catalog.map((t) =>
+      h("div", { class: "event" },
+        h("label", { class: "inline", title: t.description },
+          h("input", { type: "checkbox", name: "event", value: t.type, checked: chosen.has(t.type) }), t.type),
+        h("small", {}, t.description),
+        h("details", {}, h("summary", {}, "Example payload"), h("pre", {}, JSON.stringify(t.example, null, 2))))));
+    box.append(wild, grid);
+    return box;
+  }
+
+  async function addEndpoint() {
+    const form = h("form", { method: "dialog" });
+    const bearerOwn = h("input", { type: "text", name: "own_token", "aria-label": "Your token", autocomplete: "off" });
+    form.append(
+      h("h2", {}, "Add endpoint"),
+      h("div", { "data-field": "url" },
+        h("label", { for: "url" }, "Destination URL"),
+        h("input", { id: "url", type: "url", name: "url", required: true, placeholder: "https://", autocomplete: "off" })),
+      h("div", { "data-field": "description" },
+        h("label", { for: "description" }, "Description"),
+        h("input", { id: "description", type: "text", name: "description" })),
+      eventChoices(["*"]),
+      h("fieldset", { "data-field": "auth" },
+        h("legend", {}, "Authentication"),
+        h("label", { class: "inline" }, h("input", { type: "radio", name: "mode", value: "signed_secret", checked: true }), "Signed secret (recommended)"),
+        h("label", { class: "inline" }, h("input", { type: "radio", name: "mode", value: "bearer_token" }), "Bearer token"),
+        h("div", { class: "bearer", hidden: true },
+          h("label", { class: "inline" }, h("input", { type: "radio", name: "token_source", value: "generate", checked: true }), "Generate a token for me"),
+          h("label", { class: "inline" }, h("input", { type: "radio", name: "token_source", value: "own" }), "Paste my own token"),
+          bearerOwn)),
+      h("div", { "data-field": "form" }),
+      h("div", { class: "bar" },
+        h("button", { type: "submit", class: "primary" }, "Create"),
+        h("button", { type: "button", onclick: () => dialog.close() }, "Cancel")));
+    const bearer = form.querySelector(".bearer");
+    form.addEventListener("change", () => {
+      bearer.hidden = form.mode.value !== "bearer_token";
+    });
+    const dialog = h("dialog", { "aria-label": "Add endpoint" }, form);
+    dialog.addEventListener("close", () => dialog.remove());
+    document.body.append(dialog);
+    dialog.showModal();
+    form.url.focus();
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      clearErrors(form);
+      const events = [...form.querySelectorAll("input[name=event]:checked")].map((i) => i.value);
+      const auth = { mode: form.mode.value };
+      if (auth.mode === "bearer_token" && form.token_source.value === "own") auth.token = bearerOwn.value;
+      const body = { url: form.url.value.trim(), event_types: events, auth };
+      if (form.description.value.trim()) body.description = form.description.value.trim();
+      try {
+        const created = await api("POST", "/venues/{venue}/endpoints", body);
+        dialog.close();
+        shownOnce(created);
+      } catch (err) {
+        if (err.status === 401) return;
+        fieldError(form, err.field || "form", err.message);
+      }
+    });
+  }
+
+  // The secret or token, shown once: closing forgets it.
+  function shownOnce(created) {
+    const value = created.secret || created.token;
+    const what = created.secret ? "signing secret" : "token";
+    const copied = h("span", { class: "muted", role: "status" });
+    const dialog = h("dialog", { "aria-label": "Endpoint created" },
+      h("h2", {}, "Endpoint created"),
+      h("p", {}, `Copy the ${what} now and give it to the tool that receives the webhooks.`),
+      h("div", { class: "secret" }, h("code", { id: "once" }, value),
+        h("button", { type: "button", onclick: async () => {
+          try { await navigator.clipboard.writeText(value); copied.textContent = "Copied"; }
+          catch (_) { copied.textContent = "Select the text and copy it"; }
+        } }, "Copy"), copied),
+      h("p", { class: "warning" }, `It will not be shown again. Afterwards only its hint shows.`),
+      h("div", { class: "bar" }, h("button", { class: "primary", onclick: () => dialog.close() }, "Done")));
+    dialog.addEventListener("close", () => {
+      dialog.remove();
+      endpoint(created.id);
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+  }
+
+  async function endpoint(id) {
+    const ep = await api("GET", `/venues/{venue}/endpoints/${encodeURIComponent(id)}`);
+    const outcome = h("div", { role: "status" });
+    show(
+      h("p", {}, h("a", { href: "#", onclick: (e) => { e.preventDefault(); home(); } }, "← All endpoints")),
+      h("h1", {}, ep.url),
+      h("p", { class: "muted" }, ep.description || ""),
+      h("table", {}, h("tbody", {},
+        h("tr", {}, h("th", {}, "Status"), h("td", {}, ep.enabled ? "Enabled" : `Disabled${ep.disabled_reason ? ": " + ep.disabled_reason : ""}`)),
+        h("tr", {}, h("th", {}, "Events"), h("td", {}, ep.event_types.join(", "))),
+        h("tr", {}, h("th", {}, "Authentication"), h("td", {}, ep.auth && ep.auth.mode === "bearer_token" ? "Bearer token" : "Signed secret")),
+        h("tr", {}, h("th", {}, ep.auth && ep.auth.mode === "bearer_token" ? "Token" : "Secret"), h("td", { class: "mono" }, (ep.auth && (ep.auth.secret_hint || ep.auth.token_hint)) || "")))),
+      h("div", { class: "bar" },
+        h("button", { onclick: () => sendTest(ep.id, outcome) }, "Send test"),
+        h("button", { onclick: () => history_(ep.id) }, "View delivery history")),
+      outcome
+    );
+  }
+
+  async function sendTest(id, outcome) {
+    outcome.replaceChildren(h("p", { class: "muted" }, "Sending…"));
+    try {
+      // The attempt itself, with `succeeded`.
+      const attempt = await api("POST", `/venues/{venue}/endpoints/${encodeURIComponent(id)}/test`, {});
+      const ok = attempt.succeeded;
+      outcome.replaceChildren(h("div", { class: ok ? "ok-box" : "error-box" },
+        h("strong", {}, ok ? "Delivered" : "Failed"),
+        ` — status ${attempt.status_code ?? "none"}, ${attempt.duration_ms} ms`,
+        attempt.error_class ? h("div", {}, `${attempt.error_class}: ${attempt.error || ""}`) : null,
+        attempt.hint ? h("div", {}, attempt.hint) : null));
+    } catch (err) {
+      if (err.status !== 401) outcome.replaceChildren(h("div", { class: "error-box" }, err.message));
+    }
+  }
+
+  async function history_(id) {
+    const page = await api("GET", `/venues/{venue}/endpoints/${encodeURIComponent(id)}/deliveries?limit=20`);
+    show(
+      h("p", {}, h("a", { href: "#", onclick: (e) => { e.preventDefault(); endpoint(id); } }, "← Endpoint")),
+      h("h1", {}, "Delivery history"),
+      page.data.length
+        ? h("table", {},
+            h("thead", {}, h("tr", {}, h("th", {}, "Status"), h("th", {}, "Event type"), h("th", {}, "Time"), h("th", {}, "Attempts"))),
+            h("tbody", {}, page.data.map((d) => h("tr", {},
+              h("td", { class: "status-" + d.status }, d.status),
+              h("td", {}, d.event_type),
+              h("td", {}, when(d.created_at)),
+              h("td", {}, String(d.attempt_count))))))
+        : h("p", { class: "muted" }, "No deliveries yet.")
+    );
+  }
+
+  // ---- start --------------------------------------------------------------------------------
+  async function start() {
+    session = readSession();
+    if (!session) return expired();
+    try {
+      catalog = (await api("GET", "/event-types")).event_types || [];
+      await home();
+    } catch (err) {
+      if (err.status !== 401) show(h("h1", {}, "Webhooks"), h("p", { class: "error-box" }, err.message));
+    }
+  }
+
+  start();
+})();

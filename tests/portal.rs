@@ -1,0 +1,101 @@
+//! The venue's Settings → Webhooks page in a real browser: `tests/browser/walk.py` (Playwright
+//! driving Debian's Chromium) walks the Guide against the local stack with real receivers, and
+//! this test checks what the receivers got with the secret and token copied from the page.
+//! Screenshots of the main screens go to docs/portal/ (the README shows them).
+
+use std::process::Command;
+use std::time::Duration;
+
+use integration_tests::*;
+use serde_json::{json, Value};
+
+async fn portal_link(admin: &Client, venue: &str, ttl: u64) -> String {
+    let (status, minted) = admin
+        .post(
+            &format!("/venues/{venue}/portal-sessions"),
+            json!({"ttl_seconds": ttl}),
+        )
+        .await;
+    assert_eq!(status, 201, "{minted}");
+    minted["url"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
+    let stack = start_stack().await;
+    let admin = Client::new(&stack);
+    let venue = format!("portal-{}", unique_prefix());
+    let signed = Receiver::start(200).await;
+    let bearer = Receiver::start(200).await;
+    let url = portal_link(&admin, &venue, 3600).await;
+    let expired_url = portal_link(&admin, &venue, 1).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let root = repo_root();
+    let shots = root.join("docs/portal");
+    std::fs::create_dir_all(&shots).unwrap();
+    let input = std::env::temp_dir().join(format!("walk-{}.json", unique_prefix()));
+    std::fs::write(
+        &input,
+        json!({
+            "url": url,
+            "expired_url": expired_url,
+            "signed_receiver": signed.url,
+            "bearer_receiver": bearer.url,
+            "shots": shots,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(root.join(".venv/bin/python"))
+            .arg(root.join("tests/browser/walk.py"))
+            .arg(&input)
+            .output()
+            .expect("python runs (make test installs Playwright and Chromium)")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "the walk failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let walked: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    assert_eq!(walked["page_errors"], json!([]), "no script errors");
+    assert_eq!(walked["token_left_the_address_bar"], true);
+    // The secret copied from the page verifies the receiver's request (the page's Send test).
+    let secret = walked["secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_"), "{walked}");
+    assert_eq!(walked["secret_gone_after_closing"], true);
+    let requests = signed.wait_for(1, Duration::from_secs(10)).await;
+    assert!(!requests.is_empty());
+    let verdicts = verify_with_python(secret, &requests);
+    assert!(
+        verdicts.iter().all(|v| v == "ok"),
+        "standardwebhooks verifies with the copied secret: {verdicts:?}"
+    );
+    assert!(walked["test_outcome"]
+        .as_str()
+        .unwrap()
+        .contains("status 200"));
+    assert!(walked["history_rows"].as_u64().unwrap() >= 1);
+    // The generated bearer token copied from the page is what the receiver got.
+    let token = walked["token"].as_str().unwrap();
+    let got = bearer.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(
+        got[0].headers.get("authorization").map(String::as_str),
+        Some(format!("Bearer {token}").as_str())
+    );
+    assert_eq!(walked["keyboard_created"], true);
+    assert!(
+        walked["url_error"].as_str().unwrap().contains("url"),
+        "{walked}"
+    );
+    assert!(walked["expired_text"]
+        .as_str()
+        .unwrap()
+        .contains("Open Webhooks from your dashboard again"));
+    stack.stop().await;
+}
