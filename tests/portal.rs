@@ -27,6 +27,28 @@ async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
     let venue = format!("portal-{}", unique_prefix());
     let signed = Receiver::start(200).await;
     let bearer = Receiver::start(200).await;
+    // An endpoint whose receiver is down until the walk "fixes" it (writes the heal file).
+    let failing = Receiver::start(503).await;
+    let (status, _) = admin
+        .post(
+            &format!("/venues/{venue}/endpoints"),
+            json!({"url": failing.url, "event_types": ["*"]}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let heal_file = std::env::temp_dir().join(format!("heal-{}", unique_prefix()));
+    let healer = {
+        let (failing, heal_file) = (failing.clone(), heal_file.clone());
+        tokio::spawn(async move {
+            for _ in 0..1200 {
+                if heal_file.exists() {
+                    failing.set_status(200);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
     let url = portal_link(&admin, &venue, 3600).await;
     let expired_url = portal_link(&admin, &venue, 1).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -42,6 +64,8 @@ async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
             "expired_url": expired_url,
             "signed_receiver": signed.url,
             "bearer_receiver": bearer.url,
+            "failing_receiver": failing.url,
+            "heal_file": heal_file,
             "shots": shots,
         })
         .to_string(),
@@ -64,6 +88,12 @@ async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
     let walked: Value = serde_json::from_slice(&output.stdout).unwrap();
 
     assert_eq!(walked["page_errors"], json!([]), "no script errors");
+    // axe-core on every main screen: no serious or critical violation.
+    let screens = walked["accessibility"].as_object().unwrap();
+    assert!(screens.len() >= 8, "{screens:?}");
+    for (screen, violations) in screens {
+        assert_eq!(violations, &json!([]), "accessibility of {screen}");
+    }
     assert_eq!(walked["token_left_the_address_bar"], true);
     // The secret copied from the page verifies the receiver's request (the page's Send test).
     let secret = walked["secret"].as_str().unwrap();
@@ -89,6 +119,33 @@ async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
         Some(format!("Bearer {token}").as_str())
     );
     assert_eq!(walked["keyboard_created"], true);
+    // A failure with its hint, in history; Retry once the receiver is back.
+    let failure = walked["failure_outcome"].as_str().unwrap();
+    assert!(failure.contains("status 503"), "{failure}");
+    let attempt = walked["attempt_row"].as_str().unwrap();
+    assert!(
+        attempt.contains("503") && attempt.contains("http_5xx"),
+        "{attempt}"
+    );
+    assert!(walked["retry_outcome"]
+        .as_str()
+        .unwrap()
+        .contains("status 200"));
+    assert_eq!(failing.received().len(), 2, "the test send, then the retry");
+    healer.abort();
+    // Rotated: a new secret, shown once.
+    let rotated = walked["rotated_secret"].as_str().unwrap();
+    assert!(rotated.starts_with("whsec_") && rotated != secret);
+    // The preview is the exact body for the catalog example, data only.
+    let preview: Value = serde_json::from_str(walked["preview"].as_str().unwrap()).unwrap();
+    let example = shared::catalog::catalog().get("order.paid").unwrap();
+    assert_eq!(preview, example.example);
+    assert!(walked["format_shown"].as_str().unwrap().contains("data"));
+    assert!(walked["disabled_text"]
+        .as_str()
+        .unwrap()
+        .contains("receives nothing"));
+    assert_eq!(walked["deleted"], true);
     assert!(
         walked["url_error"].as_str().unwrap().contains("url"),
         "{walked}"

@@ -3,7 +3,8 @@ Chromium, driven by Playwright), as a venue admin would, finding every control b
 accessible name. Run by tests/portal.rs, which gives it the portal links and the receivers and
 checks what the receivers got.
 
-    walk.py <input.json>   input: {"url", "expired_url", "signed_receiver", "bearer_receiver", "shots"}
+    walk.py <input.json>   input: {"url", "expired_url", "signed_receiver", "bearer_receiver",
+                                   "failing_receiver", "heal_file", "shots"}
 
 Prints one JSON object: what the page showed (the secret and token copied from it, the test
 outcome, …). Any step that fails raises, and the process exits non-zero with the reason.
@@ -17,6 +18,20 @@ from playwright.sync_api import expect, sync_playwright
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/lib/chromium/chromium")
 TIMEOUT_MS = 15_000
+# axe-core, installed with the npm verifiers for this test only (never served by the page).
+AXE = os.path.join(os.path.dirname(__file__), "..", "verifiers", "node_modules", "axe-core", "axe.min.js")
+
+
+def accessibility(page, screen, result):
+    """axe-core's serious and critical violations on this screen, by rule, into `result`."""
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.add_script_tag(path=AXE)
+    found = page.evaluate(
+        """async () => (await axe.run(document, {resultTypes: ['violations']})).violations
+            .filter(v => v.impact === 'serious' || v.impact === 'critical')
+            .map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', '))"""
+    )
+    result.setdefault("accessibility", {})[screen] = found
 
 
 def shot(page, shots, name):
@@ -24,7 +39,7 @@ def shot(page, shots, name):
         page.screenshot(path=os.path.join(shots, f"{name}.png"), full_page=True)
 
 
-def create(page, url, mode, shots=None):
+def create(page, url, mode, result, shots=None):
     """The Add endpoint flow with the mouse; returns what the page showed once."""
     page.get_by_role("button", name="Add endpoint").click()
     dialog = page.get_by_role("dialog", name="Add endpoint")
@@ -40,6 +55,7 @@ def create(page, url, mode, shots=None):
         dialog.get_by_label("Signed secret (recommended)").check()
     if shots:
         shot(page, shots, "add-endpoint")
+        accessibility(page, "add-endpoint", result)
     dialog.get_by_role("button", name="Create").click()
     once = page.get_by_role("dialog", name="Endpoint created")
     expect(once).to_be_visible()
@@ -48,6 +64,7 @@ def create(page, url, mode, shots=None):
     copied = page.evaluate("navigator.clipboard.readText()")
     if shots:
         shot(page, shots, "secret-shown-once")
+        accessibility(page, "secret-shown-once", result)
     once.get_by_role("button", name="Done").click()
     expect(page.get_by_role("button", name="Send test")).to_be_visible()
     return copied
@@ -65,6 +82,9 @@ def main():
         context = browser.new_context(
             permissions=["clipboard-read", "clipboard-write"],
             viewport={"width": 1100, "height": 800},
+            # Only so that the test can add axe-core to the page; the page's own policy is
+            # checked by tests/management.rs and the api's unit tests.
+            bypass_csp=True,
         )
         context.set_default_timeout(TIMEOUT_MS)
         page = context.new_page()
@@ -88,24 +108,27 @@ def walk(spec, shots, context, page, errors, result):
     expect(page.get_by_role("heading", name="Webhooks")).to_be_visible()
     result["token_left_the_address_bar"] = "token=" not in page.url
     shot(page, shots, "endpoints-empty")
+    accessibility(page, "endpoints", result)
 
     # A signed endpoint: the secret is copied from the page.
-    result["secret"] = create(page, spec["signed_receiver"], "signed", shots)
+    result["secret"] = create(page, spec["signed_receiver"], "signed", result, shots)
     result["secret_gone_after_closing"] = result["secret"] not in page.content()
     page.get_by_role("button", name="Send test").click()
     outcome = page.get_by_role("status").filter(has_text="Delivered")
     expect(outcome).to_be_visible()
     result["test_outcome"] = outcome.inner_text()
     shot(page, shots, "endpoint-send-test")
+    accessibility(page, "endpoint", result)
     page.get_by_role("button", name="View delivery history").click()
     expect(page.get_by_role("heading", name="Delivery history")).to_be_visible()
     result["history_rows"] = page.locator("tbody tr").count()
     shot(page, shots, "history")
+    accessibility(page, "history", result)
     page.get_by_role("link", name="← Endpoint").click()
     page.get_by_role("link", name="← All endpoints").click()
 
     # A bearer endpoint with a generated token.
-    result["token"] = create(page, spec["bearer_receiver"], "bearer")
+    result["token"] = create(page, spec["bearer_receiver"], "bearer", result)
     page.get_by_role("button", name="Send test").click()
     expect(page.get_by_role("status").filter(has_text="Delivered")).to_be_visible()
     page.get_by_role("link", name="← All endpoints").click()
@@ -131,8 +154,68 @@ def walk(spec, shots, context, page, errors, result):
     expect(page.get_by_role("button", name="Send test")).to_be_visible()
     result["keyboard_created"] = True
 
-    # Bad input is explained next to the field.
+    # The receiver fails: the failure and its hint are in history; Retry once it is back.
+    # (The runner makes the signed receiver answer 503 to bodies with "retry-me".)
     page.get_by_role("link", name="← All endpoints").click()
+    page.get_by_role("link", name=spec["failing_receiver"]).click()
+    page.get_by_role("button", name="Send test").click()
+    failed = page.get_by_role("status").filter(has_text="Failed")
+    expect(failed).to_be_visible()
+    result["failure_outcome"] = failed.inner_text()
+    page.get_by_role("button", name="View delivery history").click()
+    page.get_by_label("Status", exact=True).select_option("failed")
+    expect(page.get_by_role("link", name="failed").first).to_be_visible()
+    shot(page, shots, "history-failed")
+    page.get_by_role("link", name="failed").first.click()
+    expect(page.get_by_role("heading", name="Attempts")).to_be_visible()
+    result["attempt_row"] = page.locator("tbody tr").first.inner_text()
+    shot(page, shots, "delivery-attempts")
+    accessibility(page, "delivery", result)
+    with open(spec["heal_file"], "w") as heal:
+        heal.write("healed")
+    page.get_by_role("button", name="Retry").click()
+    healed = page.get_by_role("status").filter(has_text="Delivered")
+    expect(healed).to_be_visible()
+    result["retry_outcome"] = healed.inner_text()
+    page.get_by_role("link", name="← Delivery history").click()
+    page.get_by_role("link", name="← Endpoint").click()
+
+    # Rotate: the new secret is shown once the same way.
+    page.get_by_role("button", name="Rotate secret").click()
+    page.get_by_label("Keep the old one working for").select_option("0")
+    page.get_by_role("button", name="Rotate", exact=True).click()
+    once = page.get_by_role("dialog", name="Endpoint created")
+    expect(once).to_be_visible()
+    once.get_by_role("button", name="Copy").click()
+    result["rotated_secret"] = page.evaluate("navigator.clipboard.readText()")
+    once.get_by_role("button", name="Done").click()
+
+    # Edit the payload format and see the preview.
+    page.get_by_role("button", name="Edit").click()
+    edit = page.get_by_role("dialog", name="Edit endpoint")
+    edit.get_by_label("Payload format").select_option("data")
+    edit.get_by_label("Preview for", exact=True).select_option("order.paid")
+    result["preview"] = edit.get_by_label("Preview", exact=True).inner_text()
+    shot(page, shots, "edit-preview")
+    accessibility(page, "edit", result)
+    edit.get_by_role("button", name="Save").click()
+    expect(page.get_by_text("Saved.")).to_be_visible()
+    result["format_shown"] = page.locator("table").inner_text()
+
+    # Disable, then enable; delete with a confirmation.
+    page.get_by_role("button", name="Disable", exact=True).click()
+    expect(page.get_by_role("button", name="Enable", exact=True)).to_be_visible()
+    result["disabled_text"] = page.locator(".warning").inner_text()
+    page.get_by_role("button", name="Enable", exact=True).click()
+    expect(page.get_by_role("button", name="Disable", exact=True)).to_be_visible()
+    page.get_by_role("button", name="Delete", exact=True).click()
+    confirm = page.get_by_role("dialog", name="Delete endpoint")
+    expect(confirm).to_be_visible()
+    confirm.get_by_role("button", name="Delete endpoint").click()
+    expect(page.get_by_text("Deleted ")).to_be_visible()
+    result["deleted"] = spec["failing_receiver"] not in page.locator("table").inner_text()
+
+    # Bad input is explained next to the field (back on the list, after the delete).
     page.get_by_role("button", name="Add endpoint").click()
     dialog = page.get_by_role("dialog", name="Add endpoint")
     dialog.get_by_label("Destination URL").fill("https://169.254.169.254/latest")
@@ -149,6 +232,7 @@ def walk(spec, shots, context, page, errors, result):
     expect(expired.get_by_role("heading", name="This link has expired")).to_be_visible()
     result["expired_text"] = expired.locator("main").inner_text()
     shot(expired, shots, "expired")
+    accessibility(expired, "expired", result)
 
     result["page_errors"] = errors
 

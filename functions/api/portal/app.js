@@ -226,23 +226,167 @@
     dialog.showModal();
   }
 
-  async function endpoint(id) {
+  async function endpoint(id, notice) {
     const ep = await api("GET", `/venues/{venue}/endpoints/${encodeURIComponent(id)}`);
-    const outcome = h("div", { role: "status" });
+    const path = `/venues/{venue}/endpoints/${encodeURIComponent(id)}`;
+    const outcome = h("div", { role: "status" }, notice || null);
+    const bearer = ep.auth && ep.auth.mode === "bearer_token";
+    const setEnabled = async (enabled) => {
+      await api("PATCH", path, { enabled });
+      endpoint(id, h("p", { class: "ok-box" }, enabled ? "Enabled." : "Disabled."));
+    };
     show(
       h("p", {}, h("a", { href: "#", onclick: (e) => { e.preventDefault(); home(); } }, "← All endpoints")),
       h("h1", {}, ep.url),
       h("p", { class: "muted" }, ep.description || ""),
+      ep.enabled ? null : h("div", { class: "warning" },
+        ep.disabled_reason ? `Disabled: ${ep.disabled_reason}. ` : "Disabled. ",
+        "It receives nothing until it is enabled again. ",
+        h("button", { onclick: () => setEnabled(true) }, "Enable")),
       h("table", {}, h("tbody", {},
-        h("tr", {}, h("th", {}, "Status"), h("td", {}, ep.enabled ? "Enabled" : `Disabled${ep.disabled_reason ? ": " + ep.disabled_reason : ""}`)),
+        h("tr", {}, h("th", {}, "Status"), h("td", {}, ep.enabled ? "Enabled" : "Disabled")),
         h("tr", {}, h("th", {}, "Events"), h("td", {}, ep.event_types.join(", "))),
-        h("tr", {}, h("th", {}, "Authentication"), h("td", {}, ep.auth && ep.auth.mode === "bearer_token" ? "Bearer token" : "Signed secret")),
-        h("tr", {}, h("th", {}, ep.auth && ep.auth.mode === "bearer_token" ? "Token" : "Secret"), h("td", { class: "mono" }, (ep.auth && (ep.auth.secret_hint || ep.auth.token_hint)) || "")))),
+        h("tr", {}, h("th", {}, "Payload format"), h("td", {}, ep.payload_format || "envelope")),
+        h("tr", {}, h("th", {}, "Authentication"), h("td", {}, bearer ? "Bearer token" : "Signed secret")),
+        h("tr", {}, h("th", {}, bearer ? "Token" : "Secret"), h("td", { class: "mono" }, (ep.auth && (ep.auth.secret_hint || ep.auth.token_hint)) || "")),
+        ep.circuit && ep.circuit.state !== "closed"
+          ? h("tr", {}, h("th", {}, "Circuit"), h("td", {}, `${ep.circuit.state}: deliveries wait until ${when(ep.circuit.open_until)}`))
+          : null)),
       h("div", { class: "bar" },
-        h("button", { onclick: () => sendTest(ep.id, outcome) }, "Send test"),
-        h("button", { onclick: () => history_(ep.id) }, "View delivery history")),
+        h("button", { class: "primary", onclick: () => sendTest(ep.id, outcome) }, "Send test"),
+        h("button", { onclick: () => history_(ep.id) }, "View delivery history"),
+        h("button", { onclick: () => editEndpoint(ep) }, "Edit"),
+        h("button", { onclick: () => rotate(ep) }, bearer ? "Rotate token" : "Rotate secret"),
+        ep.enabled ? h("button", { onclick: () => setEnabled(false) }, "Disable") : null,
+        h("span", { class: "spacer" }),
+        h("button", { class: "danger", onclick: () => remove(ep) }, "Delete")),
       outcome
     );
+  }
+
+  // A dialog holding `form`; `submit` runs on Save and closes it unless it throws.
+  function formDialog(title, form, submit) {
+    const dialog = h("dialog", { "aria-label": title }, form);
+    dialog.addEventListener("close", () => dialog.remove());
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      clearErrors(form);
+      try {
+        await submit();
+        dialog.close();
+      } catch (err) {
+        if (err.status !== 401) fieldError(form, err.field || "form", err.message);
+      }
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+    const first = form.querySelector("input, textarea, select, button");
+    if (first) first.focus();
+    return dialog;
+  }
+
+  function editEndpoint(ep) {
+    const preview = h("pre", { "aria-label": "Preview" });
+    const templateBox = h("div", { "data-field": "template", hidden: ep.payload_format !== "template" },
+      h("label", { for: "template" }, "Template"),
+      h("textarea", { id: "template", name: "template", rows: 3 }, ep.template || ""));
+    const form = h("form", {},
+      h("h2", {}, "Edit endpoint"),
+      h("div", { "data-field": "url" },
+        h("label", { for: "url" }, "Destination URL"),
+        h("input", { id: "url", type: "url", name: "url", value: ep.url, required: true })),
+      h("div", { "data-field": "description" },
+        h("label", { for: "description" }, "Description"),
+        h("input", { id: "description", type: "text", name: "description", value: ep.description || "" })),
+      eventChoices(ep.event_types),
+      h("div", { "data-field": "payload_format" },
+        h("label", { for: "payload_format" }, "Payload format"),
+        h("select", { id: "payload_format", name: "payload_format" },
+          ["envelope", "data", "template"].map((f) => h("option", { value: f, selected: (ep.payload_format || "envelope") === f },
+            { envelope: "Envelope (id, type, timestamp, data)", data: "Data only", template: "Custom template" }[f])))),
+      templateBox,
+      h("div", { "data-field": "preview" },
+        h("label", { for: "preview_type" }, "Preview for"),
+        h("select", { id: "preview_type", name: "preview_type" }, catalog.map((t) => h("option", { value: t.type }, t.type))),
+        preview),
+      h("div", { "data-field": "form" }),
+      h("div", { class: "bar" },
+        h("button", { type: "submit", class: "primary" }, "Save"),
+        h("button", { type: "button", onclick: () => dialog.close() }, "Cancel")));
+    const refresh = () => {
+      templateBox.hidden = form.payload_format.value !== "template";
+      showPreview(form, preview);
+    };
+    form.addEventListener("change", refresh);
+    form.template.addEventListener("input", refresh);
+    const dialog = formDialog("Edit endpoint", form, async () => {
+      const body = {
+        url: form.url.value.trim(),
+        description: form.description.value.trim() || null,
+        event_types: [...form.querySelectorAll("input[name=event]:checked")].map((i) => i.value),
+        payload_format: form.payload_format.value,
+      };
+      if (body.payload_format === "template") body.template = form.template.value;
+      await api("PATCH", `/venues/{venue}/endpoints/${encodeURIComponent(ep.id)}`, body);
+      endpoint(ep.id, h("p", { class: "ok-box" }, "Saved."));
+    });
+    refresh();
+  }
+
+  // The exact body the receiver gets for the catalog example of the chosen type.
+  function showPreview(form, preview) {
+    const type = catalog.find((t) => t.type === form.preview_type.value) || catalog[0];
+    if (!type) return;
+    const envelope = { id: "evt_example", type: type.type, timestamp: "2026-11-27T10:15:00Z", data: type.example };
+    const format = form.payload_format.value;
+    preview.classList.remove("error-box");
+    if (format === "data") preview.textContent = JSON.stringify(type.example, null, 2);
+    else if (format === "envelope") preview.textContent = JSON.stringify(envelope, null, 2);
+    else preview.textContent = "The template is checked when you save; Send test shows what it makes.";
+  }
+
+  function rotate(ep) {
+    const bearer = ep.auth && ep.auth.mode === "bearer_token";
+    const form = h("form", {},
+      h("h2", {}, bearer ? "Rotate token" : "Rotate secret"),
+      h("div", { "data-field": "grace_period_seconds" },
+        h("label", { for: "grace" }, "Keep the old one working for"),
+        h("select", { id: "grace", name: "grace" },
+          [[0, "No time: stop it now"], [3600, "1 hour"], [86400, "24 hours"], [604800, "7 days"]].map(([v, t]) =>
+            h("option", { value: v, selected: v === 86400 }, t)))),
+      h("div", { "data-field": "form" }),
+      h("div", { class: "bar" },
+        h("button", { type: "submit", class: "primary" }, "Rotate"),
+        h("button", { type: "button", onclick: () => dialog.close() }, "Cancel")));
+    const dialog = formDialog("Rotate", form, async () => {
+      const rotated = await api("POST", `/venues/{venue}/endpoints/${encodeURIComponent(ep.id)}/rotate`,
+        { grace_period_seconds: Number(form.grace.value) });
+      setTimeout(() => shownOnce(rotated), 0);
+    });
+  }
+
+  function remove(ep) {
+    const form = h("form", {},
+      h("h2", {}, "Delete endpoint"),
+      h("p", {}, `Delete ${ep.url}? It stops receiving events at once; this cannot be undone.`),
+      h("div", { "data-field": "form" }),
+      h("div", { class: "bar" },
+        h("button", { type: "submit", class: "danger" }, "Delete endpoint"),
+        h("button", { type: "button", onclick: () => dialog.close() }, "Cancel")));
+    const dialog = formDialog("Delete endpoint", form, async () => {
+      await api("DELETE", `/venues/{venue}/endpoints/${encodeURIComponent(ep.id)}`);
+      home(h("p", { class: "ok-box", role: "status" }, `Deleted ${ep.url}.`));
+    });
+  }
+
+  function attemptOutcome(attempt) {
+    const ok = attempt.succeeded !== undefined ? attempt.succeeded
+      : attempt.status_code >= 200 && attempt.status_code < 300 && !attempt.error;
+    return h("div", { class: ok ? "ok-box" : "error-box" },
+      h("strong", {}, ok ? "Delivered" : "Failed"),
+      ` — status ${attempt.status_code ?? "none"}, ${attempt.duration_ms} ms`,
+      attempt.error_class ? h("div", {}, `${attempt.error_class}: ${attempt.error || ""}`) : null,
+      attempt.hint ? h("div", {}, attempt.hint) : null);
   }
 
   async function sendTest(id, outcome) {
@@ -250,32 +394,93 @@
     try {
       // The attempt itself, with `succeeded`.
       const attempt = await api("POST", `/venues/{venue}/endpoints/${encodeURIComponent(id)}/test`, {});
-      const ok = attempt.succeeded;
-      outcome.replaceChildren(h("div", { class: ok ? "ok-box" : "error-box" },
-        h("strong", {}, ok ? "Delivered" : "Failed"),
-        ` — status ${attempt.status_code ?? "none"}, ${attempt.duration_ms} ms`,
-        attempt.error_class ? h("div", {}, `${attempt.error_class}: ${attempt.error || ""}`) : null,
-        attempt.hint ? h("div", {}, attempt.hint) : null));
+      outcome.replaceChildren(attemptOutcome(attempt));
     } catch (err) {
       if (err.status !== 401) outcome.replaceChildren(h("div", { class: "error-box" }, err.message));
     }
   }
 
-  async function history_(id) {
-    const page = await api("GET", `/venues/{venue}/endpoints/${encodeURIComponent(id)}/deliveries?limit=20`);
+  async function history_(id, filters, cursor) {
+    filters = filters || {};
+    const query = new URLSearchParams({ limit: "20" });
+    if (filters.status) query.set("status", filters.status);
+    if (filters.event_type) query.set("event_type", filters.event_type);
+    if (cursor) query.set("cursor", cursor);
+    const page = await api("GET", `/venues/{venue}/endpoints/${encodeURIComponent(id)}/deliveries?${query}`);
+    const status = h("select", { id: "f_status", "aria-label": "Status" },
+      [["", "Any status"], ["succeeded", "Succeeded"], ["failed", "Failed"], ["pending", "Pending"]].map(([v, t]) =>
+        h("option", { value: v, selected: (filters.status || "") === v }, t)));
+    const type = h("select", { id: "f_type", "aria-label": "Event type" },
+      h("option", { value: "" }, "Any event type"),
+      catalog.map((t) => h("option", { value: t.type, selected: filters.event_type === t.type }, t.type)));
+    const apply = () => history_(id, { status: status.value, event_type: type.value });
+    status.addEventListener("change", apply);
+    type.addEventListener("change", apply);
+    const replayOutcome = h("div", { role: "status" });
     show(
       h("p", {}, h("a", { href: "#", onclick: (e) => { e.preventDefault(); endpoint(id); } }, "← Endpoint")),
       h("h1", {}, "Delivery history"),
+      h("div", { class: "bar" }, status, type, h("span", { class: "spacer" }),
+        h("button", { onclick: () => replay(id, replayOutcome) }, "Replay failed")),
+      replayOutcome,
       page.data.length
         ? h("table", {},
             h("thead", {}, h("tr", {}, h("th", {}, "Status"), h("th", {}, "Event type"), h("th", {}, "Time"), h("th", {}, "Attempts"))),
             h("tbody", {}, page.data.map((d) => h("tr", {},
-              h("td", { class: "status-" + d.status }, d.status),
+              h("td", { class: "status-" + d.status }, h("a", { href: "#", onclick: (e) => { e.preventDefault(); delivery(id, d.id); } }, d.status)),
               h("td", {}, d.event_type),
               h("td", {}, when(d.created_at)),
               h("td", {}, String(d.attempt_count))))))
-        : h("p", { class: "muted" }, "No deliveries yet.")
+        : h("p", { class: "muted" }, "No deliveries."),
+      page.next_cursor ? h("div", { class: "bar" }, h("button", { onclick: () => history_(id, filters, page.next_cursor) }, "Next page")) : null
     );
+  }
+
+  async function delivery(endpointId, id) {
+    const d = await api("GET", `/venues/{venue}/deliveries/${encodeURIComponent(id)}`);
+    const outcome = h("div", { role: "status" });
+    show(
+      h("p", {}, h("a", { href: "#", onclick: (e) => { e.preventDefault(); history_(endpointId); } }, "← Delivery history")),
+      h("h1", {}, `${d.event_type}: ${d.status}`),
+      h("p", { class: "muted" }, `Event ${d.event_id}, delivery ${d.id}`),
+      h("div", { class: "bar" }, h("button", { class: "primary", onclick: async () => {
+        outcome.replaceChildren(h("p", { class: "muted" }, "Sending…"));
+        try {
+          const attempt = await api("POST", `/venues/{venue}/deliveries/${encodeURIComponent(id)}/retry`, {});
+          outcome.replaceChildren(attemptOutcome(attempt));
+        } catch (err) {
+          if (err.status !== 401) outcome.replaceChildren(h("div", { class: "error-box" }, err.message));
+        }
+      } }, "Retry")),
+      outcome,
+      h("h2", {}, "Attempts"),
+      h("table", {},
+        h("thead", {}, h("tr", {}, ["Time", "Trigger", "Status code", "Duration", "Answer", "Error", "What to check"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, (d.attempts || []).slice().reverse().map((a) => h("tr", {},
+          h("td", {}, when(a.at)),
+          h("td", {}, a.trigger),
+          h("td", {}, a.status_code ?? "none"),
+          h("td", {}, `${a.duration_ms} ms`),
+          h("td", { class: "mono" }, (a.response_body || "").slice(0, 200)),
+          h("td", {}, a.error_class ? `${a.error_class}: ${a.error || ""}` : ""),
+          h("td", {}, a.hint || ""))))));
+  }
+
+  async function replay(id, outcome) {
+    const since = new Date(Date.now() - 24 * 3600 * 1000).toISOString();
+    try {
+      let r = await api("POST", `/venues/{venue}/endpoints/${encodeURIComponent(id)}/replay`, { since });
+      const progress = () => outcome.replaceChildren(h("p", { class: "ok-box" },
+        `Replaying the failed deliveries of the last 24 hours: ${r.queued} of ${r.replaying} queued (${r.state}).`));
+      progress();
+      for (let i = 0; i < 30 && r.state === "running"; i++) {
+        await new Promise((done) => setTimeout(done, 1000));
+        r = await api("GET", `/venues/{venue}/endpoints/${encodeURIComponent(id)}/replays/${encodeURIComponent(r.replay_id)}`);
+        progress();
+      }
+    } catch (err) {
+      if (err.status !== 401) outcome.replaceChildren(h("div", { class: "error-box" }, err.message));
+    }
   }
 
   // ---- start --------------------------------------------------------------------------------
