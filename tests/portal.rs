@@ -141,6 +141,18 @@ async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
     let example = shared::catalog::catalog().get("order.paid").unwrap();
     assert_eq!(preview, example.example);
     assert!(walked["format_shown"].as_str().unwrap().contains("data"));
+    assert!(
+        walked["template_error"]
+            .as_str()
+            .unwrap()
+            .contains("template"),
+        "{walked}"
+    );
+    let slack: Value = serde_json::from_str(walked["template_preview"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        slack["text"],
+        format!("Paid: {}", example.example["order_id"].as_str().unwrap())
+    );
     assert!(walked["disabled_text"]
         .as_str()
         .unwrap()

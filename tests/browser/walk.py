@@ -39,6 +39,15 @@ def shot(page, shots, name):
         page.screenshot(path=os.path.join(shots, f"{name}.png"), full_page=True)
 
 
+def tab_to(page, text, most=150):
+    """Presses Tab until the focused element reads `text` (at most `most` times)."""
+    for _ in range(most):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == text:
+            return
+    raise AssertionError(f"no focusable {text!r} within {most} Tab presses")
+
+
 def create(page, url, mode, result, shots=None):
     """The Add endpoint flow with the mouse; returns what the page showed once."""
     page.get_by_role("button", name="Add endpoint").click()
@@ -134,19 +143,12 @@ def walk(spec, shots, context, page, errors, result):
     page.get_by_role("link", name="← All endpoints").click()
 
     # Keyboard only: the create flow without the mouse.
-    page.keyboard.press("Tab")
-    for _ in range(40):
-        if page.evaluate("document.activeElement.textContent") == "Add endpoint":
-            break
-        page.keyboard.press("Tab")
+    tab_to(page, "Add endpoint")
     page.keyboard.press("Enter")
     dialog = page.get_by_role("dialog", name="Add endpoint")
     expect(dialog).to_be_visible()
     page.keyboard.type(spec["signed_receiver"])
-    for _ in range(120):
-        if page.evaluate("document.activeElement.textContent") == "Create":
-            break
-        page.keyboard.press("Tab")
+    tab_to(page, "Create")
     page.keyboard.press("Enter")
     once = page.get_by_role("dialog", name="Endpoint created")
     expect(once).to_be_visible()
@@ -193,9 +195,21 @@ def walk(spec, shots, context, page, errors, result):
     # Edit the payload format and see the preview.
     page.get_by_role("button", name="Edit").click()
     edit = page.get_by_role("dialog", name="Edit endpoint")
-    edit.get_by_label("Payload format").select_option("data")
     edit.get_by_label("Preview for", exact=True).select_option("order.paid")
-    result["preview"] = edit.get_by_label("Preview", exact=True).inner_text()
+    preview = edit.get_by_label("Preview", exact=True)
+    # A template that does not apply: its error, next to it.
+    edit.get_by_label("Payload format").select_option("template")
+    edit.get_by_label("Template").fill("data.no_such_field")
+    template_error = edit.locator("[data-field=template] .field-error")
+    expect(template_error).to_be_visible()
+    result["template_error"] = template_error.inner_text()
+    edit.get_by_label("Template").fill("{text: join(' ', ['Paid:', data.order_id])}")
+    expect(preview).to_contain_text("Paid:")
+    result["template_preview"] = preview.inner_text()
+    edit.get_by_label("Payload format").select_option("data")
+    expect(preview).not_to_contain_text("Paid:")
+    expect(preview).to_contain_text("{")
+    result["preview"] = preview.inner_text()
     shot(page, shots, "edit-preview")
     accessibility(page, "edit", result)
     edit.get_by_role("button", name="Save").click()

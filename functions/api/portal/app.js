@@ -286,7 +286,8 @@
   }
 
   function editEndpoint(ep) {
-    const preview = h("pre", { "aria-label": "Preview" });
+    // Focusable, so that a keyboard can scroll a long body.
+    const preview = h("pre", { "aria-label": "Preview", tabindex: "0" });
     const templateBox = h("div", { "data-field": "template", hidden: ep.payload_format !== "template" },
       h("label", { for: "template" }, "Template"),
       h("textarea", { id: "template", name: "template", rows: 3 }, ep.template || ""));
@@ -318,7 +319,11 @@
       showPreview(form, preview);
     };
     form.addEventListener("change", refresh);
-    form.template.addEventListener("input", refresh);
+    let typing = null;
+    form.template.addEventListener("input", () => {
+      clearTimeout(typing);
+      typing = setTimeout(refresh, 300);
+    });
     const dialog = formDialog("Edit endpoint", form, async () => {
       const body = {
         url: form.url.value.trim(),
@@ -333,16 +338,24 @@
     refresh();
   }
 
-  // The exact body the receiver gets for the catalog example of the chosen type.
-  function showPreview(form, preview) {
-    const type = catalog.find((t) => t.type === form.preview_type.value) || catalog[0];
-    if (!type) return;
-    const envelope = { id: "evt_example", type: type.type, timestamp: "2026-11-27T10:15:00Z", data: type.example };
-    const format = form.payload_format.value;
-    preview.classList.remove("error-box");
-    if (format === "data") preview.textContent = JSON.stringify(type.example, null, 2);
-    else if (format === "envelope") preview.textContent = JSON.stringify(envelope, null, 2);
-    else preview.textContent = "The template is checked when you save; Send test shows what it makes.";
+  // The exact body the receiver gets for the catalog example of the chosen type, rendered by
+  // the API as deliveries are; a template that does not apply shows why, next to it.
+  let previewRun = 0;
+  async function showPreview(form, preview) {
+    const run = ++previewRun;
+    const templateBox = form.querySelector("[data-field=template]");
+    templateBox.querySelectorAll(".field-error").forEach((e) => e.remove());
+    const body = { event_type: form.preview_type.value, payload_format: form.payload_format.value };
+    if (body.payload_format === "template") body.template = form.template.value;
+    try {
+      const rendered = await api("POST", "/venues/{venue}/payload-preview", body);
+      if (run === previewRun) preview.textContent = rendered.body;
+    } catch (err) {
+      if (run !== previewRun || err.status === 401) return;
+      preview.textContent = "";
+      const where = err.field === "template" ? templateBox : form.querySelector("[data-field=preview]");
+      where.append(h("p", { class: "field-error", role: "alert" }, err.message));
+    }
   }
 
   function rotate(ep) {

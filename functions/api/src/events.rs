@@ -77,3 +77,72 @@ pub async fn get(api: &Api, tenant: &Tenant, raw_id: &str) -> ApiResult {
         }),
     ))
 }
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewRequest {
+    event_type: String,
+    #[serde(default)]
+    payload_format: shared::domain::PayloadFormat,
+    #[serde(default)]
+    template: Option<String>,
+}
+
+/// `POST /venues/{v}/payload-preview {"event_type", "payload_format"?, "template"?}`: the exact
+/// body a receiver gets in that format for the catalog's example of that event type (what the
+/// page's preview shows); a template that does not apply is a 422 on `template` saying why.
+pub async fn preview(call: &Call<'_>) -> ApiResult {
+    let request: PreviewRequest = crate::error::parse_json(call.body)?;
+    let info = shared::catalog::catalog()
+        .get(&request.event_type)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "event_type",
+                format!(
+                    "`{}` is not in the catalog; see GET /event-types",
+                    request.event_type
+                ),
+            )
+        })?;
+    if request.template.is_some()
+        != (request.payload_format == shared::domain::PayloadFormat::Template)
+    {
+        return Err(ApiError::invalid(
+            "template",
+            "give a template with payload_format `template`, and only then",
+        ));
+    }
+    if request
+        .template
+        .as_ref()
+        .is_some_and(|t| t.len() > shared::envelope::MAX_TEMPLATE_LEN)
+    {
+        return Err(ApiError::invalid(
+            "template",
+            format!("at most {} characters", shared::envelope::MAX_TEMPLATE_LEN),
+        ));
+    }
+    let event = shared::domain::Event {
+        id: EventId::parse("evt_example").map_err(|e| ApiError::invalid("event_type", e))?,
+        event_type: info.event_type.clone(),
+        timestamp: "2026-11-27T10:15:00Z".into(),
+        data: serde_json::value::RawValue::from_string(info.example.to_string())
+            .map_err(|e| ApiError::invalid("event_type", e))?,
+    };
+    let body =
+        shared::envelope::render(&event, request.payload_format, request.template.as_deref())
+            .await
+            .map_err(|e| {
+                ApiError::invalid(
+                    "template",
+                    format!("on the example `{}` event: {e}", info.event_type),
+                )
+            })?;
+    Ok((
+        StatusCode::OK,
+        json!({
+            "event_type": info.event_type,
+            "body": String::from_utf8_lossy(&body),
+        }),
+    ))
+}

@@ -178,6 +178,7 @@ impl Api {
             Op::RetryDelivery => deliveries::retry(self, t, id).await,
             Op::PublishEvent => events::publish(self, t, c).await,
             Op::GetEvent => events::get(self, t, id).await,
+            Op::PayloadPreview => events::preview(c).await,
             Op::CreateApiKey => api_keys::create(self, t, c).await,
             Op::ListApiKeys => api_keys::list(self, t).await,
             Op::RevokeApiKey => api_keys::revoke(self, t, id).await,
@@ -220,6 +221,7 @@ pub enum Op {
     RetryDelivery,
     PublishEvent,
     GetEvent,
+    PayloadPreview,
     CreateApiKey,
     ListApiKeys,
     RevokeApiKey,
@@ -297,6 +299,11 @@ pub const ROUTES: &[(&str, &str, Op)] = &[
     ),
     ("POST", "/venues/{venue_id}/events", Op::PublishEvent),
     ("GET", "/venues/{venue_id}/events/{event_id}", Op::GetEvent),
+    (
+        "POST",
+        "/venues/{venue_id}/payload-preview",
+        Op::PayloadPreview,
+    ),
     ("POST", "/venues/{venue_id}/api-keys", Op::CreateApiKey),
     ("GET", "/venues/{venue_id}/api-keys", Op::ListApiKeys),
     (

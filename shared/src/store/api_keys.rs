@@ -27,6 +27,22 @@ const BY_VENUE: &str = "by_venue";
 const LAST_USED_RESOLUTION_SECONDS: i64 = 60;
 
 impl Store {
+    /// A Query of the venue's items of one kind (ids with this prefix: keys or portal
+    /// sessions).
+    fn of_venue(
+        &self,
+        tenant: &Tenant,
+        prefix: &str,
+    ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        self.ddb
+            .query()
+            .table_name(&self.api_keys)
+            .index_name(BY_VENUE)
+            .key_condition_expression("venue_id = :v AND begins_with(key_id, :kind)")
+            .expression_attribute_values(":v", s(tenant.venue().as_str()))
+            .expression_attribute_values(":kind", s(format!("{prefix}_")))
+    }
+
     pub async fn create_api_key(&self, record: &ApiKeyRecord) -> Result<()> {
         self.put_generated(&self.api_keys, to_item(record)?, "key_id")
             .await
@@ -47,15 +63,9 @@ impl Store {
     }
 
     pub async fn list_api_keys(&self, tenant: &Tenant) -> Result<Vec<ApiKeyRecord>> {
+        // Keys only: the venue's portal sessions share the table (`pss_…`).
         let mut pages = self
-            .ddb
-            .query()
-            .table_name(&self.api_keys)
-            .index_name(BY_VENUE)
-            // Keys only: the venue's portal sessions share the table (`pss_…`).
-            .key_condition_expression("venue_id = :v AND begins_with(key_id, :kind)")
-            .expression_attribute_values(":v", s(tenant.venue().as_str()))
-            .expression_attribute_values(":kind", s(format!("{}_", ApiKeyId::PREFIX)))
+            .of_venue(tenant, ApiKeyId::PREFIX)
             .into_paginator()
             .items()
             .send();
@@ -151,13 +161,7 @@ impl Store {
     /// Ends every portal session of the venue at once; how many there were.
     pub async fn revoke_portal_sessions(&self, tenant: &Tenant) -> Result<usize> {
         let mut pages = self
-            .ddb
-            .query()
-            .table_name(&self.api_keys)
-            .index_name(BY_VENUE)
-            .key_condition_expression("venue_id = :v AND begins_with(key_id, :kind)")
-            .expression_attribute_values(":v", s(tenant.venue().as_str()))
-            .expression_attribute_values(":kind", s(format!("{}_", PortalSessionId::PREFIX)))
+            .of_venue(tenant, PortalSessionId::PREFIX)
             .into_paginator()
             .items()
             .send();
