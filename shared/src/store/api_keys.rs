@@ -50,11 +50,16 @@ impl Store {
 
     /// For authentication: the record a presented key names, whatever its venue.
     pub async fn get_api_key(&self, id: &ApiKeyId) -> Result<Option<ApiKeyRecord>> {
+        self.by_key_id(id.as_str()).await
+    }
+
+    /// The item of this `key_id` (a key's or a portal session's), read strongly consistent.
+    async fn by_key_id<T: serde::de::DeserializeOwned>(&self, key_id: &str) -> Result<Option<T>> {
         let out = self
             .ddb
             .get_item()
             .table_name(&self.api_keys)
-            .key("key_id", s(id.as_str()))
+            .key("key_id", s(key_id))
             .consistent_read(true)
             .send()
             .await
@@ -141,19 +146,9 @@ impl Store {
         id: &PortalSessionId,
         now: DateTime<Utc>,
     ) -> Result<Option<PortalSessionRecord>> {
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.api_keys)
-            .key("key_id", s(id.as_str()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| Error::aws("dynamodb", e))?;
-        Ok(out
-            .item
-            .map(from_item::<PortalSessionRecord>)
-            .transpose()?
+        Ok(self
+            .by_key_id::<PortalSessionRecord>(id.as_str())
+            .await?
             // TTL deletion is lazy: an expired session is gone.
             .filter(|r| r.expires_at > now.timestamp()))
     }
