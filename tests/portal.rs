@@ -131,7 +131,13 @@ async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
         .as_str()
         .unwrap()
         .contains("status 200"));
-    assert_eq!(failing.received().len(), 2, "the test send, then the retry");
+    let replay = walked["replay_outcome"].as_str().unwrap();
+    assert!(replay.contains("1 of 1 queued"), "{replay}");
+    assert_eq!(
+        failing.received().len(),
+        3,
+        "the test send, the replay's attempt, then the retry"
+    );
     healer.abort();
     // Rotated: a new secret, shown once.
     let rotated = walked["rotated_secret"].as_str().unwrap();

@@ -430,11 +430,16 @@
     status.addEventListener("change", apply);
     type.addEventListener("change", apply);
     const replayOutcome = h("div", { role: "status" });
+    // "Replay failed" since a time (a day ago unless chosen), in the viewer's time zone.
+    const dayAgo = new Date(Date.now() - 24 * 3600 * 1000);
+    const local = new Date(dayAgo.getTime() - dayAgo.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+    const since = h("input", { id: "replay_since", type: "datetime-local", value: local, "aria-label": "Replay failed since" });
     show(
       h("p", {}, h("a", { href: "#", onclick: (e) => { e.preventDefault(); endpoint(id); } }, "← Endpoint")),
       h("h1", {}, "Delivery history"),
       h("div", { class: "bar" }, status, type, h("span", { class: "spacer" }),
-        h("button", { onclick: () => replay(id, replayOutcome) }, "Replay failed")),
+        since,
+        h("button", { onclick: () => replay(id, new Date(since.value), replayOutcome) }, "Replay failed")),
       replayOutcome,
       page.data.length
         ? h("table", {},
@@ -479,12 +484,15 @@
           h("td", {}, a.hint || ""))))));
   }
 
-  async function replay(id, outcome) {
-    const since = new Date(Date.now() - 24 * 3600 * 1000).toISOString();
+  async function replay(id, since, outcome) {
+    if (isNaN(since)) {
+      outcome.replaceChildren(h("p", { class: "error-box" }, "Choose when the replay starts."));
+      return;
+    }
     try {
-      let r = await api("POST", `/venues/{venue}/endpoints/${encodeURIComponent(id)}/replay`, { since });
+      let r = await api("POST", `/venues/{venue}/endpoints/${encodeURIComponent(id)}/replay`, { since: since.toISOString() });
       const progress = () => outcome.replaceChildren(h("p", { class: "ok-box" },
-        `Replaying the failed deliveries of the last 24 hours: ${r.queued} of ${r.replaying} queued (${r.state}).`));
+        `Replaying the failed deliveries since ${when(r.since)}: ${r.queued} of ${r.replaying} queued (${r.state}).`));
       progress();
       for (let i = 0; i < 30 && r.state === "running"; i++) {
         await new Promise((done) => setTimeout(done, 1000));
