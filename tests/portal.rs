@@ -66,6 +66,7 @@ async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
             "bearer_receiver": bearer.url,
             "failing_receiver": failing.url,
             "heal_file": heal_file,
+            "own_token": "venue-own-token-0123456789",
             "shots": shots,
         })
         .to_string(),
@@ -117,6 +118,13 @@ async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
     assert_eq!(
         got[0].headers.get("authorization").map(String::as_str),
         Some(format!("Bearer {token}").as_str())
+    );
+    // And a token the venue pasted: shown once like a generated one, and sent as it is.
+    assert_eq!(walked["pasted_token"], "venue-own-token-0123456789");
+    let got = bearer.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(
+        got[1].headers.get("authorization").map(String::as_str),
+        Some("Bearer venue-own-token-0123456789")
     );
     assert_eq!(walked["keyboard_created"], true);
     // A failure with its hint, in history; Retry once the receiver is back.

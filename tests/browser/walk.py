@@ -4,7 +4,7 @@ accessible name. Run by tests/portal.rs, which gives it the portal links and the
 checks what the receivers got.
 
     walk.py <input.json>   input: {"url", "expired_url", "signed_receiver", "bearer_receiver",
-                                   "failing_receiver", "heal_file", "shots"}
+                                   "failing_receiver", "heal_file", "own_token", "shots"}
 
 Prints one JSON object: what the page showed (the secret and token copied from it, the test
 outcome, …). Any step that fails raises, and the process exits non-zero with the reason.
@@ -60,6 +60,10 @@ def create(page, url, mode, result, shots=None):
     if mode == "bearer":
         dialog.get_by_label("Bearer token").check()
         dialog.get_by_label("Generate a token for me").check()
+    elif mode.startswith("bearer:"):
+        dialog.get_by_label("Bearer token").check()
+        dialog.get_by_label("Paste my own token").check()
+        dialog.get_by_label("Your token").fill(mode.split(":", 1)[1])
     else:
         dialog.get_by_label("Signed secret (recommended)").check()
     if shots:
@@ -138,6 +142,12 @@ def walk(spec, shots, context, page, errors, result):
 
     # A bearer endpoint with a generated token.
     result["token"] = create(page, spec["bearer_receiver"], "bearer", result)
+    page.get_by_role("button", name="Send test").click()
+    expect(page.get_by_role("status").filter(has_text="Delivered")).to_be_visible()
+    page.get_by_role("link", name="← All endpoints").click()
+
+    # A bearer endpoint with the venue's own token, pasted.
+    result["pasted_token"] = create(page, spec["bearer_receiver"], "bearer:" + spec["own_token"], result)
     page.get_by_role("button", name="Send test").click()
     expect(page.get_by_role("status").filter(has_text="Delivered")).to_be_visible()
     page.get_by_role("link", name="← All endpoints").click()
