@@ -64,6 +64,17 @@ pub fn render_plain(event: &Event, format: PayloadFormat) -> Vec<u8> {
     }
 }
 
+/// The catalog's example of an event type as an event (`evt_example`, a fixed time): what
+/// previews and template checks render.
+pub fn example_event(info: &crate::catalog::EventTypeInfo) -> Result<Event, String> {
+    Ok(Event {
+        id: crate::ids::EventId::parse("evt_example").map_err(|e| e.to_string())?,
+        event_type: info.event_type.clone(),
+        timestamp: "2026-11-27T10:15:00Z".into(),
+        data: RawValue::from_string(info.example.to_string()).map_err(|e| e.to_string())?,
+    })
+}
+
 /// Checks a template when it is saved: it parses, and it turns the catalog's example of the
 /// first event type the endpoint subscribes to into a JSON object.
 pub fn check_template(expression: &str, event_types: &[String]) -> Result<(), ValidationError> {
@@ -82,17 +93,16 @@ pub fn check_template(expression: &str, event_types: &[String]) -> Result<(), Va
                 .any(|p| pattern_matches(p, &t.event_type))
         })
         .or_else(|| catalog().get("webhook.test"));
-    let (event_type, data) = match sample {
-        Some(sample) => (sample.event_type.clone(), sample.example.to_string()),
-        None => ("webhook.test".to_owned(), "{}".to_owned()),
-    };
-    let event = Event {
-        id: crate::ids::EventId::generate(),
-        event_type: event_type.clone(),
-        timestamp: "2026-11-27T10:15:00Z".into(),
-        data: RawValue::from_string(data)
-            .map_err(|e| ValidationError::new("template", e.to_string()))?,
-    };
+    let event = match sample {
+        Some(sample) => example_event(sample),
+        None => example_event(&crate::catalog::EventTypeInfo {
+            event_type: "webhook.test".into(),
+            description: String::new(),
+            example: serde_json::json!({}),
+        }),
+    }
+    .map_err(|e| ValidationError::new("template", e))?;
+    let event_type = &event.event_type;
     // Parsed, bounded (depth, growth) and run on the example, off this thread.
     template::render_blocking(expression, render_plain(&event, PayloadFormat::Envelope)).map_err(
         |e| {

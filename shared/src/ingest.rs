@@ -35,6 +35,13 @@ struct VenueBatch {
 }
 
 impl VenueBatch {
+    async fn endpoints(&self, store: &Store, tenant: &Tenant) -> Result<Arc<Vec<Endpoint>>> {
+        self.endpoints
+            .get_or_try_init(|| async { store.enabled_endpoints(tenant).await.map(Arc::new) })
+            .await
+            .cloned()
+    }
+
     /// The next place in this venue's groups: the first attempts of up to
     /// [`GROUP_SIZE`] events at one endpoint share a job and a history item.
     fn place(&self) -> (DeliveryId, usize) {
@@ -65,15 +72,6 @@ impl IngestBatch {
             .entry(tenant.venue().clone())
             .or_default()
             .clone()
-    }
-}
-
-impl VenueBatch {
-    async fn endpoints(&self, store: &Store, tenant: &Tenant) -> Result<Arc<Vec<Endpoint>>> {
-        self.endpoints
-            .get_or_try_init(|| async { store.enabled_endpoints(tenant).await.map(Arc::new) })
-            .await
-            .cloned()
     }
 }
 

@@ -72,7 +72,6 @@ impl Replayer {
             after: None,
             started_at: now,
             updated_at: now,
-            updated_ms: now.timestamp_millis(),
             expires_at: self.store.expiry(now),
         };
         let (record, started) = self.store.start_replay(&record).await?;

@@ -8,7 +8,7 @@ use shared::api_key;
 use shared::ids::ApiKeyId;
 use shared::store::{ApiKeyRecord, Tenant};
 
-use crate::error::{parse_json, ApiError};
+use crate::error::{parse_json_or_default, ApiError};
 use crate::{Api, ApiResult, Call};
 
 #[derive(Deserialize, Default)]
@@ -30,11 +30,7 @@ fn view(record: &ApiKeyRecord) -> serde_json::Value {
 }
 
 pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
-    let request: CreateKey = if call.body.iter().all(u8::is_ascii_whitespace) {
-        CreateKey::default()
-    } else {
-        parse_json(call.body)?
-    };
+    let request: CreateKey = parse_json_or_default(call.body)?;
     if request
         .description
         .as_ref()

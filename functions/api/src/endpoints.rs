@@ -12,7 +12,7 @@ use shared::ids::{EndpointId, VenueId};
 use shared::secret::Secret;
 use shared::store::Tenant;
 
-use crate::error::{parse_json, ApiError};
+use crate::error::{parse_json, parse_json_or_default, ApiError};
 use crate::{cursor, page_limit, to_json, Api, ApiResult, Call};
 
 #[derive(Deserialize)]
@@ -288,11 +288,7 @@ pub const MAX_OLD_SECRETS: usize = 10;
 /// `POST .../rotate`: a new secret (shown once). For signed endpoints the old secrets keep
 /// signing for the grace period, newest first; a bearer token is replaced at once.
 pub async fn rotate(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -> ApiResult {
-    let req: RotateRequest = if call.body.iter().all(u8::is_ascii_whitespace) {
-        RotateRequest::default()
-    } else {
-        parse_json(call.body)?
-    };
+    let req: RotateRequest = parse_json_or_default(call.body)?;
     let grace = req.grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
     if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
         return Err(ApiError::invalid(
@@ -446,11 +442,7 @@ struct TestRequest {
 
 /// `POST .../test`: a sample event sent now; answers with the attempt's outcome.
 pub async fn send_test(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -> ApiResult {
-    let req: TestRequest = if call.body.iter().all(u8::is_ascii_whitespace) {
-        TestRequest::default()
-    } else {
-        parse_json(call.body)?
-    };
+    let req: TestRequest = parse_json_or_default(call.body)?;
     let event_type = req.event_type.unwrap_or_else(|| "webhook.test".to_owned());
     let info = catalog().get(&event_type).ok_or_else(|| {
         ApiError::invalid(

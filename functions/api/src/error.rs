@@ -114,6 +114,17 @@ impl From<shared::ValidationError> for ApiError {
     }
 }
 
+/// As [`parse_json`], where the body may be left out: an empty body is the default request.
+pub fn parse_json_or_default<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        parse_json(body)
+    }
+}
+
 /// Parses a JSON request body, telling malformed JSON (400) from wrong fields (422).
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {

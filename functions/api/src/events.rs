@@ -122,13 +122,8 @@ pub async fn preview(call: &Call<'_>) -> ApiResult {
             format!("at most {} characters", shared::envelope::MAX_TEMPLATE_LEN),
         ));
     }
-    let event = shared::domain::Event {
-        id: EventId::parse("evt_example").map_err(|e| ApiError::invalid("event_type", e))?,
-        event_type: info.event_type.clone(),
-        timestamp: "2026-11-27T10:15:00Z".into(),
-        data: serde_json::value::RawValue::from_string(info.example.to_string())
-            .map_err(|e| ApiError::invalid("event_type", e))?,
-    };
+    let event =
+        shared::envelope::example_event(info).map_err(|e| ApiError::invalid("event_type", e))?;
     let body =
         shared::envelope::render(&event, request.payload_format, request.template.as_deref())
             .await

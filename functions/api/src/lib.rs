@@ -58,8 +58,8 @@ pub struct Api {
 pub struct Call<'a> {
     pub query: Vec<(String, String)>,
     pub body: &'a [u8],
-    /// The API's origin as the caller reached it (`https://host`), for links to it.
-    pub origin: String,
+    /// The request's headers (the API's origin as the caller reached it, for links to it).
+    pub headers: &'a http::HeaderMap,
 }
 
 impl Call<'_> {
@@ -146,7 +146,7 @@ impl Api {
                 })
                 .unwrap_or_default(),
             body,
-            origin: origin(request),
+            headers: request.headers(),
         };
         let (op, params) = route(request.method(), request.uri().path())?;
         if op == Op::EventTypes {
@@ -186,21 +186,6 @@ impl Api {
             Op::RevokePortalSessions => portal::revoke(self, t).await,
         }
     }
-}
-
-/// The API's origin as the caller reached it: `x-forwarded-proto` (API Gateway sets it) or
-/// `http`, and the `host` header.
-fn origin(request: &Request) -> String {
-    let header = |name: &str| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let proto = header("x-forwarded-proto").unwrap_or_else(|| "http".into());
-    let host = header("host").unwrap_or_else(|| "localhost".into());
-    format!("{proto}://{host}")
 }
 
 /// What a route does.

@@ -9,7 +9,7 @@ use serde_json::json;
 use shared::api_key;
 use shared::store::{PortalSessionRecord, Tenant};
 
-use crate::error::{parse_json, ApiError};
+use crate::error::{parse_json_or_default, ApiError};
 use crate::{Api, ApiResult, Call};
 
 /// How long a session lives unless asked otherwise.
@@ -24,11 +24,7 @@ struct CreateSession {
 
 /// `POST /venues/{v}/portal-sessions {"ttl_seconds"?}` → 201 `{"url", "expires_at"}`.
 pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
-    let request: CreateSession = if call.body.iter().all(u8::is_ascii_whitespace) {
-        CreateSession::default()
-    } else {
-        parse_json(call.body)?
-    };
+    let request: CreateSession = parse_json_or_default(call.body)?;
     let max = api.portal.max_ttl_seconds;
     let ttl = request.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS.min(max));
     if !(1..=max).contains(&ttl) {
@@ -51,7 +47,7 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
     tracing::info!(venue_id = %tenant.venue(), session = %record.key_id, ttl, "portal session minted");
     let page = match &api.portal.url {
         Some(url) => url.clone(),
-        None => format!("{}/portal", call.origin),
+        None => format!("{}/portal", origin(call.headers)),
     };
     Ok((
         StatusCode::CREATED,
@@ -61,6 +57,15 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
             "expires_at": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         }),
     ))
+}
+
+/// The API's origin as the caller reached it: `x-forwarded-proto` (API Gateway sets it) or
+/// `http`, and the `host` header.
+fn origin(headers: &http::HeaderMap) -> String {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let proto = header("x-forwarded-proto").unwrap_or("http");
+    let host = header("host").unwrap_or("localhost");
+    format!("{proto}://{host}")
 }
 
 /// `DELETE /venues/{v}/portal-sessions`: every link of the venue stops working at once.

@@ -47,9 +47,9 @@ pub struct ReplayRecord {
     #[serde(default)]
     pub after: Option<DeliveryId>,
     pub started_at: DateTime<Utc>,
+    /// Stored in Unix milliseconds: the conditions of [`Store::start_replay`] compare it.
+    #[serde(with = "chrono::serde::ts_milliseconds")]
     pub updated_at: DateTime<Utc>,
-    /// `updated_at` in Unix milliseconds (what the conditions compare).
-    pub updated_ms: i64,
     pub expires_at: i64,
 }
 
@@ -97,7 +97,7 @@ impl Store {
             .set_item(Some(item))
             .condition_expression(
                 "attribute_not_exists(delivery_id) OR #state = :failed \
-                 OR (#state = :done AND updated_ms < :settled) OR updated_ms < :stalled",
+                 OR (#state = :done AND updated_at < :settled) OR updated_at < :stalled",
             )
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":failed", to_attr(&ReplayState::Failed)?)
@@ -155,7 +155,6 @@ impl Store {
         state: ReplayState,
     ) -> Result<()> {
         let tenant = Tenant::from_internal_message(record.venue_id.clone());
-        let now = Utc::now();
         self.ddb
             .update_item()
             .table_name(&self.deliveries)
@@ -165,15 +164,13 @@ impl Store {
             )
             .key("delivery_id", s(record.replay_id.as_str()))
             .update_expression(
-                "SET #state = :state, updated_at = :now, updated_ms = :ms, #after = :after \
-                 ADD queued :n",
+                "SET #state = :state, updated_at = :now, #after = :after ADD queued :n",
             )
             .condition_expression("attribute_exists(delivery_id)")
             .expression_attribute_names("#state", "state")
             .expression_attribute_names("#after", "after")
             .expression_attribute_values(":state", to_attr(&state)?)
-            .expression_attribute_values(":now", to_attr(&now)?)
-            .expression_attribute_values(":ms", n(now.timestamp_millis()))
+            .expression_attribute_values(":now", n(Utc::now().timestamp_millis()))
             .expression_attribute_values(":after", to_attr(&after)?)
             .expression_attribute_values(":n", n(queued))
             .send()
