@@ -20,6 +20,9 @@ async fn portal_link(admin: &Client, venue: &str, ttl: u64) -> String {
     minted["url"].as_str().unwrap().to_owned()
 }
 
+/// Deliveries to the busy endpoint: a page of 20 and a second page of 3.
+const BUSY: usize = 23;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
     let stack = start_stack().await;
@@ -32,10 +35,45 @@ async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
     let (status, _) = admin
         .post(
             &format!("/venues/{venue}/endpoints"),
-            json!({"url": failing.url, "event_types": ["*"]}),
+            json!({"url": failing.url, "event_types": ["registration.created"]}),
         )
         .await;
     assert_eq!(status, 201);
+    // A busy endpoint: 23 deliveries, more than one page of history (20).
+    let busy = Receiver::start(200).await;
+    let (status, created) = admin
+        .post(
+            &format!("/venues/{venue}/endpoints"),
+            json!({"url": busy.url, "event_types": ["order.created"]}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let busy_history = format!(
+        "/venues/{venue}/endpoints/{}/deliveries?status=succeeded&limit=50",
+        created["id"].as_str().unwrap()
+    );
+    for i in 0..BUSY {
+        let (status, body) = admin
+            .post(
+                &format!("/venues/{venue}/events"),
+                json!({"type": "order.created", "data": {"order_id": format!("o-{i}")}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    assert_eq!(
+        busy.wait_for(BUSY, Duration::from_secs(30)).await.len(),
+        BUSY
+    );
+    let recorded = eventually(Duration::from_secs(10), || async {
+        let (_, page) = admin.get(&busy_history).await;
+        (page["data"].as_array().map(Vec::len) == Some(BUSY)).then_some(())
+    })
+    .await;
+    assert!(
+        recorded.is_some(),
+        "the busy endpoint's {BUSY} deliveries are recorded"
+    );
     let heal_file = std::env::temp_dir().join(format!("heal-{}", unique_prefix()));
     let healer = {
         let (failing, heal_file) = (failing.clone(), heal_file.clone());
@@ -65,6 +103,7 @@ async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
             "signed_receiver": signed.url,
             "bearer_receiver": bearer.url,
             "failing_receiver": failing.url,
+            "busy_receiver": busy.url,
             "heal_file": heal_file,
             "own_token": "venue-own-token-0123456789",
             "shots": shots,
@@ -119,12 +158,37 @@ async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
         got[0].headers.get("authorization").map(String::as_str),
         Some(format!("Bearer {token}").as_str())
     );
-    // And a token the venue pasted: shown once like a generated one, and sent as it is.
-    assert_eq!(walked["pasted_token"], "venue-own-token-0123456789");
-    let got = bearer.wait_for(2, Duration::from_secs(10)).await;
+    // Rotate token: the new token shown once is what the next request carried.
+    let rotated_token = walked["rotated_token"].as_str().unwrap();
+    assert_ne!(rotated_token, token);
+    let got = bearer.wait_for(3, Duration::from_secs(10)).await;
     assert_eq!(
         got[1].headers.get("authorization").map(String::as_str),
+        Some(format!("Bearer {rotated_token}").as_str())
+    );
+    // And a token the venue pasted: shown once like a generated one, and sent as it is.
+    assert_eq!(walked["pasted_token"], "venue-own-token-0123456789");
+    assert_eq!(
+        got[2].headers.get("authorization").map(String::as_str),
         Some("Bearer venue-own-token-0123456789")
+    );
+    // Paging: 20 newest first, then the other 3; Previous page shows the first page again, and
+    // only the pages that have one offer Previous or Next.
+    let pages = walked["pages"].as_array().unwrap();
+    let rows = |i: usize| pages[i].as_array().unwrap().clone();
+    assert_eq!((rows(0).len(), rows(1).len()), (20, BUSY - 20), "{pages:?}");
+    assert_eq!(rows(2), rows(0));
+    assert!(rows(0).iter().chain(rows(1).iter()).all(|r| r
+        .as_str()
+        .unwrap()
+        .contains("order.created")
+        && r.as_str().unwrap().contains("succeeded")));
+    assert_eq!(
+        (
+            walked["previous_on_first_page"].as_u64(),
+            walked["next_on_last_page"].as_u64()
+        ),
+        (Some(0), Some(0))
     );
     assert_eq!(walked["keyboard_created"], true);
     // A failure with its hint, in history; Retry once the receiver is back.

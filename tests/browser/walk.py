@@ -4,7 +4,8 @@ accessible name. Run by tests/portal.rs, which gives it the portal links and the
 checks what the receivers got.
 
     walk.py <input.json>   input: {"url", "expired_url", "signed_receiver", "bearer_receiver",
-                                   "failing_receiver", "heal_file", "own_token", "shots"}
+                                   "failing_receiver", "busy_receiver", "heal_file", "own_token",
+                                   "shots"}
 
 Prints one JSON object: what the page showed (the secret and token copied from it, the test
 outcome, …). Any step that fails raises, and the process exits non-zero with the reason.
@@ -144,12 +145,42 @@ def walk(spec, shots, context, page, errors, result):
     result["token"] = create(page, spec["bearer_receiver"], "bearer", result)
     page.get_by_role("button", name="Send test").click()
     expect(page.get_by_role("status").filter(has_text="Delivered")).to_be_visible()
+    # Rotate token: a new generated token, shown once; the next request carries it.
+    page.get_by_role("button", name="Rotate token").click()
+    expect(page.get_by_text("The old token stops working as soon as you rotate")).to_be_visible()
+    page.get_by_role("button", name="Rotate", exact=True).click()
+    once = page.get_by_role("dialog", name="Token rotated")
+    expect(once).to_be_visible()
+    once.get_by_role("button", name="Copy").click()
+    result["rotated_token"] = page.evaluate("navigator.clipboard.readText()")
+    once.get_by_role("button", name="Done").click()
+    page.get_by_role("button", name="Send test").click()
+    expect(page.get_by_role("status").filter(has_text="Delivered")).to_be_visible()
     page.get_by_role("link", name="← All endpoints").click()
 
     # A bearer endpoint with the venue's own token, pasted.
     result["pasted_token"] = create(page, spec["bearer_receiver"], "bearer:" + spec["own_token"], result)
     page.get_by_role("button", name="Send test").click()
     expect(page.get_by_role("status").filter(has_text="Delivered")).to_be_visible()
+    page.get_by_role("link", name="← All endpoints").click()
+
+    # Paging through a busy endpoint's history (the runner delivered 23 events to it):
+    # newest first, 20 a page; Next page, then Previous page back to the same first page.
+    page.get_by_role("link", name=spec["busy_receiver"], exact=True).click()
+    page.get_by_role("button", name="View delivery history").click()
+    expect(page.get_by_text("Page 1")).to_be_visible()
+    rows = page.locator("tbody tr")
+    first_page = rows.all_inner_texts()
+    result["previous_on_first_page"] = page.get_by_role("button", name="Previous page").count()
+    page.get_by_role("button", name="Next page").click()
+    expect(page.get_by_text("Page 2")).to_be_visible()
+    second_page = rows.all_inner_texts()
+    result["next_on_last_page"] = page.get_by_role("button", name="Next page").count()
+    shot(page, shots, "history-page-2")
+    page.get_by_role("button", name="Previous page").click()
+    expect(page.get_by_text("Page 1")).to_be_visible()
+    result["pages"] = [first_page, second_page, rows.all_inner_texts()]
+    page.get_by_role("link", name="← Endpoint").click()
     page.get_by_role("link", name="← All endpoints").click()
 
     # Keyboard only: the create flow without the mouse.
@@ -169,7 +200,7 @@ def walk(spec, shots, context, page, errors, result):
     # The receiver fails: the failure and its hint are in history; Retry once it is back.
     # (The runner makes the signed receiver answer 503 to bodies with "retry-me".)
     page.get_by_role("link", name="← All endpoints").click()
-    page.get_by_role("link", name=spec["failing_receiver"]).click()
+    page.get_by_role("link", name=spec["failing_receiver"], exact=True).click()
     page.get_by_role("button", name="Send test").click()
     failed = page.get_by_role("status").filter(has_text="Failed")
     expect(failed).to_be_visible()
@@ -211,7 +242,7 @@ def walk(spec, shots, context, page, errors, result):
     page.get_by_role("button", name="Rotate secret").click()
     page.get_by_label("Keep the old one working for").select_option("0")
     page.get_by_role("button", name="Rotate", exact=True).click()
-    once = page.get_by_role("dialog", name="Endpoint created")
+    once = page.get_by_role("dialog", name="Secret rotated")
     expect(once).to_be_visible()
     once.get_by_role("button", name="Copy").click()
     result["rotated_secret"] = page.evaluate("navigator.clipboard.readText()")

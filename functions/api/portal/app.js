@@ -204,12 +204,12 @@
   }
 
   // The secret or token, shown once: closing forgets it.
-  function shownOnce(created) {
+  function shownOnce(created, title = "Endpoint created") {
     const value = created.secret || created.token;
     const what = created.secret ? "signing secret" : "token";
     const copied = h("span", { class: "muted", role: "status" });
-    const dialog = h("dialog", { "aria-label": "Endpoint created" },
-      h("h2", {}, "Endpoint created"),
+    const dialog = h("dialog", { "aria-label": title },
+      h("h2", {}, title),
       h("p", {}, `Copy the ${what} now and give it to the tool that receives the webhooks.`),
       h("div", { class: "secret" }, h("code", { id: "once" }, value),
         h("button", { type: "button", onclick: async () => {
@@ -360,21 +360,31 @@
 
   function rotate(ep) {
     const bearer = ep.auth && ep.auth.mode === "bearer_token";
+    // A signing secret can overlap with the old one (receivers accept either meanwhile); a
+    // bearer token is replaced at once, by one the venue pastes or one generated.
+    const choice = bearer
+      ? h("div", { "data-field": "token" },
+          h("p", {}, "The old token stops working as soon as you rotate. Update the receiving tool right after."),
+          h("label", { for: "new_token" }, "Your new token (leave empty to have one generated)"),
+          h("input", { id: "new_token", name: "new_token", autocomplete: "off" }))
+      : h("div", { "data-field": "grace_period_seconds" },
+          h("label", { for: "grace" }, "Keep the old one working for"),
+          h("select", { id: "grace", name: "grace" },
+            [[0, "No time: stop it now"], [3600, "1 hour"], [86400, "24 hours"], [604800, "7 days"]].map(([v, t]) =>
+              h("option", { value: v, selected: v === 86400 }, t))));
     const form = h("form", {},
       h("h2", {}, bearer ? "Rotate token" : "Rotate secret"),
-      h("div", { "data-field": "grace_period_seconds" },
-        h("label", { for: "grace" }, "Keep the old one working for"),
-        h("select", { id: "grace", name: "grace" },
-          [[0, "No time: stop it now"], [3600, "1 hour"], [86400, "24 hours"], [604800, "7 days"]].map(([v, t]) =>
-            h("option", { value: v, selected: v === 86400 }, t)))),
+      choice,
       h("div", { "data-field": "form" }),
       h("div", { class: "bar" },
         h("button", { type: "submit", class: "primary" }, "Rotate"),
         h("button", { type: "button", onclick: () => dialog.close() }, "Cancel")));
     const dialog = formDialog("Rotate", form, async () => {
-      const rotated = await api("POST", `/venues/{venue}/endpoints/${encodeURIComponent(ep.id)}/rotate`,
-        { grace_period_seconds: Number(form.grace.value) });
-      setTimeout(() => shownOnce(rotated), 0);
+      const body = bearer
+        ? (form.new_token.value ? { token: form.new_token.value } : {})
+        : { grace_period_seconds: Number(form.grace.value) };
+      const rotated = await api("POST", `/venues/{venue}/endpoints/${encodeURIComponent(ep.id)}/rotate`, body);
+      setTimeout(() => shownOnce(rotated, bearer ? "Token rotated" : "Secret rotated"), 0);
     });
   }
 
@@ -413,8 +423,11 @@
     }
   }
 
-  async function history_(id, filters, cursor) {
+  // `before` holds the cursors of the pages before this one (the first page's is null), so that
+  // "Previous page" goes back the way "Next page" came.
+  async function history_(id, filters, cursor, before) {
     filters = filters || {};
+    before = before || [];
     const query = new URLSearchParams({ limit: "20" });
     if (filters.status) query.set("status", filters.status);
     if (filters.event_type) query.set("event_type", filters.event_type);
@@ -450,7 +463,16 @@
               h("td", {}, when(d.created_at)),
               h("td", {}, String(d.attempt_count))))))
         : h("p", { class: "muted" }, "No deliveries."),
-      page.next_cursor ? h("div", { class: "bar" }, h("button", { onclick: () => history_(id, filters, page.next_cursor) }, "Next page")) : null
+      before.length || page.next_cursor
+        ? h("nav", { class: "bar", "aria-label": "Pages" },
+            before.length
+              ? h("button", { onclick: () => history_(id, filters, before[before.length - 1], before.slice(0, -1)) }, "Previous page")
+              : null,
+            h("span", { class: "muted" }, `Page ${before.length + 1}`),
+            page.next_cursor
+              ? h("button", { onclick: () => history_(id, filters, page.next_cursor, before.concat([cursor || null])) }, "Next page")
+              : null)
+        : null
     );
   }
 
