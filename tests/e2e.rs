@@ -1087,3 +1087,111 @@ fn without_one_action_of_the_deliver_policy_the_delivery_test_fails_with_access_
         "the failure does not say AccessDenied for kms:Decrypt:\n{failure}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_headers_go_with_every_request_and_reserved_ones_are_refused() {
+    let stack = start_stack().await;
+    let api = Client::new(&stack);
+    let venue = venue();
+    let rx = Receiver::start(200).await;
+    let api_key = "rk_live_0123456789abcdef";
+    let ep = api
+        .create_endpoint(
+            &venue,
+            json!({"url": rx.url, "event_types": ["order.created"],
+                   "headers": {"X-Api-Key": api_key, "X-Team": "ops"}}),
+        )
+        .await;
+    // Shown as hints only: a long value's last 4 characters, a short one's nothing.
+    assert_eq!(ep["headers"], json!({"x-api-key": "…cdef", "x-team": "…"}));
+    let id = ep["id"].as_str().unwrap();
+    let path = format!("/venues/{venue}/endpoints/{id}");
+    let (_, read) = api.get(&path).await;
+    assert_eq!(read["headers"], ep["headers"]);
+    assert!(!read.to_string().contains(api_key));
+
+    // Published events and test sends carry them, beside a signature that still verifies.
+    let (status, _) = api
+        .post(
+            &format!("/venues/{venue}/events"),
+            json!({"type": "order.created", "data": {"order_id": "o-1"}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let (status, test) = api.post(&format!("{path}/test"), json!({})).await;
+    assert_eq!((status, &test["succeeded"]), (200, &json!(true)), "{test}");
+    let got = rx.wait_for(2, WAIT).await;
+    assert_eq!(got.len(), 2);
+    for request in &got {
+        assert_eq!(request.headers["x-api-key"], api_key);
+        assert_eq!(request.headers["x-team"], "ops");
+    }
+    let secret = ep["secret"].as_str().unwrap();
+    assert_eq!(verify_with_python(secret, &got), vec!["ok", "ok"]);
+
+    // Refused with a 422 on `headers`, and nothing saved: every reserved name (in any case),
+    // a header injection, a bad name, too many.
+    let eleven: serde_json::Map<String, Value> =
+        (0..11).map(|i| (format!("x-h{i}"), json!("v"))).collect();
+    let refused = [
+        json!({"Authorization": "Bearer x"}),
+        json!({"content-type": "text/plain"}),
+        json!({"Content-Length": "1"}),
+        json!({"host": "example.com"}),
+        json!({"webhook-signature": "v1,forged"}),
+        json!({"Webhook-Id": "msg_1"}),
+        json!({"webhook-timestamp": "1"}),
+        json!({"transfer-encoding": "chunked"}),
+        json!({"connection": "close"}),
+        json!({"user-agent": "x"}),
+        json!({"x-api-key": "v\r\nx-injected: 1"}),
+        json!({"x-api-key": "v\nx-injected: 1"}),
+        json!({"x api": "v"}),
+        json!({"x-api-key\r\nx-injected": "1"}),
+        Value::Object(eleven),
+    ];
+    for headers in &refused {
+        let (status, answer) = api
+            .post(
+                &format!("/venues/{venue}/endpoints"),
+                json!({"url": rx.url, "event_types": ["order.created"], "headers": headers}),
+            )
+            .await;
+        assert_eq!(status, 422, "create with {headers}: {answer}");
+        assert_eq!(answer["error"]["field"], "headers", "{answer}");
+        let (status, answer) = api.patch(&path, json!({"headers": headers})).await;
+        assert_eq!(status, 422, "patch with {headers}: {answer}");
+    }
+    let (_, list) = api.get(&format!("/venues/{venue}/endpoints")).await;
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        1,
+        "none was created"
+    );
+    let (_, read) = api.get(&path).await;
+    assert_eq!(read["headers"], ep["headers"], "none was half-saved");
+
+    // PATCH merges: a value sets, null removes, the rest stays; `"headers": null` clears.
+    let (status, patched) = api
+        .patch(
+            &path,
+            json!({"headers": {"X-Team": null, "x-region": "eu-west-1"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(
+        patched["headers"],
+        json!({"x-api-key": "…cdef", "x-region": "…"})
+    );
+    api.post(&format!("{path}/test"), json!({})).await;
+    let got = rx.wait_for(3, WAIT).await;
+    assert_eq!(got[2].headers["x-api-key"], api_key);
+    assert_eq!(got[2].headers["x-region"], "eu-west-1");
+    assert!(!got[2].headers.contains_key("x-team"));
+    let (_, cleared) = api.patch(&path, json!({"headers": null})).await;
+    assert_eq!(cleared["headers"], json!({}));
+    api.post(&format!("{path}/test"), json!({})).await;
+    let got = rx.wait_for(4, WAIT).await;
+    assert!(!got[3].headers.contains_key("x-api-key"));
+    stack.stop().await;
+}

@@ -20,6 +20,9 @@ async fn portal_link(admin: &Client, venue: &str, ttl: u64) -> String {
     minted["url"].as_str().unwrap().to_owned()
 }
 
+/// The custom header the walk adds to the signed endpoint.
+const HEADER_VALUE: &str = "portal-key-0123456789abcdef";
+
 /// Deliveries to the busy endpoint: a page of 20 and a second page of 3.
 const BUSY: usize = 23;
 
@@ -78,9 +81,12 @@ async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
     let healer = {
         let (failing, heal_file) = (failing.clone(), heal_file.clone());
         tokio::spawn(async move {
-            for _ in 0..1200 {
+            // Watching for 5 minutes at most (the walk takes about one).
+            for _ in 0..6000 {
                 if heal_file.exists() {
                     failing.set_status(200);
+                    // Tells the walk the receiver is back (it waits for this before Retry).
+                    std::fs::write(heal_file.with_extension("done"), "").unwrap();
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -106,6 +112,7 @@ async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
             "busy_receiver": busy.url,
             "heal_file": heal_file,
             "own_token": "venue-own-token-0123456789",
+            "header_value": HEADER_VALUE,
             "shots": shots,
         })
         .to_string(),
@@ -139,8 +146,23 @@ async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
     let secret = walked["secret"].as_str().unwrap();
     assert!(secret.starts_with("whsec_"), "{walked}");
     assert_eq!(walked["secret_gone_after_closing"], true);
-    let requests = signed.wait_for(1, Duration::from_secs(10)).await;
-    assert!(!requests.is_empty());
+    let requests = signed.wait_for(2, Duration::from_secs(10)).await;
+    assert!(requests.len() >= 2);
+    // The custom header added on the page: refused when reserved, then sent, shown as a hint.
+    assert!(!requests[0].headers.contains_key("x-api-key"));
+    assert_eq!(requests[1].headers["x-api-key"], HEADER_VALUE);
+    assert!(
+        walked["header_error"]
+            .as_str()
+            .unwrap()
+            .contains("`authorization` is reserved"),
+        "{walked}"
+    );
+    assert!(walked["headers_shown"]
+        .as_str()
+        .unwrap()
+        .contains("x-api-key: …cdef"));
+    assert_eq!(walked["header_value_on_page"], false);
     let verdicts = verify_with_python(secret, &requests);
     assert!(
         verdicts.iter().all(|v| v == "ok"),

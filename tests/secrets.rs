@@ -25,14 +25,18 @@ async fn secrets_are_sealed_at_rest_and_never_logged() {
         .create_endpoint(&venue, json!({"url": rx.url, "event_types": ["*"]}))
         .await;
     let own_token = "venue-pasted-token-5f2a9c";
+    // A custom header's value is sealed like a secret, too.
+    let header_value = "custom-header-value-7c1d0e";
     let bearer = admin
         .create_endpoint(
             &venue,
             json!({"url": rx.url, "event_types": ["*"],
-                                         "auth": {"mode": "bearer_token", "token": own_token}}),
+                   "auth": {"mode": "bearer_token", "token": own_token},
+                   "headers": {"X-Api-Key": header_value}}),
         )
         .await;
     assert_eq!(bearer["token"], own_token);
+    assert_eq!(bearer["headers"], json!({"x-api-key": "…1d0e"}));
     let generated = admin
         .create_endpoint(
             &venue,
@@ -67,13 +71,19 @@ async fn secrets_are_sealed_at_rest_and_never_logged() {
         )
         .await;
     assert_eq!(status, 200);
-    rx.wait_for(4, Duration::from_secs(20)).await;
+    let got = rx.wait_for(4, Duration::from_secs(20)).await;
+    assert!(
+        got.iter()
+            .any(|r| r.headers.get("x-api-key").map(String::as_str) == Some(header_value)),
+        "the receiver gets the custom header"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let secrets: Vec<String> = vec![
         signed["secret"].as_str().unwrap().to_owned(),
         rotated["secret"].as_str().unwrap().to_owned(),
         own_token.to_owned(),
+        header_value.to_owned(),
         generated["token"].as_str().unwrap().to_owned(),
         api_key.clone(),
         ADMIN_KEY.to_owned(),

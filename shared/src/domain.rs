@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::ValidationError;
+use crate::headers::SealedHeaders;
 use crate::ids::{DeliveryId, EndpointId, EventId, VenueId};
 use crate::sealing::Sealed;
 use crate::secret::Secret;
@@ -96,6 +97,9 @@ pub struct Endpoint {
     pub description: Option<String>,
     pub event_types: Vec<String>,
     pub auth: EndpointAuth,
+    /// Custom headers sent with every request, sealed ([`crate::headers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<SealedHeaders>,
     #[serde(default)]
     pub payload_format: PayloadFormat,
     /// The JMESPath expression of `payload_format: template`.

@@ -25,6 +25,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod envelope;
 pub mod error;
+pub mod headers;
 pub mod http_client;
 pub mod ids;
 pub mod ingest;

@@ -6,7 +6,7 @@
 //! Each process makes one data key, the first time it seals, and keeps every data key it has
 //! opened, so KMS is called once per data key per warm Lambda, not once per delivery.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{AuthMode, Credential, Endpoint, EndpointAuth, SealedSecret};
 use crate::error::{Error, Result};
+use crate::headers::SealedHeaders;
 use crate::ids::{EndpointId, VenueId};
 use crate::secret::Secret;
 
@@ -215,8 +216,56 @@ impl Sealer {
     }
 }
 
+impl Sealer {
+    /// Seals an endpoint's custom headers (validated, names lower case) as one JSON object,
+    /// bound to the endpoint; none → `None`.
+    pub async fn seal_headers(
+        &self,
+        venue: &VenueId,
+        endpoint: &EndpointId,
+        headers: &BTreeMap<String, String>,
+    ) -> Result<Option<SealedHeaders>> {
+        if headers.is_empty() {
+            return Ok(None);
+        }
+        let json = serde_json::to_string(headers).map_err(|_| corrupt("headers"))?;
+        let sealed = self
+            .seal(
+                &Secret::from_config(json),
+                &headers_context(venue, endpoint),
+            )
+            .await?;
+        Ok(Some(SealedHeaders {
+            hints: headers
+                .iter()
+                .map(|(name, value)| (name.clone(), crate::headers::hint(value)))
+                .collect(),
+            sealed,
+        }))
+    }
+
+    /// An endpoint's custom headers, opened for one request (or for a change to them).
+    pub async fn open_headers(&self, endpoint: &Endpoint) -> Result<BTreeMap<String, String>> {
+        let Some(headers) = &endpoint.headers else {
+            return Ok(BTreeMap::new());
+        };
+        let opened = self
+            .open(
+                &headers.sealed,
+                &headers_context(&endpoint.venue_id, &endpoint.endpoint_id),
+            )
+            .await?;
+        serde_json::from_str(opened.expose()).map_err(|_| corrupt("headers are not an object"))
+    }
+}
+
 fn context(venue: &VenueId, endpoint: &EndpointId) -> String {
     format!("popup-webhooks/{venue}/{endpoint}")
+}
+
+/// The custom headers' own context: a sealed secret cannot be read as headers, nor back.
+fn headers_context(venue: &VenueId, endpoint: &EndpointId) -> String {
+    format!("popup-webhooks/{venue}/{endpoint}/headers")
 }
 
 /// The cipher of a plaintext data key as KMS returns it.

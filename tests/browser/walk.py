@@ -5,7 +5,7 @@ checks what the receivers got.
 
     walk.py <input.json>   input: {"url", "expired_url", "signed_receiver", "bearer_receiver",
                                    "failing_receiver", "busy_receiver", "heal_file", "own_token",
-                                   "shots"}
+                                   "header_value", "shots"}
 
 Prints one JSON object: what the page showed (the secret and token copied from it, the test
 outcome, …). Any step that fails raises, and the process exits non-zero with the reason.
@@ -139,6 +139,23 @@ def walk(spec, shots, context, page, errors, result):
     shot(page, shots, "history")
     accessibility(page, "history", result)
     page.get_by_role("link", name="← Endpoint").click()
+
+    # Custom headers: a reserved name is refused at its field; an X-Api-Key is saved, shown
+    # as a hint only, and sent with the next request.
+    page.get_by_role("button", name="Edit").click()
+    edit = page.get_by_role("dialog", name="Edit endpoint")
+    edit.get_by_label("Add or replace headers").fill("Authorization: Bearer mine")
+    edit.get_by_role("button", name="Save").click()
+    header_error = edit.locator("[data-field=headers] .field-error")
+    expect(header_error).to_be_visible()
+    result["header_error"] = header_error.inner_text()
+    edit.get_by_label("Add or replace headers").fill("X-Api-Key: " + spec["header_value"])
+    edit.get_by_role("button", name="Save").click()
+    expect(page.get_by_text("Saved.")).to_be_visible()
+    result["headers_shown"] = page.locator("table").inner_text()
+    result["header_value_on_page"] = spec["header_value"] in page.content()
+    page.get_by_role("button", name="Send test").click()
+    expect(page.get_by_role("status").filter(has_text="Delivered")).to_be_visible()
     page.get_by_role("link", name="← All endpoints").click()
 
     # A bearer endpoint with a generated token.
@@ -231,6 +248,14 @@ def walk(spec, shots, context, page, errors, result):
     accessibility(page, "delivery", result)
     with open(spec["heal_file"], "w") as heal:
         heal.write("healed")
+    # The runner answers by a file beside it once the receiver answers 200 again.
+    done = os.path.splitext(spec["heal_file"])[0] + ".done"
+    for _ in range(200):
+        if os.path.exists(done):
+            break
+        page.wait_for_timeout(50)
+    else:
+        raise AssertionError("the runner did not heal the receiver within 10 s")
     page.get_by_role("button", name="Retry").click()
     healed = page.get_by_role("status").filter(has_text="Delivered")
     expect(healed).to_be_visible()

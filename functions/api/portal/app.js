@@ -119,6 +119,7 @@
 
   function fieldError(form, field, message) {
     const target = form.querySelector(`[data-field="${field}"]`) || form.querySelector("[data-field=form]");
+    if (target.tagName === "DETAILS") target.open = true;
     const p = h("p", { class: "field-error", role: "alert" }, message);
     target.append(p);
     const input = target.querySelector("input, textarea, select");
@@ -131,6 +132,19 @@
   function clearErrors(form) {
     form.querySelectorAll(".field-error").forEach((e) => e.remove());
     form.querySelectorAll("[aria-invalid]").forEach((e) => e.removeAttribute("aria-invalid"));
+  }
+
+  // "Name: value" lines → {name: value}; a line that is not one is the field's error.
+  function headerLines(text) {
+    const out = {};
+    for (const raw of text.split("\n")) {
+      const line = raw.trim();
+      if (!line) continue;
+      const colon = line.indexOf(":");
+      if (colon < 1) throw { field: "headers", message: `"${line}" is not a header: write it as Name: value` };
+      out[line.slice(0, colon).trim()] = line.slice(colon + 1).trim();
+    }
+    return out;
   }
 
   function eventChoices(selected) {
@@ -171,6 +185,11 @@
           h("label", { class: "inline" }, h("input", { type: "radio", name: "token_source", value: "generate", checked: true }), "Generate a token for me"),
           h("label", { class: "inline" }, h("input", { type: "radio", name: "token_source", value: "own" }), "Paste my own token"),
           bearerOwn)),
+      h("details", { "data-field": "headers" },
+        h("summary", {}, "Custom headers (optional)"),
+        h("label", { for: "headers" }, "Custom headers"),
+        h("p", { class: "muted", id: "headers_help" }, "Sent with every request, one per line as Name: value (for example X-Api-Key: …). Shown only as hints afterwards."),
+        h("textarea", { id: "headers", name: "headers", rows: 2, "aria-describedby": "headers_help", autocomplete: "off", spellcheck: "false" })),
       h("div", { "data-field": "form" }),
       h("div", { class: "bar" },
         h("button", { type: "submit", class: "primary" }, "Create"),
@@ -193,6 +212,8 @@
       const body = { url: form.url.value.trim(), event_types: events, auth };
       if (form.description.value.trim()) body.description = form.description.value.trim();
       try {
+        const headers = headerLines(form.headers.value);
+        if (Object.keys(headers).length) body.headers = headers;
         const created = await api("POST", "/venues/{venue}/endpoints", body);
         dialog.close();
         shownOnce(created);
@@ -249,6 +270,10 @@
         h("tr", {}, h("th", {}, "Payload format"), h("td", {}, ep.payload_format || "envelope")),
         h("tr", {}, h("th", {}, "Authentication"), h("td", {}, bearer ? "Bearer token" : "Signed secret")),
         h("tr", {}, h("th", {}, bearer ? "Token" : "Secret"), h("td", { class: "mono" }, (ep.auth && (ep.auth.secret_hint || ep.auth.token_hint)) || "")),
+        h("tr", {}, h("th", {}, "Custom headers"), h("td", { class: "mono" },
+          Object.keys(ep.headers || {}).length
+            ? Object.entries(ep.headers).map(([n, hint]) => h("div", {}, `${n}: ${hint}`))
+            : h("span", { class: "muted" }, "None"))),
         ep.circuit && ep.circuit.state !== "closed"
           ? h("tr", {}, h("th", {}, "Circuit"), h("td", {}, `${ep.circuit.state}: deliveries wait until ${when(ep.circuit.open_until)}`))
           : null)),
@@ -300,6 +325,13 @@
         h("label", { for: "description" }, "Description"),
         h("input", { id: "description", type: "text", name: "description", value: ep.description || "" })),
       eventChoices(ep.event_types),
+      h("fieldset", { "data-field": "headers" },
+        h("legend", {}, "Custom headers"),
+        Object.keys(ep.headers || {}).map((n) =>
+          h("label", { class: "inline" }, h("input", { type: "checkbox", name: "remove_header", value: n }), `Remove ${n} (${ep.headers[n]})`)),
+        h("label", { for: "headers" }, "Add or replace headers"),
+        h("p", { class: "muted", id: "headers_help" }, "One per line as Name: value. Headers not named here keep their values."),
+        h("textarea", { id: "headers", name: "headers", rows: 2, "aria-describedby": "headers_help", autocomplete: "off", spellcheck: "false" })),
       h("div", { "data-field": "payload_format" },
         h("label", { for: "payload_format" }, "Payload format"),
         h("select", { id: "payload_format", name: "payload_format" },
@@ -332,6 +364,10 @@
         payload_format: form.payload_format.value,
       };
       if (body.payload_format === "template") body.template = form.template.value;
+      // A merge patch: removed ones are null, added or replaced ones their values.
+      const headers = headerLines(form.headers.value);
+      form.querySelectorAll("input[name=remove_header]:checked").forEach((i) => { headers[i.value] = null; });
+      if (Object.keys(headers).length) body.headers = headers;
       await api("PATCH", `/venues/{venue}/endpoints/${encodeURIComponent(ep.id)}`, body);
       endpoint(ep.id, h("p", { class: "ok-box" }, "Saved."));
     });

@@ -1,5 +1,7 @@
 //! Endpoint CRUD.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -8,6 +10,7 @@ use shared::domain::{
     validate_event_type_patterns, AuthMode, Endpoint, PayloadFormat, MAX_DESCRIPTION_LEN,
 };
 use shared::envelope::check_template;
+use shared::headers;
 use shared::ids::{EndpointId, VenueId};
 use shared::secret::Secret;
 use shared::store::Tenant;
@@ -30,6 +33,9 @@ struct CreateEndpoint {
     template: Option<String>,
     #[serde(default)]
     enabled: Option<bool>,
+    /// Custom headers sent with every request: name → value.
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +64,10 @@ struct UpdateEndpoint {
     template: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     enabled: Option<Option<bool>>,
+    /// A merge patch of the custom headers: a name with a value sets it, with `null` removes
+    /// it, one not named is kept; `"headers": null` removes them all.
+    #[serde(default, deserialize_with = "present")]
+    headers: Option<Option<BTreeMap<String, Option<String>>>>,
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one not sent (`None`, via `default`).
@@ -91,6 +101,8 @@ pub struct EndpointView<'a> {
     description: Option<&'a str>,
     event_types: &'a [String],
     auth: AuthView,
+    /// Custom headers: name → hint of the value (never the value).
+    headers: BTreeMap<&'a str, &'a str>,
     payload_format: PayloadFormat,
     template: Option<&'a str>,
     enabled: bool,
@@ -141,6 +153,12 @@ impl<'a> EndpointView<'a> {
                 secret_hint: if signed { hint.clone() } else { None },
                 token_hint: if signed { None } else { hint },
             },
+            headers: ep
+                .headers
+                .iter()
+                .flat_map(|h| h.hints.iter())
+                .map(|(name, hint)| (name.as_str(), hint.as_str()))
+                .collect(),
             payload_format: ep.payload_format,
             template: ep.template.as_deref(),
             enabled: ep.enabled,
@@ -198,6 +216,7 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
     let payload_format = req.payload_format.unwrap_or_default();
     check_format(payload_format, req.template.as_deref(), &req.event_types)?;
     check_description(&req.description)?;
+    let custom = headers::parse(&req.headers.unwrap_or_default())?;
     // A bounded fan-out: at most this many endpoints per venue (a concurrent create may pass
     // it by one; the bound is for scale, not for billing).
     let limit = api.max_endpoints_per_venue;
@@ -233,6 +252,10 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
             &[(secret.clone(), None)],
         )
         .await?;
+    let headers = api
+        .sealer
+        .seal_headers(tenant.venue(), &endpoint_id, &custom)
+        .await?;
     let endpoint = Endpoint {
         venue_id: tenant.venue().clone(),
         endpoint_id,
@@ -240,6 +263,7 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
         description: req.description,
         event_types: req.event_types,
         auth,
+        headers,
         payload_format,
         template: req.template,
         enabled: req.enabled.unwrap_or(true),
@@ -407,6 +431,9 @@ pub async fn update(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -
         endpoint.template.as_deref(),
         &endpoint.event_types,
     )?;
+    if let Some(patch) = req.headers {
+        endpoint.headers = patched_headers(api, &endpoint, patch).await?;
+    }
     if let Some(enabled) = req.enabled {
         let enabled = required("enabled", enabled)?;
         if enabled && !endpoint.enabled {
@@ -422,6 +449,30 @@ pub async fn update(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -
     api.store.replace_endpoint(&endpoint, previous).await?;
     tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, enabled = endpoint.enabled, "endpoint updated");
     Ok((StatusCode::OK, to_json(&EndpointView::of(&endpoint))))
+}
+
+/// The endpoint's custom headers after a merge patch, validated as a whole and sealed anew.
+async fn patched_headers(
+    api: &Api,
+    endpoint: &Endpoint,
+    patch: Option<BTreeMap<String, Option<String>>>,
+) -> Result<Option<headers::SealedHeaders>, ApiError> {
+    let Some(patch) = patch else {
+        return Ok(None);
+    };
+    let mut current = api.sealer.open_headers(endpoint).await?;
+    for (raw, value) in patch {
+        let name = headers::normalize_name(&raw)?;
+        match value {
+            Some(value) => current.insert(name, value),
+            None => current.remove(&name),
+        };
+    }
+    headers::validate(&current)?;
+    Ok(api
+        .sealer
+        .seal_headers(&endpoint.venue_id, &endpoint.endpoint_id, &current)
+        .await?)
 }
 
 pub async fn delete(api: &Api, tenant: &Tenant, raw_id: &str) -> ApiResult {

@@ -9,6 +9,7 @@ use super::{Dispatcher, ERROR_BYTES};
 use crate::domain::{Attempt, Credential, Endpoint, Event, Trigger};
 use crate::envelope;
 use crate::error::{Error, Result};
+use crate::headers;
 use crate::http_client::{text_excerpt, ErrorClass, Response};
 use crate::signing;
 
@@ -29,13 +30,22 @@ impl Dispatcher {
             body_excerpt: None,
             retry_after: None,
         };
-        let response = match self.sealer.open_credential(endpoint, now).await {
-            Ok(credential) => {
+        let opened = match self.sealer.open_credential(endpoint, now).await {
+            Ok(credential) => self
+                .sealer
+                .open_headers(endpoint)
+                .await
+                .map(|custom| (credential, custom)),
+            Err(e) => Err(e),
+        };
+        let response = match opened {
+            Ok((credential, custom)) => {
                 match envelope::render(event, endpoint.payload_format, endpoint.template.as_deref())
                     .await
                 {
                     Ok(body) => {
-                        let headers = request_headers(&credential, event, &body, now);
+                        let mut headers = request_headers(&credential, event, &body, now);
+                        headers::apply(&custom, &mut headers);
                         self.http.post(&endpoint.url, headers, body).await
                     }
                     Err(message) => not_sent(ErrorClass::Template, message),
@@ -44,7 +54,7 @@ impl Dispatcher {
             // Damaged at rest: this delivery fails with the reason; nothing else is held up.
             Err(Error::Corrupt(reason)) => not_sent(
                 ErrorClass::Secret,
-                format!("the endpoint's secret does not open: {reason}"),
+                format!("the endpoint's secret or custom headers do not open: {reason}"),
             ),
             Err(e) => return Err(e),
         };
