@@ -876,3 +876,220 @@ async fn a_venue_has_a_bounded_number_of_endpoints() {
     api.create_endpoint(&v, body).await;
     stack.stop().await;
 }
+
+/// Every item of the stack's tables that names `venue` (the removal record aside).
+async fn items_of_venue(stack: &local::Stack, venue: &str) -> Vec<String> {
+    let ddb = aws_sdk_dynamodb::Client::new(&stack.aws);
+    let mut found = Vec::new();
+    for (logical, table) in &stack.provisioned.physical {
+        if !logical.ends_with("Table") {
+            continue;
+        }
+        let items = ddb
+            .scan()
+            .table_name(table)
+            .send()
+            .await
+            .unwrap()
+            .items
+            .unwrap_or_default();
+        for item in items {
+            let text = format!("{item:?}");
+            if text.contains(venue) && !text.contains(&format!("rmv_{venue}")) {
+                found.push(format!("{logical}: {text}"));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_venue_leaves_nothing_readable_or_delivered() {
+    // Small purge pages, and the request runs two of them: the rest is left to purge tasks
+    // on the delivery queue (run by deliver), as for a venue with a long history.
+    let stack = start_with(local_options_with(&[
+        ("PURGE_PAGE_SIZE", "2"),
+        ("PURGE_INLINE_STEPS", "2"),
+        // The failing endpoint's retries fall due after the purge has ended.
+        ("RETRY_SCHEDULE_SECONDS", "6,6,6"),
+    ]))
+    .await;
+    let admin = Client::new(&stack);
+    let v = venue("leaving");
+    let neighbour = venue("staying");
+    let key = issue_key(&admin, &v).await;
+    let mut as_venue = Client::new(&stack);
+    as_venue.key = Some(key);
+    let (status, session) = admin
+        .post(&format!("/venues/{v}/portal-sessions"), json!({}))
+        .await;
+    assert_eq!(status, 201);
+    let token = session["url"]
+        .as_str()
+        .unwrap()
+        .split("#token=")
+        .nth(1)
+        .unwrap();
+    let mut portal = Client::new(&stack);
+    portal.key = Some(token.split('&').next().unwrap().to_owned());
+
+    let ok = Receiver::start(200).await;
+    let failing = Receiver::start(503).await;
+    let gone = Receiver::start(200).await;
+    as_venue
+        .create_endpoint(&v, json!({"url": ok.url, "event_types": ["*"]}))
+        .await;
+    let failing_endpoint = as_venue
+        .create_endpoint(&v, json!({"url": failing.url, "event_types": ["*"]}))
+        .await;
+    let failing_id = failing_endpoint["id"].as_str().unwrap();
+    // An endpoint deleted before the venue leaves: its history goes too (the events name it).
+    let earlier = as_venue
+        .create_endpoint(&v, json!({"url": gone.url, "event_types": ["*"]}))
+        .await;
+    let mut events = Vec::new();
+    for i in 0..5 {
+        let (status, accepted) = as_venue
+            .post(
+                &format!("/venues/{v}/events"),
+                json!({"type": "order.created", "data": {"n": i}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{accepted}");
+        events.push(accepted["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ok.wait_for(5, WAIT).await.len(), 5);
+    assert_eq!(gone.wait_for(5, WAIT).await.len(), 5);
+    failing.wait_for(5, WAIT).await;
+    let (status, _) = as_venue
+        .delete(&format!(
+            "/venues/{v}/endpoints/{}",
+            earlier["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 204);
+    let (_, event) = admin
+        .get(&format!("/venues/{v}/events/{}", events[0]))
+        .await;
+    let deliveries: Vec<String> = event["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(deliveries.len(), 3, "{event}");
+    // The neighbour, which stays.
+    let theirs = Receiver::start(200).await;
+    let kept = admin
+        .create_endpoint(&neighbour, json!({"url": theirs.url, "event_types": ["*"]}))
+        .await;
+    let (_, their_event) = admin
+        .post(
+            &format!("/venues/{neighbour}/events"),
+            json!({"type": "order.created", "data": {}}),
+        )
+        .await;
+    theirs.wait_for(1, WAIT).await;
+
+    // Only the admin key removes a venue.
+    let (status, _) = as_venue.delete(&format!("/venues/{v}")).await;
+    assert_eq!(status, 403);
+    let (status, removed) = admin.delete(&format!("/venues/{v}")).await;
+    assert_eq!(status, 200, "{removed}");
+    assert_eq!(removed["venue_id"], v.as_str());
+    assert_eq!(removed["endpoints_deleted"], 2);
+    assert_eq!(removed["api_keys_revoked"], 1);
+    assert_eq!(removed["portal_sessions_revoked"], 1);
+    assert_eq!(
+        removed["purged"], false,
+        "5 events in pages of 2: the rest is queued"
+    );
+
+    // Its keys and sessions are refused at once; its endpoints are gone.
+    assert_eq!(as_venue.get(&format!("/venues/{v}/endpoints")).await.0, 401);
+    assert_eq!(portal.get(&format!("/venues/{v}/endpoints")).await.0, 401);
+    let (_, list) = admin.get(&format!("/venues/{v}/endpoints")).await;
+    assert_eq!(list["data"], json!([]));
+    let (_, keys) = admin.get(&format!("/venues/{v}/api-keys")).await;
+    assert_eq!(keys["data"], json!([]));
+
+    // Within seconds nothing of it is stored (the purge tasks ran), readable, or delivered:
+    // the failing endpoint's retries, due 6 s after its first attempts, find the venue
+    // removed and end without a request or a record.
+    let left = eventually(Duration::from_secs(30), || async {
+        let found = items_of_venue(&stack, &v).await;
+        found.is_empty().then_some(())
+    })
+    .await;
+    assert!(left.is_some(), "{:#?}", items_of_venue(&stack, &v).await);
+    for id in &events {
+        assert_eq!(admin.get(&format!("/venues/{v}/events/{id}")).await.0, 404);
+    }
+    for id in &deliveries {
+        assert_eq!(
+            admin.get(&format!("/venues/{v}/deliveries/{id}")).await.0,
+            404
+        );
+    }
+    let attempts = failing.received().len();
+    // And, whatever the timing, jobs of it that arrive now: a fresh job (its event inline) and
+    // a retry of a delivery whose event is gone.
+    let endpoint = shared::ids::EndpointId::parse(failing_id).unwrap();
+    let fresh = shared::ids::DeliveryId::batch_base()
+        .group_at(&endpoint)
+        .member(0);
+    let late = [
+        json!({"venue_id": v, "endpoint_id": failing_id, "first": true,
+               "deliveries": [{"delivery_id": fresh.as_str(), "event_id": "evt_late",
+                               "event_type": "order.created",
+                               "event": {"id": "evt_late", "type": "order.created",
+                                         "timestamp": "2026-11-27T10:00:00Z", "data": {}}}]}),
+        json!({"venue_id": v, "endpoint_id": failing_id,
+               "deliveries": [{"delivery_id": deliveries[1], "event_id": events[0],
+                               "event_type": "order.created"}]}),
+    ];
+    let sqs = aws_sdk_sqs::Client::new(&stack.aws);
+    for job in &late {
+        sqs.send_message()
+            .queue_url(stack.queue_url("DeliveryQueue"))
+            .message_body(job.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(failing.received().len(), attempts, "no retry went out");
+    assert!(
+        items_of_venue(&stack, &v).await.is_empty(),
+        "and none was recorded"
+    );
+
+    // The neighbour has everything it had.
+    let (status, _) = admin
+        .get(&format!(
+            "/venues/{neighbour}/endpoints/{}",
+            kept["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = admin
+        .get(&format!(
+            "/venues/{neighbour}/events/{}",
+            their_event["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200);
+
+    // Idempotent: again, nothing is found and nothing is left.
+    let (status, again) = admin.delete(&format!("/venues/{v}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            &again["endpoints_deleted"],
+            &again["api_keys_revoked"],
+            &again["purged"]
+        ),
+        (&json!(0), &json!(0), &json!(true))
+    );
+    stack.stop().await;
+}

@@ -88,6 +88,10 @@ pub struct Config {
     pub outage_backoff: Duration,
     /// How many deliveries one page of a replay queues ([`crate::replay`]).
     pub replay_page: usize,
+    /// Removing a venue ([`crate::removal`]): items a purge step deletes (500), and how many
+    /// steps the request itself runs before purge tasks take the rest (as many as 10 s allow).
+    pub purge_page: usize,
+    pub purge_inline_steps: usize,
     /// The venue's Settings → Webhooks page (the api function).
     pub portal: PortalConfig,
 }
@@ -243,6 +247,8 @@ impl Config {
             user_agent: format!("PopupWebhooks/{}", env!("CARGO_PKG_VERSION")),
             outage_backoff: Duration::from_millis(number("OUTAGE_BACKOFF_BASE_MS", 10_000)?.max(1)),
             replay_page: number("REPLAY_PAGE_SIZE", 100)?.clamp(1, 1000) as usize,
+            purge_page: number("PURGE_PAGE_SIZE", 500)?.clamp(1, 1000) as usize,
+            purge_inline_steps: number("PURGE_INLINE_STEPS", 1_000_000)? as usize,
             portal: PortalConfig {
                 url: get("PORTAL_URL").filter(|v| !v.is_empty()),
                 max_ttl_seconds: number("PORTAL_SESSION_MAX_TTL_SECONDS", 86_400)?.max(1) as i64,

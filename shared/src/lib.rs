@@ -31,6 +31,7 @@ pub mod ids;
 pub mod ingest;
 pub mod logging;
 pub mod queue;
+pub mod removal;
 pub mod replay;
 pub mod retry;
 pub mod sealing;

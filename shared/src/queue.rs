@@ -51,6 +51,12 @@ pub struct ReplayMessage<T> {
     pub replay: T,
 }
 
+/// A step of a venue's removal as it travels on the delivery queue.
+#[derive(Serialize, Deserialize)]
+pub struct PurgeMessage<T> {
+    pub purge: T,
+}
+
 /// One delivery of a job: an event, under its delivery id.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Queued {
@@ -148,6 +154,18 @@ impl Queues {
         let body = serde_json::to_string(&ReplayMessage { replay: task })
             .map_err(|e| Error::Corrupt(e.to_string()))?;
         let entry: Entry = (body, 0, task.venue_id.to_string());
+        self.send_batch(vec![&entry]).await
+    }
+
+    /// Queues a step of a venue's removal (`{"purge": …}`), after `delay_secs` (≤ 900).
+    pub async fn send_purge(
+        &self,
+        task: &crate::removal::PurgeTask,
+        delay_secs: i32,
+    ) -> Result<()> {
+        let body = serde_json::to_string(&PurgeMessage { purge: task })
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
+        let entry: Entry = (body, delay_secs.clamp(0, 900), task.venue_id.to_string());
         self.send_batch(vec![&entry]).await
     }
 

@@ -19,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod page;
 pub mod portal;
+pub mod venues;
 
 use std::time::Instant;
 
@@ -46,6 +47,7 @@ pub struct Api {
     dispatcher: Dispatcher,
     publisher: Publisher,
     replayer: shared::replay::Replayer,
+    remover: shared::removal::Remover,
     portal: shared::config::PortalConfig,
     page: page::Page,
     destinations: DestinationPolicy,
@@ -82,6 +84,7 @@ impl Api {
             dispatcher: Dispatcher::new(services, http),
             publisher: Publisher::new(services),
             replayer: shared::replay::Replayer::new(services),
+            remover: shared::removal::Remover::new(services),
             portal: config.portal.clone(),
             page: page::Page::new(&config.portal.frame_ancestors),
             destinations: config.destinations.clone(),
@@ -184,6 +187,7 @@ impl Api {
             Op::RevokeApiKey => api_keys::revoke(self, t, id).await,
             Op::CreatePortalSession => portal::create(self, t, c).await,
             Op::RevokePortalSessions => portal::revoke(self, t).await,
+            Op::RemoveVenue => venues::remove(self, t).await,
         }
     }
 }
@@ -212,6 +216,7 @@ pub enum Op {
     RevokeApiKey,
     CreatePortalSession,
     RevokePortalSessions,
+    RemoveVenue,
 }
 
 impl Op {
@@ -223,6 +228,7 @@ impl Op {
                 | Op::RevokeApiKey
                 | Op::CreatePortalSession
                 | Op::RevokePortalSessions
+                | Op::RemoveVenue
         )
     }
 }
@@ -306,6 +312,7 @@ pub const ROUTES: &[(&str, &str, Op)] = &[
         "/venues/{venue_id}/portal-sessions",
         Op::RevokePortalSessions,
     ),
+    ("DELETE", "/venues/{venue_id}", Op::RemoveVenue),
 ];
 
 /// Matches a request against [`ROUTES`]: the operation and the path's `{…}` values, in order.

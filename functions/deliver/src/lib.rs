@@ -20,7 +20,8 @@ use futures::future::join_all;
 use shared::backoff;
 use shared::dispatch::{is_fresh, Dispatcher, Endpoints, Health, Ran};
 use shared::http_client::{BuildError, DeliveryClient};
-use shared::queue::{self, visibility_secs, DeliveryJob, Queues, ReplayMessage};
+use shared::queue::{self, visibility_secs, DeliveryJob, PurgeMessage, Queues, ReplayMessage};
+use shared::removal::{PurgeTask, Remover};
 use shared::replay::{ReplayTask, Replayer};
 use shared::services::Services;
 use shared::waits::Waits;
@@ -30,6 +31,7 @@ use shared::Error;
 pub struct Deliver {
     dispatcher: Dispatcher,
     replayer: Replayer,
+    remover: Remover,
     queues: Queues,
     waits: Waits,
     dlq_url: String,
@@ -43,6 +45,7 @@ impl Deliver {
         Ok(Self {
             dispatcher: Dispatcher::new(services, http),
             replayer: Replayer::new(services),
+            remover: Remover::new(services),
             queues: services.queues.clone(),
             waits: Waits::new(services),
             dlq_url: services.config.resources.delivery_dlq_url.clone(),
@@ -136,6 +139,7 @@ impl Deliver {
         let job = match job {
             Ok(Message::Job(job)) => job,
             Ok(Message::Replay(task)) => return self.replay(&task).await,
+            Ok(Message::Purge(task)) => return self.purge(&task).await,
             Err(reason) => return self.poison(message_id, body, reason).await,
         };
         let no_endpoints = Endpoints::new();
@@ -189,6 +193,31 @@ impl Deliver {
         Handled::Done(Vec::new())
     }
 
+    /// A step of a venue's removal; the task of the next step is queued before this one
+    /// leaves.
+    async fn purge(&self, task: &PurgeTask) -> Handled {
+        let next = match self.remover.step(task).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(venue_id = %task.venue_id, error = %e, "purge step failed; it will be retried");
+                return Handled::Failed;
+            }
+        };
+        match next {
+            Some(next) => match self.queues.send_purge(&next, 0).await {
+                Ok(()) => Handled::Done(Vec::new()),
+                Err(e) => {
+                    tracing::error!(venue_id = %task.venue_id, error = %e, "could not queue the next purge step; this one comes back");
+                    Handled::Failed
+                }
+            },
+            None => {
+                tracing::info!(venue_id = %task.venue_id, "venue's events and history purged");
+                Handled::Done(Vec::new())
+            }
+        }
+    }
+
     /// Hands a job that can never succeed to the DLQ with its reason.
     async fn poison(&self, message_id: &str, body: &str, reason: String) -> Handled {
         tracing::error!(message_id, reason, "poison delivery job; sent to the DLQ");
@@ -210,6 +239,7 @@ enum Handled {
 enum Message {
     Job(DeliveryJob),
     Replay(ReplayTask),
+    Purge(PurgeTask),
 }
 
 /// The job (or replay task) of a record, or why it is none.
@@ -217,6 +247,9 @@ fn parse(record: &SqsMessage) -> Result<Message, String> {
     let body = record.body.as_deref().unwrap_or("");
     if let Ok(ReplayMessage { replay }) = serde_json::from_str::<ReplayMessage<ReplayTask>>(body) {
         return Ok(Message::Replay(replay));
+    }
+    if let Ok(PurgeMessage { purge }) = serde_json::from_str::<PurgeMessage<PurgeTask>>(body) {
+        return Ok(Message::Purge(purge));
     }
     match serde_json::from_str::<DeliveryJob>(body) {
         Ok(job) if !job.deliveries.is_empty() => Ok(Message::Job(job)),

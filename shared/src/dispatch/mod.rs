@@ -259,8 +259,7 @@ impl Dispatcher {
                 return Ok(First::Done);
             }
             None => {
-                self.end_unsent(tenant, job_target, "the endpoint was deleted")
-                    .await?;
+                self.end_deleted(tenant, job_target).await?;
                 return Ok(First::Done);
             }
         };
@@ -350,13 +349,18 @@ impl Dispatcher {
             }
         }
         let number = existing.as_ref().map_or(0, |d| d.scheduled_attempts) + 1;
-        let event = self.event_of(&tenant, target).await?;
+        let event = match self.event_of(&tenant, target).await {
+            // The venue was removed and its events with it: nothing is left to deliver.
+            Err(Error::NotFound(_)) if self.store.is_removed(&tenant).await? => {
+                return Ok(JobOutcome::Done("venue removed"));
+            }
+            event => event?,
+        };
         let job_target = (&target.delivery_id, &job.endpoint_id, &event);
         let endpoint = match self.store.get_endpoint(&tenant, &job.endpoint_id).await {
             Ok(Some(endpoint)) => endpoint,
             Ok(None) => {
-                self.end_unsent(&tenant, job_target, "the endpoint was deleted")
-                    .await?;
+                self.end_deleted(&tenant, job_target).await?;
                 return Ok(JobOutcome::Done("endpoint deleted"));
             }
             Err(Error::Corrupt(reason)) => {
@@ -527,6 +531,21 @@ impl Dispatcher {
                 record_event(&record)
             }
         }
+    }
+
+    /// A delivery whose endpoint is gone ends as "the endpoint was deleted"; unless its venue
+    /// was removed ([`crate::removal`]): then nothing of it is written again.
+    async fn end_deleted(
+        &self,
+        tenant: &Tenant,
+        job_target: (&DeliveryId, &EndpointId, &Event),
+    ) -> Result<()> {
+        if self.store.is_removed(tenant).await? {
+            tracing::info!(venue_id = %tenant.venue(), delivery_id = %job_target.0, "the venue was removed: delivery dropped");
+            return Ok(());
+        }
+        self.end_unsent(tenant, job_target, "the endpoint was deleted")
+            .await
     }
 
     async fn end_unsent(

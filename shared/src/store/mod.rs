@@ -31,6 +31,7 @@ mod events;
 mod history;
 mod replays;
 mod retries;
+mod venues;
 
 pub use api_keys::{ApiKeyRecord, PortalSessionRecord};
 pub use deliveries::{

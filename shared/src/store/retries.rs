@@ -149,7 +149,11 @@ impl Store {
 
     /// BatchWriteItem of `requests` on `table`, 25 a call; what DynamoDB leaves unprocessed
     /// is sent again with jittered backoff, and an error if some is still left.
-    async fn write_batches(&self, table: &str, requests: Vec<WriteRequest>) -> Result<()> {
+    pub(super) async fn write_batches(
+        &self,
+        table: &str,
+        requests: Vec<WriteRequest>,
+    ) -> Result<()> {
         for chunk in requests.chunks(MAX_WRITE_ENTRIES) {
             let mut pending = chunk.to_vec();
             for round in 0..super::UNPROCESSED_ROUNDS {
