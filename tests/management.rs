@@ -1093,3 +1093,132 @@ async fn a_removed_venue_leaves_nothing_readable_or_delivered() {
     );
     stack.stop().await;
 }
+
+/// Nearest-rank percentile of sorted `values`.
+fn nearest_rank(values: &[u64], p: f64) -> u64 {
+    values[((p * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_stats_add_up_to_what_its_history_shows() {
+    // Retries a second apart (a 503 waits at least OVERLOAD_WAIT_MS).
+    let stack = start_with(local_options_with(&[
+        ("RETRY_SCHEDULE_SECONDS", "1,1"),
+        ("OVERLOAD_WAIT_MS", "1000"),
+    ]))
+    .await;
+    let admin = Client::new(&stack);
+    let v = venue("stats");
+    let rx = Receiver::start(200).await;
+    rx.answer("fail-me", 503);
+    let ep = admin
+        .create_endpoint(&v, json!({"url": rx.url, "event_types": ["order.*"]}))
+        .await;
+    let id = ep["id"].as_str().unwrap();
+    // Another endpoint of the venue, busier: none of it counts for the first.
+    let other_rx = Receiver::start(200).await;
+    admin
+        .create_endpoint(
+            &v,
+            json!({"url": other_rx.url, "event_types": ["registration.*"]}),
+        )
+        .await;
+    let publish = |kind: &'static str, data: Value| {
+        let admin = &admin;
+        let v = &v;
+        async move {
+            let (status, _) = admin
+                .post(
+                    &format!("/venues/{v}/events"),
+                    json!({"type": kind, "data": data}),
+                )
+                .await;
+            assert_eq!(status, 202);
+        }
+    };
+    for i in 0..7 {
+        publish("order.created", json!({"n": i})).await;
+    }
+    for _ in 0..2 {
+        publish("order.paid", json!({"note": "fail-me"})).await;
+    }
+    for i in 0..12 {
+        publish("registration.created", json!({"n": i})).await;
+    }
+    let (status, _) = admin
+        .post(&format!("/venues/{v}/endpoints/{id}/test"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    other_rx.wait_for(12, WAIT).await;
+    let history = format!("/venues/{v}/endpoints/{id}/deliveries?limit=50");
+    let settled = eventually(Duration::from_secs(30), || async {
+        let (_, page) = admin.get(&history).await;
+        let rows = page["data"].as_array()?.clone();
+        (rows.len() == 10 && rows.iter().all(|d| d["status"] != "pending")).then_some(rows)
+    })
+    .await;
+    let Some(settled) = settled else {
+        let (_, page) = admin.get(&history).await;
+        panic!("7 delivered, 2 failed for good, 1 test; the history: {page:#}");
+    };
+
+    // What the history shows, delivery by delivery (each read on its own).
+    let mut durations = Vec::new();
+    let (mut attempts, mut succeeded, mut failed_5xx) = (0, 0, 0);
+    for row in &settled {
+        let (_, d) = admin
+            .get(&format!(
+                "/venues/{v}/deliveries/{}",
+                row["id"].as_str().unwrap()
+            ))
+            .await;
+        for a in d["attempts"].as_array().unwrap() {
+            attempts += 1;
+            durations.push(a["duration_ms"].as_u64().unwrap());
+            if a["error_class"].is_null() {
+                succeeded += 1;
+            } else {
+                assert_eq!(a["error_class"], "http_5xx");
+                failed_5xx += 1;
+            }
+        }
+    }
+    durations.sort_unstable();
+    assert_eq!(succeeded, 8);
+    assert!(failed_5xx >= 4, "two deliveries retried: {failed_5xx}");
+
+    let (status, stats) = admin
+        .get(&format!("/venues/{v}/endpoints/{id}/stats"))
+        .await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["window"], "24h");
+    assert_eq!(stats["complete"], true);
+    assert_eq!(
+        stats["deliveries"],
+        json!({"total": 10, "succeeded": 8, "failed": 2, "pending": 0})
+    );
+    assert_eq!(
+        stats["attempts"],
+        json!({"total": attempts, "succeeded": 8, "failed": failed_5xx,
+               "by_outcome": {"succeeded": 8, "http_5xx": failed_5xx}})
+    );
+    let rate = stats["success_rate"].as_f64().unwrap();
+    assert!((rate - 8.0 / attempts as f64).abs() < 1e-9, "{rate}");
+    assert_eq!(
+        stats["duration_ms"],
+        json!({"p50": nearest_rank(&durations, 0.5), "p95": nearest_rank(&durations, 0.95)})
+    );
+    // A window is checked: minutes to the retention; 422 on `window` otherwise.
+    let (status, short) = admin
+        .get(&format!("/venues/{v}/endpoints/{id}/stats?window=90m"))
+        .await;
+    assert_eq!((status, &short["deliveries"]["total"]), (200, &json!(10)));
+    for bad in ["31d", "soon", "30s"] {
+        let (status, answer) = admin
+            .get(&format!("/venues/{v}/endpoints/{id}/stats?window={bad}"))
+            .await;
+        assert_eq!(status, 422, "{bad}: {answer}");
+        assert_eq!(answer["error"]["field"], "window");
+    }
+    stack.stop().await;
+}

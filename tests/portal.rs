@@ -163,6 +163,11 @@ async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
         .unwrap()
         .contains("x-api-key: …cdef"));
     assert_eq!(walked["header_value_on_page"], false);
+    let health = walked["health"].as_str().unwrap();
+    assert!(
+        health.contains("1 delivery, 1 attempt, 100% succeeded") && health.contains("p95"),
+        "{health}"
+    );
     let verdicts = verify_with_python(secret, &requests);
     assert!(
         verdicts.iter().all(|v| v == "ok"),

@@ -170,6 +170,35 @@ pub async fn history_run(moto: &str, report: &mut Report, smoke: bool) -> Result
             })
         }
     };
+    // The stats route: what one look at an endpoint's health reads.
+    let stats = |endpoint: &EndpointId| {
+        let url = format!(
+            "{}/venues/{venue}/endpoints/{endpoint}/stats?window=24h",
+            stack.api_url
+        );
+        let (http, counts) = (http.clone(), counts.clone());
+        async move {
+            counts.reset();
+            let answer: Value = serde_json::from_slice(
+                &http
+                    .get(url)
+                    .bearer_auth(ADMIN_KEY)
+                    .send()
+                    .await?
+                    .bytes()
+                    .await?,
+            )?;
+            let read_units = counts
+                .snapshot()
+                .get(proxy::READ_MILLI_UNITS)
+                .copied()
+                .unwrap_or(0) as f64
+                / 1000.0;
+            Ok::<_, BoxError>((answer, read_units))
+        }
+    };
+    let (quiet_stats, quiet_stats_units) = stats(quiet).await?;
+    let (busy_stats, busy_stats_units) = stats(busy).await?;
     let quiet_all = page(quiet, "limit=20").await?;
     let quiet_failed = page(quiet, "limit=20&status=failed").await?;
     let busy_first = page(busy, "limit=20").await?;
@@ -204,6 +233,25 @@ pub async fn history_run(moto: &str, report: &mut Report, smoke: bool) -> Result
         ),
         &format!("complete, ≤ {few} read units"),
         Some(quiet_failed.shown == 1 && quiet_failed.complete && quiet_failed.read_units <= few),
+    );
+    let counted = |s: &Value| s["deliveries"]["total"].as_u64().unwrap_or(0) as usize;
+    report.row(
+        &format!("stats (24 h): the quiet endpoint (5 deliveries) beside the busy one; the busy one ({busy_total})"),
+        format!(
+            "quiet: {} counted, {:.1} read units; busy: {} counted, {:.1} read units (${:.2} per million looks, on-demand); nothing written per delivery",
+            counted(&quiet_stats),
+            quiet_stats_units,
+            counted(&busy_stats),
+            busy_stats_units,
+            busy_stats_units * 0.125
+        ),
+        "every delivery counted; the quiet one ≤ 5 read units (its partition only)",
+        Some(
+            counted(&quiet_stats) == 5
+                && counted(&busy_stats) == busy_total
+                && quiet_stats_units <= few
+                && busy_stats["complete"] == true,
+        ),
     );
     report.row(
         &format!("history: the busy endpoint's first page of 20, and of its {busy_failed} failed among {busy_total}"),

@@ -153,6 +153,8 @@ def walk(spec, shots, context, page, errors, result):
     edit.get_by_role("button", name="Save").click()
     expect(page.get_by_text("Saved.")).to_be_visible()
     result["headers_shown"] = page.locator("table").inner_text()
+    # The endpoint's health over the last 24 hours (its one Send test so far).
+    result["health"] = page.get_by_label("Last 24 hours").inner_text()
     result["header_value_on_page"] = spec["header_value"] in page.content()
     page.get_by_role("button", name="Send test").click()
     expect(page.get_by_role("status").filter(has_text="Delivered")).to_be_visible()
@@ -300,7 +302,7 @@ def walk(spec, shots, context, page, errors, result):
     # Disable, then enable; delete with a confirmation.
     page.get_by_role("button", name="Disable", exact=True).click()
     expect(page.get_by_role("button", name="Enable", exact=True)).to_be_visible()
-    result["disabled_text"] = page.locator(".warning").inner_text()
+    result["disabled_text"] = page.locator(".warning", has_text="receives nothing").inner_text()
     page.get_by_role("button", name="Enable", exact=True).click()
     expect(page.get_by_role("button", name="Disable", exact=True)).to_be_visible()
     page.get_by_role("button", name="Delete", exact=True).click()

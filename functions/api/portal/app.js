@@ -34,6 +34,11 @@
     if (heading) heading.setAttribute("tabindex", "-1");
   }
 
+  // While a screen loads, the one before it is gone: nothing on it can be clicked meanwhile.
+  function loading() {
+    app.replaceChildren(h("p", { class: "muted" }, "Loading…"));
+  }
+
   function when(iso) {
     if (!iso) return "—";
     const d = new Date(iso);
@@ -98,6 +103,7 @@
 
   // ---- endpoints ----------------------------------------------------------------------------
   async function home(notice) {
+    loading();
     const list = await api("GET", "/venues/{venue}/endpoints?limit=100");
     const rows = list.data.map((ep) =>
       h("tr", {},
@@ -247,8 +253,32 @@
     dialog.showModal();
   }
 
+  function plural(n, one, many) {
+    return `${n} ${n === 1 ? one : many}`;
+  }
+
+  // The endpoint's last 24 hours, in a sentence a person reads at a glance.
+  function health(stats) {
+    if (!stats) return null;
+    const a = stats.attempts;
+    if (!a.total) return h("p", { class: "muted", "aria-label": "Last 24 hours" }, "Last 24 hours: no deliveries.");
+    const failures = Object.entries(a.by_outcome).filter(([k]) => k !== "succeeded")
+      .map(([k, n]) => `${k} ${n}`).join(", ");
+    const rate = Math.round(stats.success_rate * 1000) / 10;
+    return h("div", { class: rate >= 95 ? "ok-box" : "warning", "aria-label": "Last 24 hours" },
+      h("strong", {}, "Last 24 hours: "),
+      `${plural(stats.deliveries.total, "delivery", "deliveries")}, ${plural(a.total, "attempt", "attempts")}, ${rate}% succeeded`,
+      stats.duration_ms ? ` · response time p50 ${stats.duration_ms.p50} ms, p95 ${stats.duration_ms.p95} ms` : "",
+      failures ? h("div", {}, `Failed attempts: ${failures}`) : null,
+      stats.complete ? null : h("div", { class: "muted" }, `(only since ${when(stats.since)}: more history than one look reads)`));
+  }
+
   async function endpoint(id, notice) {
-    const ep = await api("GET", `/venues/{venue}/endpoints/${encodeURIComponent(id)}`);
+    loading();
+    const [ep, stats] = await Promise.all([
+      api("GET", `/venues/{venue}/endpoints/${encodeURIComponent(id)}`),
+      api("GET", `/venues/{venue}/endpoints/${encodeURIComponent(id)}/stats?window=24h`).catch(() => null),
+    ]);
     const path = `/venues/{venue}/endpoints/${encodeURIComponent(id)}`;
     const outcome = h("div", { role: "status" }, notice || null);
     const bearer = ep.auth && ep.auth.mode === "bearer_token";
@@ -264,6 +294,7 @@
         ep.disabled_reason ? `Disabled: ${ep.disabled_reason}. ` : "Disabled. ",
         "It receives nothing until it is enabled again. ",
         h("button", { onclick: () => setEnabled(true) }, "Enable")),
+      health(stats),
       h("table", {}, h("tbody", {},
         h("tr", {}, h("th", {}, "Status"), h("td", {}, ep.enabled ? "Enabled" : "Disabled")),
         h("tr", {}, h("th", {}, "Events"), h("td", {}, ep.event_types.join(", "))),
@@ -464,6 +495,7 @@
   async function history_(id, filters, cursor, before) {
     filters = filters || {};
     before = before || [];
+    loading();
     const query = new URLSearchParams({ limit: "20" });
     if (filters.status) query.set("status", filters.status);
     if (filters.event_type) query.set("event_type", filters.event_type);
@@ -513,6 +545,7 @@
   }
 
   async function delivery(endpointId, id) {
+    loading();
     const d = await api("GET", `/venues/{venue}/deliveries/${encodeURIComponent(id)}`);
     const outcome = h("div", { role: "status" });
     show(

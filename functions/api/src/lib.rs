@@ -19,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod page;
 pub mod portal;
+pub mod stats;
 pub mod venues;
 
 use std::time::Instant;
@@ -54,6 +55,7 @@ pub struct Api {
     auth: Authenticator,
     max_body_bytes: usize,
     max_endpoints_per_venue: usize,
+    retention_days: i64,
 }
 
 /// The request after routing: method, path segments, query and body.
@@ -92,6 +94,7 @@ impl Api {
             // Room for the JSON around the largest accepted event.
             max_body_bytes: config.limits.max_payload_bytes + 16 * 1024,
             max_endpoints_per_venue: config.limits.max_endpoints_per_venue,
+            retention_days: config.limits.retention_days,
         })
     }
 
@@ -188,6 +191,7 @@ impl Api {
             Op::CreatePortalSession => portal::create(self, t, c).await,
             Op::RevokePortalSessions => portal::revoke(self, t).await,
             Op::RemoveVenue => venues::remove(self, t).await,
+            Op::EndpointStats => stats::get(self, t, id, c).await,
         }
     }
 }
@@ -217,6 +221,7 @@ pub enum Op {
     CreatePortalSession,
     RevokePortalSessions,
     RemoveVenue,
+    EndpointStats,
 }
 
 impl Op {
@@ -277,6 +282,11 @@ pub const ROUTES: &[(&str, &str, Op)] = &[
         "GET",
         "/venues/{venue_id}/endpoints/{endpoint_id}/replays/{replay_id}",
         Op::GetReplay,
+    ),
+    (
+        "GET",
+        "/venues/{venue_id}/endpoints/{endpoint_id}/stats",
+        Op::EndpointStats,
     ),
     (
         "GET",

@@ -31,6 +31,7 @@ mod events;
 mod history;
 mod replays;
 mod retries;
+mod stats;
 mod venues;
 
 pub use api_keys::{ApiKeyRecord, PortalSessionRecord};
@@ -42,6 +43,7 @@ pub use events::EventRecord;
 pub use history::{DeliveryFilter, HistoryCursor};
 pub use replays::{ReplayRecord, ReplayState};
 pub use retries::Waiting;
+pub use stats::{AttemptCounts, DeliveryCounts, EndpointStats, Percentiles};
 
 use std::collections::HashMap;
 
