@@ -6,13 +6,14 @@ VENV := .venv
 VERIFIERS := tests/verifiers
 export CARGO_BUILD_JOBS ?= 2
 
-.PHONY: help dev test faults bench lint venv verifiers browser build lambda-build lambda-watch redrive clean
+.PHONY: help dev test faults bench lint venv sam-venv verifiers browser build lambda-build lambda-watch redrive smoke clean
 
 help:
 	@echo "make dev    - run the whole system locally (moto + API on :9000 + ingest/deliver on their queues)"
 	@echo "make test   - fmt, clippy, cfn-lint, unit and integration tests (starts what it needs)"
 	@echo "make bench  - performance and cost figures, written to docs/PERFORMANCE.md"
 	@echo "make faults - only the fault-injection suite (docs/FAULTS.md)"
+	@echo "make smoke API_URL=… ADMIN_KEY=… [RECEIVER_URL=…] - the Guide's steps against a running API (deployed, or make dev)"
 	@echo "make redrive - (beside make dev) put the messages of both DLQs back on their queues"
 	@echo "make lambda-watch - (beside make dev) the functions under cargo lambda watch on :9100, for cargo lambda invoke"
 	@echo "make lambda-build - build the three functions for Lambda (arm64) with cargo-lambda"
@@ -24,6 +25,16 @@ $(VENV)/.installed: requirements-dev.txt
 	touch $@
 
 venv: $(VENV)/.installed
+
+# The SAM CLI (sam validate --lint here; sam build and sam deploy to deploy): a venv of its own,
+# since its pins and moto's differ.
+SAM_VENV := .venv-sam
+$(SAM_VENV)/.installed: requirements-sam.txt
+	python3 -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-sam.txt
+	touch $@
+
+sam-venv: $(SAM_VENV)/.installed
 
 # The npm Standard Webhooks verifiers (standardwebhooks, svix) the tests check signatures with.
 $(VERIFIERS)/node_modules/.installed: $(VERIFIERS)/package.json $(VERIFIERS)/package-lock.json
@@ -43,10 +54,11 @@ build:
 dev: venv build
 	scripts/dev.sh
 
-lint: venv
+lint: venv sam-venv
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(VENV)/bin/cfn-lint infra/template.yaml
+	SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(SAM_VENV)/bin/sam validate --lint
 
 test: venv verifiers browser lint
 	scripts/test.sh
@@ -59,6 +71,12 @@ bench: venv
 faults: venv verifiers
 	scripts/test.sh -p integration-tests --test faults
 
+# The Guide's steps against a running API (scripts/smoke.py): a deployed stack
+# (API_URL=https://…, ADMIN_KEY=…, RECEIVER_URL=an https URL of yours that answers 2xx), or
+# `make dev` (API_URL=http://127.0.0.1:9000 ADMIN_KEY=dev-admin-key; a receiver of its own).
+smoke: venv
+	@API_URL="$(API_URL)" ADMIN_KEY="$(ADMIN_KEY)" RECEIVER_URL="$(RECEIVER_URL)" $(VENV)/bin/python scripts/smoke.py
+
 redrive: build
 	scripts/redrive.sh
 
@@ -70,4 +88,4 @@ lambda-build: venv
 
 clean:
 	cargo clean
-	rm -rf $(VENV) $(VERIFIERS)/node_modules .dev
+	rm -rf $(VENV) $(SAM_VENV) $(VERIFIERS)/node_modules .dev

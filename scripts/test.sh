@@ -2,8 +2,8 @@
 # `make test` after lint (or `make faults`, with arguments for cargo test): starts moto on a
 # free loopback port (IAM enforced), runs the Rust tests (unit tests, and the integration tests
 # in tests/, which start their own stacks on it), then, for the whole suite, a bounded
-# schemathesis run of docs/openapi.yaml against a local API, the IAM audit (least privilege
-# both ways) and the bench smoke run. Prints one closing line with the totals.
+# schemathesis run of docs/openapi.yaml against a local API, `make smoke` against that API,
+# the IAM audit (least privilege both ways) and the bench smoke run. Prints one closing line with the totals.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/moto.sh
@@ -47,6 +47,16 @@ if [ "$whole_suite" = 1 ]; then
   echo "credentials file: .dev/schemathesis-credentials"
   if .venv/bin/python scripts/check_credentials.py .dev/schemathesis-credentials "schema-$$" \
       2>&1 | tee .dev/credentials-check.log; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    status=1
+  fi
+  # The Guide's steps against this running `popup-local dev` (what `make dev` runs), with the
+  # very command that checks a deployed stack.
+  echo "smoke: make smoke API_URL=http://127.0.0.1:$api_port"
+  if make --no-print-directory smoke API_URL="http://127.0.0.1:$api_port" \
+      ADMIN_KEY=schemathesis-admin-key 2>&1 | tee .dev/smoke.log; then
     passed=$((passed + 1))
   else
     failed=$((failed + 1))
