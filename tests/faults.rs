@@ -593,3 +593,214 @@ async fn send_time_checks_stop_what_the_save_time_check_allowed() {
     );
     stack.stop().await;
 }
+
+/// The operational events the ops receiver got, by type (each verified first).
+fn ops_events(secret: &str, got: &[Captured]) -> Vec<Value> {
+    let verdicts = verify_with_python(secret, got);
+    assert!(
+        verdicts.iter().all(|v| v == "ok"),
+        "standardwebhooks verifies every operational event: {verdicts:?}"
+    );
+    got.iter()
+        .map(|r| serde_json::from_str::<Value>(&r.body).unwrap())
+        .collect()
+}
+
+fn of_type<'a>(events: &'a [Value], kind: &str, endpoint: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["type"] == kind && e["data"]["endpoint_id"] == endpoint)
+        .collect()
+}
+
+/// A stack with an operational endpoint registered (admin key only) on a receiver: the
+/// client, the receiver and the endpoint's secret.
+async fn with_operational_endpoint(stack: &local::Stack) -> (Client, Receiver, String) {
+    let admin = Client::new(stack);
+    let ops_rx = Receiver::start(200).await;
+    let (status, ops) = admin
+        .post(
+            "/operational-endpoints",
+            json!({"url": ops_rx.url, "event_types": ["endpoint.*", "delivery.exhausted"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{ops}");
+    let secret = ops["secret"].as_str().unwrap().to_owned();
+    (admin, ops_rx, secret)
+}
+
+async fn publish_to(admin: &Client, venue: &str, n: u32) {
+    let (status, _) = admin
+        .post(
+            &format!("/venues/{venue}/events"),
+            json!({"type": "order.created", "data": {"n": n}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_disable_and_410_each_tell_the_operational_endpoint_once() {
+    let stack = start_with(options(&[
+        ("RETRY_SCHEDULE_SECONDS", "1,1,1,1,1,1"),
+        ("DISABLE_AFTER_SECONDS", "2"),
+    ]))
+    .await;
+    let (admin, ops_rx, secret) = with_operational_endpoint(&stack).await;
+    let (_, listed) = admin.get("/operational-endpoints").await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    // Operational types are for operational endpoints, venue types for venues.
+    let (status, _) = admin
+        .post(
+            "/operational-endpoints",
+            json!({"url": ops_rx.url, "event_types": ["order.created"]}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    let venue = format!("ops-{}", unique_prefix());
+    let (status, refused) = admin
+        .post(
+            &format!("/venues/{venue}/endpoints"),
+            json!({"url": ops_rx.url, "event_types": ["endpoint.disabled"]}),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(refused["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("operational"));
+    // A venue key reaches neither the operational endpoints nor the reserved venue.
+    let (_, key) = admin
+        .post(&format!("/venues/{venue}/api-keys"), json!({}))
+        .await;
+    let mut as_venue = Client::new(&stack);
+    as_venue.key = Some(key["key"].as_str().unwrap().to_owned());
+    assert_eq!(as_venue.get("/operational-endpoints").await.0, 403);
+    assert_eq!(admin.get("/venues/_operational/endpoints").await.0, 404);
+
+    // One endpoint fails for longer than DISABLE_AFTER_SECONDS; another answers 410 Gone.
+    let failing = FaultReceiver::start(vec![Mode::Status(500)]).await;
+    let gone = FaultReceiver::start(vec![Mode::Status(410)]).await;
+    let failing_id = admin
+        .create_endpoint(&venue, json!({"url": failing.url, "event_types": ["*"]}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gone_id = admin
+        .create_endpoint(&venue, json!({"url": gone.url, "event_types": ["*"]}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for n in 0..3 {
+        publish_to(&admin, &venue, n).await;
+    }
+    let heard = eventually(WAIT, || async {
+        let events = ops_events(&secret, &ops_rx.received());
+        (of_type(&events, "endpoint.disabled", &failing_id).len() == 1
+            && of_type(&events, "endpoint.disabled", &gone_id).len() == 1)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        heard.is_some(),
+        "heard: {:#?}",
+        ops_events(&secret, &ops_rx.received())
+    );
+    // Whatever else runs meanwhile (the other deliveries, their retries): once each.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events = ops_events(&secret, &ops_rx.received());
+    let failing_disabled = of_type(&events, "endpoint.disabled", &failing_id);
+    let gone_disabled = of_type(&events, "endpoint.disabled", &gone_id);
+    assert_eq!(failing_disabled.len(), 1, "{events:#?}");
+    assert_eq!(gone_disabled.len(), 1, "{events:#?}");
+    let d = &failing_disabled[0]["data"];
+    assert_eq!(d["venue_id"], venue.as_str());
+    assert_eq!(d["reason"], "failing");
+    assert_eq!(d["url"], failing.url.as_str());
+    assert!(
+        d["message"].as_str().unwrap().contains("failed since"),
+        "{d}"
+    );
+    assert!(d["action"].as_str().unwrap().contains("enable"), "{d}");
+    assert_eq!(gone_disabled[0]["data"]["reason"], "gone");
+    // The 410 ended its delivery for good, too.
+    let gone_exhausted = of_type(&events, "delivery.exhausted", &gone_id);
+    assert!(!gone_exhausted.is_empty(), "{events:#?}");
+    assert_eq!(gone_exhausted[0]["data"]["last_status_code"], 410);
+
+    // By hand: enabled (twice: said once), then disabled.
+    let path = format!("/venues/{venue}/endpoints/{gone_id}");
+    assert_eq!(admin.patch(&path, json!({"enabled": true})).await.0, 200);
+    assert_eq!(admin.patch(&path, json!({"enabled": true})).await.0, 200);
+    assert_eq!(admin.patch(&path, json!({"enabled": false})).await.0, 200);
+    let both = eventually(WAIT, || async {
+        let events = ops_events(&secret, &ops_rx.received());
+        let by_hand = of_type(&events, "endpoint.disabled", &gone_id)
+            .iter()
+            .any(|e| e["data"]["reason"] == "by_hand");
+        (by_hand && of_type(&events, "endpoint.enabled", &gone_id).len() == 1).then_some(())
+    })
+    .await;
+    assert!(
+        both.is_some(),
+        "{:#?}",
+        ops_events(&secret, &ops_rx.received())
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_failed_for_good_tells_the_operational_endpoint() {
+    // Three attempts a second apart; no endpoint is disabled in this test's time.
+    let stack = start_with(options(&[("RETRY_SCHEDULE_SECONDS", "1,1")])).await;
+    let (admin, ops_rx, secret) = with_operational_endpoint(&stack).await;
+    let venue = format!("ops-{}", unique_prefix());
+    let failing = FaultReceiver::start(vec![Mode::Status(503)]).await;
+    let failing_id = admin
+        .create_endpoint(&venue, json!({"url": failing.url, "event_types": ["*"]}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    publish_to(&admin, &venue, 1).await;
+    let heard = eventually(WAIT, || async {
+        let events = ops_events(&secret, &ops_rx.received());
+        (!of_type(&events, "delivery.exhausted", &failing_id).is_empty()).then_some(events)
+    })
+    .await;
+    let Some(events) = heard else {
+        panic!("heard: {:#?}", ops_events(&secret, &ops_rx.received()));
+    };
+    let exhausted = of_type(&events, "delivery.exhausted", &failing_id);
+    assert_eq!(exhausted.len(), 1, "{events:#?}");
+    let x = &exhausted[0]["data"];
+    assert_eq!(x["venue_id"], venue.as_str());
+    assert_eq!(x["event_type"], "order.created");
+    assert_eq!(x["attempts"], 3);
+    assert_eq!(x["last_status_code"], 503);
+    assert_eq!(x["last_error_class"], "http_5xx");
+    assert!(x["hint"].as_str().unwrap().contains("availability"), "{x}");
+    let (status, delivery) = admin
+        .get(&format!(
+            "/venues/{venue}/deliveries/{}",
+            x["delivery_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!((status, &delivery["status"]), (200, &json!("failed")));
+    assert_eq!(failing.hits().len(), 3);
+    // The operational endpoint's own history shows what it was sent.
+    let (_, ops) = admin.get("/operational-endpoints").await;
+    let ops_id = ops["data"][0]["id"].as_str().unwrap();
+    let (status, history) = admin
+        .get(&format!("/operational-endpoints/{ops_id}/deliveries"))
+        .await;
+    assert_eq!(status, 200, "{history}");
+    assert!(history["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["event_type"] == "delivery.exhausted" && d["status"] == "succeeded"));
+    stack.stop().await;
+}

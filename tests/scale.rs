@@ -254,6 +254,15 @@ async fn a_dead_endpoint_opens_its_circuit_and_a_probe_closes_it() {
     .await;
     let rx = FaultReceiver::start(vec![Mode::Status(500)]).await;
     let api = Client::new(&stack);
+    // The platform hears of the circuit opening and closing (once each).
+    let ops_rx = Receiver::start(200).await;
+    let (status, ops) = api
+        .post(
+            "/operational-endpoints",
+            json!({"url": ops_rx.url, "event_types": ["endpoint.circuit_opened", "endpoint.circuit_closed"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{ops}");
     let venue = format!("venue-{}", unique_prefix());
     let ep = api
         .create_endpoint(&venue, json!({"url": rx.url, "event_types": ["*"]}))
@@ -297,5 +306,27 @@ async fn a_dead_endpoint_opens_its_circuit_and_a_probe_closes_it() {
     let (_, ep) = api.get(&endpoint).await;
     assert_eq!(ep["circuit"]["failures_in_row"], 0, "{ep}");
     assert_eq!(ep["failing_since"], Value::Null, "{ep}");
+    let said = eventually(Duration::from_secs(10), || async {
+        let got = ops_rx.received();
+        (got.len() >= 2).then_some(got)
+    })
+    .await
+    .expect("the operational endpoint heard of the circuit");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = ops_rx.received();
+    let verdicts = verify_with_python(ops["secret"].as_str().unwrap(), &got);
+    assert!(verdicts.iter().all(|v| v == "ok"), "{verdicts:?}");
+    let kinds: Vec<String> = got
+        .iter()
+        .map(|r| serde_json::from_str::<Value>(&r.body).unwrap())
+        .inspect(|e| assert_eq!(e["data"]["endpoint_id"], ep["id"]))
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["endpoint.circuit_opened", "endpoint.circuit_closed"],
+        "once each, however often a failed probe opened it again ({} seen first)",
+        said.len()
+    );
     stack.stop().await;
 }

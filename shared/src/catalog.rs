@@ -14,6 +14,9 @@ pub struct EventTypeInfo {
     pub event_type: String,
     pub description: String,
     pub example: serde_json::Value,
+    /// An operational event: sent to the platform's operational endpoints, never to a venue's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub operational: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -39,20 +42,41 @@ impl Catalog {
         self.event_types.iter().find(|t| t.event_type == event_type)
     }
 
-    /// Every subscription pattern must name a catalog type or, as a wildcard, match one.
+    /// Every subscription pattern of a venue's endpoint must name a catalog type or, as a
+    /// wildcard, match one (operational types are not a venue's).
     pub fn check_patterns(&self, patterns: &[String]) -> Result<(), ValidationError> {
+        self.check_patterns_for(patterns, false)
+    }
+
+    /// The same for an endpoint of a venue (`operational` false) or an operational endpoint:
+    /// each pattern must match a type of its kind (`webhook.test` is both's).
+    pub fn check_patterns_for(
+        &self,
+        patterns: &[String],
+        operational: bool,
+    ) -> Result<(), ValidationError> {
         for pattern in patterns {
-            let known = self
-                .event_types
-                .iter()
-                .any(|t| pattern_matches(pattern, &t.event_type));
+            let known = self.event_types.iter().any(|t| {
+                (t.operational == operational || t.event_type == "webhook.test")
+                    && pattern_matches(pattern, &t.event_type)
+            });
             if !known {
-                return Err(ValidationError::new(
-                    "event_types",
-                    format!(
+                let other_kind = self
+                    .event_types
+                    .iter()
+                    .any(|t| pattern_matches(pattern, &t.event_type));
+                let message = match (other_kind, operational) {
+                    (true, false) => format!(
+                        "`{pattern}` is an operational event type: the platform subscribes to it at /operational-endpoints"
+                    ),
+                    (true, true) => format!(
+                        "`{pattern}` is a venue's event type; operational endpoints take the operational ones (see GET /event-types)"
+                    ),
+                    _ => format!(
                         "`{pattern}` matches no event type of the catalog; see GET /event-types"
                     ),
-                ));
+                };
+                return Err(ValidationError::new("event_types", message));
             }
         }
         Ok(())
@@ -84,5 +108,13 @@ mod tests {
         assert!(ok(&["order.created", "registration.*", "*"]).is_ok());
         assert!(ok(&["order.exploded"]).is_err());
         assert!(ok(&["nothing.*"]).is_err());
+        // Operational types are the platform's, not a venue's; and the other way round.
+        assert!(ok(&["endpoint.disabled"]).is_err());
+        assert!(ok(&["endpoint.*"]).is_err());
+        let ops = |p: &[&str]| {
+            c.check_patterns_for(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>(), true)
+        };
+        assert!(ops(&["endpoint.*", "delivery.exhausted", "webhook.test", "*"]).is_ok());
+        assert!(ops(&["order.created"]).is_err());
     }
 }

@@ -99,6 +99,7 @@ pub fn check_template(expression: &str, event_types: &[String]) -> Result<(), Va
             event_type: "webhook.test".into(),
             description: String::new(),
             example: serde_json::json!({}),
+            operational: false,
         }),
     }
     .map_err(|e| ValidationError::new("template", e))?;

@@ -600,7 +600,8 @@
     session = readSession();
     if (!session) return expired();
     try {
-      catalog = (await api("GET", "/event-types")).event_types || [];
+      // The venue's event types (operational ones are the platform's).
+      catalog = ((await api("GET", "/event-types")).event_types || []).filter((t) => !t.operational);
       await home();
     } catch (err) {
       if (err.status !== 401) show(h("h1", {}, "Webhooks"), h("p", { class: "error-box" }, err.message));

@@ -27,6 +27,11 @@ pub enum Caller {
 impl Caller {
     /// The venue this caller may act on.
     pub fn tenant(&self, venue: &str) -> Result<Tenant, ApiError> {
+        // Ids that start with `_` are the system's (the operational endpoints' venue): no
+        // venue has one, whoever asks.
+        if shared::operational::is_reserved(venue) {
+            return Err(ApiError::not_found("venue"));
+        }
         let venue = VenueId::parse(venue).map_err(|_| ApiError::not_found("venue"))?;
         match self {
             Caller::Admin => Ok(Tenant::authorized(venue)),
@@ -44,7 +49,7 @@ impl Caller {
             Caller::Venue { .. } | Caller::Portal { .. } => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                "only the admin key may manage API keys and portal sessions",
+                "only the admin key may do this (API keys, portal sessions, operational endpoints, removing a venue)",
             )),
         }
     }

@@ -12,6 +12,7 @@ use shared::domain::{
 use shared::envelope::check_template;
 use shared::headers;
 use shared::ids::{EndpointId, VenueId};
+use shared::operational::{DisabledBy, OpsEvent};
 use shared::secret::Secret;
 use shared::store::Tenant;
 
@@ -204,6 +205,11 @@ fn check_format(
     }
 }
 
+/// Whether `tenant` is the platform's operational endpoints' venue.
+fn is_operational(tenant: &Tenant) -> bool {
+    tenant.venue().as_str() == shared::operational::OPS_VENUE
+}
+
 pub fn parse_endpoint_id(raw: &str) -> Result<EndpointId, ApiError> {
     EndpointId::parse(raw).map_err(|_| ApiError::not_found("endpoint"))
 }
@@ -212,7 +218,7 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
     let req: CreateEndpoint = parse_json(call.body)?;
     let url = api.destinations.check_url(&req.url).await?;
     validate_event_type_patterns(&req.event_types)?;
-    catalog().check_patterns(&req.event_types)?;
+    catalog().check_patterns_for(&req.event_types, is_operational(tenant))?;
     let payload_format = req.payload_format.unwrap_or_default();
     check_format(payload_format, req.template.as_deref(), &req.event_types)?;
     check_description(&req.description)?;
@@ -401,6 +407,7 @@ pub async fn update(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -
     let req: UpdateEndpoint = parse_json(call.body)?;
     let mut endpoint = load(api, tenant, raw_id).await?;
     let previous = endpoint.updated_at;
+    let was_enabled = endpoint.enabled;
     if let Some(url) = req.url {
         let url = api.destinations.check_url(&required("url", url)?).await?;
         endpoint.url = url.to_string();
@@ -412,7 +419,7 @@ pub async fn update(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -
     if let Some(types) = req.event_types {
         let types = required("event_types", types)?;
         validate_event_type_patterns(&types)?;
-        catalog().check_patterns(&types)?;
+        catalog().check_patterns_for(&types, is_operational(tenant))?;
         endpoint.event_types = types;
     }
     if let Some(format) = req.payload_format {
@@ -448,6 +455,30 @@ pub async fn update(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -
     endpoint.updated_at = Utc::now().max(previous + chrono::Duration::microseconds(1));
     api.store.replace_endpoint(&endpoint, previous).await?;
     tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, enabled = endpoint.enabled, "endpoint updated");
+    // Said to the platform's operational endpoints (once: the write above was conditional on
+    // the item as read).
+    let at = endpoint.updated_at;
+    match (was_enabled, endpoint.enabled) {
+        (true, false) => {
+            api.ops
+                .send(OpsEvent::EndpointDisabled {
+                    endpoint: &endpoint,
+                    by: DisabledBy::Hand,
+                    reason: "disabled by hand (the API or Settings → Webhooks)",
+                    at,
+                })
+                .await
+        }
+        (false, true) => {
+            api.ops
+                .send(OpsEvent::EndpointEnabled {
+                    endpoint: &endpoint,
+                    at,
+                })
+                .await
+        }
+        _ => {}
+    }
     Ok((StatusCode::OK, to_json(&EndpointView::of(&endpoint))))
 }
 

@@ -49,6 +49,7 @@ pub struct Api {
     publisher: Publisher,
     replayer: shared::replay::Replayer,
     remover: shared::removal::Remover,
+    ops: shared::operational::Notifier,
     portal: shared::config::PortalConfig,
     page: page::Page,
     destinations: DestinationPolicy,
@@ -87,6 +88,7 @@ impl Api {
             publisher: Publisher::new(services),
             replayer: shared::replay::Replayer::new(services),
             remover: shared::removal::Remover::new(services),
+            ops: shared::operational::Notifier::new(services),
             portal: config.portal.clone(),
             page: page::Page::new(&config.portal.frame_ancestors),
             destinations: config.destinations.clone(),
@@ -161,9 +163,16 @@ impl Api {
         if op.admin_only() {
             caller.require_admin()?;
         }
-        // Every other route starts with /venues/{venue_id}.
-        let tenant = caller.tenant(params.first().copied().unwrap_or_default())?;
-        let id = params.get(1).copied().unwrap_or_default();
+        // The platform's operational endpoints: endpoints of the system's own venue, for the
+        // admin key only. Every other route starts with /venues/{venue_id}.
+        let (tenant, params) = if request.uri().path().starts_with(OPERATIONAL_PREFIX) {
+            caller.require_admin()?;
+            (shared::operational::ops_tenant(), &params[..])
+        } else {
+            let venue = params.first().copied().unwrap_or_default();
+            (caller.tenant(venue)?, params.get(1..).unwrap_or_default())
+        };
+        let id = params.first().copied().unwrap_or_default();
         let (t, c) = (&tenant, &call);
         match op {
             Op::EventTypes => Err(no_route()),
@@ -177,7 +186,7 @@ impl Api {
             Op::ListDeliveries => deliveries::list(self, t, id, c).await,
             Op::Replay => deliveries::replay(self, t, id, c).await,
             Op::GetReplay => {
-                let replay = params.get(2).copied().unwrap_or_default();
+                let replay = params.get(1).copied().unwrap_or_default();
                 deliveries::get_replay(self, t, id, replay).await
             }
             Op::GetDelivery => deliveries::get(self, t, id).await,
@@ -323,7 +332,43 @@ pub const ROUTES: &[(&str, &str, Op)] = &[
         Op::RevokePortalSessions,
     ),
     ("DELETE", "/venues/{venue_id}", Op::RemoveVenue),
+    // The platform's operational endpoints (admin key): the same model as a venue's.
+    ("POST", "/operational-endpoints", Op::CreateEndpoint),
+    ("GET", "/operational-endpoints", Op::ListEndpoints),
+    (
+        "GET",
+        "/operational-endpoints/{endpoint_id}",
+        Op::GetEndpoint,
+    ),
+    (
+        "PATCH",
+        "/operational-endpoints/{endpoint_id}",
+        Op::UpdateEndpoint,
+    ),
+    (
+        "DELETE",
+        "/operational-endpoints/{endpoint_id}",
+        Op::DeleteEndpoint,
+    ),
+    (
+        "POST",
+        "/operational-endpoints/{endpoint_id}/rotate",
+        Op::RotateSecret,
+    ),
+    (
+        "POST",
+        "/operational-endpoints/{endpoint_id}/test",
+        Op::SendTest,
+    ),
+    (
+        "GET",
+        "/operational-endpoints/{endpoint_id}/deliveries",
+        Op::ListDeliveries,
+    ),
 ];
+
+/// Where the operational endpoints' routes start.
+const OPERATIONAL_PREFIX: &str = "/operational-endpoints";
 
 /// Matches a request against [`ROUTES`]: the operation and the path's `{…}` values, in order.
 /// A path served for other methods is a 405.

@@ -188,6 +188,11 @@ impl Ingest {
         let (venue, request) = message
             .split()
             .map_err(|e| Refusal::Permanent(e.to_string()))?;
+        if shared::operational::is_reserved(venue.as_str()) {
+            return Err(Refusal::Permanent(format!(
+                "venue_id `{venue}` is reserved for the system (ids starting with `_`)"
+            )));
+        }
         let tenant = Tenant::from_internal_message(venue);
         match self
             .publisher

@@ -16,6 +16,7 @@ use crate::breaker::{Change, Circuit, Gate};
 use crate::domain::{rfc3339, Attempt, Endpoint};
 use crate::error::Result;
 use crate::ids::{EndpointId, VenueId};
+use crate::operational::{DisabledBy, OpsEvent};
 use crate::store::Tenant;
 
 /// The attempts of a batch at one endpoint.
@@ -198,13 +199,22 @@ impl Dispatcher {
             let result = match endpoint.failing_since {
                 Some(since) if failed_last && self.policy.should_disable(since, now) => {
                     tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %id, %since, "failing too long; endpoint disabled");
-                    self.store
-                        .disable_endpoint(
-                            &tenant,
-                            id,
-                            &format!("every delivery failed since {}", rfc3339(since)),
-                        )
-                        .await
+                    let reason = format!("every delivery failed since {}", rfc3339(since));
+                    match self.store.disable_endpoint(&tenant, id, &reason).await {
+                        Ok(true) => {
+                            self.ops
+                                .send(OpsEvent::EndpointDisabled {
+                                    endpoint,
+                                    by: DisabledBy::Failing,
+                                    reason: &reason,
+                                    at: now,
+                                })
+                                .await;
+                            Ok(())
+                        }
+                        Ok(false) => Ok(()),
+                        Err(e) => Err(e),
+                    }
                 }
                 _ => {
                     let change = self.breaker.after(
@@ -216,7 +226,27 @@ impl Dispatcher {
                     if let Change::Open { until, opens, .. } = &change {
                         tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %id, %until, opens, "circuit opened: deliveries wait unattempted until a probe succeeds");
                     }
-                    self.store.record_health(&tenant, id, &change, now).await
+                    let recorded = self.store.record_health(&tenant, id, &change, now).await;
+                    // Said when the circuit opens after being closed, and when it closes
+                    // after being open (not on each re-opening after a failed probe).
+                    let was_open = endpoint.circuit_open_until.is_some();
+                    let said = match &change {
+                        Change::Open {
+                            until, failures, ..
+                        } if !was_open => Some(OpsEvent::CircuitOpened {
+                            endpoint,
+                            failures_in_row: endpoint.failures_in_row + failures,
+                            until: *until,
+                        }),
+                        Change::Close if was_open => {
+                            Some(OpsEvent::CircuitClosed { endpoint, at: now })
+                        }
+                        _ => None,
+                    };
+                    if let (Ok(()), Some(event)) = (&recorded, said) {
+                        self.ops.send(event).await;
+                    }
+                    recorded
                 }
             };
             if let Err(e) = result {

@@ -12,6 +12,7 @@ use crate::breaker::BreakerPolicy;
 use crate::domain::{Attempt, DeliveryStatus, Endpoint, Event, Trigger};
 use crate::error::{Error, Result};
 use crate::http_client::{text_excerpt, DeliveryClient};
+use crate::operational::{DisabledBy, Notifier, OpsEvent};
 use std::collections::HashMap;
 
 use crate::ids::{DeliveryId, EndpointId, VenueId};
@@ -79,6 +80,8 @@ pub struct Dispatcher {
     http: DeliveryClient,
     policy: RetryPolicy,
     breaker: BreakerPolicy,
+    /// Operational events: endpoints disabled, circuits, deliveries failed for good.
+    ops: Notifier,
 }
 
 impl Dispatcher {
@@ -90,6 +93,7 @@ impl Dispatcher {
             http,
             policy: config.retry.clone(),
             breaker: config.breaker.clone(),
+            ops: Notifier::new(services),
         }
     }
 
@@ -475,14 +479,24 @@ impl Dispatcher {
         health.note(endpoint, &attempt, probed);
         if decision == Decision::DisableEndpoint {
             tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, "receiver answered 410 Gone; endpoint disabled");
-            self.store
-                .disable_endpoint(
-                    tenant,
-                    &endpoint.endpoint_id,
-                    "the receiver answered 410 Gone",
-                )
-                .await?;
+            let reason = "the receiver answered 410 Gone";
+            if self
+                .store
+                .disable_endpoint(tenant, &endpoint.endpoint_id, reason)
+                .await?
+            {
+                self.ops
+                    .send(OpsEvent::EndpointDisabled {
+                        endpoint,
+                        by: DisabledBy::Gone,
+                        reason,
+                        at: now,
+                    })
+                    .await;
+            }
         }
+        let last = matches!(decision, Decision::GiveUp | Decision::DisableEndpoint)
+            .then(|| attempt.clone());
         let recorded = self
             .store
             .record_attempt(AttemptRecord {
@@ -510,6 +524,20 @@ impl Dispatcher {
                 tracing::info!(%delivery_id, attempt = number, status = status.as_str(), "delivery finished meanwhile");
                 return Ok(JobOutcome::Done("finished meanwhile"));
             }
+        }
+        if let Some(last) = &last {
+            // Failed for good, recorded once (a duplicate job stood down above).
+            let attempts = previous.map_or(0, |d| d.attempt_count) + 1;
+            self.ops
+                .send(OpsEvent::DeliveryExhausted {
+                    endpoint,
+                    delivery_id,
+                    event_id: &event.id,
+                    event_type: &event.event_type,
+                    attempts,
+                    last,
+                })
+                .await;
         }
         Ok(match decision {
             Decision::Delivered => JobOutcome::Done("delivered"),

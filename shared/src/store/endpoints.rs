@@ -246,20 +246,26 @@ impl Store {
     }
 
     /// Disables an endpoint on the system's own account, saying why.
+    /// Disables an enabled endpoint with `reason`; `false` if it was disabled (or deleted)
+    /// already, so that only one of several disablers says so.
     pub async fn disable_endpoint(
         &self,
         tenant: &Tenant,
         id: &EndpointId,
         reason: &str,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let now = Utc::now();
-        self.update_endpoint_health(
+        self.update_endpoint_if(
             tenant,
             id,
-            "SET enabled = :false, disabled_reason = :reason, updated_at = :now REMOVE failing_since",
-            "attribute_exists(endpoint_id)",
+            (
+                "SET enabled = :false, disabled_reason = :reason, updated_at = :now REMOVE failing_since",
+                "attribute_exists(endpoint_id) AND enabled = :true",
+            ),
+            None,
             vec![
                 (":false", AttributeValue::Bool(false)),
+                (":true", AttributeValue::Bool(true)),
                 (":reason", s(reason)),
                 (":now", to_attr(&now)?),
             ],
