@@ -226,27 +226,27 @@ impl Dispatcher {
                     if let Change::Open { until, opens, .. } = &change {
                         tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %id, %until, opens, "circuit opened: deliveries wait unattempted until a probe succeeds");
                     }
-                    let recorded = self.store.record_health(&tenant, id, &change, now).await;
-                    // Said when the circuit opens after being closed, and when it closes
-                    // after being open (not on each re-opening after a failed probe).
-                    let was_open = endpoint.circuit_open_until.is_some();
-                    let said = match &change {
-                        Change::Open {
-                            until, failures, ..
-                        } if !was_open => Some(OpsEvent::CircuitOpened {
-                            endpoint,
-                            failures_in_row: endpoint.failures_in_row + failures,
-                            until: *until,
-                        }),
-                        Change::Close if was_open => {
-                            Some(OpsEvent::CircuitClosed { endpoint, at: now })
+                    // Said when this write opened a closed circuit, or closed an open one
+                    // (not at each re-opening after a failed probe, nor twice when two
+                    // batches conclude the same at once).
+                    match self.store.record_health(&tenant, id, &change, now).await {
+                        Ok(true) => {
+                            let event = match &change {
+                                Change::Open {
+                                    until, failures, ..
+                                } => OpsEvent::CircuitOpened {
+                                    endpoint,
+                                    failures_in_row: endpoint.failures_in_row + failures,
+                                    until: *until,
+                                },
+                                _ => OpsEvent::CircuitClosed { endpoint, at: now },
+                            };
+                            self.ops.send(event).await;
+                            Ok(())
                         }
-                        _ => None,
-                    };
-                    if let (Ok(()), Some(event)) = (&recorded, said) {
-                        self.ops.send(event).await;
+                        Ok(false) => Ok(()),
+                        Err(e) => Err(e),
                     }
-                    recorded
                 }
             };
             if let Err(e) = result {

@@ -64,9 +64,18 @@ impl Dispatcher {
         if attempt.succeeded() && (endpoint.failing_since.is_some() || endpoint.failures_in_row > 0)
         {
             // The receiver is back: the failure clock stops and the circuit closes.
-            self.store
+            if self
+                .store
                 .record_health(tenant, &endpoint.endpoint_id, &Change::Close, now)
-                .await?;
+                .await?
+            {
+                self.ops
+                    .send(crate::operational::OpsEvent::CircuitClosed {
+                        endpoint: &endpoint,
+                        at: now,
+                    })
+                    .await;
+            }
         }
         Ok(attempt)
     }

@@ -108,58 +108,70 @@ impl Store {
         }
     }
 
-    /// What a batch of attempts did to the endpoint's health, in one write: a success
-    /// stops the failure clock and closes the circuit; failures start the clock (if it is not
-    /// running) and count towards opening the circuit, or open it.
+    /// Writes a batch's effect on the endpoint's circuit. `true` when this write flipped the
+    /// circuit (opened a closed one, or closed an open one): of several batches that reach
+    /// the same conclusion at once, only one is told so (the old item says what it found).
     pub async fn record_health(
         &self,
         tenant: &Tenant,
         id: &EndpointId,
         change: &Change,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let since = to_attr(&now)?;
-        match change {
-            Change::None => Ok(()),
-            Change::Close => {
-                self.update_endpoint_health(
-                    tenant,
-                    id,
-                    "SET failures_in_row = :zero, circuit_opens = :zero REMOVE failing_since, circuit_open_until, probe_until",
-                    "attribute_exists(endpoint_id)",
-                    vec![(":zero", n(0))],
-                )
-                .await
-            }
-            Change::Count(failures) => {
-                self.update_endpoint_health(
-                    tenant,
-                    id,
-                    "SET failing_since = if_not_exists(failing_since, :now) ADD failures_in_row :n",
-                    "attribute_exists(endpoint_id)",
-                    vec![(":now", since), (":n", n(*failures))],
-                )
-                .await
-            }
+        let (update, values, opening): (&str, Vec<(&str, AttributeValue)>, bool) = match change {
+            Change::None => return Ok(false),
+            Change::Close => (
+                "SET failures_in_row = :zero, circuit_opens = :zero REMOVE failing_since, circuit_open_until, probe_until",
+                vec![(":zero", n(0))],
+                false,
+            ),
+            Change::Count(failures) => (
+                "SET failing_since = if_not_exists(failing_since, :now) ADD failures_in_row :n",
+                vec![(":now", since), (":n", n(*failures))],
+                false,
+            ),
             Change::Open {
                 until,
                 opens,
                 failures,
-            } => {
-                self.update_endpoint_health(
-                    tenant,
-                    id,
-                    "SET failing_since = if_not_exists(failing_since, :now), circuit_open_until = :until, circuit_opens = :opens ADD failures_in_row :n REMOVE probe_until",
-                    "attribute_exists(endpoint_id)",
-                    vec![
-                        (":now", since),
-                        (":until", to_attr(until)?),
-                        (":opens", n(*opens)),
-                        (":n", n(*failures)),
-                    ],
-                )
-                .await
+            } => (
+                "SET failing_since = if_not_exists(failing_since, :now), circuit_open_until = :until, circuit_opens = :opens ADD failures_in_row :n REMOVE probe_until",
+                vec![
+                    (":now", since),
+                    (":until", to_attr(until)?),
+                    (":opens", n(*opens)),
+                    (":n", n(*failures)),
+                ],
+                true,
+            ),
+        };
+        let mut request = self
+            .ddb
+            .update_item()
+            .table_name(&self.endpoints)
+            .key("venue_id", s(tenant.venue().as_str()))
+            .key("endpoint_id", s(id.as_str()))
+            .update_expression(update)
+            // Deleted meanwhile: nothing to do.
+            .condition_expression("attribute_exists(endpoint_id)")
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld);
+        for (name, value) in values {
+            request = request.expression_attribute_values(name, value);
+        }
+        match request.send().await {
+            Ok(out) => {
+                let was_open = out
+                    .attributes
+                    .is_some_and(|old| old.contains_key("circuit_open_until"));
+                Ok(match change {
+                    Change::Open { .. } => opening && !was_open,
+                    Change::Close => was_open,
+                    _ => false,
+                })
             }
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(Error::aws("dynamodb", e)),
         }
     }
 
