@@ -33,6 +33,14 @@ async fn every_log_line_is_a_json_object_with_the_ids_as_fields() {
         .await;
     assert_eq!(status, 202, "{published}");
     let event_id = published["id"].as_str().unwrap().to_owned();
+    // And one the API refuses (no such field).
+    let (status, _) = api
+        .post(
+            &format!("/venues/{venue}/events"),
+            json!({"type": "order.created", "data": {}, "colour": "blue"}),
+        )
+        .await;
+    assert_eq!(status, 422);
     ok.wait_for(1, Duration::from_secs(20)).await;
     failing.wait_for(1, Duration::from_secs(20)).await;
     // The attempt is recorded just after the receiver answered.
@@ -53,6 +61,9 @@ async fn every_log_line_is_a_json_object_with_the_ids_as_fields() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
         .collect();
     assert!(lines.len() >= 3, "{text}");
+    // Metrics lines (EMF) are checked below; every other line is a log line.
+    let (metrics, lines): (Vec<Value>, Vec<Value>) =
+        lines.into_iter().partition(|l| l.get("_aws").is_some());
     for line in &lines {
         assert!(
             ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&line["level"].as_str().unwrap()),
@@ -80,4 +91,73 @@ async fn every_log_line_is_a_json_object_with_the_ids_as_fields() {
         .unwrap_or_else(|| panic!("no failed attempt line:\n{text}"));
     assert_eq!(failed["error_class"], "http_5xx");
     assert_eq!(failed["event_id"], event_id.as_str());
+
+    // The metrics (embedded metric format), against what happened: one event accepted and one
+    // refused by the API; at the two endpoints, one attempt each: a success, and a 500 whose
+    // delivery waits for a retry.
+    for line in &metrics {
+        let directive = &line["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "PopupWebhooks", "{line}");
+        assert!(line["_aws"]["Timestamp"].is_i64(), "{line}");
+        for set in directive["Dimensions"].as_array().unwrap() {
+            for key in set.as_array().unwrap() {
+                assert!(
+                    line[key.as_str().unwrap()].is_string(),
+                    "dimension {key}: {line}"
+                );
+            }
+        }
+        for metric in directive["Metrics"].as_array().unwrap() {
+            let value = &line[metric["Name"].as_str().unwrap()];
+            assert!(
+                value.is_u64()
+                    || value
+                        .as_array()
+                        .is_some_and(|v| !v.is_empty() && v.len() <= 100),
+                "{line}"
+            );
+        }
+        // Series by function, outcome and error class only: never a venue or an endpoint.
+        assert!(!line.to_string().contains(&venue), "{line}");
+    }
+    let sum = |function: &str, name: &str, filter: &dyn Fn(&Value) -> bool| -> u64 {
+        metrics
+            .iter()
+            .filter(|l| l["Function"] == function && filter(l))
+            .filter_map(|l| l[name].as_u64())
+            .sum()
+    };
+    let values = |function: &str, name: &str| -> Vec<u64> {
+        metrics
+            .iter()
+            .filter(|l| l["Function"] == function)
+            .flat_map(|l| l[name].as_array().cloned().unwrap_or_default())
+            .map(|v| v.as_u64().unwrap())
+            .collect()
+    };
+    let attempts = |outcome: &str, class: &str| {
+        sum("deliver", "Attempts", &|l| {
+            l["Outcome"] == outcome && l["ErrorClass"] == class
+        })
+    };
+    assert_eq!(
+        attempts("succeeded", "none"),
+        ok.received().len() as u64,
+        "{metrics:#?}"
+    );
+    assert_eq!(
+        attempts("failed", "http_5xx"),
+        failing.received().len() as u64
+    );
+    assert_eq!(values("deliver", "AttemptDuration").len(), 2);
+    assert_eq!(sum("api", "EventsAccepted", &|_| true), 1);
+    assert_eq!(sum("api", "EventsRefused", &|_| true), 1);
+    assert_eq!(
+        sum("deliver", "RetriesScheduled", &|_| true),
+        1,
+        "the failed delivery's retry"
+    );
+    let delays = values("deliver", "PublishToFirstAttempt");
+    assert_eq!(delays.len(), 2, "one first attempt per endpoint");
+    assert!(delays.iter().all(|&ms| ms < 20_000), "{delays:?}");
 }

@@ -138,6 +138,11 @@ impl DeliveryId {
             .then(|| (Self::from_ulid(ulid & !MEMBER_MASK), low - 1))
     }
 
+    /// When the id was made (its batch's acceptance), in unix milliseconds.
+    pub fn created_ms(&self) -> u64 {
+        self.ulid().timestamp_ms()
+    }
+
     /// The tag of the endpoint this delivery is for ([`EndpointId::tag`]).
     pub fn tag(&self) -> u64 {
         ((self.ulid().0 & TAG_MASK) >> MEMBER_BITS) as u64

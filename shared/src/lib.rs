@@ -30,6 +30,7 @@ pub mod http_client;
 pub mod ids;
 pub mod ingest;
 pub mod logging;
+pub mod metrics;
 pub mod operational;
 pub mod queue;
 pub mod removal;

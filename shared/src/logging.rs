@@ -64,6 +64,13 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let mut fields = Fields(Map::new());
+        // A metrics line ([`crate::metrics`]): the bare EMF object, which CloudWatch reads.
+        if event.metadata().target() == "emf" {
+            event.record(&mut fields);
+            if let Some(Value::String(emf)) = fields.0.get("emf") {
+                return writeln!(writer, "{emf}");
+            }
+        }
         fields.0.insert(
             "level".into(),
             Value::String(event.metadata().level().as_str().to_owned()),

@@ -65,7 +65,10 @@ impl Metrics {
         } else {
             (
                 "failed",
-                attempt.error_class.clone().unwrap_or_else(|| "other".into()),
+                attempt
+                    .error_class
+                    .clone()
+                    .unwrap_or_else(|| "other".into()),
             )
         };
         if let Ok(mut g) = self.gathered.lock() {
@@ -114,7 +117,11 @@ impl Metrics {
                 }
                 lines.push(line(
                     timestamp,
-                    &[&["Function"], &["Function", "Outcome"], &["Function", "Outcome", "ErrorClass"]],
+                    &[
+                        &["Function"],
+                        &["Function", "Outcome"],
+                        &["Function", "Outcome", "ErrorClass"],
+                    ],
                     metrics,
                     fields,
                 ));
@@ -159,7 +166,12 @@ impl Metrics {
     }
 }
 
-fn line(timestamp: i64, dimensions: &[&[&str]], metrics: Vec<Value>, mut fields: Map<String, Value>) -> Value {
+fn line(
+    timestamp: i64,
+    dimensions: &[&[&str]],
+    metrics: Vec<Value>,
+    mut fields: Map<String, Value>,
+) -> Value {
     fields.insert(
         "_aws".into(),
         json!({
@@ -205,7 +217,10 @@ mod tests {
         }
         for metric in directive["Metrics"].as_array().unwrap() {
             let value = &line[metric["Name"].as_str().unwrap()];
-            assert!(value.is_number() || value.as_array().is_some_and(|v| v.len() <= MAX_VALUES), "{line}");
+            assert!(
+                value.is_number() || value.as_array().is_some_and(|v| v.len() <= MAX_VALUES),
+                "{line}"
+            );
         }
     }
 
@@ -225,18 +240,33 @@ mod tests {
         // 250 successes: three lines of ≤ 100 durations, the count in the first; one line of
         // failures; one of counters.
         assert_eq!(lines.len(), 5, "{lines:#?}");
-        let succeeded: Vec<&Value> = lines.iter().filter(|l| l["Outcome"] == "succeeded").collect();
+        let succeeded: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["Outcome"] == "succeeded")
+            .collect();
         assert_eq!(succeeded[0]["Attempts"], 250);
         let durations: usize = succeeded
             .iter()
             .map(|l| l["AttemptDuration"].as_array().unwrap().len())
             .sum();
         assert_eq!(durations, 250);
-        let failed = lines.iter().find(|l| l["ErrorClass"] == "http_5xx").unwrap();
-        assert_eq!((&failed["Attempts"], &failed["AttemptDuration"]), (&json!(2), &json!([40, 60])));
-        let counters = lines.iter().find(|l| l.get("RetriesScheduled").is_some()).unwrap();
+        let failed = lines
+            .iter()
+            .find(|l| l["ErrorClass"] == "http_5xx")
+            .unwrap();
+        assert_eq!(
+            (&failed["Attempts"], &failed["AttemptDuration"]),
+            (&json!(2), &json!([40, 60]))
+        );
+        let counters = lines
+            .iter()
+            .find(|l| l.get("RetriesScheduled").is_some())
+            .unwrap();
         assert_eq!(counters["RetriesScheduled"], 2);
-        assert!(counters.get("EventsAccepted").is_none(), "nothing counted, nothing said");
+        assert!(
+            counters.get("EventsAccepted").is_none(),
+            "nothing counted, nothing said"
+        );
         assert_eq!(counters["PublishToFirstAttempt"], json!([120]));
         // Taken: the next invocation starts from nothing.
         assert!(m.take_lines("deliver").is_empty());

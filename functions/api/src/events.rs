@@ -7,6 +7,7 @@ use http::StatusCode;
 use serde_json::json;
 use shared::domain::PublishRequest;
 use shared::ids::EventId;
+use shared::metrics::Counter;
 use shared::store::Tenant;
 
 use crate::deliveries::SummaryView;
@@ -19,9 +20,19 @@ use crate::{to_json, Api, ApiResult, Call};
 /// with the same type and data is idempotent (202 with the same id, delivered once); with other
 /// content it is a 409.
 pub async fn publish(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
-    api.publisher.check_size(call.body.len())?;
-    let request: PublishRequest = parse_json(call.body)?;
-    let accepted = api.publisher.publish(tenant, request, Utc::now()).await?;
+    let metrics = api.dispatcher.metrics();
+    let accepted = async {
+        api.publisher.check_size(call.body.len())?;
+        let request: PublishRequest = parse_json(call.body)?;
+        Ok::<_, ApiError>(api.publisher.publish(tenant, request, Utc::now()).await?)
+    }
+    .await
+    .inspect_err(|e| {
+        if e.status.is_client_error() {
+            metrics.count(Counter::EventsRefused, 1);
+        }
+    })?;
+    metrics.count(Counter::EventsAccepted, 1);
     Ok((
         StatusCode::ACCEPTED,
         json!({"id": accepted.record.event_id, "duplicate": accepted.duplicate, "queued": accepted.queued}),

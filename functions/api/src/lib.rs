@@ -122,6 +122,7 @@ impl Api {
             duration_ms = started.elapsed().as_millis() as u64,
             "api request"
         );
+        self.dispatcher.metrics().flush("api");
         json_response(status, &body)
     }
 

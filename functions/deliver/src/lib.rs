@@ -20,6 +20,7 @@ use futures::future::join_all;
 use shared::backoff;
 use shared::dispatch::{is_fresh, Dispatcher, Endpoints, Health, Ran};
 use shared::http_client::{BuildError, DeliveryClient};
+use shared::metrics::Counter;
 use shared::queue::{self, visibility_secs, DeliveryJob, PurgeMessage, Queues, ReplayMessage};
 use shared::removal::{PurgeTask, Remover};
 use shared::replay::{ReplayTask, Replayer};
@@ -113,7 +114,13 @@ impl Deliver {
         if !follow_ups.is_empty() {
             // Together for the whole batch; a job leaves the queue only once its waiting
             // deliveries are stored on their own.
-            if let Err(e) = self.waits.schedule(&follow_ups, chrono::Utc::now()).await {
+            let scheduled = self.waits.schedule(&follow_ups, chrono::Utc::now()).await;
+            if scheduled.is_ok() {
+                self.dispatcher
+                    .metrics()
+                    .count(Counter::RetriesScheduled, follow_ups.len() as u64);
+            }
+            if let Err(e) = scheduled {
                 tracing::error!(error = %e, "could not store retries; their jobs come back");
                 for (id, record) in waiting_on_follow_ups {
                     Self::hide(&mut delays, record, self.outage_wait(record));
@@ -124,6 +131,7 @@ impl Deliver {
         if !delays.is_empty() {
             self.queues.delay_received(&delays).await;
         }
+        self.dispatcher.metrics().flush("deliver");
         response
     }
 

@@ -16,6 +16,7 @@ use chrono::Utc;
 use futures::future::join_all;
 use shared::domain::IngestMessage;
 use shared::ingest::{IngestBatch, Publisher};
+use shared::metrics::{Counter, Metrics};
 use shared::queue::{self, DeliveryJob, Queues};
 use shared::services::Services;
 use shared::store::Tenant;
@@ -32,6 +33,7 @@ pub struct Ingest {
     /// time (`None`: the queue's visibility timeout decides).
     queue_url: Option<String>,
     outage_backoff: std::time::Duration,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 /// Why a record did not go through.
@@ -51,6 +53,7 @@ impl Ingest {
             dlq_url: services.config.resources.ingest_dlq_url.clone(),
             queue_url: services.config.resources.ingest_queue_url.clone(),
             outage_backoff: services.config.outage_backoff,
+            metrics: std::sync::Arc::default(),
         }
     }
 
@@ -115,6 +118,7 @@ impl Ingest {
             }
         }
         self.back_off(&event, &response).await;
+        self.metrics.flush("ingest");
         response
     }
 
@@ -153,7 +157,10 @@ impl Ingest {
         let message_id = record.message_id.as_deref().unwrap_or("");
         let body = record.body.as_deref().unwrap_or("");
         match self.accept(body, batch).await {
-            Ok(jobs) => Some(jobs),
+            Ok(jobs) => {
+                self.metrics.count(Counter::EventsAccepted, 1);
+                Some(jobs)
+            }
             Err(Refusal::Transient(reason)) => {
                 tracing::warn!(
                     message_id,
@@ -163,6 +170,7 @@ impl Ingest {
                 None
             }
             Err(Refusal::Permanent(reason)) => {
+                self.metrics.count(Counter::EventsRefused, 1);
                 tracing::error!(
                     message_id,
                     reason,

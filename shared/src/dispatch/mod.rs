@@ -12,6 +12,7 @@ use crate::breaker::BreakerPolicy;
 use crate::domain::{Attempt, DeliveryStatus, Endpoint, Event, Trigger};
 use crate::error::{Error, Result};
 use crate::http_client::{text_excerpt, DeliveryClient};
+use crate::metrics::{Counter, Metrics};
 use crate::operational::{DisabledBy, Notifier, OpsEvent};
 use std::collections::HashMap;
 
@@ -82,6 +83,8 @@ pub struct Dispatcher {
     breaker: BreakerPolicy,
     /// Operational events: endpoints disabled, circuits, deliveries failed for good.
     ops: Notifier,
+    /// What this process's attempts did, until its function flushes it ([`crate::metrics`]).
+    metrics: std::sync::Arc<Metrics>,
 }
 
 impl Dispatcher {
@@ -94,7 +97,13 @@ impl Dispatcher {
             policy: config.retry.clone(),
             breaker: config.breaker.clone(),
             ops: Notifier::new(services),
+            metrics: std::sync::Arc::default(),
         }
+    }
+
+    /// The metrics of the attempts made (and their effects), for the function to flush.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Runs one queued job. `receive` is SQS's receive count of the message. A fresh
@@ -454,6 +463,15 @@ impl Dispatcher {
             outcome = ?decision,
             "delivery attempt"
         );
+        if number == 1 {
+            let accepted = delivery_id.created_ms() as i64;
+            let delay = attempt
+                .at
+                .timestamp_millis()
+                .saturating_sub(accepted)
+                .max(0);
+            self.metrics.first_attempt_delay(delay as u64);
+        }
         Ok((attempt, decision))
     }
 
@@ -526,6 +544,7 @@ impl Dispatcher {
             }
         }
         if let Some(last) = &last {
+            self.metrics.count(Counter::DeliveriesExhausted, 1);
             // Failed for good, recorded once (a duplicate job stood down above).
             let attempts = previous.map_or(0, |d| d.attempt_count) + 1;
             self.ops

@@ -78,6 +78,8 @@ impl Dispatcher {
                 .map(|(class, _)| class.hint(response.status_code).to_owned()),
             response_body: response.body_excerpt.clone(),
         };
+        // Every attempt, whatever started it (schedule, retry, replay, test).
+        self.metrics.attempt(&attempt);
         Ok((attempt, response))
     }
 }
