@@ -879,28 +879,12 @@ async fn a_venue_has_a_bounded_number_of_endpoints() {
 
 /// Every item of the stack's tables that names `venue` (the removal record aside).
 async fn items_of_venue(stack: &local::Stack, venue: &str) -> Vec<String> {
-    let ddb = aws_sdk_dynamodb::Client::new(&stack.aws);
-    let mut found = Vec::new();
-    for (logical, table) in &stack.provisioned.physical {
-        if !logical.ends_with("Table") {
-            continue;
-        }
-        let items = ddb
-            .scan()
-            .table_name(table)
-            .send()
-            .await
-            .unwrap()
-            .items
-            .unwrap_or_default();
-        for item in items {
-            let text = format!("{item:?}");
-            if text.contains(venue) && !text.contains(&format!("rmv_{venue}")) {
-                found.push(format!("{logical}: {text}"));
-            }
-        }
-    }
-    found
+    all_items(stack)
+        .await
+        .into_iter()
+        .filter(|(_, text)| text.contains(venue) && !text.contains(&format!("rmv_{venue}")))
+        .map(|(logical, text)| format!("{logical}: {text}"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

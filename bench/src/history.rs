@@ -138,11 +138,10 @@ pub async fn history_run(moto: &str, report: &mut Report, smoke: bool) -> Result
     write_history(&services.store, &tenant, busy, (busy_groups / 10, 0)).await?;
     let busy_total = (busy_groups + busy_groups / 10) * GROUP_SIZE + busy_failed;
 
-    let page = |endpoint: &EndpointId, query: &str| {
-        let url = format!(
-            "{}/venues/{venue}/endpoints/{endpoint}/deliveries?{query}",
-            stack.api_url
-        );
+    // One GET of the API with the admin key: its answer, and the DynamoDB read units and
+    // requests the proxy counted for it.
+    let counted_get = |path: String| {
+        let url = format!("{}{path}", stack.api_url);
         let (http, counts) = (http.clone(), counts.clone());
         async move {
             counts.reset();
@@ -156,44 +155,37 @@ pub async fn history_run(moto: &str, report: &mut Report, smoke: bool) -> Result
                     .await?,
             )?;
             let snapshot = counts.snapshot();
-            let requests = snapshot
+            let requests: u64 = snapshot
                 .iter()
                 .filter(|(k, _)| k.starts_with("DynamoDB_"))
                 .map(|(_, v)| v)
                 .sum();
+            let read_units =
+                snapshot.get(proxy::READ_MILLI_UNITS).copied().unwrap_or(0) as f64 / 1000.0;
+            Ok::<_, BoxError>((answer, read_units, requests))
+        }
+    };
+    let page = |endpoint: &EndpointId, query: &str| {
+        let get = counted_get(format!(
+            "/venues/{venue}/endpoints/{endpoint}/deliveries?{query}"
+        ));
+        async move {
+            let (answer, read_units, requests) = get.await?;
             Ok::<_, BoxError>(PageCost {
                 shown: answer["data"].as_array().map_or(0, Vec::len),
                 complete: answer["next_cursor"].is_null(),
-                read_units: snapshot.get(proxy::READ_MILLI_UNITS).copied().unwrap_or(0) as f64
-                    / 1000.0,
+                read_units,
                 requests,
             })
         }
     };
     // The stats route: what one look at an endpoint's health reads.
     let stats = |endpoint: &EndpointId| {
-        let url = format!(
-            "{}/venues/{venue}/endpoints/{endpoint}/stats?window=24h",
-            stack.api_url
-        );
-        let (http, counts) = (http.clone(), counts.clone());
+        let get = counted_get(format!(
+            "/venues/{venue}/endpoints/{endpoint}/stats?window=24h"
+        ));
         async move {
-            counts.reset();
-            let answer: Value = serde_json::from_slice(
-                &http
-                    .get(url)
-                    .bearer_auth(ADMIN_KEY)
-                    .send()
-                    .await?
-                    .bytes()
-                    .await?,
-            )?;
-            let read_units = counts
-                .snapshot()
-                .get(proxy::READ_MILLI_UNITS)
-                .copied()
-                .unwrap_or(0) as f64
-                / 1000.0;
+            let (answer, read_units, _) = get.await?;
             Ok::<_, BoxError>((answer, read_units))
         }
     };

@@ -221,6 +221,32 @@ fn init_logs() {
     });
 }
 
+/// Every item of every table of the stack (one Scan page each: test-sized tables), as
+/// (the table's logical id, the item printed).
+pub async fn all_items(stack: &Stack) -> Vec<(String, String)> {
+    let ddb = aws_sdk_dynamodb::Client::new(&stack.aws);
+    let mut found = Vec::new();
+    for (logical, table) in &stack.provisioned.physical {
+        if !logical.ends_with("Table") {
+            continue;
+        }
+        let items = ddb
+            .scan()
+            .table_name(table)
+            .send()
+            .await
+            .unwrap()
+            .items
+            .unwrap_or_default();
+        found.extend(
+            items
+                .iter()
+                .map(|item| (logical.clone(), format!("{item:?}"))),
+        );
+    }
+    found
+}
+
 /// What the functions of this test process logged at warning level and above, most recent
 /// last: for the message of an assertion about something that did not happen.
 pub fn function_errors() -> String {
