@@ -42,15 +42,10 @@ impl Catalog {
         self.event_types.iter().find(|t| t.event_type == event_type)
     }
 
-    /// Every subscription pattern of a venue's endpoint must name a catalog type or, as a
-    /// wildcard, match one (operational types are not a venue's).
-    pub fn check_patterns(&self, patterns: &[String]) -> Result<(), ValidationError> {
-        self.check_patterns_for(patterns, false)
-    }
-
-    /// The same for an endpoint of a venue (`operational` false) or an operational endpoint:
-    /// each pattern must match a type of its kind (`webhook.test` is both's).
-    pub fn check_patterns_for(
+    /// Every subscription pattern of an endpoint of a venue (`operational` false) or of an
+    /// operational endpoint must name a catalog type of its kind or, as a wildcard, match one
+    /// (`webhook.test` is both kinds').
+    pub fn check_patterns(
         &self,
         patterns: &[String],
         operational: bool,
@@ -103,8 +98,9 @@ mod tests {
     #[test]
     fn patterns_must_match_the_catalog() {
         let c = catalog();
-        let ok =
-            |p: &[&str]| c.check_patterns(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let ok = |p: &[&str]| {
+            c.check_patterns(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>(), false)
+        };
         assert!(ok(&["order.created", "registration.*", "*"]).is_ok());
         assert!(ok(&["order.exploded"]).is_err());
         assert!(ok(&["nothing.*"]).is_err());
@@ -112,7 +108,7 @@ mod tests {
         assert!(ok(&["endpoint.disabled"]).is_err());
         assert!(ok(&["endpoint.*"]).is_err());
         let ops = |p: &[&str]| {
-            c.check_patterns_for(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>(), true)
+            c.check_patterns(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>(), true)
         };
         assert!(ops(&["endpoint.*", "delivery.exhausted", "webhook.test", "*"]).is_ok());
         assert!(ops(&["order.created"]).is_err());

@@ -49,6 +49,16 @@ def tab_to(page, text, most=150):
     raise AssertionError(f"no focusable {text!r} within {most} Tab presses")
 
 
+def copy_shown_once(page, title):
+    """The value a rotation shows once, copied with its "Copy" button; then "Done"."""
+    once = page.get_by_role("dialog", name=title)
+    expect(once).to_be_visible()
+    once.get_by_role("button", name="Copy").click()
+    copied = page.evaluate("navigator.clipboard.readText()")
+    once.get_by_role("button", name="Done").click()
+    return copied
+
+
 def create(page, url, mode, result, shots=None):
     """The Add endpoint flow with the mouse; returns what the page showed once."""
     page.get_by_role("button", name="Add endpoint").click()
@@ -168,11 +178,7 @@ def walk(spec, shots, context, page, errors, result):
     page.get_by_role("button", name="Rotate token").click()
     expect(page.get_by_text("The old token stops working as soon as you rotate")).to_be_visible()
     page.get_by_role("button", name="Rotate", exact=True).click()
-    once = page.get_by_role("dialog", name="Token rotated")
-    expect(once).to_be_visible()
-    once.get_by_role("button", name="Copy").click()
-    result["rotated_token"] = page.evaluate("navigator.clipboard.readText()")
-    once.get_by_role("button", name="Done").click()
+    result["rotated_token"] = copy_shown_once(page, "Token rotated")
     page.get_by_role("button", name="Send test").click()
     expect(page.get_by_role("status").filter(has_text="Delivered")).to_be_visible()
     page.get_by_role("link", name="← All endpoints").click()
@@ -269,11 +275,7 @@ def walk(spec, shots, context, page, errors, result):
     page.get_by_role("button", name="Rotate secret").click()
     page.get_by_label("Keep the old one working for").select_option("0")
     page.get_by_role("button", name="Rotate", exact=True).click()
-    once = page.get_by_role("dialog", name="Secret rotated")
-    expect(once).to_be_visible()
-    once.get_by_role("button", name="Copy").click()
-    result["rotated_secret"] = page.evaluate("navigator.clipboard.readText()")
-    once.get_by_role("button", name="Done").click()
+    result["rotated_secret"] = copy_shown_once(page, "Secret rotated")
 
     # Edit the payload format and see the preview.
     page.get_by_role("button", name="Edit").click()

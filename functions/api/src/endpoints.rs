@@ -218,7 +218,7 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
     let req: CreateEndpoint = parse_json(call.body)?;
     let url = api.destinations.check_url(&req.url).await?;
     validate_event_type_patterns(&req.event_types)?;
-    catalog().check_patterns_for(&req.event_types, is_operational(tenant))?;
+    catalog().check_patterns(&req.event_types, is_operational(tenant))?;
     let payload_format = req.payload_format.unwrap_or_default();
     check_format(payload_format, req.template.as_deref(), &req.event_types)?;
     check_description(&req.description)?;
@@ -419,7 +419,7 @@ pub async fn update(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -
     if let Some(types) = req.event_types {
         let types = required("event_types", types)?;
         validate_event_type_patterns(&types)?;
-        catalog().check_patterns_for(&types, is_operational(tenant))?;
+        catalog().check_patterns(&types, is_operational(tenant))?;
         endpoint.event_types = types;
     }
     if let Some(format) = req.payload_format {
@@ -460,7 +460,8 @@ pub async fn update(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -
     let at = endpoint.updated_at;
     match (was_enabled, endpoint.enabled) {
         (true, false) => {
-            api.ops
+            api.dispatcher
+                .ops()
                 .send(OpsEvent::EndpointDisabled {
                     endpoint: &endpoint,
                     by: DisabledBy::Hand,
@@ -470,7 +471,8 @@ pub async fn update(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -
                 .await
         }
         (false, true) => {
-            api.ops
+            api.dispatcher
+                .ops()
                 .send(OpsEvent::EndpointEnabled {
                     endpoint: &endpoint,
                     at,

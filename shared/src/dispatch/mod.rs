@@ -106,6 +106,11 @@ impl Dispatcher {
         &self.metrics
     }
 
+    /// The operational events' publisher, for changes made elsewhere (the API's PATCH).
+    pub fn ops(&self) -> &Notifier {
+        &self.ops
+    }
+
     /// Runs one queued job. `receive` is SQS's receive count of the message. A fresh
     /// fan-out's job on its first receive reads nothing but its endpoints and records its
     /// successes in one item; anything else (a message back again, a retry, a replay, a

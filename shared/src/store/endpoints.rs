@@ -119,17 +119,15 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let since = to_attr(&now)?;
-        let (update, values, opening): (&str, Vec<(&str, AttributeValue)>, bool) = match change {
+        let (update, values): (&str, Vec<(&str, AttributeValue)>) = match change {
             Change::None => return Ok(false),
             Change::Close => (
                 "SET failures_in_row = :zero, circuit_opens = :zero REMOVE failing_since, circuit_open_until, probe_until",
                 vec![(":zero", n(0))],
-                false,
             ),
             Change::Count(failures) => (
                 "SET failing_since = if_not_exists(failing_since, :now) ADD failures_in_row :n",
                 vec![(":now", since), (":n", n(*failures))],
-                false,
             ),
             Change::Open {
                 until,
@@ -143,36 +141,32 @@ impl Store {
                     (":opens", n(*opens)),
                     (":n", n(*failures)),
                 ],
-                true,
             ),
         };
-        let mut request = self
-            .ddb
-            .update_item()
-            .table_name(&self.endpoints)
-            .key("venue_id", s(tenant.venue().as_str()))
-            .key("endpoint_id", s(id.as_str()))
-            .update_expression(update)
-            // Deleted meanwhile: nothing to do.
-            .condition_expression("attribute_exists(endpoint_id)")
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld);
-        for (name, value) in values {
-            request = request.expression_attribute_values(name, value);
-        }
-        match request.send().await {
-            Ok(out) => {
-                let was_open = out
-                    .attributes
-                    .is_some_and(|old| old.contains_key("circuit_open_until"));
-                Ok(match change {
-                    Change::Open { .. } => opening && !was_open,
-                    Change::Close => was_open,
-                    _ => false,
-                })
-            }
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(Error::aws("dynamodb", e)),
-        }
+        // Deleted meanwhile: nothing to do.
+        let sent = self
+            .endpoint_update(
+                tenant,
+                id,
+                (update, "attribute_exists(endpoint_id)"),
+                None,
+                values,
+            )
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await;
+        let was_open = match sent {
+            Ok(out) => out
+                .attributes
+                .is_some_and(|old| old.contains_key("circuit_open_until")),
+            Err(e) if is_conditional_failure(&e) => return Ok(false),
+            Err(e) => return Err(Error::aws("dynamodb", e)),
+        };
+        Ok(match change {
+            Change::Open { .. } => !was_open,
+            Change::Close => was_open,
+            _ => false,
+        })
     }
 
     /// Marks the endpoint slow until `until` (unless it is already).
@@ -304,10 +298,26 @@ impl Store {
         &self,
         tenant: &Tenant,
         id: &EndpointId,
-        (update, condition): (&str, &str),
+        expressions: (&str, &str),
         name: Option<(&str, String)>,
         values: Vec<(&str, AttributeValue)>,
     ) -> Result<bool> {
+        written(
+            self.endpoint_update(tenant, id, expressions, name, values)
+                .send()
+                .await,
+        )
+    }
+
+    /// The UpdateItem of the endpoint's item with these expressions, ready to send.
+    fn endpoint_update(
+        &self,
+        tenant: &Tenant,
+        id: &EndpointId,
+        (update, condition): (&str, &str),
+        name: Option<(&str, String)>,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
         let mut request = self
             .ddb
             .update_item()
@@ -322,7 +332,7 @@ impl Store {
         for (name, value) in values {
             request = request.expression_attribute_values(name, value);
         }
-        written(request.send().await)
+        request
     }
 
     /// One page of a venue's endpoints, oldest first.

@@ -98,7 +98,7 @@ impl Store {
 
     /// One Query of the endpoint's partition: its records (each with its item's key), newest
     /// first, and where to go on from.
-    async fn history_page(
+    pub(super) async fn history_page(
         &self,
         tenant: &Tenant,
         endpoint: &EndpointId,

@@ -10,10 +10,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::deliveries::{history_key, HistoryItem};
-use super::{s, Store, Tenant};
+use super::{DeliveryFilter, Store, Tenant};
 use crate::domain::{Attempt, DeliveryStatus};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ids::{DeliveryId, EndpointId};
 
 /// The figures of one endpoint over `[since, until]`.
@@ -58,6 +57,8 @@ pub struct Percentiles {
 
 /// What one stats request reads at most: past it the answer says `complete: false`.
 const MAX_PAGES: usize = 40;
+/// Items a page reads (DynamoDB stops a page at 1 MB first).
+const PAGE_ITEMS: usize = 1000;
 const MAX_READ_TIME: Duration = Duration::from_secs(10);
 
 /// Counts as the history holds them, then figures.
@@ -148,37 +149,27 @@ impl Store {
         let mut tally = Tally::default();
         let mut start: Option<HashMap<String, AttributeValue>> = None;
         let mut oldest = until;
+        let range = (
+            DeliveryId::bound(since, false),
+            DeliveryId::bound(until, true),
+        );
         for _ in 0..MAX_PAGES {
-            let out = self
-                .ddb
-                .query()
-                .table_name(&self.deliveries)
-                .key_condition_expression("history_key = :h AND delivery_id BETWEEN :from AND :to")
-                .filter_expression("endpoint_id = :e")
-                .expression_attribute_values(":h", history_key(tenant, endpoint.tag()))
-                .expression_attribute_values(":from", s(DeliveryId::bound(since, false)))
-                .expression_attribute_values(":to", s(DeliveryId::bound(until, true)))
-                .expression_attribute_values(":e", s(endpoint.as_str()))
-                .scan_index_forward(false)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| Error::aws("dynamodb", e))?;
-            for item in out.items.unwrap_or_default() {
-                match HistoryItem::from_item(item)? {
-                    HistoryItem::Single(d) => {
-                        oldest = oldest.min(d.created_at);
-                        tally.delivery(d.status, &d.attempts, d.attempt_count);
-                    }
-                    HistoryItem::Group(g) => {
-                        oldest = oldest.min(g.created_at);
-                        for d in g.members() {
-                            tally.delivery(d.status, &d.attempts, d.attempt_count);
-                        }
-                    }
-                }
+            // The history's own page read: group items come back as their members.
+            let (records, last) = self
+                .history_page(
+                    tenant,
+                    endpoint,
+                    &DeliveryFilter::default(),
+                    (&range.0, &range.1),
+                    PAGE_ITEMS,
+                    start,
+                )
+                .await?;
+            for (_, d) in records {
+                oldest = oldest.min(d.created_at);
+                tally.delivery(d.status, &d.attempts, d.attempt_count);
             }
-            start = out.last_evaluated_key;
+            start = last;
             if start.is_none() {
                 return Ok(tally.figures((since, until), true));
             }

@@ -92,8 +92,7 @@ impl Store {
                 s(id.as_str()),
             )]))?);
         }
-        let table = self.api_keys.clone();
-        self.write_batches(&table, requests).await?;
+        self.write_batches(&self.api_keys, requests).await?;
         Ok((keys, sessions))
     }
 
@@ -109,47 +108,28 @@ impl Store {
                 ]))
             })
             .collect::<Result<Vec<_>>>()?;
-        let table = self.endpoints.clone();
-        self.write_batches(&table, requests).await?;
+        self.write_batches(&self.endpoints, requests).await?;
         Ok(ids)
     }
 
-    /// Deletes up to `budget` of the venue's events (one Query page, read strongly
-    /// consistent); returns how many, the endpoints their targets name (whose history goes
-    /// too), and whether any are left.
+    /// Deletes up to `budget` of the venue's events; returns how many, the endpoints their
+    /// targets name (whose history goes too), and whether any are left.
     pub async fn purge_events(
         &self,
         tenant: &Tenant,
         budget: usize,
     ) -> Result<(usize, BTreeSet<EndpointId>, bool)> {
-        let out = self
-            .ddb
-            .query()
-            .table_name(&self.events)
-            .key_condition_expression("venue_id = :v")
-            .expression_attribute_values(":v", s(tenant.venue().as_str()))
-            .projection_expression("event_id, targets, fan")
-            .consistent_read(true)
-            .limit(budget.clamp(1, 1000) as i32)
-            .send()
-            .await
-            .map_err(|e| Error::aws("dynamodb", e))?;
-        let items = out.items.unwrap_or_default();
-        let mut endpoints = BTreeSet::new();
-        let mut requests = Vec::with_capacity(items.len());
-        for item in &items {
-            endpoints.extend(target_endpoints(item));
-            let Some(event_id) = item.get("event_id").cloned() else {
-                continue;
-            };
-            requests.push(delete_request(HashMap::from([
-                ("venue_id".to_owned(), s(tenant.venue().as_str())),
-                ("event_id".to_owned(), event_id),
-            ]))?);
-        }
-        let table = self.events.clone();
-        self.write_batches(&table, requests).await?;
-        Ok((items.len(), endpoints, out.last_evaluated_key.is_some()))
+        let partition = ("venue_id", s(tenant.venue().as_str()));
+        let (items, more) = self
+            .purge_partition(
+                &self.events,
+                partition,
+                ("event_id", "event_id, targets, fan"),
+                budget,
+            )
+            .await?;
+        let endpoints = items.iter().flat_map(target_endpoints).collect();
+        Ok((items.len(), endpoints, more))
     }
 
     /// Deletes up to `budget` items of one endpoint's history partition (deliveries, group
@@ -160,14 +140,39 @@ impl Store {
         endpoint: &EndpointId,
         budget: usize,
     ) -> Result<(usize, bool)> {
-        let key = super::deliveries::history_key(tenant, endpoint.tag());
+        let partition = (
+            "history_key",
+            super::deliveries::history_key(tenant, endpoint.tag()),
+        );
+        let (items, more) = self
+            .purge_partition(
+                &self.deliveries,
+                partition,
+                ("delivery_id", "delivery_id"),
+                budget,
+            )
+            .await?;
+        Ok((items.len(), more))
+    }
+
+    /// Reads up to `budget` items of one partition of `table` (one Query page, strongly
+    /// consistent, `projection` only: it names the sort key `sort`) and deletes them, 25 a
+    /// call; returns them and whether any are left.
+    async fn purge_partition(
+        &self,
+        table: &str,
+        (key, value): (&str, AttributeValue),
+        (sort, projection): (&str, &str),
+        budget: usize,
+    ) -> Result<(Vec<HashMap<String, AttributeValue>>, bool)> {
         let out = self
             .ddb
             .query()
-            .table_name(&self.deliveries)
-            .key_condition_expression("history_key = :k")
-            .expression_attribute_values(":k", key.clone())
-            .projection_expression("delivery_id")
+            .table_name(table)
+            .key_condition_expression("#k = :k")
+            .expression_attribute_names("#k", key)
+            .expression_attribute_values(":k", value.clone())
+            .projection_expression(projection)
             .consistent_read(true)
             .limit(budget.clamp(1, 1000) as i32)
             .send()
@@ -176,17 +181,16 @@ impl Store {
         let items = out.items.unwrap_or_default();
         let requests = items
             .iter()
-            .filter_map(|item| item.get("delivery_id").cloned())
+            .filter_map(|item| item.get(sort).cloned())
             .map(|id| {
                 delete_request(HashMap::from([
-                    ("history_key".to_owned(), key.clone()),
-                    ("delivery_id".to_owned(), id),
+                    (key.to_owned(), value.clone()),
+                    (sort.to_owned(), id),
                 ]))
             })
             .collect::<Result<Vec<_>>>()?;
-        let table = self.deliveries.clone();
-        self.write_batches(&table, requests).await?;
-        Ok((items.len(), out.last_evaluated_key.is_some()))
+        self.write_batches(table, requests).await?;
+        Ok((items, out.last_evaluated_key.is_some()))
     }
 }
 
