@@ -6,7 +6,7 @@ VENV := .venv
 VERIFIERS := tests/verifiers
 export CARGO_BUILD_JOBS ?= 2
 
-.PHONY: help dev test faults bench lint venv sam-venv verifiers browser build lambda-build lambda-watch redrive smoke clean
+.PHONY: help dev test faults bench lint venv sam-venv verifiers browser build lambda-target lambda-build sam-build lambda-watch redrive smoke clean
 
 help:
 	@echo "make dev    - run the whole system locally (moto + API on :9000 + ingest/deliver on their queues)"
@@ -17,6 +17,7 @@ help:
 	@echo "make redrive - (beside make dev) put the messages of both DLQs back on their queues"
 	@echo "make lambda-watch - (beside make dev) the functions under cargo lambda watch on :9100, for cargo lambda invoke"
 	@echo "make lambda-build - build the three functions for Lambda (arm64) with cargo-lambda"
+	@echo "make sam-build - sam build (for sam deploy), the arm64 target installed first"
 
 # A pinned Python venv: moto (local DynamoDB/SQS), cfn-lint, cargo-lambda, standardwebhooks.
 $(VENV)/.installed: requirements-dev.txt
@@ -83,8 +84,17 @@ redrive: build
 lambda-watch: venv build
 	scripts/lambda-watch.sh
 
-lambda-build: venv
+# The arm64 standard library, once, before any build: `sam build` (parallel in samconfig.toml)
+# starts three cargo-lambda builds that would each try to install it and race.
+lambda-target:
+	rustup target add aarch64-unknown-linux-gnu
+
+lambda-build: venv lambda-target
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo lambda build --release --arm64 -p api -p ingest -p deliver
+
+# `sam build` as samconfig.toml sets it, once the target is there.
+sam-build: venv sam-venv lambda-target
+	PATH="$(CURDIR)/$(VENV)/bin:$(CURDIR)/$(SAM_VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0 sam build
 
 clean:
 	cargo clean

@@ -13,6 +13,12 @@ async fn every_log_line_is_a_json_object_with_the_ids_as_fields() {
     let logs = LogBuffer::default();
     let writer = logs.clone();
     shared::logging::subscriber(tracing::Level::INFO, move || writer.clone()).init();
+    // Metric lines bypass the log (and its level): into the same buffer, as into stdout.
+    let metrics = logs.clone();
+    shared::logging::set_metric_sink(move |line| {
+        use std::io::Write;
+        let _ = writeln!(metrics.clone(), "{line}");
+    });
 
     let stack = start_stack().await;
     let api = Client::new(&stack);

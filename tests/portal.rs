@@ -1,7 +1,8 @@
 //! The venue's Settings → Webhooks page in a real browser: `tests/browser/walk.py` (Playwright
 //! driving Debian's Chromium) walks the Guide against the local stack with real receivers, and
 //! this test checks what the receivers got with the secret and token copied from the page.
-//! Screenshots of the main screens go to docs/portal/ (the README shows them).
+//! Screenshots of the main screens go to `.dev/portal/`; with `PORTAL_SCREENSHOTS=docs/portal`
+//! they refresh the ones the README shows (a plain `make test` leaves the tree as it was).
 
 use std::process::Command;
 use std::time::Duration;
@@ -98,7 +99,8 @@ async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     let root = repo_root();
-    let shots = root.join("docs/portal");
+    let shots =
+        root.join(std::env::var("PORTAL_SCREENSHOTS").unwrap_or_else(|_| ".dev/portal".to_owned()));
     std::fs::create_dir_all(&shots).unwrap();
     let input = std::env::temp_dir().join(format!("walk-{}.json", unique_prefix()));
     std::fs::write(

@@ -6,7 +6,7 @@
 //! criterion's estimates into docs/PERFORMANCE.md; `cargo test` runs each case once.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 
 fn raw(key: &[u8], id: &str, ts: i64, body: &[u8]) -> [u8; 32] {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap_or_else(|_| unreachable!());

@@ -272,11 +272,33 @@ struct FanoutRun {
     units: UnitsPerDelivery,
     event_item_bytes: f64,
     delivery_item_bytes: f64,
+    /// What each DynamoDB partition key spent (the stack's capacity meter), busiest first.
+    keys: Vec<local::capacity::KeyUsage>,
+    venues: Vec<String>,
 }
 
 impl FanoutRun {
     fn deliveries(&self) -> f64 {
         (self.fanout * self.events) as f64
+    }
+
+    /// The key that would reach its budget on AWS at the lowest rate of deliveries: its name
+    /// (venue ids shown as `{venue}`), read and write units per delivery, and that rate.
+    fn hottest_key(&self) -> Option<(String, f64, f64, f64)> {
+        let d = self.deliveries();
+        let b = local::capacity::Budgets::AWS;
+        self.keys
+            .iter()
+            .map(|k| {
+                let (r, w) = (k.read_units / d, k.write_units / d);
+                let rate = (b.key_read / r.max(1e-9)).min(b.key_write / w.max(1e-9));
+                let mut key = k.key.clone();
+                for venue in &self.venues {
+                    key = key.replace(venue.as_str(), "{venue}");
+                }
+                (format!("{} `{key}`", k.resource), r, w, rate)
+            })
+            .min_by(|x, y| x.3.total_cmp(&y.3))
     }
 
     fn count(&self, prefix: &str) -> u64 {
@@ -327,6 +349,9 @@ async fn fanout_run(
     tokio::time::sleep(Duration::from_millis(300)).await;
     counts.reset();
     stack.invocations.lock().map(|mut m| m.clear()).ok();
+    if let Some(meter) = &stack.capacity {
+        meter.reset_usage();
+    }
 
     for chunk in (0..events).collect::<Vec<_>>().chunks(10) {
         let entries = chunk
@@ -373,6 +398,11 @@ async fn fanout_run(
         .map(|m| m.clone())
         .unwrap_or_default();
     let snapshot_stack = stack.provisioned.clone();
+    let keys = stack
+        .capacity
+        .as_ref()
+        .map(|m| m.usage())
+        .unwrap_or_default();
     stack.stop().await;
     let snapshot = counts.snapshot();
 
@@ -471,7 +501,26 @@ async fn fanout_run(
         units,
         event_item_bytes,
         delivery_item_bytes,
+        keys,
+        venues: venue_ids,
     })
+}
+
+/// The busiest DynamoDB partition key of a workload, as a row: its units per delivery and
+/// the deliveries a second at which it would reach AWS's per-key budget (3,000 read, 1,000
+/// write units a second), from what the stack's capacity meter counted.
+fn hottest_key_row(report: &mut Report, workload: &str, run: &FanoutRun) {
+    let Some((key, r, w, rate)) = run.hottest_key() else {
+        return;
+    };
+    report.row(
+        &format!("hottest DynamoDB key, {workload}"),
+        format!(
+            "{key}: {r:.3} read + {w:.3} write units per delivery; its budget at {rate:.0} deliveries a second"
+        ),
+        "report",
+        None,
+    );
 }
 
 /// The memory a function is given in the template (its own `MemorySize`, or the global one).
@@ -535,7 +584,7 @@ async fn ten_jobs(
 
 /// A batch of 10 jobs to receivers that each take 1 s, through the deliver handler.
 async fn batch_of_ten(delay: Duration) -> Result<Duration, BoxError> {
-    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let aws = aws_config::load_defaults(shared::services::behavior_version()).await;
     let (stack, trigger, messages) = ten_jobs(&aws, delay).await?;
     let env = stack.provisioned.env_of(local::DELIVER_FUNCTION)?;
     let services = shared::services::Services::new(
@@ -816,7 +865,7 @@ async fn run_function(
 
 /// Init time, binary size and peak RSS of the three functions, built in `profile`.
 async fn function_figures(report: &mut Report, profile: &str, runs: usize) -> Result<(), BoxError> {
-    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let aws = aws_config::load_defaults(shared::services::behavior_version()).await;
     // A real batch for deliver: 10 jobs to a fast receiver.
     let (stack, trigger, messages) = ten_jobs(&aws, Duration::ZERO).await?;
     let base: std::collections::HashMap<String, String> = std::env::vars()
@@ -992,6 +1041,18 @@ async fn main() -> Result<(), BoxError> {
     for (fanout, events, fail_every) in plan {
         let run = fanout_run(&moto, (*fanout, 1), *events, *fail_every).await?;
         let d = run.deliveries();
+        hottest_key_row(
+            &mut report,
+            &format!(
+                "fan-out {fanout}{}",
+                if fail_every.is_some() {
+                    " with 5% failed first attempts (the reference workload)"
+                } else {
+                    ""
+                }
+            ),
+            &run,
+        );
         if fail_every.is_some() {
             report.notes.push(format!(
                 "reference workload (fan-out {fanout}, {} events, {} of {} deliveries needed a retry): counted requests {:?}; average event item {:.0} B, history item {:.0} B",
@@ -1061,6 +1122,20 @@ async fn main() -> Result<(), BoxError> {
         ));
         runs.push(run);
     }
+
+    hottest_key_row(
+        &mut report,
+        "fan-out 3, every event of a batch from another venue",
+        &scattered,
+    );
+    // A flaky busy endpoint: one receiver failing one request in five (its deliveries' own
+    // items rewritten on each retry, all in the endpoint's history partition).
+    let flaky = fanout_run(&moto, (1, 1), if smoke { 10 } else { 100 }, Some(5)).await?;
+    hottest_key_row(
+        &mut report,
+        "fan-out 1, a flaky endpoint (one request in five fails)",
+        &flaky,
+    );
 
     // Reading history: a quiet endpoint beside a busy one of the same venue.
     history::history_run(&moto, &mut report, smoke).await?;

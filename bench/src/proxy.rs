@@ -1,6 +1,7 @@
 //! A counting proxy in front of the local AWS endpoint: every request the functions make to
 //! DynamoDB, SQS or KMS passes through it and is counted by operation (`x-amz-target`), so the
-//! AWS requests per delivery are counted, not estimated.
+//! AWS requests per delivery are counted, not estimated. Requests signed by the operator (the
+//! bench itself, and the capacity meter's read-backs) are forwarded uncounted.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -96,36 +97,9 @@ pub fn read_milli_units(op: &str, request: &[u8], response: &[u8]) -> u64 {
     }
 }
 
-/// DynamoDB's size of an item in its wire JSON: names plus values.
+/// DynamoDB's size of an item in its wire JSON: names plus values (the capacity meter's rule).
 fn item_size(item: &serde_json::Value) -> usize {
-    item.as_object()
-        .map(|m| m.iter().map(|(k, v)| k.len() + value_size(v)).sum())
-        .unwrap_or(0)
-}
-
-fn value_size(v: &serde_json::Value) -> usize {
-    let Some((kind, inner)) = v.as_object().and_then(|m| m.iter().next()) else {
-        return 0;
-    };
-    let text = |x: &serde_json::Value| x.as_str().map_or(0, str::len);
-    match kind.as_str() {
-        "S" => text(inner),
-        "N" => text(inner).div_ceil(2) + 1,
-        "B" => text(inner) * 3 / 4,
-        "BOOL" | "NULL" => 1,
-        "SS" | "NS" | "BS" => inner.as_array().map_or(0, |a| a.iter().map(text).sum()),
-        "L" => {
-            3 + inner
-                .as_array()
-                .map_or(0, |a| a.iter().map(|i| 1 + value_size(i)).sum())
-        }
-        "M" => {
-            3 + inner.as_object().map_or(0, |m| {
-                m.iter().map(|(k, i)| 1 + k.len() + value_size(i)).sum()
-            })
-        }
-        _ => 0,
-    }
+    item.as_object().map_or(0, local::capacity::item_size)
 }
 
 /// A proxy in front of `moto` with its counters, an AWS configuration whose requests pass it
@@ -134,11 +108,11 @@ pub async fn clients(
     moto: &str,
 ) -> std::io::Result<(Counts, aws_config::SdkConfig, aws_config::SdkConfig)> {
     let (proxy_url, counts) = start(moto).await?;
-    let counted = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let counted = aws_config::defaults(shared::services::behavior_version())
         .endpoint_url(&proxy_url)
         .load()
         .await;
-    let direct = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let direct = aws_config::load_defaults(shared::services::behavior_version()).await;
     Ok((counts, counted, direct))
 }
 
@@ -149,13 +123,15 @@ pub async fn start(target: &str) -> std::io::Result<(String, Counts)> {
     let counts = Counts::default();
     let target = target.trim_end_matches('/').to_owned();
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let state = (counts.clone(), target, client);
+    let operator = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_default();
+    let state = (counts.clone(), target, client, operator);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (counts, target, client) = state.clone();
+            let (counts, target, client, operator) = state.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let (counts, target, client) = (counts.clone(), target.clone(), client.clone());
+                    let counted = local::sigv4::caller_of(req.headers()) != operator;
                     async move {
                         let op = req
                             .headers()
@@ -171,7 +147,9 @@ pub async fn start(target: &str) -> std::io::Result<(String, Counts)> {
                             .map(|p| p.as_str())
                             .unwrap_or("/");
                         parts.uri = format!("{target}{path}").parse().unwrap_or(parts.uri);
-                        counts.add(&op);
+                        if counted {
+                            counts.add(&op);
+                        }
                         let request_body = body.clone();
                         let forwarded = hyper::Request::from_parts(parts, Full::new(body));
                         let response = match client.request(forwarded).await {
@@ -189,6 +167,9 @@ pub async fn start(target: &str) -> std::io::Result<(String, Counts)> {
                             .map(|b| b.to_bytes())
                             .unwrap_or_default();
                         let read = read_milli_units(&op, &request_body, &body);
+                        if !counted {
+                            return Ok(hyper::Response::from_parts(parts, Full::new(body)));
+                        }
                         if read > 0 {
                             counts.add_n(READ_MILLI_UNITS, read);
                         }

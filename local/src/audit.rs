@@ -303,3 +303,41 @@ mod tests {
         assert!(deliver.contains(&("sqs:ReceiveMessage".to_owned(), "DeliveryQueue".to_owned())));
     }
 }
+
+#[cfg(test)]
+mod one_generation {
+    const RUSTCRYPTO: [&str; 8] = [
+        "sha2",
+        "hmac",
+        "digest",
+        "aes-gcm",
+        "aead",
+        "cipher",
+        "crypto-common",
+        "block-buffer",
+    ];
+
+    /// The versions of `name` a Cargo.lock holds.
+    fn versions<'a>(lock: &'a str, name: &str) -> Vec<&'a str> {
+        lock.split("[[package]]")
+            .filter(|p| p.contains(&format!("\nname = \"{name}\"\n")))
+            .filter_map(|p| p.lines().find(|l| l.starts_with("version = ")))
+            .collect()
+    }
+
+    /// The binaries link one generation of the RustCrypto crates (the AWS SDK's and ours):
+    /// two would mean two copies of SHA-256 and HMAC in every binary, and two to keep
+    /// patched.
+    #[test]
+    fn the_lock_has_one_version_of_each_rustcrypto_crate() {
+        let lock =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock")).unwrap();
+        for name in RUSTCRYPTO {
+            let found = versions(&lock, name);
+            assert_eq!(found.len(), 1, "{name}: {found:?}");
+        }
+        // Two generations side by side are seen.
+        let two = format!("{lock}\n[[package]]\nname = \"sha2\"\nversion = \"0.10.9\"\n");
+        assert_eq!(versions(&two, "sha2").len(), 2);
+    }
+}

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
@@ -24,12 +25,18 @@ pub struct Invocations {
     pub count: u64,
     pub records: u64,
     pub busy: std::time::Duration,
+    /// Invocations stopped at the function's timeout (their batches come back whole).
+    pub timed_out: u64,
 }
 
 pub type Stats = Arc<std::sync::Mutex<std::collections::BTreeMap<String, Invocations>>>;
 
-pub type Handler =
-    Arc<dyn Fn(SqsEvent) -> Pin<Box<dyn Future<Output = SqsBatchResponse> + Send>> + Send + Sync>;
+/// A function's handler: the batch, and the invocation's deadline.
+pub type Handler = Arc<
+    dyn Fn(SqsEvent, Instant) -> Pin<Box<dyn Future<Output = SqsBatchResponse> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// The batches of one mapping that may run at once (shared by its pollers).
 pub type Concurrency = Arc<tokio::sync::Semaphore>;
@@ -109,14 +116,29 @@ async fn invoke(
             return;
         }
     };
-    let started = std::time::Instant::now();
-    let response = handler(event).await;
+    let started = Instant::now();
+    // Lambda stops the handler at the function's timeout: its future is dropped here, so
+    // nothing after that point runs; no message is deleted, and the whole batch comes back
+    // after the visibility timeout. (Locally the process lives on: work the handler spawned
+    // on other tasks is not stopped.)
+    let ran =
+        tokio::time::timeout(trigger.timeout, handler(event, started + trigger.timeout)).await;
     if let Ok(mut stats) = stats.lock() {
         let entry = stats.entry(trigger.function.clone()).or_default();
         entry.count += 1;
         entry.records += messages.len() as u64;
         entry.busy += started.elapsed();
+        entry.timed_out += u64::from(ran.is_err());
     }
+    let Ok(response) = ran else {
+        tracing::warn!(
+            function = trigger.function,
+            timeout_s = trigger.timeout.as_secs_f64(),
+            records = messages.len(),
+            "invocation timed out; its batch comes back after the visibility timeout"
+        );
+        return;
+    };
     let failed: HashSet<String> = if trigger.reports_batch_item_failures {
         response
             .batch_item_failures

@@ -1,7 +1,10 @@
 //! The local stand-in for API Gateway: plain HTTP in, the api function's handler, HTTP out.
+//! As on AWS, a request is given up at the integration's limit (30 s, or the function's
+//! `Timeout` when shorter: Lambda stops it there) and answered `503`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -13,8 +16,17 @@ use tokio::sync::watch;
 
 use api::Api;
 
-/// Serves `api` on `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, api: Arc<Api>, mut shutdown: watch::Receiver<bool>) {
+/// API Gateway's integration timeout for an HTTP API.
+pub const INTEGRATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `api` on `listener` until `shutdown` turns true; each request is stopped after
+/// `limit`.
+pub async fn serve(
+    listener: TcpListener,
+    api: Arc<Api>,
+    limit: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (stream, _peer): (_, SocketAddr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -41,7 +53,26 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>, mut shutdown: watch::Re
                             Err(e) => lambda_http::Body::Binary(e.into_bytes()),
                         }
                     };
-                    let response = api.handle(http::Request::from_parts(parts, body)).await;
+                    let handled = tokio::time::timeout(
+                        limit,
+                        api.handle(http::Request::from_parts(parts, body)),
+                    )
+                    .await;
+                    let Ok(response) = handled else {
+                        tracing::warn!(
+                            limit_s = limit.as_secs_f64(),
+                            "the api function did not answer in time: 503"
+                        );
+                        let mut unavailable = hyper::Response::new(Full::new(Bytes::from_static(
+                            br#"{"message":"Service Unavailable"}"#,
+                        )));
+                        *unavailable.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                        unavailable.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        return Ok::<_, hyper::Error>(unavailable);
+                    };
                     let (parts, body) = response.into_parts();
                     let bytes = Bytes::copy_from_slice(body.as_ref());
                     Ok::<_, hyper::Error>(hyper::Response::from_parts(parts, Full::new(bytes)))

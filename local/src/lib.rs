@@ -4,11 +4,13 @@
 //! integration tests start one per test, each under its own resource prefix.
 
 pub mod audit;
+pub mod capacity;
 pub mod esm;
 pub mod gateway;
 pub mod iam;
 pub mod provision;
 pub mod redrive;
+pub mod sigv4;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -60,6 +62,12 @@ pub struct StackOptions {
     /// The period of the template's `Schedule` events (tests shorten it); `None`: as the
     /// template says.
     pub schedule_every: Option<std::time::Duration>,
+    /// DynamoDB's capacity per partition key, metered between the functions and the local
+    /// endpoint ([`capacity`]): AWS's figures by default, scaled down by tests that want a
+    /// hot key; `None`: not metered.
+    pub capacity: Option<capacity::Budgets>,
+    /// Functions' `Timeout` instead of the template's, by logical id (tests shorten it).
+    pub function_timeouts: HashMap<String, std::time::Duration>,
 }
 
 impl StackOptions {
@@ -87,6 +95,8 @@ impl StackOptions {
             pollers: 2,
             max_concurrency: None,
             schedule_every: None,
+            capacity: Some(capacity::Budgets::AWS),
+            function_timeouts: HashMap::new(),
         }
     }
 }
@@ -107,12 +117,19 @@ pub struct Stack {
     pub aws: SdkConfig,
     /// Queue-triggered invocations so far, by function.
     pub invocations: esm::Stats,
+    /// What the functions spent per DynamoDB partition key (`None` when not metered).
+    pub capacity: Option<capacity::Meter>,
+    /// What the functions reach AWS through: the meter when there is one.
+    functions_aws: SdkConfig,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Stack {
     pub async fn start(aws: SdkConfig, options: StackOptions) -> Result<Self, StackError> {
+        // The functions' metric lines, which on Lambda go to stdout: in the log at DEBUG here
+        // (unless a test took them first).
+        shared::logging::set_metric_sink(|line| tracing::debug!(target: "emf", "{line}"));
         let provisioned = provision::provision(
             &aws,
             &options.template,
@@ -124,9 +141,34 @@ impl Stack {
         let (shutdown, watch_rx) = watch::channel(false);
         let invocations = esm::Stats::default();
         let mut tasks = Vec::new();
+        // The functions reach the local endpoint through the capacity meter.
+        let meter = match (options.capacity, aws.endpoint_url()) {
+            (Some(budgets), Some(_)) => Some(
+                capacity::Meter::start(
+                    &aws,
+                    provisioned.tables.clone(),
+                    budgets,
+                    sigv4::Keys::of(provisioned.identities.values()),
+                )
+                .await
+                .map_err(|e| StackError::Start(format!("capacity meter: {e}")))?,
+            ),
+            _ => None,
+        };
+        let functions_aws = match &meter {
+            Some(meter) => {
+                let mut config = aws.to_builder().endpoint_url(&meter.url);
+                // Set in code: it wins over `AWS_ENDPOINT_URL` in each client's config.
+                config.insert_origin("endpoint_url", aws_types::origin::Origin::shared_config());
+                config.build()
+            }
+            None => aws.clone(),
+        };
         // Each function signs its calls with its own identity, as its role would on AWS.
         let aws_of = |function: &str| -> Result<SdkConfig, StackError> {
-            Ok(provisioned.identity_of(function)?.sdk_config(&aws))
+            Ok(provisioned
+                .identity_of(function)?
+                .sdk_config(&functions_aws))
         };
         let services_of = |function: &str| -> Result<Services, StackError> {
             let mut env = provisioned.env_of(function)?.clone();
@@ -151,9 +193,16 @@ impl Stack {
                 .ok_or_else(|| StackError::Start("ADMIN_API_KEY_SHA256 is not set".into()))?;
             let api = api::Api::new(&services_of(API_FUNCTION)?, admin_key_sha256)
                 .map_err(|e| StackError::Start(e.to_string()))?;
+            let timeout = options
+                .function_timeouts
+                .get(API_FUNCTION)
+                .or(provisioned.timeouts.get(API_FUNCTION))
+                .copied()
+                .unwrap_or(gateway::INTEGRATION_TIMEOUT);
             tasks.push(tokio::spawn(gateway::serve(
                 listener,
                 Arc::new(api),
+                timeout.min(gateway::INTEGRATION_TIMEOUT),
                 watch_rx.clone(),
             )));
         }
@@ -162,7 +211,10 @@ impl Stack {
         // under the function's identity (on AWS, the poller uses the function's role), and
         // up to MaximumConcurrency batches at once.
         let mut poll = |function: &str, handler: esm::Handler| -> Result<(), StackError> {
-            let trigger = provisioned.trigger_of(function)?.clone();
+            let mut trigger = provisioned.trigger_of(function)?.clone();
+            if let Some(timeout) = options.function_timeouts.get(function) {
+                trigger.timeout = *timeout;
+            }
             let sqs = aws_sdk_sqs::Client::new(&aws_of(function)?);
             let concurrency = Arc::new(tokio::sync::Semaphore::new(
                 options
@@ -214,7 +266,7 @@ impl Stack {
             }
             poll(
                 INGEST_FUNCTION,
-                Arc::new(move |event| {
+                Arc::new(move |event, _deadline| {
                     let ingest = ingest.clone();
                     Box::pin(async move { ingest.handle(event).await })
                 }),
@@ -226,9 +278,9 @@ impl Stack {
             let deliver = Arc::new(deliver);
             poll(
                 DELIVER_FUNCTION,
-                Arc::new(move |event| {
+                Arc::new(move |event, deadline| {
                     let deliver = deliver.clone();
-                    Box::pin(async move { deliver.handle(event).await })
+                    Box::pin(async move { deliver.handle_until(event, deadline).await })
                 }),
             )?;
         }
@@ -238,18 +290,21 @@ impl Stack {
             provisioned,
             aws,
             invocations,
+            capacity: meter,
+            functions_aws,
             shutdown,
             tasks,
         })
     }
 
     /// The AWS configuration of a function (by logical id) or of the event sources
-    /// ([`iam::EVENT_SOURCE`]): this stack's endpoint, signed with that identity's keys.
+    /// ([`iam::EVENT_SOURCE`]): this stack's endpoint (through its capacity meter), signed
+    /// with that identity's keys.
     pub fn aws_of(&self, identity: &str) -> Result<SdkConfig, ProvisionError> {
         Ok(self
             .provisioned
             .identity_of(identity)?
-            .sdk_config(&self.aws))
+            .sdk_config(&self.functions_aws))
     }
 
     /// The URL of a queue by its logical id in the template (`IngestQueue`, …).

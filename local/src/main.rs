@@ -35,13 +35,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port: u16 = var("API_PORT", "9000").parse()?;
     let admin_key = var("ADMIN_API_KEY", "dev-admin-key");
     let prefix = var("STACK_PREFIX", "popup-dev");
-    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let aws = aws_config::load_defaults(shared::services::behavior_version()).await;
     let endpoint = var("AWS_ENDPOINT_URL", "(the default AWS endpoints)");
     let mut options = StackOptions::local(
         &prefix,
         SocketAddr::from(([127, 0, 0, 1], port)),
         &admin_key,
     );
+    // DynamoDB's capacity per partition key: AWS's figures, times CAPACITY_SCALE (0.01 makes
+    // a hot key at this machine's rates; `off`: not metered).
+    options.capacity = match var("CAPACITY_SCALE", "1").as_str() {
+        "off" => None,
+        scale => Some(local::capacity::Budgets::scaled(scale.parse()?)),
+    };
 
     if command == "env" {
         options.run_api = false;
@@ -70,6 +76,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("  AWS credentials: {credentials_file}   (profiles `operator`: everything; `event-source`: send to the ingest queue only)");
     println!("  loopback destinations (http://127.0.0.1:…) are allow-listed.");
+    if let Some(meter) = &stack.capacity {
+        let b = meter.budgets();
+        println!(
+            "  DynamoDB capacity per partition key: {} read / {} write units a second (CAPACITY_SCALE)",
+            b.key_read, b.key_write
+        );
+    }
     match demo_portal_link(&stack.api_url, &admin_key).await {
         Ok(link) => println!("  Settings → Webhooks of `demo-venue` (12 h): {link}"),
         Err(e) => println!("  (no portal link for the demo venue: {e})"),
@@ -139,7 +152,7 @@ async fn redrive() -> Result<(), Box<dyn std::error::Error>> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let aws = aws_config::load_defaults(shared::services::behavior_version()).await;
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let pairs = match (arg("--from"), arg("--to")) {
         (Some(from), Some(to)) => vec![(from, to)],

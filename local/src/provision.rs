@@ -48,6 +48,8 @@ pub struct QueueTrigger {
     /// `ScalingConfig.MaximumConcurrency`: how many batches run at once at most (Lambda's
     /// default without it: as many as the account allows; here 1,000).
     pub max_concurrency: usize,
+    /// The function's `Timeout`: Lambda stops an invocation there.
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -59,11 +61,16 @@ pub struct Provisioned {
     pub triggers: Vec<QueueTrigger>,
     /// Functions run on a `Schedule` event, with its rate.
     pub schedules: Vec<(String, std::time::Duration)>,
+    /// Each function's `Timeout` (its own, or the template's `Globals`; Lambda's default, 3 s,
+    /// without either).
+    pub timeouts: BTreeMap<String, std::time::Duration>,
     /// Logical id → ARN (tables, queues, the KMS key).
     pub arns: BTreeMap<String, String>,
     /// The IAM identity of each function (by logical id) and of the event sources
     /// ([`iam::EVENT_SOURCE`]).
     pub identities: BTreeMap<String, Identity>,
+    /// The tables' keys and indexes, for the capacity meter ([`crate::capacity`]).
+    pub tables: Vec<crate::capacity::TableKeys>,
 }
 
 impl Provisioned {
@@ -167,6 +174,7 @@ pub async fn provision(
             }
             "AWS::DynamoDB::Table" => {
                 let arn = create_table(&ddb, &name, &props).await?;
+                out.tables.push(table_keys(&id, &name, &arn, &props)?);
                 arns.insert(id.clone(), arn);
                 out.physical.insert(id, name);
             }
@@ -282,6 +290,19 @@ pub async fn provision(
             env.insert(k.to_owned(), resolver.resolve(v)?);
         }
         out.function_env.insert(id.clone(), env);
+        let timeout = get(&props, "Timeout")
+            .or_else(|| {
+                get(&doc, "Globals")
+                    .and_then(|g| get(g, "Function"))
+                    .and_then(|f| get(f, "Timeout"))
+            })
+            .map(|t| resolver.resolve(t))
+            .transpose()?
+            .map(|t| t.parse::<u64>().map_err(|_| bad("Timeout is not a number")))
+            .transpose()?
+            .unwrap_or(3);
+        let timeout = std::time::Duration::from_secs(timeout);
+        out.timeouts.insert(id.clone(), timeout);
         for (_, event) in get(&props, "Events")
             .and_then(Value::as_mapping)
             .into_iter()
@@ -334,6 +355,7 @@ pub async fn provision(
                         .map_err(|_| bad("MaximumConcurrency is not a number"))?,
                     None => 1000,
                 },
+                timeout,
             });
         }
     }
@@ -548,6 +570,64 @@ async fn create_table(
             .map_err(aws_err)?;
     }
     Ok(arn)
+}
+
+/// A table's keys and indexes as the template declares them.
+fn table_keys(
+    logical: &str,
+    name: &str,
+    arn: &str,
+    props: &Value,
+) -> Result<crate::capacity::TableKeys, ProvisionError> {
+    use crate::capacity::{IndexKeys, Projected, TableKeys};
+    let keys = |value: &Value| -> Result<(String, Option<String>), ProvisionError> {
+        let mut hash = None;
+        let mut range = None;
+        for k in get(value, "KeySchema")
+            .and_then(Value::as_sequence)
+            .ok_or_else(|| bad("KeySchema"))?
+        {
+            match str_at(k, "KeyType")?.as_str() {
+                "HASH" => hash = Some(str_at(k, "AttributeName")?),
+                _ => range = Some(str_at(k, "AttributeName")?),
+            }
+        }
+        Ok((hash.ok_or_else(|| bad("KeySchema without HASH"))?, range))
+    };
+    let (hash, range) = keys(props)?;
+    let mut indexes = Vec::new();
+    for gsi in get(props, "GlobalSecondaryIndexes")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+    {
+        let (index_hash, index_range) = keys(gsi)?;
+        let projection = get(gsi, "Projection").ok_or_else(|| bad("Projection"))?;
+        let projection = match str_at(projection, "ProjectionType")?.as_str() {
+            "ALL" => Projected::All,
+            "KEYS_ONLY" => Projected::KeysOnly,
+            _ => Projected::Include(
+                get(projection, "NonKeyAttributes")
+                    .and_then(Value::as_sequence)
+                    .map(|s| s.iter().filter_map(scalar).collect())
+                    .unwrap_or_default(),
+            ),
+        };
+        indexes.push(IndexKeys {
+            name: str_at(gsi, "IndexName")?,
+            hash: index_hash,
+            range: index_range,
+            projection,
+        });
+    }
+    Ok(TableKeys {
+        logical: logical.to_owned(),
+        name: name.to_owned(),
+        arn: arn.to_owned(),
+        hash,
+        range,
+        indexes,
+    })
 }
 
 fn key_schema(value: &Value) -> Result<Vec<KeySchemaElement>, ProvisionError> {

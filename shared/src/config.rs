@@ -48,6 +48,10 @@ pub struct Limits {
     /// Most endpoints one venue may have: bounds the fan-out of an event, its item, and the
     /// ingest function's read of the venue's endpoints.
     pub max_endpoints_per_venue: usize,
+    /// What an invocation keeps before its deadline (Lambda stops it at `Timeout`): no
+    /// delivery attempt starts unless it can end `deadline_reserve` before the deadline; half
+    /// of it is for recording what was sent, half for handing back what was not started.
+    pub deadline_reserve: Duration,
 }
 
 /// Which destinations may be dialled in spite of the public-address rule, and which may use
@@ -164,6 +168,7 @@ impl Config {
                 response_excerpt_bytes: number("RESPONSE_EXCERPT_BYTES", 4096)? as usize,
                 retention_days: number("RETENTION_DAYS", 30)? as i64,
                 max_endpoints_per_venue: number("MAX_ENDPOINTS_PER_VENUE", 100)?.max(1) as usize,
+                deadline_reserve: Duration::from_millis(number("DEADLINE_RESERVE_MS", 6_000)?),
             },
             retry: {
                 let defaults = RetryPolicy::default();

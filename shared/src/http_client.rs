@@ -115,6 +115,7 @@ pub struct DeliveryClient {
     client: reqwest::Client,
     policy: Arc<DestinationPolicy>,
     excerpt_bytes: usize,
+    timeout: Duration,
 }
 
 /// Resolves with the system resolver, then drops every address the policy forbids.
@@ -159,7 +160,13 @@ impl DeliveryClient {
             client,
             policy,
             excerpt_bytes: config.limits.response_excerpt_bytes,
+            timeout: config.limits.request_timeout,
         })
+    }
+
+    /// The longest a request may take, connect to last byte.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// POSTs `body` with `headers` and reports the outcome; never returns an error, since every

@@ -227,6 +227,20 @@ impl EventId {
         Self(format!("evt_{}", ulid::Ulid::new()))
     }
 
+    /// The id of an event whose producer gave none, made from what the queue gave its
+    /// message: the same each time that message is processed (a message comes back after a
+    /// throttle, a partial batch, a timeout), so it is stored and fanned out once. The time
+    /// part is the message's `SentTimestamp`, so ids still sort by time; the rest is 80 bits
+    /// of SHA-256 of the queue's message id.
+    pub fn of_message(message_id: &str, sent_ms: u64) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(message_id.as_bytes());
+        let random = digest[..10]
+            .iter()
+            .fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
+        Self(format!("evt_{}", ulid::Ulid::from_parts(sent_ms, random)))
+    }
+
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         if is_token(raw, 64) {
             Ok(Self(raw.to_owned()))
@@ -317,6 +331,17 @@ mod tests {
         assert!(EventId::parse("has.dot").is_err());
         assert!(EventId::parse(&"x".repeat(65)).is_err());
         assert!(EventId::parse("order-123_A").is_ok());
+        // A queue message's id: the same each time, different for another message, sorted
+        // by the time it was sent.
+        let a = EventId::of_message("2f9c7e9e-1b1a-4c1e-9a8e-0b5f3f6f2a11", 1_700_000_000_000);
+        assert_eq!(
+            a,
+            EventId::of_message("2f9c7e9e-1b1a-4c1e-9a8e-0b5f3f6f2a11", 1_700_000_000_000)
+        );
+        let b = EventId::of_message("5d0e1a7c-0000-4c1e-9a8e-0b5f3f6f2a11", 1_700_000_000_001);
+        assert_ne!(a, b);
+        assert!(a.as_str() < b.as_str());
+        assert!(EventId::parse(a.as_str()).is_ok());
         assert!(VenueId::parse("").is_err());
         assert!(VenueId::parse("venue/1").is_err());
     }

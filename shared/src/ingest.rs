@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Endpoint, Event, PublishRequest, Target};
+use crate::domain::{Event, PublishRequest, Target};
 use crate::error::{Error, Result};
 use crate::ids::{DeliveryId, VenueId, GROUP_SIZE};
 use crate::queue::{DeliveryJob, Queued, Queues, INLINE_EVENT_BYTES};
 use crate::services::Services;
-use crate::store::{EventRecord, Store, Tenant};
+use crate::store::{EventRecord, FanoutEndpoint, Store, Tenant, UnqueuedNote};
 
 #[derive(Debug)]
 pub struct Accepted {
@@ -29,15 +29,15 @@ pub struct Accepted {
 /// whichever event asks first), and the groups their deliveries join.
 #[derive(Default)]
 struct VenueBatch {
-    endpoints: tokio::sync::OnceCell<Arc<Vec<Endpoint>>>,
+    endpoints: tokio::sync::OnceCell<Arc<Vec<FanoutEndpoint>>>,
     /// The batch base of the groups being filled, and how many places it has given.
     places: std::sync::Mutex<Option<(DeliveryId, usize)>>,
 }
 
 impl VenueBatch {
-    async fn endpoints(&self, store: &Store, tenant: &Tenant) -> Result<Arc<Vec<Endpoint>>> {
+    async fn endpoints(&self, store: &Store, tenant: &Tenant) -> Result<Arc<Vec<FanoutEndpoint>>> {
         self.endpoints
-            .get_or_try_init(|| async { store.enabled_endpoints(tenant).await.map(Arc::new) })
+            .get_or_try_init(|| async { store.fanout_endpoints(tenant).await.map(Arc::new) })
             .await
             .cloned()
     }
@@ -134,18 +134,69 @@ impl Publisher {
     /// Queues the jobs of events noted as stored but not queued (up to `limit` of them), then
     /// clears their notes. Their jobs go as resumed copies: a delivery that exists already
     /// is not sent again. Returns how many events were queued.
-    pub async fn sweep_unqueued(&self, limit: i32) -> Result<usize> {
-        let mut queued = 0;
-        for (tenant, event_id) in self.store.unqueued(limit).await? {
-            if let Some(record) = self.store.get_event(&tenant, &event_id).await? {
+    pub async fn sweep_unqueued(&self, limit: i32) -> Result<(usize, usize)> {
+        let (mut queued, mut set_aside) = (0, 0);
+        // Each note on its own: one that cannot be handled never holds up the others.
+        for note in self.store.unqueued(limit).await? {
+            match self.queue_noted(&note).await {
+                Ok(true) => queued += 1,
+                Ok(false) => {}
+                Err(e) => set_aside += usize::from(self.note_failed(&note, &e.to_string()).await),
+            }
+        }
+        Ok((queued, set_aside))
+    }
+
+    /// Queues the jobs of a noted event and clears its note (`false`: the event is gone).
+    async fn queue_noted(&self, note: &UnqueuedNote) -> Result<bool> {
+        let Some((tenant, event_id)) = &note.event else {
+            return Err(Error::Corrupt(format!(
+                "the note `{}` does not name a venue and an event",
+                note.key
+            )));
+        };
+        let found = match self.store.get_event(tenant, event_id).await? {
+            Some(record) => {
                 let jobs = jobs_of(&record, true)?;
                 self.enqueue(&jobs).await?;
                 tracing::info!(venue_id = %tenant.venue(), %event_id, jobs = jobs.len(), "stored event's jobs queued by the sweeper");
-                queued += 1;
+                true
             }
-            self.store.clear_unqueued(&tenant, &event_id).await?;
+            None => false,
+        };
+        self.store.clear_unqueued(note).await?;
+        Ok(found)
+    }
+
+    /// A note the sweep failed on: tried again next sweep, set aside after its tries (logged,
+    /// counted, kept for operators: [`Store::set_aside_notes`]).
+    async fn note_failed(&self, note: &UnqueuedNote, reason: &str) -> bool {
+        let spent = match &note.event {
+            None => Ok(true),
+            Some(_) => self.store.note_failed(note).await,
+        };
+        match spent {
+            Ok(true) => {
+                match self.store.set_note_aside(note, reason).await {
+                    Ok(()) => {
+                        tracing::error!(note = note.key, reason, "an unqueued event's note could not be handled; set aside for operators");
+                        return true;
+                    }
+                    Err(e) => {
+                        tracing::error!(note = note.key, error = %e, "could not set a note aside; next sweep")
+                    }
+                }
+            }
+            Ok(false) => {
+                tracing::warn!(
+                    note = note.key,
+                    reason,
+                    "an unqueued event's note failed; tried again next sweep"
+                )
+            }
+            Err(e) => tracing::error!(note = note.key, error = %e, "could not count a note's try"),
         }
-        Ok(queued)
+        false
     }
 
     /// Stores one event and returns the jobs to queue, without queueing them, so that a

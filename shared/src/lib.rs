@@ -20,6 +20,7 @@ pub mod backoff;
 pub mod breaker;
 pub mod catalog;
 pub mod config;
+pub mod deadline;
 pub mod destination;
 pub mod dispatch;
 pub mod domain;

@@ -6,8 +6,16 @@
 //! per-module filters: a filter parser would bring a regex engine into every binary for nothing
 //! the functions need; and a formatter of its own rather than `tracing-subscriber`'s `json`
 //! feature, which would bring `tracing-serde` for the same output.
+//!
+//! Every line of an invocation carries Lambda's `requestId` (each function's `main` runs its
+//! handler in [`with_request_id`]). Metric lines ([`crate::metrics`]) do not pass the level
+//! filter: [`write_metric_line`] writes them straight to stdout, so raising the log level
+//! never silences the metrics and the alarms on them.
 
 use std::fmt;
+use std::future::Future;
+use std::io::Write as _;
+use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -15,6 +23,35 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// Runs `work` (one invocation) with Lambda's request id on each of its log lines.
+pub async fn with_request_id<F: Future>(request_id: String, work: F) -> F::Output {
+    REQUEST_ID.scope(request_id, work).await
+}
+
+type MetricSink = Box<dyn Fn(&str) + Send + Sync>;
+static METRIC_SINK: OnceLock<MetricSink> = OnceLock::new();
+
+/// Sends metric lines elsewhere than stdout (the local stack and the tests); the first call
+/// wins.
+pub fn set_metric_sink(sink: impl Fn(&str) + Send + Sync + 'static) {
+    let _ = METRIC_SINK.set(Box::new(sink));
+}
+
+/// One metric (EMF) line, whatever the log level: on stdout, where Lambda sends it to
+/// CloudWatch, which reads the bare object.
+pub fn write_metric_line(line: &str) {
+    match METRIC_SINK.get() {
+        Some(sink) => sink(line),
+        None => {
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
+        }
+    }
+}
 
 /// Installs the subscriber; call once at the start of `main`.
 pub fn init() {
@@ -64,13 +101,11 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let mut fields = Fields(Map::new());
-        // A metrics line ([`crate::metrics`]): the bare EMF object, which CloudWatch reads.
-        if event.metadata().target() == "emf" {
-            event.record(&mut fields);
-            if let Some(Value::String(emf)) = fields.0.get("emf") {
-                return writeln!(writer, "{emf}");
-            }
-        }
+        let _ = REQUEST_ID.try_with(|id| {
+            fields
+                .0
+                .insert("requestId".into(), Value::String(id.clone()));
+        });
         fields.0.insert(
             "level".into(),
             Value::String(event.metadata().level().as_str().to_owned()),
@@ -139,6 +174,50 @@ fn level_of(raw: &str) -> Option<Level> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn lines_carry_the_request_id_and_metrics_pass_any_level() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let logs = Buffer::default();
+        let writer = logs.clone();
+        // At WARN, as `ApplicationLogLevel: WARN` would set it.
+        let subscriber = subscriber(Level::WARN, move || writer.clone()).finish();
+        let metrics = Buffer::default();
+        let sink = metrics.clone();
+        set_metric_sink(move |line| {
+            let _ = writeln!(sink.clone(), "{line}");
+        });
+        let _guard = tracing::subscriber::set_default(subscriber);
+        with_request_id("req-1".into(), async {
+            tracing::warn!(venue_id = "v1", "something");
+            tracing::info!("not at WARN");
+            let gathered = crate::metrics::Metrics::default();
+            gathered.count(crate::metrics::Counter::EventsAccepted, 2);
+            gathered.flush("ingest");
+        })
+        .await;
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0]["requestId"], "req-1");
+        assert_eq!(lines[0]["venue_id"], "v1");
+        let emf = String::from_utf8(metrics.0.lock().unwrap().clone()).unwrap();
+        assert!(emf.contains("\"EventsAccepted\""), "{emf}");
+    }
 
     #[test]
     fn levels_are_read_in_any_case() {

@@ -31,6 +31,12 @@ pub enum Counter {
     EventsRefused,
     RetriesScheduled,
     DeliveriesExhausted,
+    /// Attempts that went out and whose record could not be written before the deadline.
+    AttemptsUnrecorded,
+    /// Deliveries handed back unattempted, too close to the deadline.
+    HandedBack,
+    /// Notes of stored, unqueued events the sweep could not handle and set aside.
+    NotesSetAside,
 }
 
 impl Counter {
@@ -40,6 +46,9 @@ impl Counter {
             Counter::EventsRefused => "EventsRefused",
             Counter::RetriesScheduled => "RetriesScheduled",
             Counter::DeliveriesExhausted => "DeliveriesExhausted",
+            Counter::AttemptsUnrecorded => "AttemptsUnrecorded",
+            Counter::HandedBack => "HandedBack",
+            Counter::NotesSetAside => "NotesSetAside",
         }
     }
 }
@@ -157,11 +166,11 @@ impl Metrics {
         lines
     }
 
-    /// Writes what was gathered as EMF lines (through the log, target `emf`, which
-    /// [`crate::logging`] writes as the bare object CloudWatch reads).
+    /// Writes what was gathered as EMF lines: straight to stdout, past the log level
+    /// ([`crate::logging::write_metric_line`]).
     pub fn flush(&self, function: &str) {
         for line in self.take_lines(function) {
-            tracing::info!(target: "emf", emf = %line);
+            crate::logging::write_metric_line(&line.to_string());
         }
     }
 }

@@ -151,9 +151,22 @@ impl Queues {
 
     /// Queues the task that runs the next page of a replay, in its venue's group.
     pub async fn send_replay(&self, task: &crate::replay::ReplayTask) -> Result<()> {
+        self.send_replay_after(task, Duration::ZERO).await
+    }
+
+    /// Queues a replay's next page after `delay` (at most 15 minutes).
+    pub async fn send_replay_after(
+        &self,
+        task: &crate::replay::ReplayTask,
+        delay: Duration,
+    ) -> Result<()> {
         let body = serde_json::to_string(&ReplayMessage { replay: task })
             .map_err(|e| Error::Corrupt(e.to_string()))?;
-        let entry: Entry = (body, 0, task.venue_id.to_string());
+        let entry: Entry = (
+            body,
+            visibility_secs(delay).min(900),
+            task.venue_id.to_string(),
+        );
         self.send_batch(vec![&entry]).await
     }
 
@@ -189,7 +202,7 @@ impl Queues {
                 .map(|(i, (body, delay, group))| {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
-                        .message_body(body.as_str())
+                        .message_body(sqs_safe(body))
                         .message_group_id(group.as_str())
                         .set_delay_seconds((*delay > 0).then_some(*delay))
                         .build()
@@ -275,13 +288,13 @@ impl Queues {
     pub async fn dead_letter(&self, dlq_url: &str, body: &str, reason: &str) -> Result<()> {
         let reason_attr = MessageAttributeValue::builder()
             .data_type("String")
-            .string_value(truncate(reason, 1024))
+            .string_value(truncate(reason, 1024).replace(['\u{FFFE}', '\u{FFFF}'], "\u{FFFD}"))
             .build()
             .map_err(|e| Error::aws("sqs", e))?;
         self.sqs
             .send_message()
             .queue_url(dlq_url)
-            .message_body(body)
+            .message_body(sqs_safe(body))
             .message_attributes("reason", reason_attr)
             .send()
             .await
@@ -413,5 +426,35 @@ mod tests {
         assert_eq!(receive_count(&attributes), 1);
         attributes.insert("ApproximateReceiveCount".to_owned(), "4".to_owned());
         assert_eq!(receive_count(&attributes), 4);
+    }
+}
+
+/// A JSON message body as SQS takes it. SQS accepts only #x9, #xA, #xD, #x20–#xD7FF,
+/// #xE000–#xFFFD and #x10000–#x10FFFF; JSON written by `serde_json` escapes the control
+/// characters, but keeps U+FFFE and U+FFFF (valid in JSON and in event data) as they are.
+/// They can only stand inside JSON strings, so they are written as `\ufffe`/`\uffff`: the same
+/// JSON value, which SQS accepts.
+pub fn sqs_safe(body: &str) -> String {
+    if !body.contains(['\u{FFFE}', '\u{FFFF}']) {
+        return body.to_owned();
+    }
+    body.replace('\u{FFFE}', "\\ufffe")
+        .replace('\u{FFFF}', "\\uffff")
+}
+
+#[cfg(test)]
+mod sqs_characters {
+    #[test]
+    fn noncharacters_are_escaped_to_the_same_json_value() {
+        let value = serde_json::json!({"data": {"note": "a\u{FFFE}b\u{FFFF}c"}});
+        let body = serde_json::to_string(&value).unwrap();
+        assert!(body.contains('\u{FFFE}'));
+        let safe = super::sqs_safe(&body);
+        assert!(!safe.contains(['\u{FFFE}', '\u{FFFF}']), "{safe}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&safe).unwrap(),
+            value
+        );
+        assert_eq!(super::sqs_safe("{\"a\":1}"), "{\"a\":1}");
     }
 }

@@ -4,6 +4,10 @@
 //! A removal record makes deliver drop, unrecorded, what of the venue was still in flight
 //! (first attempts already queued, retries waiting for days), and a last purge task 15
 //! minutes later takes anything an attempt that was running at that moment wrote.
+//!
+//! The continuation is queued before the request does any of the work (a purge task that
+//! also deletes the keys, sessions and endpoints, after the request's budget; the last one),
+//! so a request stopped anywhere after the removal record still ends with nothing stored.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -27,6 +31,10 @@ pub const LAST_SWEEP_DELAY_SECS: i32 = 900;
 pub struct PurgeTask {
     pub venue_id: VenueId,
     pub endpoints: BTreeSet<EndpointId>,
+    /// Deletes the venue's keys, portal sessions and endpoints first (the continuation of a
+    /// removal request, in case it was stopped before it did).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub access: bool,
 }
 
 /// What `DELETE /venues/{venue_id}` did.
@@ -71,13 +79,27 @@ impl Remover {
         let started = Instant::now();
         // First, so that whatever of the venue is in flight from now on is dropped.
         self.store.mark_removed(tenant, now).await?;
+        // Then what finishes the removal if this request is stopped: everything again once
+        // its budget is over, and the last sweep. (The events name every endpoint with
+        // history, deleted ones too.)
+        let whole = PurgeTask {
+            venue_id: tenant.venue().clone(),
+            endpoints: BTreeSet::new(),
+            access: true,
+        };
+        let after_budget = (budget.as_secs() as i32 + 5).min(LAST_SWEEP_DELAY_SECS);
+        self.queues.send_purge(&whole, after_budget).await?;
+        self.queues
+            .send_purge(&whole, LAST_SWEEP_DELAY_SECS)
+            .await?;
         let (api_keys, sessions) = self.store.delete_venue_access(tenant).await?;
         let endpoints = self.store.delete_venue_endpoints(tenant).await?;
         let all = PurgeTask {
             venue_id: tenant.venue().clone(),
             endpoints: endpoints.iter().cloned().collect(),
+            access: false,
         };
-        let mut left = Some(all.clone());
+        let mut left = Some(all);
         let mut steps = 0;
         while let Some(task) = left.take() {
             steps += 1;
@@ -88,8 +110,6 @@ impl Remover {
             }
             left = self.step(&task).await?;
         }
-        // The events named every endpoint with history by now: the last sweep covers them.
-        self.queues.send_purge(&all, LAST_SWEEP_DELAY_SECS).await?;
         tracing::info!(venue_id = %tenant.venue(), endpoints = endpoints.len(), api_keys, sessions, purged = left.is_none(), "venue removed");
         Ok(Removal {
             venue_id: tenant.venue().clone(),
@@ -106,13 +126,23 @@ impl Remover {
     /// The task of what is left, if anything.
     pub async fn step(&self, task: &PurgeTask) -> Result<Option<PurgeTask>> {
         let tenant = Tenant::from_internal_message(task.venue_id.clone());
-        let (deleted, named, _) = self.store.purge_events(&tenant, self.page).await?;
         let mut endpoints = task.endpoints.clone();
+        if task.access {
+            self.store.delete_venue_access(&tenant).await?;
+            endpoints.extend(self.store.delete_venue_endpoints(&tenant).await?);
+            return Ok(Some(PurgeTask {
+                venue_id: task.venue_id.clone(),
+                endpoints,
+                access: false,
+            }));
+        }
+        let (deleted, named, _) = self.store.purge_events(&tenant, self.page).await?;
         endpoints.extend(named);
         if deleted > 0 {
             return Ok(Some(PurgeTask {
                 venue_id: task.venue_id.clone(),
                 endpoints,
+                access: false,
             }));
         }
         let Some(endpoint) = endpoints.first().cloned() else {
@@ -128,6 +158,7 @@ impl Remover {
         Ok((!endpoints.is_empty()).then(|| PurgeTask {
             venue_id: task.venue_id.clone(),
             endpoints,
+            access: false,
         }))
     }
 }

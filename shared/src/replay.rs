@@ -4,14 +4,25 @@
 //! deliver function), recording its progress after each page. Repeating a replay while it runs
 //! (or within minutes of its end) answers the same replay.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::breaker::{BreakerPolicy, Circuit, Gate};
 use crate::error::Result;
 use crate::ids::{EndpointId, VenueId};
 use crate::queue::{DeliveryJob, Queued, Queues};
 use crate::services::Services;
-use crate::store::{ReplayRecord, ReplayState, Store, Tenant};
+use crate::store::{PageClaim, ReplayRecord, ReplayState, Store, Tenant};
+
+/// How long a copy of a replay task holds the page it queues: another copy waits that long
+/// before taking the page over (the first copy stopped after claiming it).
+const PAGE_LEASE_MS: i64 = 60_000;
+
+/// The wait between two pages of a replay: the first page's attempts report the endpoint's
+/// health before the next is queued.
+pub const PAGE_PAUSE: Duration = Duration::from_secs(1);
 
 /// How many deliveries one replay re-sends at most.
 pub const REPLAY_MAX_DELIVERIES: usize = 10_000;
@@ -28,8 +39,9 @@ pub struct ReplayTask {
 pub struct Replayer {
     store: Store,
     queues: Queues,
-    /// How many deliveries one page queues (100; fewer in tests).
+    /// How many deliveries one page queues at most (100; fewer in tests).
     page: usize,
+    breaker: BreakerPolicy,
 }
 
 impl Replayer {
@@ -38,6 +50,7 @@ impl Replayer {
             store: services.store.clone(),
             queues: services.queues.clone(),
             page: services.config.replay_page,
+            breaker: services.config.breaker.clone(),
         }
     }
 
@@ -85,7 +98,7 @@ impl Replayer {
                 // Not running after all: a repeat starts it again.
                 if let Err(e) = self
                     .store
-                    .advance_replay(&record, 0, None, ReplayState::Failed)
+                    .advance_replay(&record, 0, None, (ReplayState::Failed, None))
                     .await
                 {
                     tracing::warn!(replay_id = %record.replay_id, error = %e, "could not mark the replay failed; a repeat restarts it once it counts as stalled");
@@ -98,8 +111,14 @@ impl Replayer {
     }
 
     /// Queues the next page of a replay's deliveries and records it; the task of the page
-    /// after, if there is more.
-    pub async fn run_page(&self, task: &ReplayTask) -> Result<Option<ReplayTask>> {
+    /// after, if there is more, and when to run it.
+    ///
+    /// Paced by the endpoint's health, as a receiver would want: while its circuit is open
+    /// the replay waits; a probe's time sends one delivery; a closed circuit starts with
+    /// pages of the breaker's threshold and doubles them up to the page size (a receiver
+    /// still down opens its circuit at its threshold, not after thousands of requests), and
+    /// each page waits [`PAGE_PAUSE`] for its attempts to report before the next.
+    pub async fn run_page(&self, task: &ReplayTask) -> Result<Option<(ReplayTask, Duration)>> {
         let tenant = Tenant::from_internal_message(task.venue_id.clone());
         let Some(record) = self
             .store
@@ -112,6 +131,42 @@ impl Replayer {
         if record.state != ReplayState::Running {
             return Ok(None);
         }
+        let now = chrono::Utc::now();
+        let Some(endpoint) = self.store.get_endpoint(&tenant, &task.endpoint_id).await? else {
+            self.store
+                .advance_replay(&record, 0, record.after.as_ref(), (ReplayState::Done, None))
+                .await?;
+            return Ok(None);
+        };
+        let threshold = self.breaker.threshold.max(1) as usize;
+        let size = match self.breaker.gate(&Circuit::of(&endpoint), now) {
+            Gate::Hold(until) => {
+                let wait = (until - now).to_std().unwrap_or_default();
+                tracing::info!(replay_id = %task.replay_id, wait_s = wait.as_secs(), "replay waits: the endpoint's circuit is open");
+                return Ok(Some((task.clone(), wait.max(PAGE_PAUSE))));
+            }
+            Gate::Probe => 1,
+            Gate::Pass if endpoint.failures_in_row > 0 => threshold
+                .saturating_sub(endpoint.failures_in_row as usize)
+                .max(1),
+            Gate::Pass => record.queued.max(threshold),
+        };
+        // The page is this copy's alone: a task received twice queues it once.
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let claim = now_ms + PAGE_LEASE_MS;
+        match self.store.claim_replay_page(&record, now_ms, claim).await? {
+            PageClaim::Taken => {}
+            PageClaim::Moved => {
+                tracing::info!(replay_id = %task.replay_id, "replay page done by another copy of its task");
+                return Ok(None);
+            }
+            PageClaim::Busy => {
+                return Err(crate::Error::Conflict(
+                    "another copy of this replay task is queueing its page; this one comes back"
+                        .into(),
+                ))
+            }
+        }
         let room = REPLAY_MAX_DELIVERIES.saturating_sub(record.queued);
         let (page, more) = self
             .store
@@ -120,7 +175,7 @@ impl Replayer {
                 &task.endpoint_id,
                 (record.since, record.until_at),
                 record.after.as_ref(),
-                self.page.min(room),
+                self.page.min(room).min(size),
             )
             .await?;
         let jobs: Vec<DeliveryJob> = page
@@ -154,9 +209,9 @@ impl Replayer {
             ReplayState::Running
         };
         self.store
-            .advance_replay(&record, jobs.len(), after, state)
+            .advance_replay(&record, jobs.len(), after, (state, Some(claim)))
             .await?;
         tracing::info!(replay_id = %task.replay_id, queued = record.queued + jobs.len(), done, "replay page queued");
-        Ok((!done).then(|| task.clone()))
+        Ok((!done).then(|| (task.clone(), PAGE_PAUSE)))
     }
 }

@@ -69,7 +69,7 @@ impl Sealer {
         rand::rng().fill_bytes(&mut nonce);
         let ciphertext = cipher
             .encrypt(
-                Nonce::from_slice(&nonce),
+                &Nonce::from(nonce),
                 Payload {
                     msg: secret.expose().as_bytes(),
                     aad: context.as_bytes(),
@@ -88,14 +88,14 @@ impl Sealer {
         let nonce = STANDARD
             .decode(&sealed.nonce)
             .ok()
-            .filter(|n| n.len() == 12)
+            .and_then(|n| Nonce::try_from(n.as_slice()).ok())
             .ok_or_else(|| corrupt("bad nonce"))?;
         let ciphertext = STANDARD
             .decode(&sealed.ciphertext)
             .map_err(|_| corrupt("bad ciphertext"))?;
         let plain = cipher
             .decrypt(
-                Nonce::from_slice(&nonce),
+                &nonce,
                 Payload {
                     msg: &ciphertext,
                     aad: context.as_bytes(),
@@ -274,7 +274,7 @@ fn cipher_of(plaintext: Option<aws_sdk_kms::primitives::Blob>) -> Result<Arc<Aes
     if key.as_ref().len() != 32 {
         return Err(corrupt("data key is not 256 bits"));
     }
-    Ok(Arc::new(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(
-        key.as_ref(),
-    ))))
+    let key = Key::<Aes256Gcm>::try_from(key.as_ref())
+        .map_err(|_| corrupt("data key is not 256 bits"))?;
+    Ok(Arc::new(Aes256Gcm::new(&key)))
 }

@@ -19,6 +19,12 @@ pub struct Services {
     pub sealer: Sealer,
 }
 
+/// The AWS SDK's behaviour defaults, pinned: a new SDK release does not change the
+/// functions' retry, timeout or checksum behaviour until this line does.
+pub fn behavior_version() -> aws_config::BehaviorVersion {
+    aws_config::BehaviorVersion::v2026_01_12()
+}
+
 /// How the SDK retries a call that failed for a passing reason (throttling:
 /// `ProvisionedThroughputExceededException`, `ThrottlingException`, SQS's `RequestThrottled`;
 /// 5xx; connection errors): 4 attempts in all, jittered exponential backoff from 100 ms up to
@@ -74,7 +80,7 @@ impl Services {
     /// `AWS_ENDPOINT_URL` (moto locally) as the SDK finds them.
     pub async fn from_env() -> Result<Self, ConfigError> {
         let config = Config::from_env()?;
-        let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let aws = aws_config::load_defaults(behavior_version()).await;
         Ok(Self::new(config, &aws))
     }
 }

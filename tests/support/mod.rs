@@ -32,7 +32,7 @@ pub async fn aws() -> aws_config::SdkConfig {
         std::env::var("AWS_ENDPOINT_URL").is_ok(),
         "AWS_ENDPOINT_URL is not set: run the integration tests with `make test`, which starts moto"
     );
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    aws_config::load_defaults(shared::services::behavior_version()).await
 }
 
 /// A unique resource prefix, so tests run side by side on one moto.

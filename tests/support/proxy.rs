@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -14,6 +14,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use local::sigv4::{self, caller_of, Keys};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -32,6 +33,8 @@ pub enum Fault {
     StaleRead,
     /// `503` (the service is down for the caller).
     Unavailable,
+    /// Forwarded after this long (a slow call: throttled retries inside AWS, a far region).
+    Slow(Duration),
 }
 
 #[derive(Clone, Debug)]
@@ -52,24 +55,13 @@ impl Rule {
     }
 }
 
-/// The access key id a request is signed with.
-fn caller_of(headers: &http::HeaderMap) -> String {
-    headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|a| a.split("Credential=").nth(1))
-        .and_then(|c| c.split('/').next())
-        .unwrap_or_default()
-        .to_owned()
-}
-
 /// The proxy: its URL is the AWS endpoint to give the functions.
 #[derive(Clone)]
 pub struct FaultProxy {
     pub url: String,
     rules: Arc<Mutex<Vec<Rule>>>,
     /// Secret keys by access key id, to re-sign a request whose body the proxy changed.
-    keys: Arc<Mutex<HashMap<String, String>>>,
+    keys: Keys,
     /// Faults applied so far, by operation and fault.
     applied: Arc<Mutex<HashMap<String, usize>>>,
 }
@@ -80,15 +72,9 @@ impl FaultProxy {
         let proxy = FaultProxy {
             url: format!("http://{}", listener.local_addr().expect("addr")),
             rules: Arc::default(),
-            keys: Arc::default(),
+            keys: Keys::of([]),
             applied: Arc::default(),
         };
-        if let (Ok(id), Ok(secret)) = (
-            std::env::var("AWS_ACCESS_KEY_ID"),
-            std::env::var("AWS_SECRET_ACCESS_KEY"),
-        ) {
-            proxy.trust(&id, &secret);
-        }
         let target = target.trim_end_matches('/').to_owned();
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let handle = proxy.clone();
@@ -112,10 +98,7 @@ impl FaultProxy {
 
     /// Lets the proxy re-sign requests of this key (the functions' identities).
     pub fn trust(&self, access_key_id: &str, secret: &str) {
-        self.keys
-            .lock()
-            .unwrap()
-            .insert(access_key_id.to_owned(), secret.to_owned());
+        self.keys.trust(access_key_id, secret);
     }
 
     /// Every identity of a stack.
@@ -225,6 +208,7 @@ impl FaultProxy {
                     json!({"__type": "ServiceUnavailable", "message": "Service is unavailable."}),
                 );
             }
+            Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
             Some(Fault::StaleRead) if op.ends_with(".GetItem") => return answer(200, json!({})),
             Some(Fault::StaleRead) => {
                 let empty: serde_json::Map<String, Value> = json["RequestItems"]
@@ -251,7 +235,7 @@ impl FaultProxy {
                 }
                 rest["Entries"] = Value::Array(entries);
                 body = Bytes::from(rest.to_string());
-                if let Err(e) = self.resign(&mut parts, &body) {
+                if let Err(e) = sigv4::resign(&self.keys, &mut parts, &body) {
                     return answer(500, json!({"__type": "ProxyError", "message": e}));
                 }
             }
@@ -266,7 +250,7 @@ impl FaultProxy {
         let Ok(response) = client.request(forwarded).await else {
             return answer(502, Value::Null);
         };
-        let (mut parts, body) = response.into_parts();
+        let (parts, body) = response.into_parts();
         let body = body
             .collect()
             .await
@@ -275,101 +259,7 @@ impl FaultProxy {
         let Some(failed) = failed_entry else {
             return hyper::Response::from_parts(parts, Full::new(body));
         };
-        let mut out: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
-        if out.get("Failed").and_then(Value::as_array).is_none() {
-            out["Failed"] = json!([]);
-        }
-        if let Some(list) = out["Failed"].as_array_mut() {
-            list.push(failed);
-        }
-        let body = Bytes::from(out.to_string());
-        parts.headers.insert(
-            http::header::CONTENT_LENGTH,
-            http::HeaderValue::from(body.len()),
-        );
-        hyper::Response::from_parts(parts, Full::new(body))
-    }
-
-    /// Signs a request again (SigV4) for a new body, with the key that signed it.
-    fn resign(&self, parts: &mut http::request::Parts, body: &[u8]) -> Result<(), String> {
-        use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-        let auth = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or("no authorization")?
-            .to_owned();
-        let scope = auth
-            .split("Credential=")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .ok_or("no credential")?;
-        let fields: Vec<&str> = scope.split('/').collect();
-        let [key_id, _, region, service, ..] = fields.as_slice() else {
-            return Err(format!("credential scope {scope}"));
-        };
-        let secret = self
-            .keys
-            .lock()
-            .unwrap()
-            .get(*key_id)
-            .cloned()
-            .ok_or_else(|| format!("unknown key {key_id}"))?;
-        parts.headers.remove(http::header::AUTHORIZATION);
-        parts.headers.insert(
-            http::header::CONTENT_LENGTH,
-            http::HeaderValue::from(body.len()),
-        );
-        let identity = aws_smithy_runtime_api::client::identity::Identity::from(
-            aws_credential_types::Credentials::new(*key_id, secret, None, None, "proxy"),
-        );
-        let params = aws_sigv4::sign::v4::SigningParams::builder()
-            .identity(&identity)
-            .region(region)
-            .name(service)
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| e.to_string())?
-            .into();
-        let host = parts
-            .headers
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("localhost")
-            .to_owned();
-        let uri = format!(
-            "http://{host}{}",
-            parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/")
-        );
-        let headers: Vec<(String, String)> = parts
-            .headers
-            .iter()
-            .filter(|(k, _)| *k != "x-amz-date")
-            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-            .collect();
-        let signable = SignableRequest::new(
-            parts.method.as_str(),
-            &uri,
-            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            SignableBody::Bytes(body),
-        )
-        .map_err(|e| e.to_string())?;
-        let (instructions, _) = sign(signable, &params)
-            .map_err(|e| e.to_string())?
-            .into_parts();
-        let (new_headers, _) = instructions.into_parts();
-        for header in new_headers {
-            let value = http::HeaderValue::from_str(header.value()).map_err(|e| e.to_string())?;
-            let name = http::HeaderName::from_bytes(header.name().as_bytes())
-                .map_err(|e| e.to_string())?;
-            parts.headers.insert(name, value);
-        }
-        Ok(())
+        local::capacity::with_failed_entries(parts, &body, vec![failed])
     }
 }
 
@@ -387,16 +277,5 @@ fn consistent(target: &str, body: &Value) -> bool {
 }
 
 fn answer(status: u16, body: Value) -> hyper::Response<Full<Bytes>> {
-    let text = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let mut response = hyper::Response::new(Full::new(Bytes::from(text)));
-    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/x-amz-json-1.0"),
-    );
-    response
+    local::capacity::answer(status, &body)
 }

@@ -4,7 +4,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 use api::Api;
-use lambda_http::{service_fn, Error, Request};
+use lambda_http::{service_fn, Error, Request, RequestExt};
 use shared::services::Services;
 
 #[tokio::main]
@@ -16,7 +16,9 @@ async fn main() -> Result<(), Error> {
     let api = Api::new(&services, admin_key_sha256)?;
     let api = &api;
     lambda_http::run(service_fn(move |request: Request| async move {
-        Ok::<_, Error>(api.handle(request).await)
+        let request_id = request.lambda_context_ref().map(|c| c.request_id.clone());
+        let work = api.handle(request);
+        Ok::<_, Error>(shared::logging::with_request_id(request_id.unwrap_or_default(), work).await)
     }))
     .await
 }

@@ -13,7 +13,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::future::join_all;
@@ -38,6 +38,8 @@ pub struct Deliver {
     dlq_url: String,
     /// The first wait of a job that failed because AWS did ([`backoff::outage_wait`]).
     outage_backoff: Duration,
+    /// What an invocation keeps before its deadline ([`shared::config::Limits`]).
+    deadline_reserve: Duration,
 }
 
 impl Deliver {
@@ -51,6 +53,7 @@ impl Deliver {
             waits: Waits::new(services),
             dlq_url: services.config.resources.delivery_dlq_url.clone(),
             outage_backoff: services.config.outage_backoff,
+            deadline_reserve: services.config.limits.deadline_reserve,
         })
     }
 
@@ -67,7 +70,29 @@ impl Deliver {
         backoff::outage_wait(receive_count(record), self.outage_backoff)
     }
 
+    /// A batch with no deadline of its own (a test calling the handler as a script would):
+    /// Lambda's longest, 15 minutes.
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        self.handle_until(event, Instant::now() + Duration::from_secs(900))
+            .await
+    }
+
+    /// A batch that must be answered by `deadline` (Lambda stops the function there and the
+    /// whole batch comes back after the visibility timeout, each record a receive nearer the
+    /// DLQ). No attempt starts unless it can be sent and recorded in time; what is not done
+    /// when the reserve begins is handed back as jobs of its own (sent again, then deleted),
+    /// so it neither waits in flight nor spends receives.
+    pub async fn handle_until(&self, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
+        // Never more than half the time there is (a function with a short timeout).
+        let reserve = self
+            .deadline_reserve
+            .min(deadline.saturating_duration_since(Instant::now()) / 2);
+        let attempts_until = deadline.checked_sub(reserve);
+        let hand_back_at = tokio::time::Instant::from_std(
+            deadline
+                .checked_sub(reserve / 2)
+                .unwrap_or_else(Instant::now),
+        );
         let jobs: Vec<Result<Message, String>> = event.records.iter().map(parse).collect();
         // The endpoints of every fresh job of the batch, in one read.
         let parsed: Vec<(&DeliveryJob, u32)> = event
@@ -79,20 +104,45 @@ impl Deliver {
                 _ => None,
             })
             .collect();
-        let endpoints = self.dispatcher.endpoints_of(&parsed).await.map_err(|e| {
-            tracing::error!(error = %e, "could not read the batch's endpoints; its fresh jobs come back");
-        });
         let health = Health::default();
-        let results = join_all(
-            event
-                .records
-                .iter()
-                .zip(jobs)
-                .map(|(r, job)| self.handle_record(r, job, endpoints.as_ref().ok(), &health)),
+        let results = match tokio::time::timeout_at(
+            hand_back_at,
+            self.dispatcher.endpoints_of(&parsed),
         )
-        .await;
-        // What the attempts said about each endpoint: one write per endpoint for the batch.
-        self.dispatcher.settle(health).await;
+        .await
+        {
+            Ok(endpoints) => {
+                let endpoints = endpoints.map_err(|e| {
+                    tracing::error!(error = %e, "could not read the batch's endpoints; its fresh jobs come back");
+                });
+                join_all(event.records.iter().zip(jobs).map(|(r, job)| async {
+                    let work = self.handle_record(
+                        r,
+                        job,
+                        endpoints.as_ref().ok(),
+                        (&health, attempts_until),
+                    );
+                    tokio::time::timeout_at(hand_back_at, work)
+                        .await
+                        .unwrap_or(Handled::Unfinished)
+                }))
+                .await
+            }
+            Err(_) => event.records.iter().map(|_| Handled::Unfinished).collect(),
+        };
+        // What the attempts said about each endpoint: one write per endpoint for the batch
+        // (advisory: given up rather than outlive the invocation).
+        let settle_by = tokio::time::Instant::from_std(
+            deadline
+                .checked_sub(reserve / 4)
+                .unwrap_or_else(Instant::now),
+        );
+        if tokio::time::timeout_at(settle_by, self.dispatcher.settle(health))
+            .await
+            .is_err()
+        {
+            tracing::warn!("the batch's health writes did not finish before the deadline");
+        }
         let mut response = SqsBatchResponse::default();
         let mut delays = Vec::new();
         let mut follow_ups = Vec::new();
@@ -109,6 +159,30 @@ impl Deliver {
                     Self::hide(&mut delays, record, self.outage_wait(record));
                     response.add_failure(id);
                 }
+                Handled::Unfinished => match parse(record) {
+                    // Sent again as a job of its own that checks each delivery's record first.
+                    Ok(Message::Job(job)) => {
+                        tracing::info!(endpoint_id = %job.endpoint_id, "job unfinished at the deadline; handed back");
+                        follow_ups.push((
+                            DeliveryJob {
+                                resumed: true,
+                                ..job
+                            },
+                            Duration::ZERO,
+                        ));
+                        waiting_on_follow_ups.push((id, record));
+                    }
+                    Ok(task) => {
+                        if !self.send_again(&task).await {
+                            Self::hide(&mut delays, record, self.outage_wait(record));
+                            response.add_failure(id);
+                        }
+                    }
+                    Err(_) => {
+                        Self::hide(&mut delays, record, Duration::ZERO);
+                        response.add_failure(id);
+                    }
+                },
             }
         }
         if !follow_ups.is_empty() {
@@ -140,7 +214,7 @@ impl Deliver {
         record: &SqsMessage,
         job: Result<Message, String>,
         endpoints: Option<&Endpoints>,
-        health: &Health,
+        batch: (&Health, Option<Instant>),
     ) -> Handled {
         let message_id = record.message_id.as_deref().unwrap_or("");
         let body = record.body.as_deref().unwrap_or("");
@@ -159,7 +233,7 @@ impl Deliver {
         };
         match self
             .dispatcher
-            .run(&job, receive_count(record), endpoints, health)
+            .run(&job, receive_count(record), endpoints, batch)
             .await
         {
             Ok(Ran {
@@ -183,6 +257,17 @@ impl Deliver {
 }
 
 impl Deliver {
+    /// A replay or purge task unfinished at the deadline, queued again as it came.
+    async fn send_again(&self, task: &Message) -> bool {
+        let sent = match task {
+            Message::Replay(task) => self.queues.send_replay(task).await,
+            Message::Purge(task) => self.queues.send_purge(task, 0).await,
+            Message::Job(_) => return false,
+        };
+        sent.map_err(|e| tracing::error!(error = %e, "could not hand back an unfinished task; it comes back"))
+            .is_ok()
+    }
+
     /// A page of a replay; the task of the next page is queued before this one leaves.
     async fn replay(&self, task: &ReplayTask) -> Handled {
         let next = match self.replayer.run_page(task).await {
@@ -192,8 +277,8 @@ impl Deliver {
                 return Handled::Failed;
             }
         };
-        if let Some(next) = next {
-            if let Err(e) = self.queues.send_replay(&next).await {
+        if let Some((next, after)) = next {
+            if let Err(e) = self.queues.send_replay_after(&next, after).await {
                 tracing::error!(replay_id = %task.replay_id, error = %e, "could not queue the replay's next page; this page comes back");
                 return Handled::Failed;
             }
@@ -241,6 +326,8 @@ enum Handled {
     Done(Vec<(DeliveryJob, Duration)>),
     /// Something broke (AWS unavailable…): back after the queue's visibility timeout.
     Failed,
+    /// Not finished when the deadline's reserve began: handed back.
+    Unfinished,
 }
 
 /// What a record of the delivery queue carries.

@@ -3,6 +3,8 @@
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
+// The batch handler's future nests deeply (jobs, attempts, records under deadlines).
+#![recursion_limit = "256"]
 use deliver::Deliver;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use shared::services::Services;
@@ -14,7 +16,9 @@ async fn main() -> Result<(), Error> {
     let deliver = Deliver::from_services(&services)?;
     let deliver = &deliver;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        Ok::<_, Error>(deliver.handle(event.payload).await)
+        let deadline = shared::deadline::from_epoch_ms(event.context.deadline);
+        let work = deliver.handle_until(event.payload, deadline);
+        Ok::<_, Error>(shared::logging::with_request_id(event.context.request_id, work).await)
     }))
     .await
 }

@@ -15,6 +15,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::Utc;
 use futures::future::join_all;
 use shared::domain::IngestMessage;
+use shared::ids::EventId;
 use shared::ingest::{IngestBatch, Publisher};
 use shared::metrics::{Counter, Metrics};
 use shared::queue::{self, DeliveryJob, Queues};
@@ -26,6 +27,7 @@ use shared::Error;
 #[derive(Clone)]
 pub struct Ingest {
     publisher: Publisher,
+    store: shared::store::Store,
     waits: Waits,
     queues: Queues,
     dlq_url: String,
@@ -48,6 +50,7 @@ impl Ingest {
     pub fn from_services(services: &Services) -> Self {
         Self {
             publisher: Publisher::new(services),
+            store: services.store.clone(),
             waits: Waits::new(services),
             queues: services.queues.clone(),
             dlq_url: services.config.resources.ingest_dlq_url.clone(),
@@ -79,14 +82,29 @@ impl Ingest {
     /// Queues the retries of the retries table that are due (for at most 20 s of the
     /// function's 30), then the jobs of stored events whose jobs could not be queued when
     /// they were published (a page of them). Returns how many of each were queued.
+    ///
+    /// A sweep holds a lease (55 s) while it runs: one that finds another's lease does
+    /// nothing, so two sweeps at once (a slow one and the next minute's) queue nothing twice.
     pub async fn sweep(&self) -> Result<(usize, usize), Error> {
+        let now_ms = Utc::now().timestamp_millis();
+        let until_ms = now_ms + 55_000;
+        if !self.store.take_sweep_lease(now_ms, until_ms).await? {
+            tracing::info!("another sweep is running; this one stands down");
+            return Ok((0, 0));
+        }
         let retries = self
             .waits
             .sweep(Utc::now(), std::time::Duration::from_secs(20))
             .await;
         // One failing does not keep the other from running.
         let events = self.publisher.sweep_unqueued(100).await;
-        Ok((retries?.queued, events?))
+        if let Err(e) = self.store.release_sweep_lease(until_ms).await {
+            tracing::warn!(error = %e, "could not give the sweep's lease back; it runs out by itself");
+        }
+        let (events, set_aside) = events?;
+        self.metrics.count(Counter::NotesSetAside, set_aside as u64);
+        self.metrics.flush("ingest");
+        Ok((retries?.queued, events))
     }
 
     /// Accepts every record, then queues the jobs of the whole batch together: the first
@@ -156,7 +174,7 @@ impl Ingest {
     ) -> Option<Vec<DeliveryJob>> {
         let message_id = record.message_id.as_deref().unwrap_or("");
         let body = record.body.as_deref().unwrap_or("");
-        match self.accept(body, batch).await {
+        match self.accept(record, batch).await {
             Ok(jobs) => {
                 self.metrics.count(Counter::EventsAccepted, 1);
                 Some(jobs)
@@ -187,12 +205,28 @@ impl Ingest {
         }
     }
 
-    async fn accept(&self, body: &str, batch: &IngestBatch) -> Result<Vec<DeliveryJob>, Refusal> {
+    async fn accept(
+        &self,
+        record: &SqsMessage,
+        batch: &IngestBatch,
+    ) -> Result<Vec<DeliveryJob>, Refusal> {
+        let body = record.body.as_deref().unwrap_or("");
         self.publisher
             .check_size(body.len())
             .map_err(|e| Refusal::Permanent(e.to_string()))?;
-        let message: IngestMessage = serde_json::from_str(body)
+        let mut message: IngestMessage = serde_json::from_str(body)
             .map_err(|e| Refusal::Permanent(format!("not an ingest message: {e}")))?;
+        // No id from the producer: one from the message, the same each time it comes.
+        if message.id.is_none() {
+            if let Some(message_id) = record.message_id.as_deref() {
+                let sent_ms = record
+                    .attributes
+                    .get("SentTimestamp")
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or_else(|| Utc::now().timestamp_millis().max(0) as u64);
+                message.id = Some(EventId::of_message(message_id, sent_ms).to_string());
+            }
+        }
         let (venue, request) = message
             .split()
             .map_err(|e| Refusal::Permanent(e.to_string()))?;

@@ -16,7 +16,10 @@ async fn main() -> Result<(), Error> {
     let ingest = &ingest;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
-            ingest.invoke(event.payload).await.map_err(Error::from)
+            let work = ingest.invoke(event.payload);
+            shared::logging::with_request_id(event.context.request_id, work)
+                .await
+                .map_err(Error::from)
         },
     ))
     .await

@@ -21,6 +21,16 @@ impl Dispatcher {
             .get_endpoint(tenant, &delivery.endpoint_id)
             .await?
             .ok_or(Error::NotFound("endpoint"))?;
+        self.retry_with(tenant, &endpoint, delivery).await
+    }
+
+    /// [`Dispatcher::retry_now`] with the endpoint read already.
+    pub(super) async fn retry_with(
+        &self,
+        tenant: &Tenant,
+        endpoint: &Endpoint,
+        delivery: &DeliveryRecord,
+    ) -> Result<Attempt> {
         let record = self
             .store
             .get_event(tenant, &delivery.event_id)
@@ -33,7 +43,7 @@ impl Dispatcher {
         let now = Utc::now();
         let (attempt, _) = self
             .send(
-                &endpoint,
+                endpoint,
                 &event,
                 Trigger::Manual,
                 delivery.attempt_count + 1,
@@ -70,10 +80,7 @@ impl Dispatcher {
                 .await?
             {
                 self.ops
-                    .send(crate::operational::OpsEvent::CircuitClosed {
-                        endpoint: &endpoint,
-                        at: now,
-                    })
+                    .send(crate::operational::OpsEvent::CircuitClosed { endpoint, at: now })
                     .await;
             }
         }

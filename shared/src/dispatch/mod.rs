@@ -4,7 +4,8 @@
 //! [`health`] decides whether an endpoint may be tried now and records what the attempts
 //! said about it.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
@@ -37,6 +38,9 @@ pub use send::request_headers;
 
 /// How much of a receiver's answer a first-try success keeps in its group's item.
 const GROUP_BODY_BYTES: usize = 256;
+/// What a job's attempt whose record another copy of the job wrote first ends as: that
+/// attempt went out and is not in the history.
+const DUPLICATE: &str = "duplicate job";
 /// How much of an error message an attempt keeps.
 const ERROR_BYTES: usize = 1024;
 
@@ -49,6 +53,9 @@ pub enum JobOutcome {
     RetryIn(Duration),
     /// Not attempted: the endpoint's circuit is open; to be looked at again after this long.
     Held(Duration),
+    /// Not attempted: too close to the invocation's deadline to send and record an attempt.
+    /// Handed back as a job of its own, at once.
+    HandedBack,
 }
 
 /// What became of a queued job (all its deliveries).
@@ -72,6 +79,8 @@ enum First {
     RetryIn(Duration),
     /// Not attempted, nothing recorded: the endpoint's circuit is open.
     Held(Duration),
+    /// Not attempted, nothing recorded: too close to the deadline.
+    HandedBack,
 }
 
 #[derive(Clone)]
@@ -121,21 +130,30 @@ impl Dispatcher {
     ///
     /// What the attempts say about each endpoint's health is added to `health`, written once
     /// for the whole batch by [`Dispatcher::settle`].
+    ///
+    /// No attempt starts after `attempts_until` (the invocation's deadline less the time to
+    /// send and record one): such deliveries are handed back as jobs of their own.
     pub async fn run(
         &self,
         job: &DeliveryJob,
         receive: u32,
         endpoints: &Endpoints,
-        health: &Health,
+        (health, attempts_until): (&Health, Option<Instant>),
     ) -> Result<Ran> {
         let single = job.deliveries.len() == 1;
+        let batch = Batch {
+            health,
+            attempts_until,
+            unrecorded: AtomicU32::new(0),
+            metrics: &self.metrics,
+        };
         let results: Vec<(Queued, Result<JobOutcome>)> = if is_fresh(job, receive) {
-            self.first_attempts(job, endpoints, health).await?
+            self.first_attempts(job, endpoints, &batch).await?
         } else {
             join_all(job.deliveries.iter().map(|d| async {
                 (
                     d.clone(),
-                    self.run_target(&job.single(d.clone()), health).await,
+                    self.run_target(&job.single(d.clone()), &batch).await,
                 )
             }))
             .await
@@ -158,6 +176,15 @@ impl Dispatcher {
                         ..job.single(target)
                     };
                     follow_ups.push((held, wait));
+                }
+                Ok(JobOutcome::HandedBack) => {
+                    outcome = "handed back: too close to the deadline";
+                    self.metrics.count(Counter::HandedBack, 1);
+                    let again = DeliveryJob {
+                        resumed: true,
+                        ..job.single(target)
+                    };
+                    follow_ups.push((again, Duration::ZERO));
                 }
                 Ok(JobOutcome::Done(why)) if single => outcome = why,
                 Ok(JobOutcome::Done(_)) => {}
@@ -207,7 +234,7 @@ impl Dispatcher {
         &self,
         job: &DeliveryJob,
         endpoints: &Endpoints,
-        health: &Health,
+        batch: &Batch<'_>,
     ) -> Result<Vec<(Queued, Result<JobOutcome>)>> {
         let tenant = Tenant::from_internal_message(job.venue_id.clone());
         let now = Utc::now();
@@ -217,7 +244,7 @@ impl Dispatcher {
         let firsts = join_all(job.deliveries.iter().map(|queued| async {
             let event = self.event_of(&tenant, queued).await?;
             let ids = (&queued.delivery_id, &job.endpoint_id);
-            self.first_attempt(&tenant, (&event, job.held), ids, endpoint, (now, health))
+            self.first_attempt(&tenant, (&event, job.held), ids, endpoint, (now, batch))
                 .await
         }))
         .await;
@@ -245,12 +272,18 @@ impl Dispatcher {
                 Ok(First::Done) => Ok(JobOutcome::Done("recorded")),
                 Ok(First::RetryIn(wait)) => Ok(JobOutcome::RetryIn(wait)),
                 Ok(First::Held(wait)) => Ok(JobOutcome::Held(wait)),
+                Ok(First::HandedBack) => Ok(JobOutcome::HandedBack),
                 Err(e) => Err(e),
             };
             results.push((queued.clone(), result));
         }
-        if !group.entries.is_empty() && !self.store.put_group(&group).await? {
-            tracing::warn!(group = %group.delivery_id, "group recorded by another copy of its job");
+        if !group.entries.is_empty() {
+            if self.store.put_group(&group).await? {
+                batch.recorded(group.entries.len());
+            } else {
+                // This copy's successes went out and are not the ones in the history.
+                tracing::warn!(group = %group.delivery_id, "group recorded by another copy of its job");
+            }
         }
         Ok(results)
     }
@@ -261,8 +294,9 @@ impl Dispatcher {
         (event, held): (&Event, u32),
         (delivery_id, endpoint_id): (&DeliveryId, &EndpointId),
         endpoint: Option<std::result::Result<&Endpoint, &str>>,
-        (now, health): (DateTime<Utc>, &Health),
+        (now, batch): (DateTime<Utc>, &Batch<'_>),
     ) -> Result<First> {
+        let health = batch.health;
         let job_target = (delivery_id, endpoint_id, event);
         let endpoint = match endpoint {
             Some(Ok(endpoint)) if endpoint.enabled => endpoint,
@@ -281,10 +315,18 @@ impl Dispatcher {
                 return Ok(First::Done);
             }
         };
+        if !batch.may_attempt(self.http.timeout()) {
+            return Ok(First::HandedBack);
+        }
         let admitted = match self.pass(tenant, endpoint, held, now).await? {
             Ok(admitted) => admitted,
             Err(wait) => return Ok(First::Held(wait)),
         };
+        // Admission may have taken a while (a lease write): still in time?
+        if !batch.may_attempt(self.http.timeout()) {
+            self.unadmit(tenant, endpoint, &admitted).await;
+            return Ok(First::HandedBack);
+        }
         let probed = admitted.probed;
         let (attempt, decision) = self
             .attempt(
@@ -292,7 +334,7 @@ impl Dispatcher {
                 endpoint,
                 event,
                 (delivery_id, 1),
-                (now, health, admitted),
+                (now, batch, admitted),
             )
             .await?;
         if decision == Decision::Delivered {
@@ -309,29 +351,32 @@ impl Dispatcher {
                 attempt,
             )));
         }
-        Ok(
-            match self
-                .record_scheduled(
-                    tenant,
-                    endpoint,
-                    event,
-                    delivery_id,
-                    attempt,
-                    (1, None),
-                    decision,
-                    (now, health, probed),
-                )
-                .await?
-            {
-                JobOutcome::RetryIn(wait) => First::RetryIn(wait),
-                JobOutcome::Held(wait) => First::Held(wait),
-                JobOutcome::Done(_) => First::Done,
-            },
-        )
+        let recorded = self
+            .record_scheduled(
+                tenant,
+                endpoint,
+                event,
+                delivery_id,
+                attempt,
+                (1, None),
+                decision,
+                (now, health, probed),
+            )
+            .await?;
+        if recorded != JobOutcome::Done(DUPLICATE) {
+            batch.recorded(1);
+        }
+        Ok(match recorded {
+            JobOutcome::RetryIn(wait) => First::RetryIn(wait),
+            JobOutcome::Held(wait) => First::Held(wait),
+            JobOutcome::HandedBack => First::HandedBack,
+            JobOutcome::Done(_) => First::Done,
+        })
     }
 
     /// One delivery that may be under way already: what its record says decides.
-    async fn run_target(&self, job: &DeliveryJob, health: &Health) -> Result<JobOutcome> {
+    async fn run_target(&self, job: &DeliveryJob, batch: &Batch<'_>) -> Result<JobOutcome> {
+        let health = batch.health;
         let tenant = Tenant::from_internal_message(job.venue_id.clone());
         let target = job
             .deliveries
@@ -346,8 +391,7 @@ impl Dispatcher {
             let Some(delivery) = existing else {
                 return Ok(JobOutcome::Done("replayed delivery no longer exists"));
             };
-            self.retry_now(&tenant, &delivery).await?;
-            return Ok(JobOutcome::Done("replayed"));
+            return self.replay_one(&tenant, job, &delivery, (batch, now)).await;
         }
         // A resumed copy whose delivery exists behaves like any job of it: a finished delivery
         // ends it, a pending one is attempted when due, and the scheduled attempt's number
@@ -393,10 +437,17 @@ impl Dispatcher {
                 .await?;
             return Ok(JobOutcome::Done("endpoint disabled"));
         }
+        if !batch.may_attempt(self.http.timeout()) {
+            return Ok(JobOutcome::HandedBack);
+        }
         let admitted = match self.pass(&tenant, &endpoint, job.held, now).await? {
             Ok(admitted) => admitted,
             Err(wait) => return Ok(JobOutcome::Held(wait)),
         };
+        if !batch.may_attempt(self.http.timeout()) {
+            self.unadmit(&tenant, &endpoint, &admitted).await;
+            return Ok(JobOutcome::HandedBack);
+        }
         let probed = admitted.probed;
         let (attempt, decision) = self
             .attempt(
@@ -404,20 +455,73 @@ impl Dispatcher {
                 &endpoint,
                 &event,
                 (&target.delivery_id, number),
-                (now, health, admitted),
+                (now, batch, admitted),
             )
             .await?;
-        self.record_scheduled(
-            &tenant,
-            &endpoint,
-            &event,
-            &target.delivery_id,
-            attempt,
-            (number, existing.as_ref()),
-            decision,
-            (now, health, probed),
-        )
-        .await
+        let recorded = self
+            .record_scheduled(
+                &tenant,
+                &endpoint,
+                &event,
+                &target.delivery_id,
+                attempt,
+                (number, existing.as_ref()),
+                decision,
+                (now, health, probed),
+            )
+            .await?;
+        if recorded != JobOutcome::Done(DUPLICATE) {
+            batch.recorded(1);
+        }
+        Ok(recorded)
+    }
+
+    /// A replayed delivery: one manual attempt, admitted like every scheduled attempt (the
+    /// endpoint's circuit, its cap on slow requests) and counted in its health, so a replay
+    /// to a receiver still down stops at the breaker's threshold like any traffic.
+    async fn replay_one(
+        &self,
+        tenant: &Tenant,
+        job: &DeliveryJob,
+        delivery: &DeliveryRecord,
+        (batch, now): (&Batch<'_>, DateTime<Utc>),
+    ) -> Result<JobOutcome> {
+        let endpoint = match self.store.get_endpoint(tenant, &job.endpoint_id).await? {
+            Some(endpoint) if endpoint.enabled => endpoint,
+            _ => {
+                return Ok(JobOutcome::Done(
+                    "replayed delivery's endpoint is gone or disabled",
+                ))
+            }
+        };
+        if !batch.may_attempt(self.http.timeout()) {
+            return Ok(JobOutcome::HandedBack);
+        }
+        let admitted = match self.pass(tenant, &endpoint, job.held, now).await? {
+            Ok(admitted) => admitted,
+            Err(wait) => return Ok(JobOutcome::Held(wait)),
+        };
+        batch.sent();
+        let attempt = self.retry_with(tenant, &endpoint, delivery).await;
+        self.unadmit(tenant, &endpoint, &admitted).await;
+        let attempt = attempt?;
+        batch.recorded(1);
+        batch.health.note(&endpoint, &attempt, admitted.probed);
+        Ok(JobOutcome::Done("replayed"))
+    }
+
+    /// Gives back an admission, used or not: its lease slot (which frees itself when its
+    /// lease runs out if this fails); a probe's lease runs out by itself.
+    async fn unadmit(&self, tenant: &Tenant, endpoint: &Endpoint, admitted: &Admitted) {
+        if let Some((slot, until_ms)) = admitted.slot {
+            if let Err(e) = self
+                .store
+                .free_slot(tenant, &endpoint.endpoint_id, slot, until_ms)
+                .await
+            {
+                tracing::warn!(endpoint_id = %endpoint.endpoint_id, error = %e, "could not free a lease slot");
+            }
+        }
     }
 
     /// Sends one scheduled attempt and decides what follows it. An attempt still running
@@ -428,27 +532,21 @@ impl Dispatcher {
         endpoint: &Endpoint,
         event: &Event,
         (delivery_id, number): (&DeliveryId, u32),
-        (now, health, admitted): (DateTime<Utc>, &Health, Admitted),
+        (now, batch, admitted): (DateTime<Utc>, &Batch<'_>, Admitted),
     ) -> Result<(Attempt, Decision)> {
+        // From here the request may go out: it counts as sent until its caller records it.
+        batch.sent();
         let send = self.send(endpoint, event, Trigger::Scheduled, number, now);
         tokio::pin!(send);
         let sent = tokio::select! {
             sent = &mut send => sent,
             () = tokio::time::sleep(self.breaker.slow_after) => {
-                self.mark_slow(tenant, endpoint, health).await;
+                self.mark_slow(tenant, endpoint, batch.health).await;
                 send.await
             }
         };
-        if let Some((slot, until_ms)) = admitted.slot {
-            if let Err(e) = self
-                .store
-                .free_slot(tenant, &endpoint.endpoint_id, slot, until_ms)
-                .await
-            {
-                // It frees itself when its lease runs out.
-                tracing::warn!(endpoint_id = %endpoint.endpoint_id, error = %e, "could not free a lease slot");
-            }
-        }
+
+        self.unadmit(tenant, endpoint, &admitted).await;
         let (attempt, response) = sent?;
         let decision = self.policy.decide(
             number,
@@ -540,7 +638,7 @@ impl Dispatcher {
             Recorded::Duplicate => {
                 // Another copy of this job recorded this attempt first; it owns what follows.
                 tracing::info!(%delivery_id, attempt = number, "duplicate job stood down");
-                return Ok(JobOutcome::Done("duplicate job"));
+                return Ok(JobOutcome::Done(DUPLICATE));
             }
             Recorded::StateKept(status) => {
                 // A manual attempt finished the delivery meanwhile; this one is in the history.
@@ -616,6 +714,60 @@ impl Dispatcher {
                 reason,
             )
             .await
+    }
+}
+
+/// Attempts of this process that went out and were never recorded (their job was stopped
+/// at the deadline, or its record failed): each may reach its receiver again.
+static UNRECORDED: AtomicU64 = AtomicU64::new(0);
+
+/// How many attempts of this process went out and were never recorded.
+pub fn unrecorded_attempts() -> u64 {
+    UNRECORDED.load(Ordering::Relaxed)
+}
+
+/// What the deliveries of one job share: the health their attempts report, the last moment
+/// an attempt may start, and the attempts sent and not yet recorded.
+struct Batch<'a> {
+    health: &'a Health,
+    attempts_until: Option<Instant>,
+    unrecorded: AtomicU32,
+    metrics: &'a Metrics,
+}
+
+impl Batch<'_> {
+    /// Whether an attempt that may take `request_timeout` can start now.
+    fn may_attempt(&self, request_timeout: Duration) -> bool {
+        self.attempts_until
+            .is_none_or(|until| Instant::now() + request_timeout <= until)
+    }
+
+    fn sent(&self) {
+        self.unrecorded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn recorded(&self, n: usize) {
+        let _ = self
+            .unrecorded
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n as u32))
+            });
+    }
+}
+
+/// A job stopped (or failed) between sending attempts and recording them says so.
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        let unrecorded = *self.unrecorded.get_mut();
+        if unrecorded > 0 {
+            UNRECORDED.fetch_add(u64::from(unrecorded), Ordering::Relaxed);
+            self.metrics
+                .count(Counter::AttemptsUnrecorded, u64::from(unrecorded));
+            tracing::warn!(
+                unrecorded,
+                "attempts went out and were not recorded; their deliveries may be sent again"
+            );
+        }
     }
 }
 

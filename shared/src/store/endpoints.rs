@@ -398,13 +398,15 @@ impl Store {
         }
     }
 
-    /// Every enabled endpoint of a venue (the fan-out set), all pages.
-    pub async fn enabled_endpoints(&self, tenant: &Tenant) -> Result<Vec<Endpoint>> {
+    /// Every enabled endpoint of a venue with what fan-out needs of it (the `fanout` index:
+    /// its id and event types, not its whole item), all pages.
+    pub async fn fanout_endpoints(&self, tenant: &Tenant) -> Result<Vec<FanoutEndpoint>> {
         let mut found = Vec::new();
         let mut pages = self
             .ddb
             .query()
             .table_name(&self.endpoints)
+            .index_name("fanout")
             .key_condition_expression("venue_id = :v")
             .filter_expression("enabled = :t")
             .expression_attribute_values(":v", s(tenant.venue().as_str()))
@@ -419,7 +421,7 @@ impl Store {
                 .and_then(|v| v.as_s().ok())
                 .cloned()
                 .unwrap_or_default();
-            match from_item(item) {
+            match from_item::<FanoutEndpoint>(item) {
                 Ok(endpoint) => found.push(endpoint),
                 // One damaged item must not stop the venue's other endpoints from getting
                 // their events: it is left out (its subscriptions cannot be read) and said.
@@ -432,5 +434,20 @@ impl Store {
             }
         }
         Ok(found)
+    }
+}
+
+/// An endpoint as fan-out sees it: its id and the event types it subscribes to.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct FanoutEndpoint {
+    pub endpoint_id: crate::ids::EndpointId,
+    pub event_types: Vec<String>,
+}
+
+impl FanoutEndpoint {
+    pub fn subscribes_to(&self, event_type: &str) -> bool {
+        self.event_types
+            .iter()
+            .any(|pattern| crate::domain::pattern_matches(pattern, event_type))
     }
 }

@@ -51,6 +51,21 @@ impl EventRecord {
 
 /// The events table's partition of events stored whose jobs could not be queued.
 const UNQUEUED_PARTITION: &str = "#unqueued";
+/// Notes the sweep could not handle after [`NOTE_TRIES`] tries, kept for operators.
+const SET_ASIDE_PARTITION: &str = "#unqueued-set-aside";
+/// How often the sweep tries a note before it sets it aside.
+pub const NOTE_TRIES: u32 = 5;
+
+/// A note of an event stored and not queued ([`Store::note_unqueued`]).
+#[derive(Clone, Debug)]
+pub struct UnqueuedNote {
+    /// `{venue}#{event}`, as stored.
+    pub key: String,
+    /// The venue and event it names; `None` if the key does not read.
+    pub event: Option<(Tenant, EventId)>,
+    /// Sweeps that failed on it so far.
+    pub tries: u32,
+}
 
 /// Event data at least this long is stored deflated when that makes it shorter: a 1 KiB
 /// event then fits one write unit with its targets.
@@ -227,14 +242,24 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `limit` events noted by [`Store::note_unqueued`], oldest first.
-    pub async fn unqueued(&self, limit: i32) -> Result<Vec<(Tenant, EventId)>> {
+    /// Up to `limit` notes of [`Store::note_unqueued`] (key order), every one, whether it
+    /// reads or not.
+    pub async fn unqueued(&self, limit: i32) -> Result<Vec<UnqueuedNote>> {
+        self.notes(UNQUEUED_PARTITION, limit).await
+    }
+
+    /// The notes the sweep set aside, for operators.
+    pub async fn set_aside_notes(&self, limit: i32) -> Result<Vec<UnqueuedNote>> {
+        self.notes(SET_ASIDE_PARTITION, limit).await
+    }
+
+    async fn notes(&self, partition: &str, limit: i32) -> Result<Vec<UnqueuedNote>> {
         let out = self
             .ddb
             .query()
             .table_name(&self.events)
             .key_condition_expression("venue_id = :v")
-            .expression_attribute_values(":v", s(UNQUEUED_PARTITION))
+            .expression_attribute_values(":v", s(partition))
             .consistent_read(true)
             .limit(limit)
             .send()
@@ -245,30 +270,84 @@ impl Store {
             .unwrap_or_default()
             .iter()
             .filter_map(|item| {
-                let key = item.get("event_id")?.as_s().ok()?;
-                let (venue, event) = key.split_once('#')?;
-                Some((
-                    Tenant(VenueId::parse(venue).ok()?),
-                    EventId::parse(event).ok()?,
-                ))
+                let key = item.get("event_id")?.as_s().ok()?.clone();
+                let event = key.split_once('#').and_then(|(venue, event)| {
+                    Some((
+                        Tenant(VenueId::parse(venue).ok()?),
+                        EventId::parse(event).ok()?,
+                    ))
+                });
+                let tries = item
+                    .get("tries")
+                    .and_then(|t| t.as_n().ok())
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                Some(UnqueuedNote { key, event, tries })
             })
             .collect())
     }
 
     /// The event's jobs are queued: its note goes.
-    pub async fn clear_unqueued(&self, tenant: &Tenant, event: &EventId) -> Result<()> {
+    pub async fn clear_unqueued(&self, note: &UnqueuedNote) -> Result<()> {
         self.ddb
             .delete_item()
             .table_name(&self.events)
             .key("venue_id", s(UNQUEUED_PARTITION))
-            .key(
-                "event_id",
-                s(format!("{}#{}", tenant.venue().as_str(), event.as_str())),
-            )
+            .key("event_id", s(note.key.as_str()))
             .send()
             .await
             .map_err(|e| Error::aws("dynamodb", e))?;
         Ok(())
+    }
+
+    /// A sweep failed on the note: one try more (`true` when it has had its tries).
+    pub async fn note_failed(&self, note: &UnqueuedNote) -> Result<bool> {
+        let out = self
+            .ddb
+            .update_item()
+            .table_name(&self.events)
+            .key("venue_id", s(UNQUEUED_PARTITION))
+            .key("event_id", s(note.key.as_str()))
+            .update_expression("ADD tries :one")
+            .condition_expression("attribute_exists(event_id)")
+            .expression_attribute_values(":one", n(1))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
+            .send()
+            .await;
+        let tries = match out {
+            Ok(out) => out
+                .attributes
+                .and_then(|a| a.get("tries").and_then(|t| t.as_n().ok()).cloned())
+                .and_then(|t| t.parse::<u32>().ok())
+                .unwrap_or(NOTE_TRIES),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(Error::aws("dynamodb", e)),
+        };
+        Ok(tries >= NOTE_TRIES)
+    }
+
+    /// Moves a note the sweep cannot handle out of its way, with the reason, for operators
+    /// (kept until the retention ends).
+    pub async fn set_note_aside(&self, note: &UnqueuedNote, reason: &str) -> Result<()> {
+        let now = Utc::now();
+        self.ddb
+            .put_item()
+            .table_name(&self.events)
+            .item("venue_id", s(SET_ASIDE_PARTITION))
+            .item("event_id", s(note.key.as_str()))
+            .item("reason", s(reason))
+            .item("tries", n(note.tries + 1))
+            .item("set_aside_at", to_attr(&now)?)
+            .item("expires_at", n(self.expiry(now)))
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        self.clear_unqueued(note).await
     }
 }
 

@@ -39,9 +39,10 @@ pub use deliveries::{
     history_partition, AttemptRecord, DeliveryRecord, FailedDelivery, GroupEntry, GroupRecord,
     Recorded, MAX_KEPT_ATTEMPTS,
 };
-pub use events::EventRecord;
+pub use endpoints::FanoutEndpoint;
+pub use events::{EventRecord, UnqueuedNote, NOTE_TRIES};
 pub use history::{DeliveryFilter, HistoryCursor};
-pub use replays::{ReplayRecord, ReplayState};
+pub use replays::{PageClaim, ReplayRecord, ReplayState};
 pub use retries::Waiting;
 pub use stats::{AttemptCounts, DeliveryCounts, EndpointStats, Percentiles};
 

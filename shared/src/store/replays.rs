@@ -53,6 +53,17 @@ pub struct ReplayRecord {
     pub expires_at: i64,
 }
 
+/// What [`Store::claim_replay_page`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PageClaim {
+    /// The page is this copy's to queue.
+    Taken,
+    /// Another copy of the task is queueing it (its lease has not run out).
+    Busy,
+    /// The replay moved on (the page was queued, or the replay ended): nothing to do.
+    Moved,
+}
+
 /// A running replay that has not moved for this long is taken as stopped: repeating it starts
 /// it again.
 const STALLED_AFTER_MINUTES: i64 = 15;
@@ -147,15 +158,17 @@ impl Store {
 
     /// Records a page of the replay: `queued` more deliveries, the last of them `after`, and
     /// its new state.
-    pub async fn advance_replay(
+    /// Takes the next page of a running replay (the one after the cursor `record` was read
+    /// with) until `until_ms`, so that two copies of its task never queue it both.
+    pub async fn claim_replay_page(
         &self,
         record: &ReplayRecord,
-        queued: usize,
-        after: Option<&DeliveryId>,
-        state: ReplayState,
-    ) -> Result<()> {
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<PageClaim> {
         let tenant = Tenant::from_internal_message(record.venue_id.clone());
-        self.ddb
+        let result = self
+            .ddb
             .update_item()
             .table_name(&self.deliveries)
             .key(
@@ -163,10 +176,75 @@ impl Store {
                 history_key(&tenant, record.endpoint_id.tag()),
             )
             .key("delivery_id", s(record.replay_id.as_str()))
-            .update_expression(
-                "SET #state = :state, updated_at = :now, #after = :after ADD queued :n",
+            .update_expression("SET claim_until = :until")
+            .condition_expression(
+                "attribute_exists(delivery_id) AND queued = :q AND #state = :running \
+                 AND (attribute_not_exists(claim_until) OR claim_until < :now)",
             )
-            .condition_expression("attribute_exists(delivery_id)")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":until", n(until_ms))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":q", n(record.queued))
+            .expression_attribute_values(":running", to_attr(&ReplayState::Running)?)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(PageClaim::Taken),
+            Err(e) if is_conditional_failure(&e) => {
+                let old = match e.into_service_error() {
+                    aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => c.item,
+                    _ => None,
+                };
+                let moved = old.as_ref().is_none_or(|item| {
+                    let queued = item.get("queued").and_then(|q| q.as_n().ok());
+                    let state = item.get("state").and_then(|s| s.as_s().ok());
+                    queued != Some(&record.queued.to_string())
+                        || state.map(String::as_str) != Some("running")
+                });
+                Ok(if moved {
+                    PageClaim::Moved
+                } else {
+                    PageClaim::Busy
+                })
+            }
+            Err(e) => Err(Error::aws("dynamodb", e)),
+        }
+    }
+
+    /// Records a page queued (`claim`: the lease it was claimed with, given back).
+    pub async fn advance_replay(
+        &self,
+        record: &ReplayRecord,
+        queued: usize,
+        after: Option<&DeliveryId>,
+        (state, claim): (ReplayState, Option<i64>),
+    ) -> Result<()> {
+        let tenant = Tenant::from_internal_message(record.venue_id.clone());
+        let mut update = self
+            .ddb
+            .update_item()
+            .table_name(&self.deliveries)
+            .key(
+                "history_key",
+                history_key(&tenant, record.endpoint_id.tag()),
+            )
+            .key("delivery_id", s(record.replay_id.as_str()));
+        update = match claim {
+            None => update
+                .update_expression(
+                    "SET #state = :state, updated_at = :now, #after = :after ADD queued :n",
+                )
+                .condition_expression("attribute_exists(delivery_id)"),
+            Some(until) => update
+                .update_expression(
+                    "SET #state = :state, updated_at = :now, #after = :after ADD queued :n \
+                     REMOVE claim_until",
+                )
+                .condition_expression("attribute_exists(delivery_id) AND claim_until = :claim")
+                .expression_attribute_values(":claim", n(until)),
+        };
+        update
             .expression_attribute_names("#state", "state")
             .expression_attribute_names("#after", "after")
             .expression_attribute_values(":state", to_attr(&state)?)

@@ -130,6 +130,41 @@ impl Store {
             .and_then(|v| v.parse().ok()))
     }
 
+    /// Takes the sweep's lease until `until_ms` unless another sweep holds one (`false`):
+    /// two sweeps never run at once, so nothing is queued twice by them.
+    pub async fn take_sweep_lease(&self, now_ms: i64, until_ms: i64) -> Result<bool> {
+        let result = self
+            .ddb
+            .update_item()
+            .table_name(&self.retries)
+            .key("slot", s(CURSOR))
+            .key("id", s(CURSOR))
+            .update_expression("SET lease_until = :until")
+            .condition_expression("attribute_not_exists(lease_until) OR lease_until < :now")
+            .expression_attribute_values(":until", n(until_ms))
+            .expression_attribute_values(":now", n(now_ms))
+            .send()
+            .await;
+        written(result)
+    }
+
+    /// Gives the sweep's lease back (if it is still the one taken until `until_ms`).
+    pub async fn release_sweep_lease(&self, until_ms: i64) -> Result<bool> {
+        let result = self
+            .ddb
+            .update_item()
+            .table_name(&self.retries)
+            .key("slot", s(CURSOR))
+            .key("id", s(CURSOR))
+            .update_expression("SET lease_until = :zero")
+            .condition_expression("lease_until = :until")
+            .expression_attribute_values(":until", n(until_ms))
+            .expression_attribute_values(":zero", n(0))
+            .send()
+            .await;
+        written(result)
+    }
+
     /// Moves the cursor forward to `slot` (never back: `false` if a sweep running at the same
     /// time is ahead).
     pub async fn advance_sweep_cursor(&self, slot: i64) -> Result<bool> {
