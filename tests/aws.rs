@@ -466,6 +466,116 @@ async fn a_queued_event_without_an_id_that_comes_back_is_one_event() {
     stack.stop().await;
 }
 
+/// Operational events are durable: with every write of the system venue's keys (its events,
+/// its endpoints' history) throttled for a while, each still reaches the operational
+/// endpoint, once; and deliveries failed for good at an endpoint are one event per window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operational_events_outlast_throttled_writes() {
+    let (stack, proxy) = proxied(options(&[
+        ("RETRY_SCHEDULE_SECONDS", "1"),
+        ("EXHAUSTED_WINDOW_SECONDS", "1"),
+        ("BREAKER_THRESHOLD", "100"),
+    ]))
+    .await;
+    let admin = Client::new(&stack);
+    let ops_rx = Receiver::start(200).await;
+    let (status, ops) = admin
+        .post(
+            "/operational-endpoints",
+            json!({"url": ops_rx.url, "event_types": ["endpoint.*", "delivery.exhausted"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{ops}");
+    let v = venue();
+    let failing = FaultReceiver::start(vec![Mode::Status(503)]).await;
+    let mut endpoints = Vec::new();
+    for types in [["*"], ["*"], ["*"], ["order.cancelled"]] {
+        let ep = admin
+            .create_endpoint(&v, json!({"url": failing.url, "event_types": types}))
+            .await;
+        endpoints.push(ep["id"].as_str().unwrap().to_owned());
+    }
+    let window = Duration::from_secs(8);
+    proxy.inject_matching("PutItem", "_operational#", Fault::Throttled, window);
+    proxy.inject_matching("UpdateItem", "_operational#", Fault::Throttled, window);
+    for n in 0..2 {
+        let (status, _) = admin
+            .post(
+                &format!("/venues/{v}/events"),
+                json!({"type": "order.created", "data": {"n": n}}),
+            )
+            .await;
+        assert_eq!(status, 202);
+    }
+    // Disabled by hand while the writes are throttled: said once all the same.
+    let (status, _) = admin
+        .patch(
+            &format!("/venues/{v}/endpoints/{}", endpoints[3]),
+            json!({"enabled": false}),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // Each event once (by webhook-id), parsed.
+    let heard = || {
+        let mut seen = BTreeSet::new();
+        ops_rx
+            .received()
+            .into_iter()
+            .filter(|r| seen.insert(r.headers["webhook-id"].clone()))
+            .map(|r| serde_json::from_str::<Value>(&r.body).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let counted = |events: &[Value], endpoint: &str| -> u64 {
+        events
+            .iter()
+            .filter(|e| e["type"] == "delivery.exhausted" && e["data"]["endpoint_id"] == endpoint)
+            .map(|e| e["data"]["count"].as_u64().unwrap())
+            .sum()
+    };
+    let all = eventually(WAIT, || async {
+        let events = heard();
+        let disabled = events
+            .iter()
+            .filter(|e| e["type"] == "endpoint.disabled")
+            .count();
+        (endpoints[..3].iter().all(|e| counted(&events, e) == 2) && disabled == 1).then_some(events)
+    })
+    .await;
+    let Some(events) = all else {
+        panic!("heard: {:#?}; faults: {:?}", heard(), proxy.applied());
+    };
+    let applied = proxy.applied();
+    assert!(
+        applied.get("PutItem Throttled").copied().unwrap_or(0) > 0,
+        "the system venue's writes were throttled: {applied:?}"
+    );
+    // Two deliveries per endpoint failed a moment apart: one event each (two where a 1 s
+    // window's end fell between them), never one per delivery and never a second copy.
+    for endpoint in &endpoints[..3] {
+        let of_it = events
+            .iter()
+            .filter(|e| e["type"] == "delivery.exhausted" && e["data"]["endpoint_id"] == *endpoint)
+            .count();
+        assert!((1..=2).contains(&of_it), "{events:#?}");
+    }
+    let disabled: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "endpoint.disabled")
+        .collect();
+    assert_eq!(disabled[0]["data"]["endpoint_id"], endpoints[3].as_str());
+    assert_eq!(disabled[0]["data"]["reason"], "by_hand");
+    // Nothing more comes, and nothing reached a dead-letter queue.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(heard().len(), events.len(), "{:#?}", heard());
+    let sqs = aws_sdk_sqs::Client::new(&direct().await);
+    assert_eq!(
+        on_queue(&sqs, stack.queue_url("DeliveryDeadLetterQueue")).await,
+        0
+    );
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eventually_consistent_read_never_ends_a_delivery() {
     let (stack, proxy) = proxied(options(&[])).await;

@@ -98,6 +98,10 @@ pub struct Config {
     pub purge_inline_steps: usize,
     /// The venue's Settings → Webhooks page (the api function).
     pub portal: PortalConfig,
+    /// Deliveries failed for good at one endpoint within this window are told to the
+    /// operational endpoints as one `delivery.exhausted` (300 s; at most 840 s, under SQS's
+    /// 900 s delay with room for the close).
+    pub exhausted_window: Duration,
 }
 
 /// Portal sessions: where the page is, and how long a link may live.
@@ -254,6 +258,9 @@ impl Config {
             replay_page: number("REPLAY_PAGE_SIZE", 100)?.clamp(1, 1000) as usize,
             purge_page: number("PURGE_PAGE_SIZE", 500)?.clamp(1, 1000) as usize,
             purge_inline_steps: number("PURGE_INLINE_STEPS", 1_000_000)? as usize,
+            exhausted_window: Duration::from_secs(
+                number("EXHAUSTED_WINDOW_SECONDS", 300)?.clamp(1, 840),
+            ),
             portal: PortalConfig {
                 url: get("PORTAL_URL").filter(|v| !v.is_empty()),
                 max_ttl_seconds: number("PORTAL_SESSION_MAX_TTL_SECONDS", 86_400)?.max(1) as i64,

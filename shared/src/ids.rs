@@ -195,6 +195,36 @@ impl VenueId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A venue of the system's own (its id starts with `_`: the operational endpoints'),
+    /// never one of Popup's venues.
+    pub fn is_reserved(&self) -> bool {
+        self.0.starts_with('_')
+    }
+
+    /// Where an event of this venue lives and which fair-queue group its messages join: the
+    /// venue itself, or, for the system's venue (whose events come from every venue), one of
+    /// [`SYSTEM_SHARDS`] keys picked by the event's id, so that no one partition key nor one
+    /// message group takes them all. `#` is in no venue id: no venue can have such a key.
+    pub fn spread_by(&self, key: &str) -> String {
+        if self.is_reserved() {
+            format!("{}#{:02}", self.0, shard_of(key, SYSTEM_SHARDS))
+        } else {
+            self.0.clone()
+        }
+    }
+}
+
+/// How many keys the system venue's events are spread over ([`VenueId::spread_by`]): each
+/// takes 1/16 of them, under SQS's ~10% mark of a noisy fair-queue group.
+pub const SYSTEM_SHARDS: u32 = 16;
+
+/// A stable shard of `key` in `0..n` (FNV-1a: the same on every machine and build).
+pub fn shard_of(key: &str, n: u32) -> u32 {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % u64::from(n.max(1))) as u32
 }
 
 impl TryFrom<String> for VenueId {
@@ -287,6 +317,22 @@ fn is_token(raw: &str, max: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_system_venue_is_spread_and_a_venue_is_not() {
+        let venue = VenueId::parse("v1").unwrap();
+        assert_eq!(venue.spread_by("evt_1"), "v1");
+        let system = VenueId::parse("_operational").unwrap();
+        assert!(system.is_reserved() && !venue.is_reserved());
+        let keys: std::collections::BTreeSet<String> = (0..400)
+            .map(|i| system.spread_by(&format!("exhausted-ep_{i}")))
+            .collect();
+        assert_eq!(keys.len(), SYSTEM_SHARDS as usize, "{keys:?}");
+        assert!(keys.iter().all(|k| k.starts_with("_operational#")));
+        // Stable: the same key for the same id, whatever the build.
+        assert_eq!(shard_of("evt_1", 16), shard_of("evt_1", 16));
+        assert_eq!(shard_of("a", 16), 12);
+    }
 
     #[test]
     fn generated_ids_are_prefixed_parseable_and_time_sortable() {

@@ -8,15 +8,19 @@
 //! Nothing is said about the operational endpoints themselves: a failing operational endpoint
 //! must not produce events for itself.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::domain::{rfc3339, Endpoint, PublishRequest};
+use crate::domain::{rfc3339, Attempt, Endpoint, PublishRequest};
 use crate::error::Result;
-use crate::ids::{DeliveryId, EventId, VenueId};
+use crate::ids::{DeliveryId, EndpointId, VenueId};
 use crate::ingest::Publisher;
+use crate::queue::{OpsMessage, Queues};
 use crate::services::Services;
-use crate::store::Tenant;
+use crate::store::{ExhaustedTally, Store, Tallied, Tenant};
 
 /// The venue the operational endpoints belong to. Venue ids that start with `_` are the
 /// system's: the API and the ingest queue refuse them for venues.
@@ -26,6 +30,9 @@ pub const OPS_VENUE: &str = "_operational";
 pub fn is_reserved(venue: &str) -> bool {
     venue.starts_with('_')
 }
+
+/// How many sample delivery ids a `delivery.exhausted` event lists.
+pub const EXHAUSTED_SAMPLES: usize = 10;
 
 pub fn ops_tenant() -> Tenant {
     // A constant of the right shape.
@@ -75,14 +82,6 @@ pub enum OpsEvent<'a> {
         endpoint: &'a Endpoint,
         at: DateTime<Utc>,
     },
-    DeliveryExhausted {
-        endpoint: &'a Endpoint,
-        delivery_id: &'a DeliveryId,
-        event_id: &'a EventId,
-        event_type: &'a str,
-        attempts: u32,
-        last: &'a crate::domain::Attempt,
-    },
 }
 
 impl OpsEvent<'_> {
@@ -91,8 +90,7 @@ impl OpsEvent<'_> {
             OpsEvent::EndpointDisabled { endpoint, .. }
             | OpsEvent::EndpointEnabled { endpoint, .. }
             | OpsEvent::CircuitOpened { endpoint, .. }
-            | OpsEvent::CircuitClosed { endpoint, .. }
-            | OpsEvent::DeliveryExhausted { endpoint, .. } => endpoint,
+            | OpsEvent::CircuitClosed { endpoint, .. } => endpoint,
         }
     }
 
@@ -100,18 +98,12 @@ impl OpsEvent<'_> {
     /// its data: the venue and endpoint, and what a person needs to act.
     fn parts(&self) -> (&'static str, String, Value) {
         let ep = self.endpoint();
-        let base = json!({
-            "venue_id": ep.venue_id,
-            "endpoint_id": ep.endpoint_id,
-            "url": ep.url,
-            "description": ep.description,
-        });
-        let with = |mut base: Value, more: Value| {
-            if let (Some(base), Some(more)) = (base.as_object_mut(), more.as_object()) {
-                base.extend(more.clone());
-            }
-            base
-        };
+        let base = about(
+            &ep.venue_id,
+            &ep.endpoint_id,
+            &ep.url,
+            ep.description.as_deref(),
+        );
         let id = |kind: &str, at: DateTime<Utc>| {
             format!("{kind}-{}-{}", ep.endpoint_id, at.timestamp_millis())
         };
@@ -158,73 +150,241 @@ impl OpsEvent<'_> {
                 id("circuit-closed", *at),
                 with(base, json!({"closed_at": rfc3339(*at)})),
             ),
-            OpsEvent::DeliveryExhausted {
-                delivery_id,
-                event_id,
-                event_type,
-                attempts,
-                last,
-                ..
-            } => (
-                "delivery.exhausted",
-                format!("exhausted-{delivery_id}"),
-                with(
-                    base,
-                    json!({
-                        "delivery_id": delivery_id,
-                        "event_id": event_id,
-                        "event_type": event_type,
-                        "attempts": attempts,
-                        "last_attempt_at": rfc3339(last.at),
-                        "last_status_code": last.status_code,
-                        "last_error": last.error,
-                        "last_error_class": last.error_class,
-                        "hint": last.hint,
-                    }),
-                ),
-            ),
         }
     }
 }
 
-/// Publishes operational events to the operational endpoints.
+/// What every operational event says of its endpoint.
+fn about(venue: &VenueId, endpoint: &EndpointId, url: &str, description: Option<&str>) -> Value {
+    json!({
+        "venue_id": venue,
+        "endpoint_id": endpoint,
+        "url": url,
+        "description": description,
+    })
+}
+
+fn with(mut base: Value, more: Value) -> Value {
+    if let (Some(base), Some(more)) = (base.as_object_mut(), more.as_object()) {
+        base.extend(more.clone());
+    }
+    base
+}
+
+/// An operational event on its way, as it travels on the delivery queue: the deliver
+/// function publishes it, and a task that fails (a throttled write, say) comes back until it
+/// is published. Its event id is derived from what happened, so publishing it twice is one
+/// event.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OpsTask {
+    /// An event ready to publish.
+    Publish {
+        event_type: String,
+        id: String,
+        data: Value,
+    },
+    /// The close of an endpoint's tally of deliveries failed for good in a window
+    /// ([`Store::tally_exhausted`]): one `delivery.exhausted` for all of them.
+    Exhausted {
+        venue_id: VenueId,
+        endpoint_id: EndpointId,
+        /// The window's start, Unix seconds.
+        window: i64,
+        /// The window's length, seconds.
+        seconds: i64,
+    },
+}
+
+impl OpsTask {
+    /// The id of the event it publishes.
+    fn event_id(&self) -> String {
+        match self {
+            OpsTask::Publish { id, .. } => id.clone(),
+            OpsTask::Exhausted {
+                endpoint_id,
+                window,
+                ..
+            } => format!("exhausted-{endpoint_id}-{window}"),
+        }
+    }
+}
+
+/// Publishes operational events to the operational endpoints: each goes to the delivery
+/// queue as an [`OpsTask`] (in one of [`crate::ids::SYSTEM_SHARDS`] fair-queue groups by its
+/// id), and the deliver function publishes it ([`Notifier::run`]).
 #[derive(Clone)]
 pub struct Notifier {
     publisher: Publisher,
+    queues: Queues,
+    store: Store,
+    /// Deliveries failed for good at one endpoint in this window are one event.
+    window: Duration,
 }
 
 impl Notifier {
     pub fn new(services: &Services) -> Self {
         Self {
             publisher: Publisher::new(services),
+            queues: services.queues.clone(),
+            store: services.store.clone(),
+            window: services.config.exhausted_window,
         }
     }
 
-    /// Publishes `event`, unless it is about an operational endpoint. A failure is logged:
-    /// the venue's own delivery goes on regardless.
+    /// Queues `event`, unless it is about an operational endpoint. A failure (the queue
+    /// refused it through every retry) is logged with the whole event, so that an operator
+    /// can send it: the venue's own delivery goes on regardless.
     pub async fn send(&self, event: OpsEvent<'_>) {
-        if let Err(e) = self.try_send(&event).await {
-            let ep = event.endpoint();
-            tracing::error!(venue_id = %ep.venue_id, endpoint_id = %ep.endpoint_id, error = %e, "could not publish an operational event");
+        let ep = event.endpoint();
+        if is_reserved(ep.venue_id.as_str()) {
+            return;
+        }
+        let (event_type, id, data) = event.parts();
+        let task = OpsTask::Publish {
+            event_type: event_type.to_owned(),
+            id,
+            data,
+        };
+        if let Err(e) = self.queue(&task, Duration::ZERO).await {
+            tracing::error!(venue_id = %ep.venue_id, endpoint_id = %ep.endpoint_id, error = %e, task = %serde_json::to_string(&task).unwrap_or_default(), "could not queue an operational event");
         }
     }
 
-    async fn try_send(&self, event: &OpsEvent<'_>) -> Result<()> {
-        if is_reserved(event.endpoint().venue_id.as_str()) {
+    /// Queues a task (the deliver function hands one back this way at its deadline).
+    pub async fn queue(&self, task: &OpsTask, delay: Duration) -> Result<()> {
+        let group = ops_tenant().venue().spread_by(&task.event_id());
+        self.queues
+            .send_message(&OpsMessage { ops: task }, delay, group)
+            .await
+    }
+
+    /// A delivery failed for good (recorded once): counted in its endpoint's tally of the
+    /// window, whose close is queued for the window's end (by the first delivery counted, or
+    /// by the next if that one could not queue it). Safe to repeat for the same delivery (a
+    /// job that comes back): it is counted once. An error leaves the delivery to be tallied
+    /// again when its job comes back.
+    pub async fn exhausted(
+        &self,
+        endpoint: &Endpoint,
+        delivery_id: &DeliveryId,
+        last: &Attempt,
+    ) -> Result<()> {
+        if is_reserved(endpoint.venue_id.as_str()) {
             return Ok(());
         }
-        let (kind, id, data) = event.parts();
-        let request = PublishRequest {
-            event_type: kind.to_owned(),
-            data,
-            id: Some(id),
-            timestamp: None,
+        let tenant = Tenant::from_internal_message(endpoint.venue_id.clone());
+        let length = self.window.as_secs().max(1) as i64;
+        let now = Utc::now();
+        let mut window = now.timestamp().div_euclid(length) * length;
+        // A window closed meanwhile (its end came while this one was recorded): the next.
+        for _ in 0..3 {
+            match self
+                .store
+                .tally_exhausted(&tenant, endpoint, window, (delivery_id, last))
+                .await?
+            {
+                Tallied::Closed => window += length,
+                Tallied::Already | Tallied::Counted { flush_queued: true } => return Ok(()),
+                Tallied::Counted {
+                    flush_queued: false,
+                } => {
+                    // Closed a moment after the window ends, so that tallies under way land.
+                    let end = window + length + 2;
+                    let wait = Duration::from_secs((end - now.timestamp()).clamp(0, 900) as u64);
+                    let task = OpsTask::Exhausted {
+                        venue_id: endpoint.venue_id.clone(),
+                        endpoint_id: endpoint.endpoint_id.clone(),
+                        window,
+                        seconds: length,
+                    };
+                    self.queue(&task, wait).await?;
+                    return self
+                        .store
+                        .tally_close_queued(&tenant, &endpoint.endpoint_id, window)
+                        .await;
+                }
+            }
+        }
+        Err(crate::Error::Conflict(
+            "three windows closed while a failed delivery was tallied".into(),
+        ))
+    }
+
+    /// Publishes what a task carries (the deliver function, for each task it receives). An
+    /// error: the task comes back and publishes again (the same event id: one event).
+    pub async fn run(&self, task: &OpsTask) -> Result<()> {
+        let request = match task {
+            OpsTask::Publish {
+                event_type,
+                id,
+                data,
+            } => PublishRequest {
+                event_type: event_type.clone(),
+                data: data.clone(),
+                id: Some(id.clone()),
+                timestamp: None,
+            },
+            OpsTask::Exhausted {
+                venue_id,
+                endpoint_id,
+                window,
+                seconds,
+            } => {
+                let tenant = Tenant::from_internal_message(venue_id.clone());
+                let Some(tally) = self
+                    .store
+                    .close_tally(&tenant, endpoint_id, *window)
+                    .await?
+                else {
+                    tracing::info!(%venue_id, %endpoint_id, window, "no tally to close (the venue was removed)");
+                    return Ok(());
+                };
+                PublishRequest {
+                    event_type: "delivery.exhausted".into(),
+                    data: exhausted_data(venue_id, endpoint_id, (*window, *seconds), &tally),
+                    id: Some(task.event_id()),
+                    timestamp: None,
+                }
+            }
         };
+        let kind = request.event_type.clone();
         let accepted = self
             .publisher
             .publish(&ops_tenant(), request, Utc::now())
             .await?;
-        tracing::info!(event_type = kind, event_id = %accepted.record.event_id, endpoints = accepted.record.targets.len(), "operational event published");
+        tracing::info!(event_type = kind, event_id = %accepted.record.event_id, endpoints = accepted.record.targets.len(), duplicate = accepted.duplicate, "operational event published");
         Ok(())
     }
+}
+
+/// The data of a window's `delivery.exhausted`.
+fn exhausted_data(
+    venue: &VenueId,
+    endpoint: &EndpointId,
+    (window, seconds): (i64, i64),
+    tally: &ExhaustedTally,
+) -> Value {
+    let at = |secs: i64| DateTime::<Utc>::from_timestamp(secs, 0).map(rfc3339);
+    let description = Some(tally.description.as_str()).filter(|d| !d.is_empty());
+    with(
+        about(venue, endpoint, &tally.url, description),
+        json!({
+            "count": tally.count,
+            "delivery_ids": tally.ids.iter().take(EXHAUSTED_SAMPLES).collect::<Vec<_>>(),
+            "window_start": at(window),
+            "window_end": at(window + seconds),
+            "first_failed_at": rfc3339(tally.first_at),
+            "last_failed_at": rfc3339(tally.last_at),
+            "last_status_code": tally.last.status_code,
+            "last_error": tally.last.error,
+            "last_error_class": tally.last.error_class,
+            "hint": tally.last.hint,
+            "message": format!(
+                "{} to this endpoint failed for good (every attempt used up, or 410 Gone); the venue can send {} again from its delivery history",
+                match tally.count { 1 => "1 delivery".to_owned(), n => format!("{n} deliveries") },
+                if tally.count == 1 { "it" } else { "them" },
+            ),
+        }),
+    )
 }

@@ -51,6 +51,13 @@ pub struct ReplayMessage<T> {
     pub replay: T,
 }
 
+/// An operational event to publish, as it travels on the delivery queue
+/// ([`crate::operational`]).
+#[derive(Serialize, Deserialize)]
+pub struct OpsMessage<T> {
+    pub ops: T,
+}
+
 /// A step of a venue's removal as it travels on the delivery queue.
 #[derive(Serialize, Deserialize)]
 pub struct PurgeMessage<T> {
@@ -69,6 +76,12 @@ pub struct Queued {
 }
 
 impl DeliveryJob {
+    /// Its fair-queue group: its venue (the system venue's jobs spread by their event).
+    fn group(&self) -> String {
+        let event = self.deliveries.first().map_or("", |d| d.event_id.as_str());
+        self.venue_id.spread_by(event)
+    }
+
     /// One of its deliveries, as a job of its own.
     pub fn single(&self, delivery: Queued) -> Self {
         Self {
@@ -139,7 +152,7 @@ impl Queues {
             .map(|(job, delay)| {
                 // Whole seconds, rounded up: a job back early only waits again.
                 let secs = delay.as_secs_f64().ceil().min(900.0) as i32;
-                serde_json::to_string(job).map(|body| (body, secs, job.venue_id.to_string()))
+                serde_json::to_string(job).map(|body| (body, secs, job.group()))
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -180,6 +193,19 @@ impl Queues {
             .map_err(|e| Error::Corrupt(e.to_string()))?;
         let entry: Entry = (body, delay_secs.clamp(0, 900), task.venue_id.to_string());
         self.send_batch(vec![&entry]).await
+    }
+
+    /// Queues one message of the delivery queue's own (an operational task, say) in `group`,
+    /// after `delay` (at most 900 s).
+    pub async fn send_message<T: Serialize>(
+        &self,
+        message: &T,
+        delay: Duration,
+        group: String,
+    ) -> Result<()> {
+        let body = serde_json::to_string(message).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let secs = delay.as_secs_f64().ceil().min(900.0) as i32;
+        self.send_batch(vec![&(body, secs, group)]).await
     }
 
     /// Sends one batch. Each job carries its venue as `MessageGroupId`: on a standard queue

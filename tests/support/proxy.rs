@@ -45,13 +45,19 @@ struct Rule {
     until: Instant,
     /// Only requests signed with this access key (one function's); `None`: everyone's.
     caller: Option<String>,
+    /// Only requests whose body contains this text (a key, a table); `None`: every body.
+    needle: Option<String>,
 }
 
 impl Rule {
-    fn matches(&self, target: &str, caller: &str) -> bool {
+    fn matches(&self, target: &str, caller: &str, body: &[u8]) -> bool {
         (target.ends_with(&format!(".{}", self.op)) || target.starts_with(&self.op))
             && Instant::now() < self.until
             && self.caller.as_deref().is_none_or(|c| c == caller)
+            && self.needle.as_deref().is_none_or(|needle| {
+                body.windows(needle.len().max(1))
+                    .any(|w| w == needle.as_bytes())
+            })
     }
 }
 
@@ -115,6 +121,19 @@ impl FaultProxy {
             fault,
             until: Instant::now() + time,
             caller: None,
+            needle: None,
+        });
+    }
+
+    /// As [`FaultProxy::inject`], for the requests whose body contains `needle` only (the
+    /// writes of one partition key, say).
+    pub fn inject_matching(&self, op: &str, needle: &str, fault: Fault, time: Duration) {
+        self.rules.lock().unwrap().push(Rule {
+            op: op.to_owned(),
+            fault,
+            until: Instant::now() + time,
+            caller: None,
+            needle: Some(needle.to_owned()),
         });
     }
 
@@ -131,6 +150,7 @@ impl FaultProxy {
             fault,
             until: Instant::now() + time,
             caller: Some(identity.access_key_id.clone()),
+            needle: None,
         });
     }
 
@@ -139,10 +159,10 @@ impl FaultProxy {
         self.applied.lock().unwrap().clone()
     }
 
-    fn armed(&self, target: &str, caller: &str, body: &Value) -> Option<Fault> {
+    fn armed(&self, target: &str, caller: &str, (raw, body): (&[u8], &Value)) -> Option<Fault> {
         let rules = self.rules.lock().unwrap();
         let rule = rules.iter().find(|r| {
-            r.matches(target, caller)
+            r.matches(target, caller, raw)
                 && (r.fault != Fault::StaleRead || !consistent(target, body))
                 && (r.fault != Fault::Unprocessed || target.ends_with(".BatchGetItem"))
                 && (r.fault != Fault::FailOneEntry || target.ends_with(".SendMessageBatch"))
@@ -179,7 +199,7 @@ impl FaultProxy {
         let dynamodb = op.starts_with("DynamoDB");
         let mut body = body;
         let mut failed_entry = None;
-        match self.armed(&op, &caller_of(&parts.headers), &json) {
+        match self.armed(&op, &caller_of(&parts.headers), (&body, &json)) {
             None => {}
             Some(Fault::Unprocessed) => {
                 let items = json["RequestItems"].clone();

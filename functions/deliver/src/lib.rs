@@ -21,7 +21,10 @@ use shared::backoff;
 use shared::dispatch::{is_fresh, Dispatcher, Endpoints, Health, Ran};
 use shared::http_client::{BuildError, DeliveryClient};
 use shared::metrics::Counter;
-use shared::queue::{self, visibility_secs, DeliveryJob, PurgeMessage, Queues, ReplayMessage};
+use shared::operational::OpsTask;
+use shared::queue::{
+    self, visibility_secs, DeliveryJob, OpsMessage, PurgeMessage, Queues, ReplayMessage,
+};
 use shared::removal::{PurgeTask, Remover};
 use shared::replay::{ReplayTask, Replayer};
 use shared::services::Services;
@@ -222,6 +225,7 @@ impl Deliver {
             Ok(Message::Job(job)) => job,
             Ok(Message::Replay(task)) => return self.replay(&task).await,
             Ok(Message::Purge(task)) => return self.purge(&task).await,
+            Ok(Message::Ops(task)) => return self.ops(&task).await,
             Err(reason) => return self.poison(message_id, body, reason).await,
         };
         let no_endpoints = Endpoints::new();
@@ -262,6 +266,7 @@ impl Deliver {
         let sent = match task {
             Message::Replay(task) => self.queues.send_replay(task).await,
             Message::Purge(task) => self.queues.send_purge(task, 0).await,
+            Message::Ops(task) => self.dispatcher.ops().queue(task, Duration::ZERO).await,
             Message::Job(_) => return false,
         };
         sent.map_err(|e| tracing::error!(error = %e, "could not hand back an unfinished task; it comes back"))
@@ -311,6 +316,18 @@ impl Deliver {
         }
     }
 
+    /// An operational event to publish; one that cannot be yet comes back (its id makes a
+    /// second publish the same event).
+    async fn ops(&self, task: &OpsTask) -> Handled {
+        match self.dispatcher.ops().run(task).await {
+            Ok(()) => Handled::Done(Vec::new()),
+            Err(e) => {
+                tracing::error!(error = %e, "could not publish an operational event; it will be retried");
+                Handled::Failed
+            }
+        }
+    }
+
     /// Hands a job that can never succeed to the DLQ with its reason.
     async fn poison(&self, message_id: &str, body: &str, reason: String) -> Handled {
         tracing::error!(message_id, reason, "poison delivery job; sent to the DLQ");
@@ -335,6 +352,7 @@ enum Message {
     Job(DeliveryJob),
     Replay(ReplayTask),
     Purge(PurgeTask),
+    Ops(OpsTask),
 }
 
 /// The job (or replay task) of a record, or why it is none.
@@ -345,6 +363,9 @@ fn parse(record: &SqsMessage) -> Result<Message, String> {
     }
     if let Ok(PurgeMessage { purge }) = serde_json::from_str::<PurgeMessage<PurgeTask>>(body) {
         return Ok(Message::Purge(purge));
+    }
+    if let Ok(OpsMessage { ops }) = serde_json::from_str::<OpsMessage<OpsTask>>(body) {
+        return Ok(Message::Ops(ops));
     }
     match serde_json::from_str::<DeliveryJob>(body) {
         Ok(job) if !job.deliveries.is_empty() => Ok(Message::Job(job)),

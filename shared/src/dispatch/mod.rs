@@ -616,8 +616,13 @@ impl Dispatcher {
                     .await;
             }
         }
-        let last = matches!(decision, Decision::GiveUp | Decision::DisableEndpoint)
-            .then(|| attempt.clone());
+        let last = matches!(decision, Decision::GiveUp | Decision::DisableEndpoint);
+        if last {
+            // Failed for good: tallied for the operational endpoints before it is recorded, so
+            // that a job that comes back tallies it again (once: the tally keeps its ids)
+            // rather than finding it finished and untold.
+            self.ops.exhausted(endpoint, delivery_id, &attempt).await?;
+        }
         let recorded = self
             .store
             .record_attempt(AttemptRecord {
@@ -646,20 +651,8 @@ impl Dispatcher {
                 return Ok(JobOutcome::Done("finished meanwhile"));
             }
         }
-        if let Some(last) = &last {
+        if last {
             self.metrics.count(Counter::DeliveriesExhausted, 1);
-            // Failed for good, recorded once (a duplicate job stood down above).
-            let attempts = previous.map_or(0, |d| d.attempt_count) + 1;
-            self.ops
-                .send(OpsEvent::DeliveryExhausted {
-                    endpoint,
-                    delivery_id,
-                    event_id: &event.id,
-                    event_type: &event.event_type,
-                    attempts,
-                    last,
-                })
-                .await;
         }
         Ok(match decision {
             Decision::Delivered => JobOutcome::Done("delivered"),

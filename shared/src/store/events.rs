@@ -78,6 +78,10 @@ const INFLATE_LIMIT_BYTES: usize = 16 * 1024 * 1024;
 /// leaves out the delivery ids (each is its group's `member(i)`).
 fn event_item(record: &EventRecord) -> Result<HashMap<String, AttributeValue>> {
     let mut item = to_item(record)?;
+    item.insert(
+        "venue_id".into(),
+        s(record.venue_id.spread_by(record.event_id.as_str())),
+    );
     if record.data.len() >= COMPRESS_FROM_BYTES {
         let deflated = miniz_oxide::deflate::compress_to_vec(record.data.as_bytes(), 6);
         if deflated.len() < record.data.len() {
@@ -96,6 +100,12 @@ fn event_item(record: &EventRecord) -> Result<HashMap<String, AttributeValue>> {
 }
 
 fn event_record(mut item: HashMap<String, AttributeValue>) -> Result<EventRecord> {
+    // The system venue's events are spread over keys `{venue}#{shard}`.
+    if let Some(AttributeValue::S(key)) = item.get_mut("venue_id") {
+        if let Some((venue, _)) = key.split_once('#') {
+            *key = venue.to_owned();
+        }
+    }
     if let Some(AttributeValue::B(deflated)) = item.remove("data_z") {
         let data = miniz_oxide::inflate::decompress_to_vec_with_limit(
             deflated.as_ref(),
@@ -203,7 +213,7 @@ impl Store {
             .ddb
             .get_item()
             .table_name(&self.events)
-            .key("venue_id", s(tenant.venue().as_str()))
+            .key("venue_id", s(tenant.venue().spread_by(id.as_str())))
             .key("event_id", s(id.as_str()))
             .consistent_read(true)
             .send()
@@ -413,6 +423,17 @@ mod tests {
         places[1].delivery_id = places[1].delivery_id.group().unwrap().0.member(2);
         assert!(as_fan(&places).is_none());
         assert!(as_fan(&[]).is_none());
+    }
+
+    #[test]
+    fn the_system_venues_events_are_spread_over_keys_and_read_back_as_its_own() {
+        let mut r = record(Vec::new(), r#"{"a":1}"#.into());
+        assert_eq!(event_item(&r).unwrap()["venue_id"], s("v1"));
+        r.venue_id = VenueId::parse("_operational").unwrap();
+        let item = event_item(&r).unwrap();
+        let key = item["venue_id"].as_s().unwrap().clone();
+        assert!(key.starts_with("_operational#"), "{key}");
+        assert!(same(&event_record(item).unwrap(), &r));
     }
 
     fn size(item: &HashMap<String, AttributeValue>) -> usize {

@@ -16,6 +16,7 @@
 //!
 //!   A replay's progress is an item of its endpoint's partition too, under its id (`rpl_…`,
 //!   outside the range of delivery ids every history query reads).
+//!   So is a tally of its deliveries failed for good in a window (`xh_…`, [`exhausted`]).
 //! - retries: jobs waiting longer than SQS can delay them, by due slot and shard.
 //!
 //! One file per table: [`endpoints`], [`events`] (and the notes of events whose jobs could not
@@ -28,6 +29,7 @@ mod api_keys;
 mod deliveries;
 mod endpoints;
 mod events;
+mod exhausted;
 mod history;
 mod replays;
 mod retries;
@@ -41,6 +43,7 @@ pub use deliveries::{
 };
 pub use endpoints::FanoutEndpoint;
 pub use events::{EventRecord, UnqueuedNote, NOTE_TRIES};
+pub use exhausted::{ExhaustedTally, LastFailure, Tallied, TALLY_KEPT_IDS};
 pub use history::{DeliveryFilter, HistoryCursor};
 pub use replays::{PageClaim, ReplayRecord, ReplayState};
 pub use retries::Waiting;
