@@ -409,6 +409,101 @@ async fn a_batch_that_cannot_finish_in_time_hands_its_work_back() {
     stack.stop().await;
 }
 
+/// Ingest and the API know their deadlines: with their writes slowed past them, ingest
+/// reports the records it could not finish (they come back; none of its invocations is
+/// stopped, none reaches the DLQ) and the API answers its own 503 `timeout` with
+/// `Retry-After` before the gateway's; every event is delivered once in the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_and_the_api_answer_before_their_deadlines() {
+    let mut o = options(&[("DEADLINE_RESERVE_MS", "1500")]);
+    for function in [local::INGEST_FUNCTION, local::API_FUNCTION] {
+        o.function_timeouts
+            .insert(function.into(), Duration::from_secs(4));
+    }
+    o.queue_overrides.insert(
+        "IngestQueue".into(),
+        [("VisibilityTimeout".to_owned(), "5".to_owned())].into(),
+    );
+    let (stack, proxy) = proxied(o).await;
+    let api = Client::new(&stack);
+    let v = venue();
+    let rx = FaultReceiver::start(vec![Mode::Status(200)]).await;
+    api.create_endpoint(&v, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    let slow = Duration::from_secs(10);
+    for (function, delay) in [(local::INGEST_FUNCTION, 5), (local::API_FUNCTION, 6)] {
+        let identity = stack.provisioned.identity_of(function).unwrap();
+        proxy.inject_for(
+            identity,
+            "PutItem",
+            Fault::Slow(Duration::from_secs(delay)),
+            slow,
+        );
+    }
+    let source = aws_sdk_sqs::Client::new(
+        &stack
+            .provisioned
+            .identity_of(EVENT_SOURCE)
+            .unwrap()
+            .sdk_config(&direct().await),
+    );
+    let mut ids = BTreeSet::new();
+    for i in 0..4 {
+        let id = format!("queued-{i}");
+        source
+            .send_message()
+            .queue_url(stack.queue_url("IngestQueue"))
+            .message_body(
+                json!({"venue_id": v, "id": id, "type": "order.created", "data": {"n": i}})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        ids.insert(id);
+    }
+    // The API's own answer, before the gateway's.
+    let body = json!({"id": "http-slow", "type": "order.created", "data": {}});
+    let started = Instant::now();
+    let (status, answer) = api.post(&format!("/venues/{v}/events"), body.clone()).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"]["code"], "timeout", "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // Repeated until accepted, as a producer would.
+    let accepted = eventually(WAIT, || async {
+        let (status, _) = api.post(&format!("/venues/{v}/events"), body.clone()).await;
+        (status == 202).then_some(())
+    })
+    .await;
+    assert!(accepted.is_some());
+    ids.insert("http-slow".into());
+
+    let delivered = eventually(WAIT, || async {
+        (event_ids(&rx.hits()) == ids).then_some(())
+    })
+    .await;
+    assert!(delivered.is_some(), "got {:?}", event_ids(&rx.hits()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rx.hits().len(), ids.len(), "each event once");
+    let applied = proxy.applied();
+    assert!(
+        applied.contains_key("PutItem Slow(5s)") && applied.contains_key("PutItem Slow(6s)"),
+        "both functions' writes were slowed: {applied:?}"
+    );
+    let invocations = stack.invocations.lock().unwrap().clone();
+    let ingested = &invocations[local::INGEST_FUNCTION];
+    assert_eq!(ingested.timed_out, 0, "ingest was stopped: {ingested:?}");
+    let sqs = aws_sdk_sqs::Client::new(&direct().await);
+    for dlq in ["DeliveryDeadLetterQueue", "IngestDeadLetterQueue"] {
+        assert_eq!(on_queue(&sqs, stack.queue_url(dlq)).await, 0, "{dlq}");
+    }
+    stack.stop().await;
+}
+
 /// At-least-once on the ingest queue: a message without an `id` that comes back (here its
 /// jobs could not be queued: its event is stored, the message fails and is received again)
 /// gets the same event id each time: one event stored, one fan-out, one `webhook-id` per

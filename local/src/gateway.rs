@@ -53,9 +53,10 @@ pub async fn serve(
                             Err(e) => lambda_http::Body::Binary(e.into_bytes()),
                         }
                     };
+                    let deadline = std::time::Instant::now() + limit;
                     let handled = tokio::time::timeout(
                         limit,
-                        api.handle(http::Request::from_parts(parts, body)),
+                        api.handle_until(http::Request::from_parts(parts, body), deadline),
                     )
                     .await;
                     let Ok(response) = handled else {

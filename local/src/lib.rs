@@ -244,6 +244,12 @@ impl Stack {
                     continue;
                 }
                 let period = options.schedule_every.unwrap_or(*period);
+                let timeout = options
+                    .function_timeouts
+                    .get(INGEST_FUNCTION)
+                    .or(provisioned.timeouts.get(INGEST_FUNCTION))
+                    .copied()
+                    .unwrap_or(std::time::Duration::from_secs(30));
                 let (ingest, mut stop) = (ingest.clone(), watch_rx.clone());
                 scheduled.push(tokio::spawn(async move {
                     let mut ticks = tokio::time::interval(period);
@@ -258,17 +264,30 @@ impl Stack {
                             "detail-type": "Scheduled Event",
                             "detail": {},
                         });
-                        if let Err(e) = ingest.invoke(scheduled).await {
-                            tracing::warn!(error = %e, "the scheduled sweep failed; next tick");
+                        // Stopped at the function's timeout, as Lambda stops it.
+                        let deadline = std::time::Instant::now() + timeout;
+                        match tokio::time::timeout(
+                            timeout,
+                            ingest.invoke_until(scheduled, deadline),
+                        )
+                        .await
+                        {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "the scheduled sweep failed; next tick")
+                            }
+                            Err(_) => tracing::warn!(
+                                "the scheduled sweep was stopped at its timeout; next tick"
+                            ),
                         }
                     }
                 }));
             }
             poll(
                 INGEST_FUNCTION,
-                Arc::new(move |event, _deadline| {
+                Arc::new(move |event, deadline| {
                     let ingest = ingest.clone();
-                    Box::pin(async move { ingest.handle(event).await })
+                    Box::pin(async move { ingest.handle_until(event, deadline).await })
                 }),
             )?;
         }

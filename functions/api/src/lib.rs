@@ -22,7 +22,10 @@ pub mod portal;
 pub mod stats;
 pub mod venues;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// What a request keeps before its deadline to answer (or a tenth of its time, if less).
+const ANSWER_RESERVE: Duration = Duration::from_secs(1);
 
 use http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
@@ -99,6 +102,42 @@ impl Api {
     }
 
     pub async fn handle(&self, request: Request) -> Response<Body> {
+        self.handle_until(request, Instant::now() + Duration::from_secs(30))
+            .await
+    }
+
+    /// As [`Api::handle`], answered by `deadline` (API Gateway answers 503 at 30 s and
+    /// Lambda stops the function at its timeout): a request not done a moment before it is
+    /// answered 503 `timeout`, with `Retry-After`, by the function itself.
+    pub async fn handle_until(&self, request: Request, deadline: Instant) -> Response<Body> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answer_by = deadline
+            .checked_sub(ANSWER_RESERVE.min(left / 10))
+            .unwrap_or_else(Instant::now);
+        match tokio::time::timeout_at(answer_by.into(), self.answer(request)).await {
+            Ok(response) => response,
+            Err(_) => {
+                tracing::error!(
+                    limit_ms = left.as_millis() as u64,
+                    "api request not done before the deadline: 503"
+                );
+                self.dispatcher.metrics().flush("api");
+                let error = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    "the request did not finish in time (storage is slow); it may have been partly done: repeat it (publishing with the same id is one event)",
+                );
+                let mut response = json_response(error.status, &error.body());
+                response.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                response
+            }
+        }
+    }
+
+    async fn answer(&self, request: Request) -> Response<Body> {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();

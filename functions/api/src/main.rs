@@ -16,8 +16,13 @@ async fn main() -> Result<(), Error> {
     let api = Api::new(&services, admin_key_sha256)?;
     let api = &api;
     lambda_http::run(service_fn(move |request: Request| async move {
-        let request_id = request.lambda_context_ref().map(|c| c.request_id.clone());
-        let work = api.handle(request);
+        let context = request.lambda_context_ref();
+        let request_id = context.map(|c| c.request_id.clone());
+        let deadline = context.map_or_else(
+            || std::time::Instant::now() + std::time::Duration::from_secs(30),
+            |c| shared::deadline::from_epoch_ms(c.deadline),
+        );
+        let work = api.handle_until(request, deadline);
         Ok::<_, Error>(shared::logging::with_request_id(request_id.unwrap_or_default(), work).await)
     }))
     .await

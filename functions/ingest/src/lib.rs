@@ -11,6 +11,8 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+use std::time::{Duration, Instant};
+
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::Utc;
 use futures::future::join_all;
@@ -35,6 +37,8 @@ pub struct Ingest {
     /// time (`None`: the queue's visibility timeout decides).
     queue_url: Option<String>,
     outage_backoff: std::time::Duration,
+    /// What an invocation keeps before its deadline ([`shared::config::Limits`]).
+    deadline_reserve: Duration,
     metrics: std::sync::Arc<Metrics>,
 }
 
@@ -56,6 +60,7 @@ impl Ingest {
             dlq_url: services.config.resources.ingest_dlq_url.clone(),
             queue_url: services.config.resources.ingest_queue_url.clone(),
             outage_backoff: services.config.outage_backoff,
+            deadline_reserve: services.config.limits.deadline_reserve,
             metrics: std::sync::Arc::default(),
         }
     }
@@ -64,14 +69,24 @@ impl Ingest {
     /// its `batchItemFailures`), or the schedule (`aws.events`) that runs the sweeps: retries
     /// whose wait is over, and events stored while the delivery queue could not be reached.
     pub async fn invoke(&self, payload: serde_json::Value) -> Result<serde_json::Value, Error> {
+        self.invoke_until(payload, Instant::now() + Duration::from_secs(30))
+            .await
+    }
+
+    /// As [`Ingest::invoke`], answering by `deadline` (Lambda stops the function there).
+    pub async fn invoke_until(
+        &self,
+        payload: serde_json::Value,
+        deadline: Instant,
+    ) -> Result<serde_json::Value, Error> {
         if payload.get("Records").is_some() {
             let event: SqsEvent = serde_json::from_value(payload)
                 .map_err(|e| Error::Corrupt(format!("not an SQS event: {e}")))?;
-            let response = self.handle(event).await;
+            let response = self.handle_until(event, deadline).await;
             return serde_json::to_value(response).map_err(|e| Error::Corrupt(e.to_string()));
         }
         if payload.get("source").and_then(|s| s.as_str()) == Some("aws.events") {
-            let (retries, events) = self.sweep().await?;
+            let (retries, events) = self.sweep_until(deadline).await?;
             return Ok(serde_json::json!({ "retries_queued": retries, "events_queued": events }));
         }
         Err(Error::Corrupt(
@@ -86,18 +101,35 @@ impl Ingest {
     /// A sweep holds a lease (55 s) while it runs: one that finds another's lease does
     /// nothing, so two sweeps at once (a slow one and the next minute's) queue nothing twice.
     pub async fn sweep(&self) -> Result<(usize, usize), Error> {
+        self.sweep_until(Instant::now() + Duration::from_secs(30))
+            .await
+    }
+
+    /// As [`Ingest::sweep`], done by `deadline`: the retries for at most 20 s and two thirds
+    /// of the time there is, the events' notes until the reserve (a note not reached is
+    /// there next minute).
+    pub async fn sweep_until(&self, deadline: Instant) -> Result<(usize, usize), Error> {
         let now_ms = Utc::now().timestamp_millis();
         let until_ms = now_ms + 55_000;
         if !self.store.take_sweep_lease(now_ms, until_ms).await? {
             tracing::info!("another sweep is running; this one stands down");
             return Ok((0, 0));
         }
+        let left = deadline.saturating_duration_since(Instant::now());
         let retries = self
             .waits
-            .sweep(Utc::now(), std::time::Duration::from_secs(20))
+            .sweep(Utc::now(), Duration::from_secs(20).min(left * 2 / 3))
             .await;
         // One failing does not keep the other from running.
-        let events = self.publisher.sweep_unqueued(100).await;
+        let events = tokio::time::timeout_at(
+            self.reserve_before(deadline).into(),
+            self.publisher.sweep_unqueued(100),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            tracing::warn!("the sweep of unqueued events reached the deadline; the rest next time");
+            Ok((0, 0))
+        });
         if let Err(e) = self.store.release_sweep_lease(until_ms).await {
             tracing::warn!(error = %e, "could not give the sweep's lease back; it runs out by itself");
         }
@@ -111,9 +143,40 @@ impl Ingest {
     /// attempts of its events at one endpoint travel as one job, so a batch of ten events of
     /// one venue at fan-out 3 is 3 jobs in one SendMessageBatch call.
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        self.handle_until(event, Instant::now() + Duration::from_secs(30))
+            .await
+    }
+
+    /// The moment an invocation that must answer by `deadline` stops starting work: its
+    /// reserve before it (never more than half the time there is).
+    fn reserve_before(&self, deadline: Instant) -> Instant {
+        let reserve = self
+            .deadline_reserve
+            .min(deadline.saturating_duration_since(Instant::now()) / 2);
+        deadline.checked_sub(reserve).unwrap_or_else(Instant::now)
+    }
+
+    /// As [`Ingest::handle`], answered by `deadline`: a record not accepted when the reserve
+    /// begins, or whose jobs are not queued by half of it, is reported failed and comes back
+    /// (its id, given or derived from the message, makes it the same event), instead of the
+    /// whole batch coming back after Lambda stops the function.
+    pub async fn handle_until(&self, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
+        let accept_until = self.reserve_before(deadline);
+        let queue_until = accept_until + deadline.saturating_duration_since(accept_until) / 2;
         // Events of one venue in the batch share one read of its endpoints, and its groups.
         let batch = IngestBatch::default();
-        let results = join_all(event.records.iter().map(|r| self.handle_record(r, &batch))).await;
+        let results = join_all(event.records.iter().map(|r| async {
+            tokio::time::timeout_at(accept_until.into(), self.handle_record(r, &batch))
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::warn!(
+                        message_id = r.message_id.as_deref().unwrap_or(""),
+                        "not accepted before the deadline; the message comes back"
+                    );
+                    None
+                })
+        }))
+        .await;
         let mut jobs = Vec::new();
         let mut with_jobs = Vec::new();
         let mut response = SqsBatchResponse::default();
@@ -128,7 +191,15 @@ impl Ingest {
                 None => response.add_failure(id),
             }
         }
-        if let Err(e) = self.publisher.enqueue(&jobs).await {
+        let queued = tokio::time::timeout_at(queue_until.into(), self.publisher.enqueue(&jobs))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Aws {
+                    service: "sqs",
+                    message: "the jobs were not queued before the deadline".into(),
+                })
+            });
+        if let Err(e) = queued {
             // Their events are stored; the retried messages re-send the stored jobs.
             tracing::warn!(error = %e, records = with_jobs.len(), "queueing failed; the events will be retried");
             for id in with_jobs {

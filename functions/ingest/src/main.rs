@@ -16,7 +16,8 @@ async fn main() -> Result<(), Error> {
     let ingest = &ingest;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
-            let work = ingest.invoke(event.payload);
+            let deadline = shared::deadline::from_epoch_ms(event.context.deadline);
+            let work = ingest.invoke_until(event.payload, deadline);
             shared::logging::with_request_id(event.context.request_id, work)
                 .await
                 .map_err(Error::from)
