@@ -639,7 +639,7 @@ async fn send_path(
         | "INGEST_DLQ_URL" => Some("unused".into()),
         _ => None,
     })?;
-    let ours = shared::http_client::DeliveryClient::new(&config)?;
+    let ours = shared::http_client::DeliveryClient::new(&config.client())?;
     let bare = reqwest::Client::builder().no_proxy().build()?;
     let secret = shared::secret::Secret::generate_signing();
     let credential = shared::domain::Credential::SignedSecret {

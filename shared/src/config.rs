@@ -6,6 +6,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::breaker::BreakerPolicy;
+use crate::destination::DestinationPolicy;
+use crate::http_client::ClientSettings;
 use crate::retry::RetryPolicy;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,13 +54,6 @@ pub struct Limits {
     /// delivery attempt starts unless it can end `deadline_reserve` before the deadline; half
     /// of it is for recording what was sent, half for handing back what was not started.
     pub deadline_reserve: Duration,
-}
-
-/// Which destinations may be dialled in spite of the public-address rule, and which may use
-/// plain `http`. Empty in production; loopback locally.
-#[derive(Clone, Debug, Default)]
-pub struct DestinationPolicy {
-    pub allow_cidrs: Vec<IpNet>,
 }
 
 /// Where a delivery job waits for its retry: on the delivery queue with `DelaySeconds` up to
@@ -116,6 +111,16 @@ pub struct PortalConfig {
 }
 
 impl Config {
+    /// What the delivery client is built from.
+    pub fn client(&self) -> ClientSettings {
+        ClientSettings {
+            destinations: self.destinations.clone(),
+            user_agent: self.user_agent.clone(),
+            request_timeout: self.limits.request_timeout,
+            response_excerpt_bytes: self.limits.response_excerpt_bytes,
+        }
+    }
+
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }

@@ -8,7 +8,6 @@ use std::sync::LazyLock;
 use ipnet::IpNet;
 use url::{Host, Url};
 
-use crate::config::DestinationPolicy;
 use crate::domain::MAX_URL_LEN;
 use crate::error::ValidationError;
 
@@ -17,6 +16,13 @@ use crate::error::ValidationError;
 pub const NOT_PUBLIC: &str =
     "the host must resolve to a public internet address (private, loopback, link-local and \
      reserved addresses cannot receive webhooks)";
+
+/// Which destinations may be dialled in spite of the public-address rule, and which may use
+/// plain `http`. Empty in production; loopback locally.
+#[derive(Clone, Debug, Default)]
+pub struct DestinationPolicy {
+    pub allow_cidrs: Vec<IpNet>,
+}
 
 impl DestinationPolicy {
     pub fn allow_listed(&self, ip: IpAddr) -> bool {

@@ -7,8 +7,7 @@ use serde_json::value::RawValue;
 use crate::error::ValidationError;
 use crate::headers::SealedHeaders;
 use crate::ids::{DeliveryId, EndpointId, EventId, VenueId};
-use crate::sealing::Sealed;
-use crate::secret::Secret;
+use crate::secret::{Sealed, Secret};
 
 pub const MAX_EVENT_TYPE_LEN: usize = 128;
 pub const MAX_EVENT_TYPES_PER_ENDPOINT: usize = 100;

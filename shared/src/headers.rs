@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ValidationError;
-use crate::sealing::Sealed;
+use crate::secret::Sealed;
 
 /// At most this many custom headers per endpoint.
 pub const MAX_HEADERS: usize = 10;

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::{Host, Url};
 
-use crate::config::{Config, DestinationPolicy};
-use crate::destination::{parse_destination, NOT_PUBLIC};
+use crate::destination::{parse_destination, DestinationPolicy, NOT_PUBLIC};
 use crate::error::error_chain;
 
 /// The client could not be built (TLS set-up).
@@ -141,15 +140,26 @@ impl Resolve for GuardedResolver {
     }
 }
 
+/// What the client is built from (the configuration's [`crate::config::Config::client`]).
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    pub destinations: DestinationPolicy,
+    pub user_agent: String,
+    /// Connect to last byte.
+    pub request_timeout: Duration,
+    /// How much of a response body is kept.
+    pub response_excerpt_bytes: usize,
+}
+
 impl DeliveryClient {
-    pub fn new(config: &Config) -> Result<Self, BuildError> {
+    pub fn new(config: &ClientSettings) -> Result<Self, BuildError> {
         let policy = Arc::new(config.destinations.clone());
         let client = reqwest::Client::builder()
             .user_agent(&config.user_agent)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .timeout(config.limits.request_timeout)
-            .connect_timeout(config.limits.request_timeout.min(Duration::from_secs(10)))
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             .dns_resolver(Arc::new(GuardedResolver {
@@ -159,8 +169,8 @@ impl DeliveryClient {
         Ok(Self {
             client,
             policy,
-            excerpt_bytes: config.limits.response_excerpt_bytes,
-            timeout: config.limits.request_timeout,
+            excerpt_bytes: config.response_excerpt_bytes,
+            timeout: config.request_timeout,
         })
     }
 

@@ -162,39 +162,6 @@ impl Queues {
         Ok(())
     }
 
-    /// Queues the task that runs the next page of a replay, in its venue's group.
-    pub async fn send_replay(&self, task: &crate::replay::ReplayTask) -> Result<()> {
-        self.send_replay_after(task, Duration::ZERO).await
-    }
-
-    /// Queues a replay's next page after `delay` (at most 15 minutes).
-    pub async fn send_replay_after(
-        &self,
-        task: &crate::replay::ReplayTask,
-        delay: Duration,
-    ) -> Result<()> {
-        let body = serde_json::to_string(&ReplayMessage { replay: task })
-            .map_err(|e| Error::Corrupt(e.to_string()))?;
-        let entry: Entry = (
-            body,
-            visibility_secs(delay).min(900),
-            task.venue_id.to_string(),
-        );
-        self.send_batch(vec![&entry]).await
-    }
-
-    /// Queues a step of a venue's removal (`{"purge": …}`), after `delay_secs` (≤ 900).
-    pub async fn send_purge(
-        &self,
-        task: &crate::removal::PurgeTask,
-        delay_secs: i32,
-    ) -> Result<()> {
-        let body = serde_json::to_string(&PurgeMessage { purge: task })
-            .map_err(|e| Error::Corrupt(e.to_string()))?;
-        let entry: Entry = (body, delay_secs.clamp(0, 900), task.venue_id.to_string());
-        self.send_batch(vec![&entry]).await
-    }
-
     /// Queues one message of the delivery queue's own (an operational task, say) in `group`,
     /// after `delay` (at most 900 s).
     pub async fn send_message<T: Serialize>(

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::ids::{EndpointId, VenueId};
-use crate::queue::Queues;
+use crate::queue::{PurgeMessage, Queues};
 use crate::services::Services;
 use crate::store::{Store, Tenant};
 
@@ -35,6 +35,20 @@ pub struct PurgeTask {
     /// removal request, in case it was stopped before it did).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub access: bool,
+}
+
+impl PurgeTask {
+    /// Queues it in its venue's group, after `delay_secs` (at most 900).
+    pub async fn queue(&self, queues: &Queues, delay_secs: i32) -> Result<()> {
+        let delay = Duration::from_secs(delay_secs.clamp(0, 900) as u64);
+        queues
+            .send_message(
+                &PurgeMessage { purge: self },
+                delay,
+                self.venue_id.to_string(),
+            )
+            .await
+    }
 }
 
 /// What `DELETE /venues/{venue_id}` did.
@@ -88,10 +102,8 @@ impl Remover {
             access: true,
         };
         let after_budget = (budget.as_secs() as i32 + 5).min(LAST_SWEEP_DELAY_SECS);
-        self.queues.send_purge(&whole, after_budget).await?;
-        self.queues
-            .send_purge(&whole, LAST_SWEEP_DELAY_SECS)
-            .await?;
+        whole.queue(&self.queues, after_budget).await?;
+        whole.queue(&self.queues, LAST_SWEEP_DELAY_SECS).await?;
         let (api_keys, sessions) = self.store.delete_venue_access(tenant).await?;
         let endpoints = self.store.delete_venue_endpoints(tenant).await?;
         let all = PurgeTask {
@@ -104,7 +116,7 @@ impl Remover {
         while let Some(task) = left.take() {
             steps += 1;
             if started.elapsed() >= budget || steps > self.inline_steps {
-                self.queues.send_purge(&task, 0).await?;
+                task.queue(&self.queues, 0).await?;
                 left = Some(task);
                 break;
             }

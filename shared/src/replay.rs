@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::breaker::{BreakerPolicy, Circuit, Gate};
 use crate::error::Result;
 use crate::ids::{EndpointId, VenueId};
-use crate::queue::{DeliveryJob, Queued, Queues};
+use crate::queue::{DeliveryJob, Queued, Queues, ReplayMessage};
 use crate::services::Services;
 use crate::store::{PageClaim, ReplayRecord, ReplayState, Store, Tenant};
 
@@ -33,6 +33,19 @@ pub struct ReplayTask {
     pub venue_id: VenueId,
     pub endpoint_id: EndpointId,
     pub replay_id: String,
+}
+
+impl ReplayTask {
+    /// Queues it in its venue's group, after `delay` (at most 15 minutes).
+    pub async fn queue(&self, queues: &Queues, delay: Duration) -> Result<()> {
+        queues
+            .send_message(
+                &ReplayMessage { replay: self },
+                delay,
+                self.venue_id.to_string(),
+            )
+            .await
+    }
 }
 
 #[derive(Clone)]
@@ -94,7 +107,7 @@ impl Replayer {
                 endpoint_id: record.endpoint_id.clone(),
                 replay_id: record.replay_id.clone(),
             };
-            if let Err(e) = self.queues.send_replay(&task).await {
+            if let Err(e) = task.queue(&self.queues, Duration::ZERO).await {
                 // Not running after all: a repeat starts it again.
                 if let Err(e) = self
                     .store

@@ -14,7 +14,6 @@ use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use chrono::{DateTime, Utc};
@@ -23,18 +22,7 @@ use crate::domain::{AuthMode, Credential, Endpoint, EndpointAuth, SealedSecret};
 use crate::error::{Error, Result};
 use crate::headers::SealedHeaders;
 use crate::ids::{EndpointId, VenueId};
-use crate::secret::Secret;
-
-/// A secret as stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sealed {
-    /// The data key, encrypted by KMS (base64).
-    pub data_key: String,
-    /// AES-GCM nonce (base64, 12 bytes).
-    pub nonce: String,
-    /// AES-GCM ciphertext with its tag (base64).
-    pub ciphertext: String,
-}
+use crate::secret::{Sealed, Secret};
 
 /// A data key ready to use: its KMS-encrypted form (as stored) and the cipher.
 type DataKey = (String, Arc<Aes256Gcm>);

@@ -12,6 +12,18 @@ use crate::error::ValidationError;
 
 pub const SIGNING_SECRET_PREFIX: &str = "whsec_";
 
+/// A secret as stored, sealed by [`crate::sealing`]: the data key encrypted by KMS, and the
+/// secret encrypted under it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    /// The data key, encrypted by KMS (base64).
+    pub data_key: String,
+    /// AES-GCM nonce (base64, 12 bytes).
+    pub nonce: String,
+    /// AES-GCM ciphertext with its tag (base64).
+    pub ciphertext: String,
+}
+
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);

@@ -30,7 +30,7 @@ const ANSWER_RESERVE: Duration = Duration::from_secs(1);
 use http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 use serde::Serialize;
-use shared::config::DestinationPolicy;
+use shared::destination::DestinationPolicy;
 use shared::dispatch::Dispatcher;
 use shared::http_client::{BuildError, DeliveryClient};
 use shared::ingest::Publisher;
@@ -82,7 +82,7 @@ impl Api {
     /// `admin_key_sha256`: the lowercase hex SHA-256 of the admin key.
     pub fn new(services: &Services, admin_key_sha256: String) -> Result<Self, BuildError> {
         let config = &services.config;
-        let http = DeliveryClient::new(config)?;
+        let http = DeliveryClient::new(&config.client())?;
         Ok(Self {
             store: services.store.clone(),
             sealer: services.sealer.clone(),

@@ -47,7 +47,7 @@ pub struct Deliver {
 
 impl Deliver {
     pub fn from_services(services: &Services) -> Result<Self, BuildError> {
-        let http = DeliveryClient::new(&services.config)?;
+        let http = DeliveryClient::new(&services.config.client())?;
         Ok(Self {
             dispatcher: Dispatcher::new(services, http),
             replayer: Replayer::new(services),
@@ -264,8 +264,8 @@ impl Deliver {
     /// A replay or purge task unfinished at the deadline, queued again as it came.
     async fn send_again(&self, task: &Message) -> bool {
         let sent = match task {
-            Message::Replay(task) => self.queues.send_replay(task).await,
-            Message::Purge(task) => self.queues.send_purge(task, 0).await,
+            Message::Replay(task) => task.queue(&self.queues, Duration::ZERO).await,
+            Message::Purge(task) => task.queue(&self.queues, 0).await,
             Message::Ops(task) => self.dispatcher.ops().queue(task, Duration::ZERO).await,
             Message::Job(_) => return false,
         };
@@ -283,7 +283,7 @@ impl Deliver {
             }
         };
         if let Some((next, after)) = next {
-            if let Err(e) = self.queues.send_replay_after(&next, after).await {
+            if let Err(e) = next.queue(&self.queues, after).await {
                 tracing::error!(replay_id = %task.replay_id, error = %e, "could not queue the replay's next page; this page comes back");
                 return Handled::Failed;
             }
@@ -302,7 +302,7 @@ impl Deliver {
             }
         };
         match next {
-            Some(next) => match self.queues.send_purge(&next, 0).await {
+            Some(next) => match next.queue(&self.queues, 0).await {
                 Ok(()) => Handled::Done(Vec::new()),
                 Err(e) => {
                     tracing::error!(venue_id = %task.venue_id, error = %e, "could not queue the next purge step; this one comes back");
