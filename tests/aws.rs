@@ -16,7 +16,7 @@ use integration_tests::*;
 use local::iam::EVENT_SOURCE;
 use local::{Stack, StackOptions};
 use serde_json::{json, Value};
-use shared::domain::Trigger;
+use shared::model::domain::Trigger;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -42,7 +42,7 @@ fn options(extra: &[(&str, &str)]) -> StackOptions {
 async fn proxied(options: StackOptions) -> (Stack, FaultProxy) {
     let moto = std::env::var("AWS_ENDPOINT_URL").expect("run with `make test`");
     let proxy = FaultProxy::start(&moto).await;
-    let aws = aws_config::defaults(shared::services::behavior_version())
+    let aws = aws_config::defaults(shared::storage::services::behavior_version())
         .endpoint_url(&proxy.url)
         .load()
         .await;
@@ -347,7 +347,7 @@ async fn a_batch_that_cannot_finish_in_time_hands_its_work_back() {
         endpoints.push(ep["id"].as_str().unwrap().to_owned());
         receivers.push(rx);
     }
-    let unrecorded_before = shared::dispatch::unrecorded_attempts();
+    let unrecorded_before = shared::pipeline::dispatch::unrecorded_attempts();
     let deliver = stack
         .provisioned
         .identity_of(local::DELIVER_FUNCTION)
@@ -385,7 +385,7 @@ async fn a_batch_that_cannot_finish_in_time_hands_its_work_back() {
             unexplained += receipts.saturating_sub(recorded);
         }
     }
-    let unrecorded = shared::dispatch::unrecorded_attempts() - unrecorded_before;
+    let unrecorded = shared::pipeline::dispatch::unrecorded_attempts() - unrecorded_before;
     assert!(
         unexplained as u64 <= unrecorded,
         "{unexplained} requests beyond the recorded attempts, {unrecorded} attempts unrecorded; {:?}",
@@ -1320,7 +1320,7 @@ async fn a_delivery_item_stays_small_whatever_the_receiver_answers() {
     let attempts = d["attempts"].as_array().unwrap();
     assert_eq!(
         attempts.len(),
-        shared::store::MAX_KEPT_ATTEMPTS,
+        shared::storage::store::MAX_KEPT_ATTEMPTS,
         "the last ones kept"
     );
     assert_eq!(attempts.last().unwrap()["attempt"], 41);
@@ -1340,9 +1340,9 @@ async fn a_delivery_item_stays_small_whatever_the_receiver_answers() {
         .table_name(&stack.provisioned.physical["DeliveriesTable"])
         .key(
             "history_key",
-            aws_sdk_dynamodb::types::AttributeValue::S(shared::store::history_partition(
-                &shared::ids::VenueId::parse(&v).unwrap(),
-                shared::ids::DeliveryId::parse(&id).unwrap().tag(),
+            aws_sdk_dynamodb::types::AttributeValue::S(shared::storage::store::history_partition(
+                &shared::model::ids::VenueId::parse(&v).unwrap(),
+                shared::model::ids::DeliveryId::parse(&id).unwrap().tag(),
             )),
         )
         .key(

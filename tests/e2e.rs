@@ -542,10 +542,10 @@ async fn a_manual_retry_of_a_first_try_success_keeps_one_history_entry() {
 async fn rust_signatures_match_the_python_reference_library() {
     let secrets = [
         "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned(),
-        shared::secret::Secret::generate_signing()
+        shared::model::secret::Secret::generate_signing()
             .expose()
             .to_owned(),
-        shared::secret::Secret::generate_signing()
+        shared::model::secret::Secret::generate_signing()
             .expose()
             .to_owned(),
     ];
@@ -568,10 +568,10 @@ async fn rust_signatures_match_the_python_reference_library() {
     let reference = sign_with_python(&inputs);
     assert_eq!(reference.len(), inputs.len());
     for ((secret, id, ts, body), expected) in inputs.iter().zip(reference) {
-        let secret: shared::secret::Secret = serde_json::from_value(json!(secret)).unwrap();
+        let secret: shared::model::secret::Secret = serde_json::from_value(json!(secret)).unwrap();
         let key = secret.signing_key().unwrap();
         assert_eq!(
-            shared::signing::sign(&key, id, *ts, body.as_bytes()),
+            shared::delivery::signing::sign(&key, id, *ts, body.as_bytes()),
             expected
         );
     }
@@ -771,21 +771,22 @@ async fn publishing_the_same_event_id_twice_delivers_once() {
     // A publish that crashed after storing the event and before queueing its jobs: the
     // producer's retry finishes the fan-out.
     let env = stack.provisioned.env_of(local::API_FUNCTION).unwrap();
-    let services = shared::services::Services::new(
-        shared::config::Config::from_map(env).unwrap(),
+    let services = shared::storage::services::Services::new(
+        shared::runtime::config::Config::from_map(env).unwrap(),
         &stack.aws_of(local::API_FUNCTION).unwrap(),
     );
     let now = chrono::Utc::now();
-    let record = shared::store::EventRecord {
-        venue_id: shared::ids::VenueId::parse(&venue).unwrap(),
-        event_id: shared::ids::EventId::parse("lead-43").unwrap(),
+    let record = shared::storage::store::EventRecord {
+        venue_id: shared::model::ids::VenueId::parse(&venue).unwrap(),
+        event_id: shared::model::ids::EventId::parse("lead-43").unwrap(),
         event_type: "lead.created".into(),
         timestamp: "2026-11-27T10:15:00Z".into(),
         data: r#"{"email":"c@d.e"}"#.into(),
         targets: {
-            let endpoint_id = shared::ids::EndpointId::parse(ep["id"].as_str().unwrap()).unwrap();
-            let base = shared::ids::DeliveryId::batch_base();
-            vec![shared::domain::Target {
+            let endpoint_id =
+                shared::model::ids::EndpointId::parse(ep["id"].as_str().unwrap()).unwrap();
+            let base = shared::model::ids::DeliveryId::batch_base();
+            vec![shared::model::domain::Target {
                 delivery_id: base.group_at(&endpoint_id).member(0),
                 endpoint_id,
             }]
@@ -907,7 +908,7 @@ async fn the_functions_use_exactly_the_tables_and_queues_of_the_template() {
         local::DELIVER_FUNCTION,
     ] {
         let env = provisioned.env_of(function).unwrap();
-        let config = shared::config::Config::from_map(env).unwrap();
+        let config = shared::runtime::config::Config::from_map(env).unwrap();
         let r = &config.resources;
         for name in [
             &r.endpoints_table,

@@ -525,7 +525,7 @@ async fn a_deliver_worker_killed_mid_batch_loses_nothing() {
 async fn an_unreachable_aws_endpoint_during_a_batch_loses_nothing() {
     let moto = std::env::var("AWS_ENDPOINT_URL").expect("make test sets AWS_ENDPOINT_URL");
     let proxy = FlakyProxy::start(&moto).await;
-    let aws = aws_config::defaults(shared::services::behavior_version())
+    let aws = aws_config::defaults(shared::storage::services::behavior_version())
         .endpoint_url(&proxy.url)
         .load()
         .await;

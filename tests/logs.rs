@@ -1,6 +1,6 @@
 //! The functions' logs are what the README says: one JSON object per line, with the level, the
 //! message, and the venue, endpoint, event and delivery ids as fields of their own. This binary
-//! installs the functions' own subscriber (`shared::logging`) process-wide, writing to a
+//! installs the functions' own subscriber (`shared::runtime::logging`) process-wide, writing to a
 //! buffer, so it is a test binary of its own.
 
 use std::time::Duration;
@@ -12,10 +12,10 @@ use serde_json::{json, Value};
 async fn every_log_line_is_a_json_object_with_the_ids_as_fields() {
     let logs = LogBuffer::default();
     let writer = logs.clone();
-    shared::logging::subscriber(tracing::Level::INFO, move || writer.clone()).init();
+    shared::runtime::logging::subscriber(tracing::Level::INFO, move || writer.clone()).init();
     // Metric lines bypass the log (and its level): into the same buffer, as into stdout.
     let metrics = logs.clone();
-    shared::logging::set_metric_sink(move |line| {
+    shared::runtime::logging::set_metric_sink(move |line| {
         use std::io::Write;
         let _ = writeln!(metrics.clone(), "{line}");
     });

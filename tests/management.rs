@@ -645,7 +645,7 @@ async fn history_pages_through_a_group_and_filters_its_failure() {
     let groups: Vec<String> = ids
         .iter()
         .map(|id| {
-            let id = shared::ids::DeliveryId::parse(id).unwrap();
+            let id = shared::model::ids::DeliveryId::parse(id).unwrap();
             id.group().map_or(id, |(g, _)| g).to_string()
         })
         .collect();
@@ -1018,8 +1018,8 @@ async fn a_removed_venue_leaves_nothing_readable_or_delivered() {
     let attempts = failing.received().len();
     // And, whatever the timing, jobs of it that arrive now: a fresh job (its event inline) and
     // a retry of a delivery whose event is gone.
-    let endpoint = shared::ids::EndpointId::parse(failing_id).unwrap();
-    let fresh = shared::ids::DeliveryId::batch_base()
+    let endpoint = shared::model::ids::EndpointId::parse(failing_id).unwrap();
+    let fresh = shared::model::ids::DeliveryId::batch_base()
         .group_at(&endpoint)
         .member(0);
     let late = [

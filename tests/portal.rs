@@ -245,7 +245,7 @@ async fn the_guide_walked_in_a_browser_delivers_what_the_page_promised() {
     assert!(rotated.starts_with("whsec_") && rotated != secret);
     // The preview is the exact body for the catalog example, data only.
     let preview: Value = serde_json::from_str(walked["preview"].as_str().unwrap()).unwrap();
-    let example = shared::catalog::catalog().get("order.paid").unwrap();
+    let example = shared::model::catalog::catalog().get("order.paid").unwrap();
     assert_eq!(preview, example.example);
     assert!(walked["format_shown"].as_str().unwrap().contains("data"));
     assert!(

@@ -1,4 +1,4 @@
-//! Signing throughput with criterion: `shared::signing::sign` (HMAC-SHA256, base64, the
+//! Signing throughput with criterion: `shared::delivery::signing::sign` (HMAC-SHA256, base64, the
 //! `v1,` entry) against a bare HMAC-SHA256 with the `hmac`/`sha2` crates over the same
 //! `{id}.{timestamp}.{body}` bytes, for 1 KiB and 64 KiB envelopes.
 //!
@@ -19,7 +19,7 @@ fn raw(key: &[u8], id: &str, ts: i64, body: &[u8]) -> [u8; 32] {
 }
 
 fn signing(c: &mut Criterion) {
-    let key = shared::secret::Secret::generate_signing()
+    let key = shared::model::secret::Secret::generate_signing()
         .signing_key()
         .unwrap_or_default();
     let mut group = c.benchmark_group("signing");
@@ -30,7 +30,7 @@ fn signing(c: &mut Criterion) {
             let mut ts = 1_795_774_500i64;
             b.iter(|| {
                 ts += 1;
-                shared::signing::sign(&key, "evt_01KB", ts, std::hint::black_box(body))
+                shared::delivery::signing::sign(&key, "evt_01KB", ts, std::hint::black_box(body))
             })
         });
         group.bench_with_input(BenchmarkId::new("raw", label), &body, |b, body| {
@@ -45,25 +45,33 @@ fn signing(c: &mut Criterion) {
 }
 
 fn send_preparation(c: &mut Criterion) {
-    let secret = shared::secret::Secret::generate_signing();
-    let credential = shared::domain::Credential::SignedSecret {
+    let secret = shared::model::secret::Secret::generate_signing();
+    let credential = shared::model::domain::Credential::SignedSecret {
         secrets: vec![secret],
     };
     let data = serde_json::json!({"order_id": "ord_1", "note": "x".repeat(1000)}).to_string();
-    let event = shared::domain::Event {
-        id: shared::ids::EventId::generate(),
+    let event = shared::model::domain::Event {
+        id: shared::model::ids::EventId::generate(),
         event_type: "order.created".into(),
         timestamp: "2026-11-27T10:15:00Z".into(),
         data: serde_json::value::RawValue::from_string(data).unwrap_or_else(|_| unreachable!()),
     };
-    let body = shared::envelope::render_plain(&event, shared::domain::PayloadFormat::Envelope);
+    let body = shared::delivery::envelope::render_plain(
+        &event,
+        shared::model::domain::PayloadFormat::Envelope,
+    );
     let now = chrono::Utc::now();
     let mut group = c.benchmark_group("send_preparation");
     group.bench_function("render", |b| {
-        b.iter(|| shared::envelope::render_plain(&event, shared::domain::PayloadFormat::Envelope))
+        b.iter(|| {
+            shared::delivery::envelope::render_plain(
+                &event,
+                shared::model::domain::PayloadFormat::Envelope,
+            )
+        })
     });
     group.bench_function("headers", |b| {
-        b.iter(|| shared::dispatch::request_headers(&credential, &event, &body, now))
+        b.iter(|| shared::pipeline::dispatch::request_headers(&credential, &event, &body, now))
     });
     group.bench_function("signing_keys", |b| b.iter(|| credential.signing_keys()));
     group.finish();

@@ -9,9 +9,9 @@
 
 use chrono::{Duration as Span, Utc};
 use serde_json::{json, Value};
-use shared::domain::{Attempt, DeliveryStatus, Trigger};
-use shared::ids::{DeliveryId, EndpointId, EventId, VenueId, GROUP_SIZE};
-use shared::store::{AttemptRecord, GroupEntry, GroupRecord, Store, Tenant};
+use shared::model::domain::{Attempt, DeliveryStatus, Trigger};
+use shared::model::ids::{DeliveryId, EndpointId, EventId, VenueId, GROUP_SIZE};
+use shared::storage::store::{AttemptRecord, GroupEntry, GroupRecord, Store, Tenant};
 
 use crate::{proxy, stack_with, unique, BoxError, Report, ADMIN_KEY};
 
@@ -110,7 +110,10 @@ pub async fn history_run(moto: &str, report: &mut Report, smoke: bool) -> Result
     }
     let (busy, quiet) = (&ids[0], &ids[1]);
     let env = stack.provisioned.env_of(local::API_FUNCTION)?;
-    let services = shared::services::Services::new(shared::config::Config::from_map(env)?, &direct);
+    let services = shared::storage::services::Services::new(
+        shared::runtime::config::Config::from_map(env)?,
+        &direct,
+    );
     let tenant = Tenant::authorized(VenueId::parse(&venue)?);
     let (busy_groups, busy_failed) = if smoke { (20, 10) } else { (500, 100) };
     write_history(&services.store, &tenant, busy, (busy_groups, busy_failed)).await?;

@@ -584,11 +584,11 @@ async fn ten_jobs(
 
 /// A batch of 10 jobs to receivers that each take 1 s, through the deliver handler.
 async fn batch_of_ten(delay: Duration) -> Result<Duration, BoxError> {
-    let aws = aws_config::load_defaults(shared::services::behavior_version()).await;
+    let aws = aws_config::load_defaults(shared::storage::services::behavior_version()).await;
     let (stack, trigger, messages) = ten_jobs(&aws, delay).await?;
     let env = stack.provisioned.env_of(local::DELIVER_FUNCTION)?;
-    let services = shared::services::Services::new(
-        shared::config::Config::from_map(env)?,
+    let services = shared::storage::services::Services::new(
+        shared::runtime::config::Config::from_map(env)?,
         &stack.aws_of(local::DELIVER_FUNCTION)?,
     );
     let deliver = deliver::Deliver::from_services(&services)?;
@@ -632,29 +632,36 @@ async fn send_path(
 ) -> Result<(f64, f64), BoxError> {
     use futures::stream::{self, StreamExt};
     let (url, _) = receiver(Duration::ZERO, None).await?;
-    let config = shared::config::Config::from_lookup(|name| match name {
+    let config = shared::runtime::config::Config::from_lookup(|name| match name {
         "DESTINATION_ALLOW_CIDRS" => Some("127.0.0.0/8".into()),
         "ENDPOINTS_TABLE" | "EVENTS_TABLE" | "DELIVERIES_TABLE" | "API_KEYS_TABLE"
         | "RETRIES_TABLE" | "SECRETS_KMS_KEY_ID" | "DELIVERY_QUEUE_URL" | "DELIVERY_DLQ_URL"
         | "INGEST_DLQ_URL" => Some("unused".into()),
         _ => None,
     })?;
-    let ours = shared::http_client::DeliveryClient::new(&config.client())?;
+    let ours = shared::delivery::http_client::DeliveryClient::new(&config.client())?;
     let bare = reqwest::Client::builder().no_proxy().build()?;
-    let secret = shared::secret::Secret::generate_signing();
-    let credential = shared::domain::Credential::SignedSecret {
+    let secret = shared::model::secret::Secret::generate_signing();
+    let credential = shared::model::domain::Credential::SignedSecret {
         secrets: vec![secret],
     };
-    let event = shared::domain::Event {
-        id: shared::ids::EventId::generate(),
+    let event = shared::model::domain::Event {
+        id: shared::model::ids::EventId::generate(),
         event_type: "order.created".into(),
         timestamp: "2026-11-27T10:15:00Z".into(),
         data: serde_json::value::RawValue::from_string(event_data(1).to_string())?,
     };
-    let raw_body = shared::envelope::render_plain(&event, shared::domain::PayloadFormat::Envelope);
+    let raw_body = shared::delivery::envelope::render_plain(
+        &event,
+        shared::model::domain::PayloadFormat::Envelope,
+    );
     // The bare loop sends the same request: this body and these headers, made once.
-    let raw_headers =
-        shared::dispatch::request_headers(&credential, &event, &raw_body, chrono::Utc::now());
+    let raw_headers = shared::pipeline::dispatch::request_headers(
+        &credential,
+        &event,
+        &raw_body,
+        chrono::Utc::now(),
+    );
     let (mut bare_rates, mut our_rates) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let started = Instant::now();
@@ -683,14 +690,15 @@ async fn send_path(
                     (ours.clone(), url.clone(), &event, &credential);
                 async move {
                     let now = chrono::Utc::now();
-                    let body = shared::envelope::render(
+                    let body = shared::delivery::envelope::render(
                         event,
-                        shared::domain::PayloadFormat::Envelope,
+                        shared::model::domain::PayloadFormat::Envelope,
                         None,
                     )
                     .await
                     .unwrap_or_default();
-                    let headers = shared::dispatch::request_headers(credential, event, &body, now);
+                    let headers =
+                        shared::pipeline::dispatch::request_headers(credential, event, &body, now);
                     let _ = ours.post(&url, headers, body).await;
                 }
             })
@@ -865,7 +873,7 @@ async fn run_function(
 
 /// Init time, binary size and peak RSS of the three functions, built in `profile`.
 async fn function_figures(report: &mut Report, profile: &str, runs: usize) -> Result<(), BoxError> {
-    let aws = aws_config::load_defaults(shared::services::behavior_version()).await;
+    let aws = aws_config::load_defaults(shared::storage::services::behavior_version()).await;
     // A real batch for deliver: 10 jobs to a fast receiver.
     let (stack, trigger, messages) = ten_jobs(&aws, Duration::ZERO).await?;
     let base: std::collections::HashMap<String, String> = std::env::vars()

@@ -108,11 +108,11 @@ pub async fn clients(
     moto: &str,
 ) -> std::io::Result<(Counts, aws_config::SdkConfig, aws_config::SdkConfig)> {
     let (proxy_url, counts) = start(moto).await?;
-    let counted = aws_config::defaults(shared::services::behavior_version())
+    let counted = aws_config::defaults(shared::storage::services::behavior_version())
         .endpoint_url(&proxy_url)
         .load()
         .await;
-    let direct = aws_config::load_defaults(shared::services::behavior_version()).await;
+    let direct = aws_config::load_defaults(shared::storage::services::behavior_version()).await;
     Ok((counts, counted, direct))
 }
 

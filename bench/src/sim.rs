@@ -1,6 +1,6 @@
 //! `popup-sim`: the worst day of docs/SCALE.md, simulated in discrete time (one step a
-//! second) with the project's own retry policy ([`shared::retry`]), circuit breaker and
-//! concurrency cap ([`shared::breaker`]) and waiting rule ([`shared::config::WaitConfig`]),
+//! second) with the project's own retry policy ([`shared::delivery::retry`]), circuit breaker and
+//! concurrency cap ([`shared::delivery::breaker`]) and waiting rule ([`shared::runtime::config::WaitConfig`]),
 //! not the AWS services: 10,000 deliveries a second from 10,000 venues (one endpoint each);
 //! 3,000 of the endpoints are at one receiver (a CRM) that goes down for 10 hours, hanging
 //! every request until the 15 s timeout. What it reports: SQS in-flight messages, retries
@@ -29,8 +29,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use shared::breaker::{BreakerPolicy, Change, Circuit, Gate};
-use shared::retry::{Decision, Outcome, RetryPolicy};
+use shared::delivery::breaker::{BreakerPolicy, Change, Circuit, Gate};
+use shared::delivery::retry::{Decision, Outcome, RetryPolicy};
 
 /// SQS's in-flight limit per standard queue.
 const IN_FLIGHT_LIMIT: f64 = 120_000.0;

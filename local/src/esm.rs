@@ -81,7 +81,7 @@ pub async fn run(
             Err(e) => {
                 tracing::warn!(
                     queue = trigger.queue_url,
-                    error = shared::error::error_chain(&e),
+                    error = shared::model::error::error_chain(&e),
                     "receive failed; retrying"
                 );
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -165,7 +165,7 @@ async fn invoke(
         .await
     {
         tracing::warn!(
-            error = shared::error::error_chain(&e),
+            error = shared::model::error::error_chain(&e),
             "delete failed; the messages will be received again"
         );
     }

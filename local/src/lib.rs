@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use aws_config::SdkConfig;
-use shared::config::Config;
-use shared::services::Services;
+use shared::runtime::config::Config;
+use shared::storage::services::Services;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -80,7 +80,7 @@ impl StackOptions {
             parameters: HashMap::from([
                 (
                     "AdminApiKeySha256".to_owned(),
-                    shared::api_key::sha256_hex(admin_key),
+                    shared::model::api_key::sha256_hex(admin_key),
                 ),
                 (
                     "DestinationAllowCidrs".to_owned(),
@@ -106,7 +106,7 @@ pub enum StackError {
     #[error(transparent)]
     Provision(#[from] ProvisionError),
     #[error(transparent)]
-    Config(#[from] shared::config::ConfigError),
+    Config(#[from] shared::runtime::config::ConfigError),
     #[error("{0}")]
     Start(String),
 }
@@ -129,7 +129,7 @@ impl Stack {
     pub async fn start(aws: SdkConfig, options: StackOptions) -> Result<Self, StackError> {
         // The functions' metric lines, which on Lambda go to stdout: in the log at DEBUG here
         // (unless a test took them first).
-        shared::logging::set_metric_sink(|line| tracing::debug!(target: "emf", "{line}"));
+        shared::runtime::logging::set_metric_sink(|line| tracing::debug!(target: "emf", "{line}"));
         let provisioned = provision::provision(
             &aws,
             &options.template,

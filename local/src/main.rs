@@ -35,7 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port: u16 = var("API_PORT", "9000").parse()?;
     let admin_key = var("ADMIN_API_KEY", "dev-admin-key");
     let prefix = var("STACK_PREFIX", "popup-dev");
-    let aws = aws_config::load_defaults(shared::services::behavior_version()).await;
+    let aws = aws_config::load_defaults(shared::storage::services::behavior_version()).await;
     let endpoint = var("AWS_ENDPOINT_URL", "(the default AWS endpoints)");
     let mut options = StackOptions::local(
         &prefix,
@@ -152,7 +152,7 @@ async fn redrive() -> Result<(), Box<dyn std::error::Error>> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let aws = aws_config::load_defaults(shared::services::behavior_version()).await;
+    let aws = aws_config::load_defaults(shared::storage::services::behavior_version()).await;
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let pairs = match (arg("--from"), arg("--to")) {
         (Some(from), Some(to)) => vec![(from, to)],
@@ -168,7 +168,9 @@ async fn redrive() -> Result<(), Box<dyn std::error::Error>> {
                             .queue_name(&name)
                             .send()
                             .await
-                            .map_err(|e| format!("{name}: {}", shared::error::error_chain(&e)))
+                            .map_err(|e| {
+                                format!("{name}: {}", shared::model::error::error_chain(&e))
+                            })
                             .map(|o| o.queue_url.unwrap_or_default())
                     }
                 };

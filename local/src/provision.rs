@@ -28,7 +28,7 @@ pub enum ProvisionError {
 }
 
 pub(crate) fn aws_err(e: impl std::error::Error + 'static) -> ProvisionError {
-    ProvisionError::Aws(shared::error::error_chain(&e))
+    ProvisionError::Aws(shared::model::error::error_chain(&e))
 }
 
 pub(crate) fn bad(message: impl Into<String>) -> ProvisionError {

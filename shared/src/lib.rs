@@ -1,13 +1,14 @@
-//! The library every Popup Webhooks function uses.
+//! The library every Popup Webhooks function uses, in five rooms; each imports only the
+//! rooms listed before it:
 //!
-//! - [`domain`], [`ids`], [`secret`]: what endpoints, events and deliveries are, and their rules.
-//! - [`envelope`], [`signing`]: the wire format and the Standard Webhooks signature.
-//! - [`store`] (DynamoDB) and [`queue`] (SQS): persistence and jobs.
-//! - [`destination`], [`http_client`]: where a webhook may go and how it is sent.
-//! - [`ingest`], [`dispatch`], [`replay`]: accepting an event, attempting one delivery, and
-//!   re-sending an endpoint's failed deliveries in the background.
-//! - [`retry`], [`waits`], [`breaker`]: when a failed delivery is tried again, where it waits,
-//!   and when an endpoint's deliveries wait unattempted.
+//! - [`model`]: what endpoints, events, deliveries and keys are, and their rules.
+//! - [`delivery`]: one attempt and what follows it: the payload, the signature, where it may go,
+//!   the HTTP client, retries and the circuit breaker.
+//! - [`runtime`]: configuration, logs and metrics, the invocation's deadline.
+//! - [`storage`]: DynamoDB, SQS and KMS: the tables, the delivery queue, sealed secrets, and
+//!   the clients a function holds.
+//! - [`pipeline`]: accepting an event, attempting its deliveries, waits, replays, removals and
+//!   operational events.
 
 // Release builds abort on panic (see the workspace's release profile): no panicking shortcuts.
 #![cfg_attr(
@@ -15,34 +16,68 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-pub mod api_key;
-pub mod backoff;
-pub mod breaker;
-pub mod catalog;
-pub mod config;
-pub mod deadline;
-pub mod destination;
-pub mod dispatch;
-pub mod domain;
-pub mod envelope;
-pub mod error;
-pub mod headers;
-pub mod http_client;
-pub mod ids;
-pub mod ingest;
-pub mod logging;
-pub mod metrics;
-pub mod operational;
-pub mod queue;
-pub mod removal;
-pub mod replay;
-pub mod retry;
-pub mod sealing;
-pub mod secret;
-pub mod services;
-pub mod signing;
-pub mod store;
-pub mod template;
-pub mod waits;
+pub mod model;
 
-pub use error::{Error, Result, ValidationError};
+pub mod delivery;
+
+pub mod runtime;
+
+pub mod storage;
+
+pub mod pipeline;
+
+pub use model::error::{Error, Result, ValidationError};
+
+#[cfg(test)]
+mod layout {
+    use std::path::Path;
+
+    /// The rooms, each importing only the ones before it.
+    const ROOMS: [&str; 5] = ["model", "delivery", "runtime", "storage", "pipeline"];
+
+    fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// What a file's code names of another room (`crate::room::…`), comments left out.
+    fn rooms_named(code: &str) -> Vec<&'static str> {
+        code.lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .flat_map(|line| {
+                ROOMS
+                    .iter()
+                    .filter(move |room| line.contains(&format!("crate::{room}::")))
+                    .copied()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_room_imports_only_the_rooms_before_it() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut upward = Vec::new();
+        for (rank, room) in ROOMS.iter().enumerate() {
+            let mut files = Vec::new();
+            sources(&src.join(room), &mut files);
+            assert!(!files.is_empty(), "{room}");
+            for file in files {
+                let text = std::fs::read_to_string(&file).unwrap();
+                for named in rooms_named(&text) {
+                    if ROOMS.iter().position(|r| *r == named).unwrap() > rank {
+                        upward.push(format!("{} names {named}", file.display()));
+                    }
+                }
+            }
+        }
+        assert!(upward.is_empty(), "{upward:#?}");
+        assert_eq!(rooms_named("use crate::storage::store::Store;"), ["storage"]);
+        assert!(rooms_named("/// [`crate::pipeline::ingest`]").is_empty());
+    }
+}

@@ -32,7 +32,7 @@ pub async fn aws() -> aws_config::SdkConfig {
         std::env::var("AWS_ENDPOINT_URL").is_ok(),
         "AWS_ENDPOINT_URL is not set: run the integration tests with `make test`, which starts moto"
     );
-    aws_config::load_defaults(shared::services::behavior_version()).await
+    aws_config::load_defaults(shared::storage::services::behavior_version()).await
 }
 
 /// A unique resource prefix, so tests run side by side on one moto.
@@ -148,8 +148,10 @@ pub fn played_deliver(
         .unwrap()
         .clone();
     env.extend(overrides.clone());
-    let services =
-        shared::services::Services::new(shared::config::Config::from_map(&env).unwrap(), &aws);
+    let services = shared::storage::services::Services::new(
+        shared::runtime::config::Config::from_map(&env).unwrap(),
+        &aws,
+    );
     let deliver = deliver::Deliver::from_services(&services).unwrap();
     (deliver, aws_sdk_sqs::Client::new(&aws), trigger)
 }
@@ -442,13 +444,15 @@ impl Receiver {
 /// first attempts of up to ten events at one endpoint are one job and one history item).
 pub async fn publish_together(stack: &Stack, venue: &str, events: &[Value]) {
     let env = stack.provisioned.env_of(local::API_FUNCTION).unwrap();
-    let services = shared::services::Services::new(
-        shared::config::Config::from_map(env).unwrap(),
+    let services = shared::storage::services::Services::new(
+        shared::runtime::config::Config::from_map(env).unwrap(),
         &stack.aws_of(local::API_FUNCTION).unwrap(),
     );
-    let publisher = shared::ingest::Publisher::new(&services);
-    let batch = shared::ingest::IngestBatch::default();
-    let tenant = shared::store::Tenant::authorized(shared::ids::VenueId::parse(venue).unwrap());
+    let publisher = shared::pipeline::ingest::Publisher::new(&services);
+    let batch = shared::pipeline::ingest::IngestBatch::default();
+    let tenant = shared::storage::store::Tenant::authorized(
+        shared::model::ids::VenueId::parse(venue).unwrap(),
+    );
     let mut jobs = Vec::new();
     for event in events {
         let request = serde_json::from_value(event.clone()).unwrap();

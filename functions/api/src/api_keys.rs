@@ -4,9 +4,9 @@ use chrono::Utc;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
-use shared::api_key;
-use shared::ids::ApiKeyId;
-use shared::store::{ApiKeyRecord, Tenant};
+use shared::model::api_key;
+use shared::model::ids::ApiKeyId;
+use shared::storage::store::{ApiKeyRecord, Tenant};
 
 use crate::error::{parse_json_or_default, ApiError};
 use crate::{Api, ApiResult, Call};

@@ -5,9 +5,9 @@
 
 use chrono::Utc;
 use http::StatusCode;
-use shared::api_key;
-use shared::ids::{ApiKeyId, VenueId};
-use shared::store::{Store, Tenant};
+use shared::model::api_key;
+use shared::model::ids::{ApiKeyId, VenueId};
+use shared::storage::store::{Store, Tenant};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
@@ -29,7 +29,7 @@ impl Caller {
     pub fn tenant(&self, venue: &str) -> Result<Tenant, ApiError> {
         // Ids that start with `_` are the system's (the operational endpoints' venue): no
         // venue has one, whoever asks.
-        if shared::operational::is_reserved(venue) {
+        if shared::pipeline::operational::is_reserved(venue) {
             return Err(ApiError::not_found("venue"));
         }
         let venue = VenueId::parse(venue).map_err(|_| ApiError::not_found("venue"))?;

@@ -4,9 +4,9 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::Serialize;
 use serde_json::json;
-use shared::domain::{Attempt, DeliveryStatus};
-use shared::ids::{DeliveryId, EndpointId, EventId};
-use shared::store::{DeliveryFilter, DeliveryRecord, HistoryCursor, ReplayRecord, Tenant};
+use shared::model::domain::{Attempt, DeliveryStatus};
+use shared::model::ids::{DeliveryId, EndpointId, EventId};
+use shared::storage::store::{DeliveryFilter, DeliveryRecord, HistoryCursor, ReplayRecord, Tenant};
 
 use crate::endpoints::load;
 use crate::error::ApiError;
@@ -70,7 +70,7 @@ pub async fn list(api: &Api, tenant: &Tenant, raw_endpoint: &str, call: &Call<'_
         .transpose()?;
     let event_type = call.param("event_type").map(str::to_owned);
     if let Some(t) = &event_type {
-        shared::domain::validate_event_type("event_type", t)?;
+        shared::model::domain::validate_event_type("event_type", t)?;
     }
     let after = call
         .param("cursor")

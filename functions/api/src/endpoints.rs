@@ -5,16 +5,16 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
-use shared::catalog::catalog;
-use shared::domain::{
+use shared::delivery::envelope::check_template;
+use shared::model::catalog::catalog;
+use shared::model::domain::{
     validate_event_type_patterns, AuthMode, Endpoint, PayloadFormat, MAX_DESCRIPTION_LEN,
 };
-use shared::envelope::check_template;
-use shared::headers;
-use shared::ids::{EndpointId, VenueId};
-use shared::operational::{DisabledBy, OpsEvent};
-use shared::secret::Secret;
-use shared::store::Tenant;
+use shared::model::headers;
+use shared::model::ids::{EndpointId, VenueId};
+use shared::model::secret::Secret;
+use shared::pipeline::operational::{DisabledBy, OpsEvent};
+use shared::storage::store::Tenant;
 
 use crate::error::{parse_json, parse_json_or_default, ApiError};
 use crate::{cursor, page_limit, to_json, Api, ApiResult, Call};
@@ -130,7 +130,7 @@ pub struct CircuitView {
 
 impl CircuitView {
     pub fn of(ep: &Endpoint) -> Self {
-        let circuit = shared::breaker::Circuit::of(ep);
+        let circuit = shared::delivery::breaker::Circuit::of(ep);
         CircuitView {
             state: circuit.state(Utc::now()),
             failures_in_row: circuit.failures_in_row,
@@ -207,7 +207,7 @@ fn check_format(
 
 /// Whether `tenant` is the platform's operational endpoints' venue.
 fn is_operational(tenant: &Tenant) -> bool {
-    tenant.venue().as_str() == shared::operational::OPS_VENUE
+    tenant.venue().as_str() == shared::pipeline::operational::OPS_VENUE
 }
 
 pub fn parse_endpoint_id(raw: &str) -> Result<EndpointId, ApiError> {

@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use chrono::Utc;
 use http::StatusCode;
 use serde_json::json;
-use shared::domain::PublishRequest;
-use shared::ids::EventId;
-use shared::metrics::Counter;
-use shared::store::Tenant;
+use shared::model::domain::PublishRequest;
+use shared::model::ids::EventId;
+use shared::runtime::metrics::Counter;
+use shared::storage::store::Tenant;
 
 use crate::deliveries::SummaryView;
 use crate::error::{parse_json, ApiError};
@@ -94,7 +94,7 @@ pub async fn get(api: &Api, tenant: &Tenant, raw_id: &str) -> ApiResult {
 struct PreviewRequest {
     event_type: String,
     #[serde(default)]
-    payload_format: shared::domain::PayloadFormat,
+    payload_format: shared::model::domain::PayloadFormat,
     #[serde(default)]
     template: Option<String>,
 }
@@ -104,7 +104,7 @@ struct PreviewRequest {
 /// page's preview shows); a template that does not apply is a 422 on `template` saying why.
 pub async fn preview(call: &Call<'_>) -> ApiResult {
     let request: PreviewRequest = crate::error::parse_json(call.body)?;
-    let info = shared::catalog::catalog()
+    let info = shared::model::catalog::catalog()
         .get(&request.event_type)
         .ok_or_else(|| {
             ApiError::invalid(
@@ -116,7 +116,7 @@ pub async fn preview(call: &Call<'_>) -> ApiResult {
             )
         })?;
     if request.template.is_some()
-        != (request.payload_format == shared::domain::PayloadFormat::Template)
+        != (request.payload_format == shared::model::domain::PayloadFormat::Template)
     {
         return Err(ApiError::invalid(
             "template",
@@ -126,24 +126,30 @@ pub async fn preview(call: &Call<'_>) -> ApiResult {
     if request
         .template
         .as_ref()
-        .is_some_and(|t| t.len() > shared::envelope::MAX_TEMPLATE_LEN)
+        .is_some_and(|t| t.len() > shared::delivery::envelope::MAX_TEMPLATE_LEN)
     {
         return Err(ApiError::invalid(
             "template",
-            format!("at most {} characters", shared::envelope::MAX_TEMPLATE_LEN),
+            format!(
+                "at most {} characters",
+                shared::delivery::envelope::MAX_TEMPLATE_LEN
+            ),
         ));
     }
-    let event =
-        shared::envelope::example_event(info).map_err(|e| ApiError::invalid("event_type", e))?;
-    let body =
-        shared::envelope::render(&event, request.payload_format, request.template.as_deref())
-            .await
-            .map_err(|e| {
-                ApiError::invalid(
-                    "template",
-                    format!("on the example `{}` event: {e}", info.event_type),
-                )
-            })?;
+    let event = shared::delivery::envelope::example_event(info)
+        .map_err(|e| ApiError::invalid("event_type", e))?;
+    let body = shared::delivery::envelope::render(
+        &event,
+        request.payload_format,
+        request.template.as_deref(),
+    )
+    .await
+    .map_err(|e| {
+        ApiError::invalid(
+            "template",
+            format!("on the example `{}` event: {e}", info.event_type),
+        )
+    })?;
     Ok((
         StatusCode::OK,
         json!({

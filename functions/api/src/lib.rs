@@ -30,13 +30,13 @@ const ANSWER_RESERVE: Duration = Duration::from_secs(1);
 use http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 use serde::Serialize;
-use shared::destination::DestinationPolicy;
-use shared::dispatch::Dispatcher;
-use shared::http_client::{BuildError, DeliveryClient};
-use shared::ingest::Publisher;
-use shared::sealing::Sealer;
-use shared::services::Services;
-use shared::store::Store;
+use shared::delivery::destination::DestinationPolicy;
+use shared::delivery::http_client::{BuildError, DeliveryClient};
+use shared::pipeline::dispatch::Dispatcher;
+use shared::pipeline::ingest::Publisher;
+use shared::storage::sealing::Sealer;
+use shared::storage::services::Services;
+use shared::storage::store::Store;
 
 use crate::auth::Authenticator;
 
@@ -50,9 +50,9 @@ pub struct Api {
     sealer: Sealer,
     dispatcher: Dispatcher,
     publisher: Publisher,
-    replayer: shared::replay::Replayer,
-    remover: shared::removal::Remover,
-    portal: shared::config::PortalConfig,
+    replayer: shared::pipeline::replay::Replayer,
+    remover: shared::pipeline::removal::Remover,
+    portal: shared::runtime::config::PortalConfig,
     page: page::Page,
     destinations: DestinationPolicy,
     auth: Authenticator,
@@ -88,8 +88,8 @@ impl Api {
             sealer: services.sealer.clone(),
             dispatcher: Dispatcher::new(services, http),
             publisher: Publisher::new(services),
-            replayer: shared::replay::Replayer::new(services),
-            remover: shared::removal::Remover::new(services),
+            replayer: shared::pipeline::replay::Replayer::new(services),
+            remover: shared::pipeline::removal::Remover::new(services),
             portal: config.portal.clone(),
             page: page::Page::new(&config.portal.frame_ancestors),
             destinations: config.destinations.clone(),
@@ -196,7 +196,7 @@ impl Api {
         };
         let (op, params) = route(request.method(), request.uri().path())?;
         if op == Op::EventTypes {
-            return Ok((StatusCode::OK, to_json(shared::catalog::catalog())));
+            return Ok((StatusCode::OK, to_json(shared::model::catalog::catalog())));
         }
         if op.admin_only() {
             caller.require_admin()?;
@@ -205,7 +205,7 @@ impl Api {
         // admin key only. Every other route starts with /venues/{venue_id}.
         let (tenant, params) = if request.uri().path().starts_with(OPERATIONAL_PREFIX) {
             caller.require_admin()?;
-            (shared::operational::ops_tenant(), &params[..])
+            (shared::pipeline::operational::ops_tenant(), &params[..])
         } else {
             let venue = params.first().copied().unwrap_or_default();
             (caller.tenant(venue)?, params.get(1..).unwrap_or_default())

@@ -22,7 +22,7 @@ pub struct Page {
 impl Page {
     /// `frame_ancestors`: the CSP `frame-ancestors` sources that may frame the page.
     pub fn new(frame_ancestors: &str) -> Self {
-        let version: String = shared::api_key::sha256_hex(&format!("{SCRIPT}{STYLE}"))
+        let version: String = shared::model::api_key::sha256_hex(&format!("{SCRIPT}{STYLE}"))
             .chars()
             .take(16)
             .collect();

@@ -6,8 +6,8 @@ use chrono::{Duration, Utc};
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
-use shared::api_key;
-use shared::store::{PortalSessionRecord, Tenant};
+use shared::model::api_key;
+use shared::storage::store::{PortalSessionRecord, Tenant};
 
 use crate::error::{parse_json_or_default, ApiError};
 use crate::{Api, ApiResult, Call};

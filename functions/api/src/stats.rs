@@ -1,10 +1,10 @@
 //! `GET /venues/{venue_id}/endpoints/{endpoint_id}/stats?window=`: the endpoint's health over a
 //! window (24 h by default, up to the history's retention), from its own history only
-//! ([`shared::store::EndpointStats`]).
+//! ([`shared::storage::store::EndpointStats`]).
 
 use chrono::{Duration, Utc};
 use http::StatusCode;
-use shared::store::Tenant;
+use shared::storage::store::Tenant;
 
 use crate::endpoints::load;
 use crate::error::ApiError;

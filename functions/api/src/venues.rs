@@ -1,12 +1,12 @@
 //! `DELETE /venues/{venue_id}` (admin key only): a venue that leaves Popup. Its endpoints, API
 //! keys and portal sessions go at once; its events and history within the request's time or
-//! soon after ([`shared::removal`]). Idempotent: removing it again finds nothing.
+//! soon after ([`shared::pipeline::removal`]). Idempotent: removing it again finds nothing.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use http::StatusCode;
-use shared::store::Tenant;
+use shared::storage::store::Tenant;
 
 use crate::{to_json, Api, ApiResult};
 

@@ -1,8 +1,8 @@
 //! The deliver function: each record of a batch is one delivery job (the first attempts of
 //! up to ten events at one endpoint, or one delivery's retry), all attempted concurrently, or
-//! a page of a replay ([`shared::replay`]).
+//! a page of a replay ([`shared::pipeline::replay`]).
 //! A delivery that must wait for a retry is stored as a job of its own, with its wait
-//! (`DelaySeconds` on the queue, or the retries table: [`shared::waits`]), before its message
+//! (`DelaySeconds` on the queue, or the retries table: [`shared::pipeline::waits`]), before its message
 //! leaves the queue: no retry waits in flight. A job that can never be processed goes to the
 //! delivery DLQ with its reason. Only a job that failed because AWS did stays on the queue,
 //! hidden for a backoff that grows with each receive.
@@ -17,18 +17,18 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::future::join_all;
-use shared::backoff;
-use shared::dispatch::{is_fresh, Dispatcher, Endpoints, Health, Ran};
-use shared::http_client::{BuildError, DeliveryClient};
-use shared::metrics::Counter;
-use shared::operational::OpsTask;
-use shared::queue::{
+use shared::delivery::backoff;
+use shared::delivery::http_client::{BuildError, DeliveryClient};
+use shared::pipeline::dispatch::{is_fresh, Dispatcher, Endpoints, Health, Ran};
+use shared::pipeline::operational::OpsTask;
+use shared::pipeline::removal::{PurgeTask, Remover};
+use shared::pipeline::replay::{ReplayTask, Replayer};
+use shared::pipeline::waits::Waits;
+use shared::runtime::metrics::Counter;
+use shared::storage::queue::{
     self, visibility_secs, DeliveryJob, OpsMessage, PurgeMessage, Queues, ReplayMessage,
 };
-use shared::removal::{PurgeTask, Remover};
-use shared::replay::{ReplayTask, Replayer};
-use shared::services::Services;
-use shared::waits::Waits;
+use shared::storage::services::Services;
 use shared::Error;
 
 #[derive(Clone)]
@@ -41,7 +41,7 @@ pub struct Deliver {
     dlq_url: String,
     /// The first wait of a job that failed because AWS did ([`backoff::outage_wait`]).
     outage_backoff: Duration,
-    /// What an invocation keeps before its deadline ([`shared::config::Limits`]).
+    /// What an invocation keeps before its deadline ([`shared::runtime::config::Limits`]).
     deadline_reserve: Duration,
 }
 

@@ -16,20 +16,20 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::Utc;
 use futures::future::join_all;
-use shared::domain::IngestMessage;
-use shared::ids::EventId;
-use shared::ingest::{IngestBatch, Publisher};
-use shared::metrics::{Counter, Metrics};
-use shared::queue::{self, DeliveryJob, Queues};
-use shared::services::Services;
-use shared::store::Tenant;
-use shared::waits::Waits;
+use shared::model::domain::IngestMessage;
+use shared::model::ids::EventId;
+use shared::pipeline::ingest::{IngestBatch, Publisher};
+use shared::pipeline::waits::Waits;
+use shared::runtime::metrics::{Counter, Metrics};
+use shared::storage::queue::{self, DeliveryJob, Queues};
+use shared::storage::services::Services;
+use shared::storage::store::Tenant;
 use shared::Error;
 
 #[derive(Clone)]
 pub struct Ingest {
     publisher: Publisher,
-    store: shared::store::Store,
+    store: shared::storage::store::Store,
     waits: Waits,
     queues: Queues,
     dlq_url: String,
@@ -37,7 +37,7 @@ pub struct Ingest {
     /// time (`None`: the queue's visibility timeout decides).
     queue_url: Option<String>,
     outage_backoff: std::time::Duration,
-    /// What an invocation keeps before its deadline ([`shared::config::Limits`]).
+    /// What an invocation keeps before its deadline ([`shared::runtime::config::Limits`]).
     deadline_reserve: Duration,
     metrics: std::sync::Arc<Metrics>,
 }
@@ -225,7 +225,7 @@ impl Ingest {
                     .records
                     .iter()
                     .find(|r| r.message_id.as_deref() == Some(failure.item_identifier.as_str()))?;
-                let wait = shared::backoff::outage_wait(
+                let wait = shared::delivery::backoff::outage_wait(
                     queue::receive_count(&record.attributes),
                     self.outage_backoff,
                 );
@@ -301,7 +301,7 @@ impl Ingest {
         let (venue, request) = message
             .split()
             .map_err(|e| Refusal::Permanent(e.to_string()))?;
-        if shared::operational::is_reserved(venue.as_str()) {
+        if shared::pipeline::operational::is_reserved(venue.as_str()) {
             return Err(Refusal::Permanent(format!(
                 "venue_id `{venue}` is reserved for the system (ids starting with `_`)"
             )));

@@ -1,0 +1,11 @@
+//! The work between the functions: accepting an event and fanning it out ([`ingest`]),
+//! attempting its deliveries ([`dispatch`]), where a retry waits ([`waits`]), replays
+//! ([`replay`]), a venue's removal ([`removal`]), and what the platform hears
+//! ([`operational`]). The top room: nothing else imports it.
+
+pub mod dispatch;
+pub mod ingest;
+pub mod operational;
+pub mod removal;
+pub mod replay;
+pub mod waits;
