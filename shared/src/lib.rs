@@ -77,7 +77,10 @@ mod layout {
             }
         }
         assert!(upward.is_empty(), "{upward:#?}");
-        assert_eq!(rooms_named("use crate::storage::store::Store;"), ["storage"]);
+        assert_eq!(
+            rooms_named("use crate::storage::store::Store;"),
+            ["storage"]
+        );
         assert!(rooms_named("/// [`crate::pipeline::ingest`]").is_empty());
     }
 }

@@ -31,6 +31,12 @@ use shared::storage::queue::{
 use shared::storage::services::Services;
 use shared::Error;
 
+/// How long a job handed back at the deadline waits: a write its first run left in flight
+/// lands within one AWS call attempt ([`shared::storage::services::CALL_ATTEMPT_TIMEOUT`]), so
+/// the copy finds a success recorded instead of sending it again.
+const HAND_BACK_DELAY: Duration =
+    Duration::from_secs(shared::storage::services::CALL_ATTEMPT_TIMEOUT.as_secs() + 1);
+
 #[derive(Clone)]
 pub struct Deliver {
     dispatcher: Dispatcher,
@@ -166,12 +172,14 @@ impl Deliver {
                     // Sent again as a job of its own that checks each delivery's record first.
                     Ok(Message::Job(job)) => {
                         tracing::info!(endpoint_id = %job.endpoint_id, "job unfinished at the deadline; handed back");
+                        // After the writes it left in flight have landed or died, so that the
+                        // copy finds what they recorded.
                         follow_ups.push((
                             DeliveryJob {
                                 resumed: true,
                                 ..job
                             },
-                            Duration::ZERO,
+                            HAND_BACK_DELAY,
                         ));
                         waiting_on_follow_ups.push((id, record));
                     }

@@ -37,13 +37,17 @@ pub fn retry_config() -> RetryConfig {
         .with_max_backoff(Duration::from_secs(2))
 }
 
+/// The longest one attempt of an AWS call may take: a request given up (its future dropped
+/// at a deadline) may still land this long after it was sent, and no later.
+pub const CALL_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long an AWS call may take: 2 s to connect, 5 s an attempt, 15 s in all with its
 /// retries. A hung endpoint then fails the call well inside the functions' 30 s timeout,
 /// so the failure path (leave the work to come back, record what is stranded) always runs.
 pub fn timeout_config() -> TimeoutConfig {
     TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(2))
-        .operation_attempt_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(CALL_ATTEMPT_TIMEOUT)
         .operation_timeout(Duration::from_secs(15))
         .build()
 }

@@ -141,6 +141,15 @@ impl Store {
                 }
             }
         }
+        // A delivery with an item of its own is shown once, as that item says, even if its
+        // group lists it too (a first run stopped at its deadline whose group write landed
+        // after the copy it handed back recorded its own; the own item sorts right after).
+        let own: std::collections::HashSet<DeliveryId> = records
+            .iter()
+            .filter(|(item, d)| *item == d.delivery_id)
+            .map(|(_, d)| d.delivery_id.clone())
+            .collect();
+        records.retain(|(item, d)| *item == d.delivery_id || !own.contains(&d.delivery_id));
         Ok((records, out.last_evaluated_key))
     }
 
