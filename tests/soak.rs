@@ -412,23 +412,16 @@ async fn chaos_soak_accounts_for_every_accepted_event() {
         }
         ids
     };
-    let drained = eventually(Duration::from_secs(180), || async {
-        let ledger = Ledger::read(
-            &api,
-            &venues,
-            &endpoints,
-            &by_id(&published.lock().unwrap()),
-        )
-        .await;
-        let accepted = published.lock().unwrap().accepted.len();
-        ledger.complete(accepted).then_some(ledger)
-    })
-    .await;
     let published = Arc::try_unwrap(published)
         .ok()
         .unwrap()
         .into_inner()
         .unwrap();
+    let drained = eventually(Duration::from_secs(180), || async {
+        let ledger = Ledger::read(&api, &venues, &endpoints, &by_id(&published)).await;
+        ledger.complete(published.accepted.len()).then_some(ledger)
+    })
+    .await;
     let ledger = match drained {
         Some(ledger) => ledger,
         None => {
