@@ -6,18 +6,20 @@ VENV := .venv
 VERIFIERS := tests/verifiers
 export CARGO_BUILD_JOBS ?= 2
 
-.PHONY: help dev test faults bench lint venv sam-venv verifiers browser build lambda-target lambda-build sam-build lambda-watch redrive smoke clean
+.PHONY: help dev test faults soak bench lint venv sam-venv verifiers browser build lambda-target lambda-build sam-build lambda-arm64 lambda-watch redrive smoke clean
 
 help:
 	@echo "make dev    - run the whole system locally (moto + API on :9000 + ingest/deliver on their queues)"
 	@echo "make test   - fmt, clippy, cfn-lint, unit and integration tests (starts what it needs)"
 	@echo "make bench  - performance and cost figures, written to docs/PERFORMANCE.md"
 	@echo "make faults - only the fault-injection suite (docs/FAULTS.md)"
+	@echo "make soak   - the chaos soak for 10 minutes (SOAK_SECONDS, SOAK_SEED; docs/FAULTS.md)"
 	@echo "make smoke API_URL=… ADMIN_KEY=… [RECEIVER_URL=…] - the Guide's steps against a running API (deployed, or make dev)"
 	@echo "make redrive - (beside make dev) put the messages of both DLQs back on their queues"
 	@echo "make lambda-watch - (beside make dev) the functions under cargo lambda watch on :9100, for cargo lambda invoke"
 	@echo "make lambda-build - build the three functions for Lambda (arm64) with cargo-lambda"
 	@echo "make sam-build - sam build (for sam deploy), the arm64 target installed first"
+	@echo "make lambda-arm64 - sam build's artifacts started under qemu-aarch64, one event of each kind each"
 
 # A pinned Python venv: moto (local DynamoDB/SQS), cfn-lint, cargo-lambda, standardwebhooks.
 $(VENV)/.installed: requirements-dev.txt
@@ -72,6 +74,13 @@ bench: venv
 faults: venv verifiers
 	scripts/test.sh -p integration-tests --test faults
 
+# The chaos soak (tests/soak.rs): mixed traffic under a seeded schedule of faults, then a
+# ledger of every accepted event. 10 minutes by default (make test runs 30 s of it).
+SOAK_SECONDS ?= 600
+SOAK_SEED ?= 7
+soak: venv verifiers
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_SEED=$(SOAK_SEED) scripts/test.sh -p integration-tests --test soak -- --nocapture
+
 # The Guide's steps against a running API (scripts/smoke.py): a deployed stack
 # (API_URL=https://…, ADMIN_KEY=…, RECEIVER_URL=an https URL of yours that answers 2xx), or
 # `make dev` (API_URL=http://127.0.0.1:9000 ADMIN_KEY=dev-admin-key; a receiver of its own).
@@ -95,6 +104,12 @@ lambda-build: venv lambda-target
 # `sam build` as samconfig.toml sets it, once the target is there.
 sam-build: venv sam-venv lambda-target
 	PATH="$(CURDIR)/$(VENV)/bin:$(CURDIR)/$(SAM_VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0 sam build
+
+# The artifacts `sam build` made, started under qemu-aarch64 (apt-get install qemu-user
+# libc6-arm64-cross) against a stand-in of Lambda's runtime API, each answering one event of
+# each kind it takes (scripts/lambda_arm64.py).
+lambda-arm64: venv build sam-build
+	scripts/lambda-arm64.sh
 
 clean:
 	cargo clean

@@ -27,6 +27,11 @@ pub struct Invocations {
     pub busy: std::time::Duration,
     /// Invocations stopped at the function's timeout (their batches come back whole).
     pub timed_out: u64,
+    /// Invocations stopped before it, as Lambda stops a function that crashes or runs out of
+    /// memory ([`crate::Stack::stop_next_invocation`]): their batches come back whole too.
+    pub stopped: u64,
+    /// Stop the next invocation after this long.
+    pub stop_next: Option<std::time::Duration>,
 }
 
 pub type Stats = Arc<std::sync::Mutex<std::collections::BTreeMap<String, Invocations>>>;
@@ -121,21 +126,34 @@ async fn invoke(
     // nothing after that point runs; no message is deleted, and the whole batch comes back
     // after the visibility timeout. (Locally the process lives on: work the handler spawned
     // on other tasks is not stopped.)
-    let ran =
-        tokio::time::timeout(trigger.timeout, handler(event, started + trigger.timeout)).await;
+    // A stop asked for (a crash, say) comes without warning: the deadline the handler is
+    // given is the timeout's.
+    let stop_after = stats.lock().ok().and_then(|mut stats| {
+        stats
+            .entry(trigger.function.clone())
+            .or_default()
+            .stop_next
+            .take()
+    });
+    let limit = stop_after.map_or(trigger.timeout, |after| after.min(trigger.timeout));
+    let ran = tokio::time::timeout(limit, handler(event, started + trigger.timeout)).await;
     if let Ok(mut stats) = stats.lock() {
         let entry = stats.entry(trigger.function.clone()).or_default();
         entry.count += 1;
         entry.records += messages.len() as u64;
         entry.busy += started.elapsed();
-        entry.timed_out += u64::from(ran.is_err());
+        match (&ran, stop_after) {
+            (Err(_), Some(after)) if after < trigger.timeout => entry.stopped += 1,
+            (Err(_), _) => entry.timed_out += 1,
+            _ => {}
+        }
     }
     let Ok(response) = ran else {
         tracing::warn!(
             function = trigger.function,
             timeout_s = trigger.timeout.as_secs_f64(),
             records = messages.len(),
-            "invocation timed out; its batch comes back after the visibility timeout"
+            "invocation stopped; its batch comes back after the visibility timeout"
         );
         return;
     };

@@ -316,6 +316,15 @@ impl Stack {
         })
     }
 
+    /// Stops the next queue-triggered invocation of `function` (a logical id) `after` it
+    /// starts, as Lambda stops a function that crashes or runs out of memory: nothing more of
+    /// it runs, and its batch comes back whole after the visibility timeout.
+    pub fn stop_next_invocation(&self, function: &str, after: std::time::Duration) {
+        if let Ok(mut stats) = self.invocations.lock() {
+            stats.entry(function.to_owned()).or_default().stop_next = Some(after);
+        }
+    }
+
     /// The AWS configuration of a function (by logical id) or of the event sources
     /// ([`iam::EVENT_SOURCE`]): this stack's endpoint (through its capacity meter), signed
     /// with that identity's keys.

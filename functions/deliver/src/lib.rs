@@ -139,23 +139,23 @@ impl Deliver {
             }
             Err(_) => event.records.iter().map(|_| Handled::Unfinished).collect(),
         };
-        // What the attempts said about each endpoint: one write per endpoint for the batch
-        // (advisory: given up rather than outlive the invocation).
-        let settle_by = tokio::time::Instant::from_std(
-            deadline
-                .checked_sub(reserve / 4)
-                .unwrap_or_else(Instant::now),
-        );
-        if tokio::time::timeout_at(settle_by, self.dispatcher.settle(health))
-            .await
-            .is_err()
-        {
-            tracing::warn!("the batch's health writes did not finish before the deadline");
-        }
+        // What is left to write, in what is left of the reserve: the batch's health (one
+        // write per endpoint; advisory), the jobs that wait or were handed back, the tasks
+        // queued again; together, each given up at `finish_by` rather than outlive the
+        // invocation (a job whose wait is not stored is reported failed and comes back).
+        let at = |part: u32| {
+            tokio::time::Instant::from_std(
+                deadline
+                    .checked_sub(reserve / part)
+                    .unwrap_or_else(Instant::now),
+            )
+        };
+        let (finish_by, answer_by) = (at(8), at(16));
         let mut response = SqsBatchResponse::default();
         let mut delays = Vec::new();
         let mut follow_ups = Vec::new();
         let mut waiting_on_follow_ups = Vec::new();
+        let mut again = Vec::new();
         for (record, result) in event.records.iter().zip(results) {
             let id = record.message_id.clone().unwrap_or_default();
             match result {
@@ -183,12 +183,7 @@ impl Deliver {
                         ));
                         waiting_on_follow_ups.push((id, record));
                     }
-                    Ok(task) => {
-                        if !self.send_again(&task).await {
-                            Self::hide(&mut delays, record, self.outage_wait(record));
-                            response.add_failure(id);
-                        }
-                    }
+                    Ok(task) => again.push((id, record, task)),
                     Err(_) => {
                         Self::hide(&mut delays, record, Duration::ZERO);
                         response.add_failure(id);
@@ -196,16 +191,39 @@ impl Deliver {
                 },
             }
         }
-        if !follow_ups.is_empty() {
+        let settle = async {
+            if tokio::time::timeout_at(finish_by, self.dispatcher.settle(health))
+                .await
+                .is_err()
+            {
+                tracing::warn!("the batch's health writes did not finish before the deadline");
+            }
+        };
+        let schedule = async {
+            if follow_ups.is_empty() {
+                return Ok(());
+            }
             // Together for the whole batch; a job leaves the queue only once its waiting
             // deliveries are stored on their own.
-            let scheduled = self.waits.schedule(&follow_ups, chrono::Utc::now()).await;
-            if scheduled.is_ok() {
-                self.dispatcher
-                    .metrics()
-                    .count(Counter::RetriesScheduled, follow_ups.len() as u64);
+            let now = chrono::Utc::now();
+            match tokio::time::timeout_at(finish_by, self.waits.schedule(&follow_ups, now)).await {
+                Ok(scheduled) => scheduled.map_err(|e| e.to_string()),
+                Err(_) => Err("not stored before the deadline".to_owned()),
             }
-            if let Err(e) = scheduled {
+        };
+        let requeue = join_all(again.iter().map(|(_, _, task)| async {
+            tokio::time::timeout_at(finish_by, self.send_again(task))
+                .await
+                .unwrap_or(false)
+        }));
+        let ((), scheduled, requeued) = tokio::join!(settle, schedule, requeue);
+        match scheduled {
+            Ok(()) if !follow_ups.is_empty() => self
+                .dispatcher
+                .metrics()
+                .count(Counter::RetriesScheduled, follow_ups.len() as u64),
+            Ok(()) => {}
+            Err(e) => {
                 tracing::error!(error = %e, "could not store retries; their jobs come back");
                 for (id, record) in waiting_on_follow_ups {
                     Self::hide(&mut delays, record, self.outage_wait(record));
@@ -213,8 +231,18 @@ impl Deliver {
                 }
             }
         }
-        if !delays.is_empty() {
-            self.queues.delay_received(&delays).await;
+        for ((id, record, _), sent) in again.into_iter().zip(requeued) {
+            if !sent {
+                Self::hide(&mut delays, record, self.outage_wait(record));
+                response.add_failure(id);
+            }
+        }
+        if !delays.is_empty()
+            && tokio::time::timeout_at(answer_by, self.queues.delay_received(&delays))
+                .await
+                .is_err()
+        {
+            tracing::warn!("the failed jobs' waits were not set before the deadline; they come back after the visibility timeout");
         }
         self.dispatcher.metrics().flush("deliver");
         response

@@ -206,7 +206,15 @@ impl Ingest {
                 response.add_failure(id);
             }
         }
-        self.back_off(&event, &response).await;
+        // The waits of the failed records, given up rather than outlive the invocation (they
+        // then come back after the visibility timeout).
+        let answer_by = queue_until + deadline.saturating_duration_since(queue_until) / 2;
+        if tokio::time::timeout_at(answer_by.into(), self.back_off(&event, &response))
+            .await
+            .is_err()
+        {
+            tracing::warn!("the failed records' waits were not set before the deadline");
+        }
         self.metrics.flush("ingest");
         response
     }
