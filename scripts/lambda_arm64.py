@@ -108,12 +108,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def reply(self, status, body=b"", headers=()):
-        self.send_response(status)
-        for k, v in headers:
-            self.send_header(k, v)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            for k, v in headers:
+                self.send_header(k, v)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The function was stopped once it had answered: nobody reads this reply.
+            pass
 
     def do_GET(self):
         srv = self.server

@@ -422,7 +422,7 @@ async fn chaos_soak_accounts_for_every_accepted_event() {
         .unwrap()
         .into_inner()
         .unwrap();
-    let drained = eventually(Duration::from_secs(180), || async {
+    let drained = eventually(Duration::from_secs(180 + seconds / 2), || async {
         let ledger = Ledger::read(&api, &venues, &endpoints, &by_id(&published)).await;
         ledger.complete(published.accepted.len()).then_some(ledger)
     })
