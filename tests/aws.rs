@@ -572,15 +572,7 @@ async fn operational_events_outlast_throttled_writes() {
         ("BREAKER_THRESHOLD", "100"),
     ]))
     .await;
-    let admin = Client::new(&stack);
-    let ops_rx = Receiver::start(200).await;
-    let (status, ops) = admin
-        .post(
-            "/operational-endpoints",
-            json!({"url": ops_rx.url, "event_types": ["endpoint.*", "delivery.exhausted"]}),
-        )
-        .await;
-    assert_eq!(status, 201, "{ops}");
+    let (admin, ops_rx, _) = with_operational_endpoint(&stack).await;
     let v = venue();
     let failing = FaultReceiver::start(vec![Mode::Status(503)]).await;
     let mut endpoints = Vec::new();

@@ -614,22 +614,6 @@ fn of_type<'a>(events: &'a [Value], kind: &str, endpoint: &str) -> Vec<&'a Value
         .collect()
 }
 
-/// A stack with an operational endpoint registered (admin key only) on a receiver: the
-/// client, the receiver and the endpoint's secret.
-async fn with_operational_endpoint(stack: &local::Stack) -> (Client, Receiver, String) {
-    let admin = Client::new(stack);
-    let ops_rx = Receiver::start(200).await;
-    let (status, ops) = admin
-        .post(
-            "/operational-endpoints",
-            json!({"url": ops_rx.url, "event_types": ["endpoint.*", "delivery.exhausted"]}),
-        )
-        .await;
-    assert_eq!(status, 201, "{ops}");
-    let secret = ops["secret"].as_str().unwrap().to_owned();
-    (admin, ops_rx, secret)
-}
-
 async fn publish_to(admin: &Client, venue: &str, n: u32) {
     let (status, _) = admin
         .post(

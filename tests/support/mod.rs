@@ -657,3 +657,19 @@ impl Drop for OwnMoto {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A stack with an operational endpoint registered (admin key only) on a receiver: the
+/// client, the receiver and the endpoint's secret.
+pub async fn with_operational_endpoint(stack: &local::Stack) -> (Client, Receiver, String) {
+    let admin = Client::new(stack);
+    let ops_rx = Receiver::start(200).await;
+    let (status, ops) = admin
+        .post(
+            "/operational-endpoints",
+            json!({"url": ops_rx.url, "event_types": ["endpoint.*", "delivery.exhausted"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{ops}");
+    let secret = ops["secret"].as_str().unwrap().to_owned();
+    (admin, ops_rx, secret)
+}

@@ -133,50 +133,56 @@ impl Store {
     /// Takes the sweep's lease until `until_ms` unless another sweep holds one (`false`):
     /// two sweeps never run at once, so nothing is queued twice by them.
     pub async fn take_sweep_lease(&self, now_ms: i64, until_ms: i64) -> Result<bool> {
-        let result = self
-            .ddb
-            .update_item()
-            .table_name(&self.retries)
-            .key("slot", s(CURSOR))
-            .key("id", s(CURSOR))
-            .update_expression("SET lease_until = :until")
-            .condition_expression("attribute_not_exists(lease_until) OR lease_until < :now")
-            .expression_attribute_values(":until", n(until_ms))
-            .expression_attribute_values(":now", n(now_ms))
-            .send()
-            .await;
-        written(result)
+        self.update_cursor(
+            "SET lease_until = :until",
+            "attribute_not_exists(lease_until) OR lease_until < :now",
+            &[(":until", until_ms), (":now", now_ms)],
+        )
+        .await
     }
 
     /// Gives the sweep's lease back (if it is still the one taken until `until_ms`).
     pub async fn release_sweep_lease(&self, until_ms: i64) -> Result<bool> {
-        let result = self
-            .ddb
-            .update_item()
-            .table_name(&self.retries)
-            .key("slot", s(CURSOR))
-            .key("id", s(CURSOR))
-            .update_expression("SET lease_until = :zero")
-            .condition_expression("lease_until = :until")
-            .expression_attribute_values(":until", n(until_ms))
-            .expression_attribute_values(":zero", n(0))
-            .send()
-            .await;
-        written(result)
+        self.update_cursor(
+            "SET lease_until = :zero",
+            "lease_until = :until",
+            &[(":until", until_ms), (":zero", 0)],
+        )
+        .await
     }
 
     /// Moves the cursor forward to `slot` (never back: `false` if a sweep running at the same
     /// time is ahead).
     pub async fn advance_sweep_cursor(&self, slot: i64) -> Result<bool> {
+        self.update_cursor(
+            "SET swept = :s",
+            "attribute_not_exists(swept) OR swept < :s",
+            &[(":s", slot)],
+        )
+        .await
+    }
+
+    /// One conditional write of the sweep's cursor item (`false`: the condition failed).
+    async fn update_cursor(
+        &self,
+        update: &str,
+        condition: &str,
+        values: &[(&str, i64)],
+    ) -> Result<bool> {
         let result = self
             .ddb
             .update_item()
             .table_name(&self.retries)
             .key("slot", s(CURSOR))
             .key("id", s(CURSOR))
-            .update_expression("SET swept = :s")
-            .condition_expression("attribute_not_exists(swept) OR swept < :s")
-            .expression_attribute_values(":s", n(slot))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_values(Some(
+                values
+                    .iter()
+                    .map(|(name, value)| ((*name).to_owned(), n(value)))
+                    .collect(),
+            ))
             .send()
             .await;
         written(result)
