@@ -243,6 +243,7 @@ fn arm_fault(proxy: &FaultProxy, stack: &Stack, rng: &mut StdRng) -> &'static st
 async fn chaos_soak_accounts_for_every_accepted_event() {
     let seconds = env_number("SOAK_SECONDS", 30);
     let seed = env_number("SOAK_SEED", 7);
+    init_logs();
     let moto = std::env::var("AWS_ENDPOINT_URL").expect("run with `make test` or `make soak`");
     let proxy = FaultProxy::start(&moto).await;
     let through_proxy = aws_config::defaults(shared::storage::services::behavior_version())
@@ -434,7 +435,7 @@ async fn chaos_soak_accounts_for_every_accepted_event() {
             panic!(
                 "not every accepted event was delivered where it must be: {:#?}\n{:#?}\nthe functions logged:\n{}",
                 ledger.missing(published.accepted.len()),
-                ledger.undelivered,
+                (&ledger.unreadable, &ledger.undelivered),
                 function_errors()
             );
         }
@@ -591,6 +592,8 @@ struct Ledger {
     unknown_events: BTreeSet<String>,
     /// Accepted events with two deliveries at one endpoint.
     twice: Vec<String>,
+    /// A history page that could not be read (the last answer).
+    unreadable: Option<String>,
     /// Accepted events not delivered (yet) where they must be, with what history says.
     undelivered: Vec<String>,
     /// (kind, event id) → its history entries (id, status, attempts), for a failure's message.
@@ -621,10 +624,22 @@ impl Ledger {
                     if let Some(c) = &cursor {
                         path.push_str(&format!("&cursor={c}"));
                     }
-                    let (status, page) = api.get(&path).await;
+                    // While AWS is failing the API may answer 503: read again, then give up
+                    // (the caller reads the whole ledger again later).
+                    let mut answer = api.get(&path).await;
+                    for _ in 0..5 {
+                        if answer.0 == 200 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        answer = api.get(&path).await;
+                    }
+                    let (status, page) = answer;
                     if status != 200 {
-                        // While AWS is failing the API may answer 503: read again later.
-                        return Ledger::default();
+                        return Ledger {
+                            unreadable: Some(format!("{path}: {status} {page}")),
+                            ..Ledger::default()
+                        };
                     }
                     for d in page["data"].as_array().into_iter().flatten() {
                         let event = d["event_id"].as_str().unwrap().to_owned();

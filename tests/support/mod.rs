@@ -210,7 +210,7 @@ impl std::io::Write for LogTee {
 
 /// Warnings and errors of the functions (or what `RUST_LOG` selects) are kept for
 /// [`function_errors`].
-fn init_logs() {
+pub fn init_logs() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
