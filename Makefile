@@ -75,11 +75,11 @@ faults: venv verifiers
 	scripts/test.sh -p integration-tests --test faults
 
 # The chaos soak (tests/soak.rs): mixed traffic under a seeded schedule of faults, then a
-# ledger of every accepted event. 10 minutes by default (make test runs 30 s of it).
+# ledger of every accepted event. 10 minutes by default (SOAK_SECONDS=30 for a short run).
 SOAK_SECONDS ?= 600
 SOAK_SEED ?= 7
 soak: venv verifiers
-	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_SEED=$(SOAK_SEED) scripts/test.sh -p integration-tests --test soak -- --nocapture
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_SEED=$(SOAK_SEED) scripts/test.sh -p integration-tests --test soak -- --ignored --nocapture
 
 # The Guide's steps against a running API (scripts/smoke.py): a deployed stack
 # (API_URL=https://…, ADMIN_KEY=…, RECEIVER_URL=an https URL of yours that answers 2xx), or
