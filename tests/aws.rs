@@ -116,6 +116,14 @@ async fn on_queue(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
 }
 
 /// Publishes one event over HTTP; it must be accepted. Returns the answer.
+/// Both dead-letter queues hold nothing.
+async fn dlqs_are_empty(stack: &Stack) {
+    let sqs = aws_sdk_sqs::Client::new(&direct().await);
+    for dlq in ["DeliveryDeadLetterQueue", "IngestDeadLetterQueue"] {
+        assert_eq!(on_queue(&sqs, stack.queue_url(dlq)).await, 0, "{dlq}");
+    }
+}
+
 async fn publish(api: &Client, venue: &str, event: Value) -> Value {
     let (status, answer) = api.post(&format!("/venues/{venue}/events"), event).await;
     assert_eq!(status, 202, "{answer}");
@@ -307,10 +315,7 @@ async fn a_hot_key_is_throttled_as_on_aws_and_nothing_is_lost() {
         venue_events.peak_write <= 2.0 * 5.0 + 5.0,
         "{venue_events:?}"
     );
-    let sqs = aws_sdk_sqs::Client::new(&direct().await);
-    for dlq in ["DeliveryDeadLetterQueue", "IngestDeadLetterQueue"] {
-        assert_eq!(on_queue(&sqs, stack.queue_url(dlq)).await, 0, "{dlq}");
-    }
+    dlqs_are_empty(&stack).await;
     stack.stop().await;
 }
 
@@ -402,10 +407,7 @@ async fn a_batch_that_cannot_finish_in_time_hands_its_work_back() {
         "{:?}",
         proxy.applied()
     );
-    let sqs = aws_sdk_sqs::Client::new(&direct().await);
-    for dlq in ["DeliveryDeadLetterQueue", "IngestDeadLetterQueue"] {
-        assert_eq!(on_queue(&sqs, stack.queue_url(dlq)).await, 0, "{dlq}");
-    }
+    dlqs_are_empty(&stack).await;
     stack.stop().await;
 }
 
@@ -497,10 +499,7 @@ async fn ingest_and_the_api_answer_before_their_deadlines() {
     let invocations = stack.invocations.lock().unwrap().clone();
     let ingested = &invocations[local::INGEST_FUNCTION];
     assert_eq!(ingested.timed_out, 0, "ingest was stopped: {ingested:?}");
-    let sqs = aws_sdk_sqs::Client::new(&direct().await);
-    for dlq in ["DeliveryDeadLetterQueue", "IngestDeadLetterQueue"] {
-        assert_eq!(on_queue(&sqs, stack.queue_url(dlq)).await, 0, "{dlq}");
-    }
+    dlqs_are_empty(&stack).await;
     stack.stop().await;
 }
 
@@ -655,11 +654,7 @@ async fn operational_events_outlast_throttled_writes() {
     // Nothing more comes, and nothing reached a dead-letter queue.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(heard().len(), events.len(), "{:#?}", heard());
-    let sqs = aws_sdk_sqs::Client::new(&direct().await);
-    assert_eq!(
-        on_queue(&sqs, stack.queue_url("DeliveryDeadLetterQueue")).await,
-        0
-    );
+    dlqs_are_empty(&stack).await;
     stack.stop().await;
 }
 
