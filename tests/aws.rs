@@ -564,7 +564,7 @@ async fn a_queued_event_without_an_id_that_comes_back_is_one_event() {
 /// its endpoints' history) throttled for a while, each still reaches the operational
 /// endpoint, once; and deliveries failed for good at an endpoint are one event per window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operational_events_outlast_throttled_writes() {
+async fn operational_events_outlast_throttled_writes_and_lost_answers() {
     let (stack, proxy) = proxied(options(&[
         ("RETRY_SCHEDULE_SECONDS", "1"),
         ("EXHAUSTED_WINDOW_SECONDS", "1"),
@@ -584,6 +584,9 @@ async fn operational_events_outlast_throttled_writes() {
     let window = Duration::from_secs(8);
     proxy.inject_matching("PutItem", "_operational#", Fault::Throttled, window);
     proxy.inject_matching("UpdateItem", "_operational#", Fault::Throttled, window);
+    // The endpoints' tallies are written, but their answers lost: every retry finds its
+    // delivery counted already, and must still see the window closed and told.
+    proxy.inject_matching("UpdateItem", "xh_", Fault::AnswerLost, window);
     for n in 0..2 {
         let (status, _) = admin
             .post(
@@ -635,6 +638,10 @@ async fn operational_events_outlast_throttled_writes() {
     assert!(
         applied.get("PutItem Throttled").copied().unwrap_or(0) > 0,
         "the system venue's writes were throttled: {applied:?}"
+    );
+    assert!(
+        applied.get("UpdateItem AnswerLost").copied().unwrap_or(0) > 0,
+        "tallies' answers were lost: {applied:?}"
     );
     // Two deliveries per endpoint failed a moment apart: one event each (two where a 1 s
     // window's end fell between them), never one per delivery and never a second copy.

@@ -2,7 +2,7 @@
 //! and, while a fault is armed for an operation, answers the way AWS does when it is harsher
 //! than moto: BatchGetItem with every key unprocessed, writes throttled, one entry of a
 //! SendMessageBatch failed, a stale (empty) answer to an eventually consistent read, a
-//! service unavailable. Loopback only; every fault ends by itself (a deadline).
+//! service unavailable, a write done whose answer is lost. Loopback only; every fault ends by itself (a deadline).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,6 +35,9 @@ pub enum Fault {
     Unavailable,
     /// Forwarded after this long (a slow call: throttled retries inside AWS, a far region).
     Slow(Duration),
+    /// Forwarded and done, but answered `500 InternalServerError` (the answer lost on the
+    /// way back): the caller retries a write that already landed.
+    AnswerLost,
 }
 
 #[derive(Clone, Debug)]
@@ -199,6 +202,7 @@ impl FaultProxy {
         let dynamodb = op.starts_with("DynamoDB");
         let mut body = body;
         let mut failed_entry = None;
+        let mut lost = false;
         match self.armed(&op, &caller_of(&parts.headers), (&body, &json)) {
             None => {}
             Some(Fault::Unprocessed) => {
@@ -229,6 +233,7 @@ impl FaultProxy {
                 );
             }
             Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
+            Some(Fault::AnswerLost) => lost = true,
             Some(Fault::StaleRead) if op.ends_with(".GetItem") => return answer(200, json!({})),
             Some(Fault::StaleRead) => {
                 let empty: serde_json::Map<String, Value> = json["RequestItems"]
@@ -276,6 +281,13 @@ impl FaultProxy {
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
+        if lost {
+            return answer(
+                500,
+                json!({"__type": "com.amazonaws.dynamodb.v20120810#InternalServerError",
+                       "message": "Internal server error"}),
+            );
+        }
         let Some(failed) = failed_entry else {
             return hyper::Response::from_parts(parts, Full::new(body));
         };

@@ -260,10 +260,11 @@ impl Notifier {
     }
 
     /// A delivery failed for good (recorded once): counted in its endpoint's tally of the
-    /// window, whose close is queued for the window's end (by the first delivery counted, or
-    /// by the next if that one could not queue it). Safe to repeat for the same delivery (a
-    /// job that comes back): it is counted once. An error leaves the delivery to be tallied
-    /// again when its job comes back.
+    /// window, whose close is queued for the window's end by every tally (a repeat of the
+    /// same delivery too) until one has noted it queued. Safe to repeat for the same delivery
+    /// (a job that comes back, a write retried after its answer was lost): it is counted once,
+    /// and its window is closed and told however the first try ended. An error leaves the
+    /// delivery to be tallied again when its job comes back.
     pub async fn exhausted(
         &self,
         endpoint: &Endpoint,
@@ -285,8 +286,12 @@ impl Notifier {
                 .await?
             {
                 Tallied::Closed => window += length,
-                Tallied::Already | Tallied::Counted { flush_queued: true } => return Ok(()),
+                Tallied::Counted { flush_queued: true }
+                | Tallied::Already { flush_queued: true } => return Ok(()),
                 Tallied::Counted {
+                    flush_queued: false,
+                }
+                | Tallied::Already {
                     flush_queued: false,
                 } => {
                     // Closed a moment after the window ends, so that tallies under way land.

@@ -68,13 +68,15 @@ pub struct ExhaustedTally {
     pub last: LastFailure,
 }
 
-/// What tallying a delivery did.
+/// What tallying a delivery did. `flush_queued`: the window's close is known to be queued;
+/// until it is, whoever tallies in the window queues it (the one that counted first may have
+/// stopped, or lost its answer and found its own count on the retry, before queueing it).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Tallied {
-    /// Counted; `flush_queued`: the window's close is already queued.
+    /// Counted.
     Counted { flush_queued: bool },
-    /// This delivery was counted before (its job came back).
-    Already,
+    /// This delivery was counted before (its job came back, or the write's answer was lost).
+    Already { flush_queued: bool },
     /// The window was closed meanwhile: count it in the next one.
     Closed,
 }
@@ -165,7 +167,9 @@ impl Store {
         }
         let seen = matches!(old.get("ids"), Some(AttributeValue::Ss(ids)) if ids.iter().any(|i| i == delivery_id.as_str()));
         if seen {
-            return Ok(Tallied::Already);
+            return Ok(Tallied::Already {
+                flush_queued: close_queued(&old),
+            });
         }
         // The set is full: counted without it.
         let more = self
@@ -252,9 +256,11 @@ impl Store {
 }
 
 fn counted_as(item: Option<HashMap<String, AttributeValue>>) -> Tallied {
-    let flush_queued = matches!(
-        item.as_ref().and_then(|i| i.get("close_queued")),
-        Some(AttributeValue::Bool(true))
-    );
-    Tallied::Counted { flush_queued }
+    Tallied::Counted {
+        flush_queued: item.as_ref().is_some_and(close_queued),
+    }
+}
+
+fn close_queued(item: &HashMap<String, AttributeValue>) -> bool {
+    matches!(item.get("close_queued"), Some(AttributeValue::Bool(true)))
 }
