@@ -666,6 +666,47 @@ async fn operational_events_outlast_throttled_writes_and_lost_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_whose_record_answer_is_lost_is_kept_once_and_followed() {
+    let (stack, proxy) = proxied(options(&[("RETRY_SCHEDULE_SECONDS", "1")])).await;
+    let api = Client::new(&stack);
+    let v = venue();
+    let rx = FaultReceiver::start(vec![Mode::Status(500)]).await;
+    let ep = api
+        .create_endpoint(&v, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    let ep_id = ep["id"].as_str().unwrap();
+    // The first attempt's record lands and its answer is lost: the SDK's retry finds the
+    // attempt there. Taken for another copy's, the retry would never be scheduled.
+    proxy.inject_times("UpdateItem", "scheduled_attempts", Fault::AnswerLost, 1);
+    publish(&api, &v, json!({"type": "order.created", "data": {"n": 1}})).await;
+    let h = settled(&api, &v, ep_id, 1).await;
+    assert_eq!(h[0]["status"], "failed", "{h:?}");
+    let id = h[0]["id"].as_str().unwrap();
+    let d = delivery(&api, &v, id).await;
+    assert_eq!(d["attempt_count"], 2, "{d}");
+    assert_eq!(d["attempts"].as_array().map(Vec::len), Some(2), "{d}");
+    assert_eq!(rx.hits().len(), 2);
+
+    // A manual retry's record, likewise: one attempt in the history, however often written.
+    rx.set_script(vec![Mode::Status(200)]);
+    proxy.inject_times("UpdateItem", id, Fault::AnswerLost, 1);
+    let (status, attempt) = api
+        .post(&format!("/venues/{v}/deliveries/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{attempt}");
+    let d = delivery(&api, &v, id).await;
+    assert_eq!(d["status"], "succeeded", "{d}");
+    assert_eq!(d["attempt_count"], 3, "{d}");
+    let attempts = d["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3, "{d}");
+    assert_eq!(attempts[2]["trigger"], "manual");
+    assert_eq!(proxy.applied().get("UpdateItem AnswerLost"), Some(&2));
+    assert_eq!(rx.hits().len(), 3);
+    dlqs_are_empty(&stack).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eventually_consistent_read_never_ends_a_delivery() {
     let (stack, proxy) = proxied(options(&[])).await;
     // Every read that is not strongly consistent finds nothing, as a stale replica would.

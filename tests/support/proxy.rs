@@ -50,6 +50,8 @@ struct Rule {
     caller: Option<String>,
     /// Only requests whose body contains this text (a key, a table); `None`: every body.
     needle: Option<String>,
+    /// Applied this many more times at most; `None`: until `until`.
+    remaining: Option<usize>,
 }
 
 impl Rule {
@@ -125,6 +127,7 @@ impl FaultProxy {
             until: Instant::now() + time,
             caller: None,
             needle: None,
+            remaining: None,
         });
     }
 
@@ -137,6 +140,20 @@ impl FaultProxy {
             until: Instant::now() + time,
             caller: None,
             needle: Some(needle.to_owned()),
+            remaining: None,
+        });
+    }
+
+    /// As [`FaultProxy::inject_matching`], applied to the next `times` matching requests only
+    /// (within a minute).
+    pub fn inject_times(&self, op: &str, needle: &str, fault: Fault, times: usize) {
+        self.rules.lock().unwrap().push(Rule {
+            op: op.to_owned(),
+            fault,
+            until: Instant::now() + Duration::from_secs(60),
+            caller: None,
+            needle: Some(needle.to_owned()),
+            remaining: Some(times),
         });
     }
 
@@ -154,6 +171,7 @@ impl FaultProxy {
             until: Instant::now() + time,
             caller: Some(identity.access_key_id.clone()),
             needle: None,
+            remaining: None,
         });
     }
 
@@ -163,13 +181,17 @@ impl FaultProxy {
     }
 
     fn armed(&self, target: &str, caller: &str, (raw, body): (&[u8], &Value)) -> Option<Fault> {
-        let rules = self.rules.lock().unwrap();
-        let rule = rules.iter().find(|r| {
+        let mut rules = self.rules.lock().unwrap();
+        let rule = rules.iter_mut().find(|r| {
             r.matches(target, caller, raw)
+                && r.remaining != Some(0)
                 && (r.fault != Fault::StaleRead || !consistent(target, body))
                 && (r.fault != Fault::Unprocessed || target.ends_with(".BatchGetItem"))
                 && (r.fault != Fault::FailOneEntry || target.ends_with(".SendMessageBatch"))
         })?;
+        if let Some(n) = rule.remaining.as_mut() {
+            *n -= 1;
+        }
         let fault = rule.fault;
         drop(rules);
         let op = target.rsplit('.').next().unwrap_or(target);

@@ -241,7 +241,9 @@ impl Store {
     /// The state never goes backwards, whatever runs at the same time: a success is final (a
     /// failed attempt recorded after it is kept in the attempts, the status stays), a scheduled
     /// attempt is recorded once per number (a duplicate job stands down), and a manual attempt
-    /// changes the status only from the one it read. Only the last
+    /// changes the status only from the one it read. Each attempt is recorded once: a write
+    /// retried after its answer was lost finds itself there (by the attempt's time and
+    /// number) rather than taking it for another copy's. Only the last
     /// [`MAX_KEPT_ATTEMPTS`] attempts are kept in full; `attempt_count` counts them all.
     pub async fn record_attempt(&self, rec: AttemptRecord<'_>) -> Result<Recorded> {
         // What the caller read, borrowed; replaced by what is there when a condition fails.
@@ -256,6 +258,19 @@ impl Store {
                         continue;
                     };
                     let old: DeliveryRecord = from_item(old)?;
+                    if old
+                        .attempts
+                        .iter()
+                        .any(|a| a.at == rec.attempt.at && a.attempt == rec.attempt.attempt)
+                    {
+                        // This write landed and its answer was lost: the SDK's retry found
+                        // it. Not another copy's.
+                        return Ok(if old.status == rec.status {
+                            Recorded::Written
+                        } else {
+                            Recorded::StateKept(old.status)
+                        });
+                    }
                     if let Some(number) = rec.scheduled {
                         if old.scheduled_attempts != number.saturating_sub(1) {
                             return Ok(Recorded::Duplicate);
@@ -342,10 +357,7 @@ impl Store {
                 .unwrap_or_default();
             attempts.push(&rec.attempt);
             set.push_str(", attempts = :attempts");
-            update = update
-                .expression_attribute_values(":attempts", to_attr(&attempts)?)
-                .expression_attribute_values(":count", n(previous.map_or(0, |p| p.attempt_count)));
-            conditions.push("attempt_count = :count".into());
+            update = update.expression_attribute_values(":attempts", to_attr(&attempts)?);
         } else {
             set.push_str(", attempts = list_append(if_not_exists(attempts, :empty), :attempt)");
             update = update
@@ -355,6 +367,15 @@ impl Store {
                     AttributeValue::L(vec![to_attr(&rec.attempt)?]),
                 );
         }
+        // On the count read: a retry of this very write (its answer lost) or a concurrent
+        // append fails here and is told apart by what is there (`record_attempt`).
+        let count = previous.map_or(0, |p| p.attempt_count);
+        update = update.expression_attribute_values(":count", n(count));
+        conditions.push(if count == 0 {
+            "(attribute_not_exists(attempt_count) OR attempt_count = :count)".into()
+        } else {
+            "attempt_count = :count".into()
+        });
         if set_state {
             set.push_str(
                 ", #status = :status, last_status_code = :code, last_error = :error, \
@@ -407,9 +428,7 @@ impl Store {
         } else {
             conditions.push("attribute_exists(#status)".into());
         }
-        if !conditions.is_empty() {
-            update = update.condition_expression(conditions.join(" AND "));
-        }
+        update = update.condition_expression(conditions.join(" AND "));
         let result = update
             .update_expression(format!("{set} ADD attempt_count :one{remove}"))
             .send()
