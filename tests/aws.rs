@@ -666,15 +666,19 @@ async fn operational_events_outlast_throttled_writes_and_lost_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_attempt_whose_record_answer_is_lost_is_kept_once_and_followed() {
+async fn writes_whose_answers_are_lost_are_taken_as_done_once() {
     let (stack, proxy) = proxied(options(&[("RETRY_SCHEDULE_SECONDS", "1")])).await;
     let api = Client::new(&stack);
     let v = venue();
     let rx = FaultReceiver::start(vec![Mode::Status(500)]).await;
+    // The new endpoint is stored, and the answer lost: created all the same, once.
+    proxy.inject_times("PutItem", &rx.url, Fault::AnswerLost, 1);
     let ep = api
         .create_endpoint(&v, json!({"url": rx.url, "event_types": ["*"]}))
         .await;
     let ep_id = ep["id"].as_str().unwrap();
+    let (_, listed) = api.get(&format!("/venues/{v}/endpoints")).await;
+    assert_eq!(listed["data"].as_array().map(Vec::len), Some(1), "{listed}");
     // The first attempt's record lands and its answer is lost: the SDK's retry finds the
     // attempt there. Taken for another copy's, the retry would never be scheduled.
     proxy.inject_times("UpdateItem", "scheduled_attempts", Fault::AnswerLost, 1);
@@ -701,6 +705,7 @@ async fn an_attempt_whose_record_answer_is_lost_is_kept_once_and_followed() {
     assert_eq!(attempts.len(), 3, "{d}");
     assert_eq!(attempts[2]["trigger"], "manual");
     assert_eq!(proxy.applied().get("UpdateItem AnswerLost"), Some(&2));
+    assert_eq!(proxy.applied().get("PutItem AnswerLost"), Some(&1));
     assert_eq!(rx.hits().len(), 3);
     dlqs_are_empty(&stack).await;
     stack.stop().await;

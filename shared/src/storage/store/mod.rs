@@ -175,7 +175,9 @@ impl Store {
         (now + self.retention).timestamp()
     }
 
-    /// Writes a new item; `false` (nothing written) if an item with its key is there.
+    /// Writes a new item; `false` (nothing written) if an item with its key is there. The very
+    /// item there is this write's own (it landed, its answer was lost, and the SDK's retry
+    /// found it): `true`.
     async fn put_new(
         &self,
         table: &str,
@@ -186,11 +188,23 @@ impl Store {
             .ddb
             .put_item()
             .table_name(table)
-            .set_item(Some(item))
+            .set_item(Some(item.clone()))
             .condition_expression(format!("attribute_not_exists({key_attr})"))
+            .return_values_on_condition_check_failure(
+                aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+            )
             .send()
             .await;
-        written(result)
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(match e.into_service_error() {
+                aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => {
+                    c.item.is_some_and(|old| old == item)
+                }
+                _ => false,
+            }),
+            Err(e) => Err(Error::aws("dynamodb", e)),
+        }
     }
 
     /// Writes a new item whose key was just generated: one already there is an error.
