@@ -437,9 +437,10 @@ async fn chaos_soak_accounts_for_every_accepted_event() {
         None => {
             let ledger = Ledger::read(&api, &venues, &endpoints, &by_id(&published)).await;
             panic!(
-                "not every accepted event was delivered where it must be: {:#?}\n{:#?}\nthe functions logged:\n{}",
+                "not every accepted event was delivered where it must be: {:#?}\n{:#?}\nthe hottest keys:\n{}\nthe functions logged:\n{}",
                 ledger.missing(published.accepted.len()),
                 (&ledger.unreadable, &ledger.undelivered),
+                hottest_keys(&stack),
                 function_errors()
             );
         }
@@ -572,7 +573,34 @@ async fn chaos_soak_accounts_for_every_accepted_event() {
         "soak: capacity throttles {}; invocations (stopped mid-batch, stopped at the timeout) {stopped:?}",
         stack.capacity.as_ref().map_or(0, |m| m.throttled())
     );
+    println!("soak: the hottest keys:\n{}", hottest_keys(&stack));
     stack.stop().await;
+}
+
+/// The partition keys the meter refused most often, with what they spent (one a line).
+fn hottest_keys(stack: &local::Stack) -> String {
+    let Some(meter) = stack.capacity.as_ref() else {
+        return String::new();
+    };
+    let mut usage = meter.usage();
+    usage.sort_by(|a, b| b.throttled.cmp(&a.throttled));
+    usage
+        .iter()
+        .take(8)
+        .map(|u| {
+            format!(
+                "  {} {}: {} refused; {:.0} read, {:.0} write units (peak {:.0}/{:.0} a second)",
+                u.resource,
+                u.key,
+                u.throttled,
+                u.read_units,
+                u.write_units,
+                u.peak_read,
+                u.peak_write
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The part of an event id ingest derives from a queued message's id (its last 16
