@@ -522,6 +522,60 @@ async fn a_deliver_worker_killed_mid_batch_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_gets_its_cap_at_once_and_spends_its_own_key() {
+    // An attempt running 300 ms marks its endpoint slow; then 2 attempts at once at most.
+    let mut o = options(&[
+        ("SLOW_ATTEMPT_MS", "300"),
+        ("ENDPOINT_MAX_CONCURRENCY", "2"),
+    ]);
+    // The template's visibility timeout: a batch of attempts at a slow endpoint outlasts the
+    // compressed one (2 s), and a second copy of a job would send its attempt again.
+    o.queue_overrides.remove("DeliveryQueue");
+    let stack = start_with(o).await;
+    let rx = FaultReceiver::start(vec![Mode::Hang(Duration::from_secs(1))]).await;
+    let case = Case::new(&stack, &rx.url).await;
+    case.publish(1).await;
+    case.settled(1).await;
+    let meter = stack.capacity.as_ref().expect("the stack meters capacity");
+    meter.reset_usage();
+    case.publish(12).await;
+    let deliveries = case.settled(13).await;
+    assert!(
+        deliveries.iter().all(|d| d["status"] == "succeeded"),
+        "{deliveries:?}"
+    );
+    // Each request hangs 1 s: those that arrived within 0.9 s of one another overlapped.
+    let mut arrivals: Vec<Instant> = rx.hits().iter().skip(1).map(|h| h.at).collect();
+    arrivals.sort();
+    assert_eq!(arrivals.len(), 12);
+    let most = arrivals
+        .iter()
+        .map(|t| {
+            arrivals
+                .iter()
+                .filter(|u| *u <= t && t.duration_since(**u) < Duration::from_millis(900))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(most <= 2, "{most} requests at once: {arrivals:?}");
+    // The slots are the endpoint's own key: the venue's endpoints key (shared by all its
+    // endpoints, its items large) is not written for each attempt.
+    let usage = meter.usage();
+    let venue_key: f64 = usage
+        .iter()
+        .filter(|u| u.resource == "EndpointsTable" && u.key == case.venue)
+        .map(|u| u.write_units)
+        .sum();
+    eprintln!("slow endpoint: {venue_key} write units on the venue's endpoints key for 12 attempts, {most} at once");
+    assert!(
+        venue_key < 12.0,
+        "{venue_key} write units on the venue's endpoints key for 12 attempts: {usage:#?}"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_aws_endpoint_during_a_batch_loses_nothing() {
     let moto = std::env::var("AWS_ENDPOINT_URL").expect("make test sets AWS_ENDPOINT_URL");
     let proxy = FlakyProxy::start(&moto).await;

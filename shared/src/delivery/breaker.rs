@@ -6,9 +6,10 @@
 //!
 //! A slow endpoint also gets a cap on its concurrent attempts: once an attempt has run for
 //! `slow_after`, the endpoint is marked slow for `slow_for`, and while it is, each attempt
-//! first takes one of `max_concurrent` lease slots on the endpoint's item (two writes an
-//! attempt, paid by slow endpoints only; a fast endpoint's attempts cost nothing extra).
-//! Deliveries that find every slot taken wait, unattempted, like held ones.
+//! first takes one of `max_concurrent` lease slots (an item of the endpoint's own history
+//! partition: two one-unit writes an attempt, paid by slow endpoints only; a fast endpoint's
+//! attempts cost nothing extra). Deliveries that find every slot taken wait, unattempted,
+//! about an attempt's time ([`BreakerPolicy::cap_wait`]) and look again.
 //!
 //! The state lives on the endpoint's item, so every deliver instance shares it, and it is
 //! read with the endpoint at no extra cost. A pure function of (state, now) decides, so it is
@@ -213,9 +214,35 @@ impl BreakerPolicy {
     }
 }
 
+impl BreakerPolicy {
+    /// How long a delivery that found every lease slot of a slow endpoint taken waits: about
+    /// one attempt there (`slow_after`), doubling with each hold up to four times that, spread
+    /// by `draw` (uniform in [0, 1)) over half as much again. Slots free as attempts end, so
+    /// the waiting deliveries look again within seconds (not the circuit's cooldowns, which
+    /// left a slow endpoint's backlog waiting minutes), and a backlog of thousands looks a few
+    /// hundred times a second at most, on the endpoint's own key.
+    pub fn cap_wait(&self, held: u32, draw: f64) -> Duration {
+        let step = crate::delivery::backoff::step(held, self.slow_after, self.slow_after * 4);
+        step + step.mul_f64(0.5 * draw.clamp(0.0, 1.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_held_at_the_cap_looks_again_within_a_few_attempts_time() {
+        let policy = BreakerPolicy::default();
+        let a = policy.slow_after;
+        assert_eq!(policy.cap_wait(0, 0.0), a);
+        assert_eq!(policy.cap_wait(1, 0.0), a * 2);
+        assert_eq!(policy.cap_wait(0, 0.999), a.mul_f64(1.4995));
+        for held in [3, 10, 1000] {
+            assert_eq!(policy.cap_wait(held, 0.0), a * 4);
+            assert!(policy.cap_wait(held, 0.999) < a * 6);
+        }
+    }
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-11-27T10:00:00Z")

@@ -123,8 +123,8 @@ pub struct Endpoint {
     /// …and a probe holds the endpoint until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_until: Option<DateTime<Utc>>,
-    /// Attempts took long lately: until then each takes a lease slot (`lease_0`…, not part
-    /// of this struct), so that only a few run at once.
+    /// Attempts took long lately: until then each takes a lease slot (an item of the
+    /// endpoint's history partition: `storage::store::slots`), so that only a few run at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,

@@ -162,8 +162,9 @@ impl Dispatcher {
                 }));
             }
         }
-        tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, slots, "slow endpoint at its concurrency cap; held");
-        hold(now + chrono::TimeDelta::from_std(self.breaker.slow_after).unwrap_or_default())
+        let wait = self.breaker.cap_wait(held, rand::random::<f64>());
+        tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, slots, wait_ms = wait.as_millis() as u64, "slow endpoint at its concurrency cap; held");
+        Ok(Err(wait))
     }
 
     /// Marks a slow endpoint as such (once a batch, and not again while the mark stands),

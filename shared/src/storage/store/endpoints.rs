@@ -187,48 +187,6 @@ impl Store {
         .await
     }
 
-    /// Takes lease slot `slot` of a slow endpoint until `until_ms` (unix ms): `true` if it
-    /// was free (or its holder's lease ran out).
-    pub async fn take_slot(
-        &self,
-        tenant: &Tenant,
-        id: &EndpointId,
-        slot: u32,
-        now_ms: i64,
-        until_ms: i64,
-    ) -> Result<bool> {
-        self.update_endpoint_if(
-            tenant,
-            id,
-            (
-                "SET #slot = :until",
-                "attribute_exists(endpoint_id) AND (attribute_not_exists(#slot) OR #slot < :now)",
-            ),
-            Some(("#slot", format!("lease_{slot}"))),
-            vec![(":now", n(now_ms)), (":until", n(until_ms))],
-        )
-        .await
-    }
-
-    /// Frees a lease slot taken by [`Store::take_slot`] (if it is still ours).
-    pub async fn free_slot(
-        &self,
-        tenant: &Tenant,
-        id: &EndpointId,
-        slot: u32,
-        until_ms: i64,
-    ) -> Result<()> {
-        self.update_endpoint_if(
-            tenant,
-            id,
-            ("REMOVE #slot", "#slot = :until"),
-            Some(("#slot", format!("lease_{slot}"))),
-            vec![(":until", n(until_ms))],
-        )
-        .await
-        .map(|_| ())
-    }
-
     /// The probe's lease of an endpoint whose circuit's cooldown is over: `true` for the one
     /// caller that gets it (until `until`), `false` for everyone else.
     pub async fn take_probe(

@@ -33,6 +33,7 @@ mod exhausted;
 mod history;
 mod replays;
 mod retries;
+mod slots;
 mod stats;
 mod venues;
 
