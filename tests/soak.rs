@@ -583,7 +583,7 @@ fn hottest_keys(stack: &local::Stack) -> String {
         return String::new();
     };
     let mut usage = meter.usage();
-    usage.sort_by(|a, b| b.throttled.cmp(&a.throttled));
+    usage.sort_by_key(|u| std::cmp::Reverse(u.throttled));
     usage
         .iter()
         .take(8)
