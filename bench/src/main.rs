@@ -4,6 +4,7 @@
 //! `popup-bench --smoke` (the same code on tiny inputs, seconds) so the benches never rot.
 //! It needs the local AWS endpoint in `AWS_ENDPOINT_URL` (the Makefile starts moto).
 
+mod bad_day;
 mod cost;
 mod history;
 mod proxy;
@@ -285,20 +286,7 @@ impl FanoutRun {
     /// The key that would reach its budget on AWS at the lowest rate of deliveries: its name
     /// (venue ids shown as `{venue}`), read and write units per delivery, and that rate.
     fn hottest_key(&self) -> Option<(String, f64, f64, f64)> {
-        let d = self.deliveries();
-        let b = local::capacity::Budgets::AWS;
-        self.keys
-            .iter()
-            .map(|k| {
-                let (r, w) = (k.read_units / d, k.write_units / d);
-                let rate = (b.key_read / r.max(1e-9)).min(b.key_write / w.max(1e-9));
-                let mut key = k.key.clone();
-                for venue in &self.venues {
-                    key = key.replace(venue.as_str(), "{venue}");
-                }
-                (format!("{} `{key}`", k.resource), r, w, rate)
-            })
-            .min_by(|x, y| x.3.total_cmp(&y.3))
+        bad_day::hottest(&self.keys, &self.venues, self.deliveries(), |_| true)
     }
 
     fn count(&self, prefix: &str) -> u64 {
@@ -1144,6 +1132,45 @@ async fn main() -> Result<(), BoxError> {
         "fan-out 1, a flaky endpoint (one request in five fails)",
         &flaky,
     );
+
+    // A held backlog: deliveries at an endpoint whose circuit is open, looking again and
+    // again (each look reads what it needs to decide, and stores its next wait).
+    let (backlog, window) = if smoke {
+        (10, Duration::from_secs(3))
+    } else {
+        (100, Duration::from_secs(15))
+    };
+    let held = bad_day::held_backlog(&moto, backlog, window).await?;
+    if let Some((key, r, w, rate)) = held.hottest(|_| true) {
+        report.row(
+            &format!("hottest DynamoDB key, a held backlog ({backlog} deliveries at an endpoint whose circuit is open)"),
+            format!(
+                "{key}: {r:.3} read + {w:.3} write units per look; its budget at {rate:.0} looks a second ({:.0} looks in {} s)",
+                held.per,
+                window.as_secs()
+            ),
+            "report",
+            None,
+        );
+    }
+    // Operational events: deliveries failing for good at many endpoints, one
+    // `delivery.exhausted` per endpoint and window, published as the system venue's events.
+    let (venues, per_venue) = if smoke { (3, 2) } else { (20, 10) };
+    let ops = bad_day::operational_events(&moto, venues, per_venue).await?;
+    for (label, system_only) in [("", false), (", the system venue's keys only", true)] {
+        if let Some((key, r, w, rate)) =
+            ops.hottest(|k| !system_only || k.key.starts_with("_operational"))
+        {
+            report.row(
+                &format!("hottest DynamoDB key, operational events ({venues} endpoints, {} deliveries failed for good){label}", venues * per_venue),
+                format!(
+                    "{key}: {r:.3} read + {w:.3} write units per delivery failed for good; its budget at {rate:.0} a second"
+                ),
+                "report",
+                None,
+            );
+        }
+    }
 
     // Reading history: a quiet endpoint beside a busy one of the same venue.
     history::history_run(&moto, &mut report, smoke).await?;

@@ -10,7 +10,8 @@
 //!   `timeout`…);
 //! - by `Function`: `PublishToFirstAttempt` (Milliseconds: from an event's acceptance to its
 //!   first attempt at an endpoint), `EventsAccepted`, `EventsRefused`, `RetriesScheduled`,
-//!   `DeliveriesExhausted` (Count).
+//!   `DeliveriesExhausted`, `AttemptsUnrecorded`, `HandedBack`, `NotesSetAside`,
+//!   `DeliveriesHeld` (Count).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -37,6 +38,9 @@ pub enum Counter {
     HandedBack,
     /// Notes of stored, unqueued events the sweep could not handle and set aside.
     NotesSetAside,
+    /// Deliveries held without an attempt (the endpoint's circuit open, or a slow endpoint
+    /// at its cap): each time one looks and waits again.
+    DeliveriesHeld,
 }
 
 impl Counter {
@@ -49,6 +53,7 @@ impl Counter {
             Counter::AttemptsUnrecorded => "AttemptsUnrecorded",
             Counter::HandedBack => "HandedBack",
             Counter::NotesSetAside => "NotesSetAside",
+            Counter::DeliveriesHeld => "DeliveriesHeld",
         }
     }
 }

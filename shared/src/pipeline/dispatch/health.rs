@@ -140,11 +140,15 @@ impl Dispatcher {
         if !slow {
             return Ok(Ok(Admitted { probed, slot: None }));
         }
-        // A few tries at random slots; all taken: wait while the others finish.
+        // The slots free by one read; a try at up to two of them (another deliverer may take
+        // one first); all taken: wait while the others finish, having written nothing.
         let slots = self.breaker.max_concurrent.max(1);
-        let first = rand::random::<u32>() % slots;
-        for k in 0..slots.min(3) {
-            let slot = (first + k) % slots;
+        let mut free = self
+            .store
+            .free_slots(tenant, &endpoint.endpoint_id, slots, now.timestamp_millis())
+            .await?;
+        for _ in 0..free.len().min(2) {
+            let slot = free.swap_remove((rand::random::<u32>() as usize) % free.len());
             if self
                 .store
                 .take_slot(

@@ -170,7 +170,9 @@ impl Dispatcher {
                     follow_ups.push((job.single(target), wait));
                 }
                 Ok(JobOutcome::Held(wait)) => {
-                    outcome = "held: the endpoint's circuit is open";
+                    outcome = "held: the endpoint's circuit is open, or it is slow and at its cap";
+                    self.metrics.count(Counter::DeliveriesHeld, 1);
+                    HELD.fetch_add(1, Ordering::Relaxed);
                     let held = DeliveryJob {
                         held: job.held + 1,
                         ..job.single(target)
@@ -717,6 +719,14 @@ static UNRECORDED: AtomicU64 = AtomicU64::new(0);
 /// How many attempts of this process went out and were never recorded.
 pub fn unrecorded_attempts() -> u64 {
     UNRECORDED.load(Ordering::Relaxed)
+}
+
+/// Times a delivery of this process was held without an attempt (and waits to look again).
+static HELD: AtomicU64 = AtomicU64::new(0);
+
+/// How often deliveries of this process were held without an attempt.
+pub fn held_looks() -> u64 {
+    HELD.load(Ordering::Relaxed)
 }
 
 /// What the deliveries of one job share: the health their attempts report, the last moment

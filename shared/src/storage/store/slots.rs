@@ -33,6 +33,37 @@ fn slots_key(tenant: &Tenant, endpoint: &EndpointId) -> HashMap<String, Attribut
 }
 
 impl Store {
+    /// The lease slots of a slow endpoint that are free at `now_ms` (unix ms), among
+    /// `0..slots`: one eventually consistent read (half a read unit), so that a delivery that
+    /// finds every slot taken spends no write, and one that finds a free slot writes once. A
+    /// stale answer costs a refused write (or a short wait), never a second holder.
+    pub async fn free_slots(
+        &self,
+        tenant: &Tenant,
+        id: &EndpointId,
+        slots: u32,
+        now_ms: i64,
+    ) -> Result<Vec<u32>> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.deliveries)
+            .set_key(Some(slots_key(tenant, id)))
+            .send()
+            .await
+            .map_err(|e| crate::model::error::Error::aws("dynamodb", e))?;
+        let item = out.item.unwrap_or_default();
+        Ok((0..slots)
+            .filter(|slot| {
+                let until = item
+                    .get(&format!("lease_{slot}"))
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|v| v.parse::<i64>().ok());
+                until.is_none_or(|until| until < now_ms)
+            })
+            .collect())
+    }
+
     /// Takes lease slot `slot` of a slow endpoint until `until_ms` (unix ms): `true` if it
     /// was free (or its holder's lease ran out).
     pub async fn take_slot(
