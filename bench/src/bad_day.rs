@@ -82,9 +82,9 @@ async fn publish(
 }
 
 /// `events` deliveries at one endpoint whose receiver answers 500 to everything: its circuit
-/// opens after 3 failures and the rest are held, looking again every 1–2 s (cooldowns and
-/// holds compressed from the template's 30 s–15 min; what a look costs does not depend on
-/// its wait). Measured for `window` once every delivery has been held: per look.
+/// opens after 3 failures and the rest are held, looking again every few seconds (cooldowns,
+/// holds and the probe's lease compressed from the template's 30 s–15 min; what a look costs
+/// does not depend on its wait). Measured for `window` once every delivery has been held: per look.
 pub async fn held_backlog(moto: &str, events: usize, window: Duration) -> Result<KeyRun, BoxError> {
     let (_counts, counted, direct) = crate::proxy::clients(moto).await?;
     let stack = stack_with(
@@ -97,6 +97,8 @@ pub async fn held_backlog(moto: &str, events: usize, window: Duration) -> Result
             ("BREAKER_COOLDOWN_MS", "1000"),
             ("BREAKER_MAX_COOLDOWN_MS", "2000"),
             ("BREAKER_MAX_HOLD_MS", "2000"),
+            // The probe's lease (which the others wait out) is the request timeout and 5 s.
+            ("REQUEST_TIMEOUT_MS", "1000"),
         ],
     )
     .await?;

@@ -1136,9 +1136,9 @@ async fn main() -> Result<(), BoxError> {
     // A held backlog: deliveries at an endpoint whose circuit is open, looking again and
     // again (each look reads what it needs to decide, and stores its next wait).
     let (backlog, window) = if smoke {
-        (10, Duration::from_secs(3))
+        (10, Duration::from_secs(10))
     } else {
-        (100, Duration::from_secs(15))
+        (100, Duration::from_secs(30))
     };
     let held = bad_day::held_backlog(&moto, backlog, window).await?;
     if let Some((key, r, w, rate)) = held.hottest(|_| true) {
