@@ -90,6 +90,11 @@ fn soak_options() -> StackOptions {
         ("BREAKER_MAX_HOLD_MS", "10000"),
         ("BREAKER_COOLDOWN_MS", "5000"),
         ("BREAKER_MAX_COOLDOWN_MS", "20000"),
+        // The slow receivers (3 s a request) at 20 attempts at once: 6.7 deliveries a second
+        // each, above the traffic's ~5 events a second, so their backlog drains. (At the
+        // template's 10 they take 3.3 a second: a run outgrows them, as it would on AWS,
+        // and its ledger would wait on the cap, not on anything lost.)
+        ("ENDPOINT_MAX_CONCURRENCY", "20"),
     ]);
     for (function, secs) in [
         (local::DELIVER_FUNCTION, 12),
@@ -437,9 +442,10 @@ async fn chaos_soak_accounts_for_every_accepted_event() {
         None => {
             let ledger = Ledger::read(&api, &venues, &endpoints, &by_id(&published)).await;
             panic!(
-                "not every accepted event was delivered where it must be: {:#?}\n{:#?}\nthe hottest keys:\n{}\nthe functions logged:\n{}",
+                "not every accepted event was delivered where it must be: {:#?}\n{:#?}\nwhere they are:\n{}\nthe hottest keys:\n{}\nthe functions logged:\n{}",
                 ledger.missing(published.accepted.len()),
                 (&ledger.unreadable, &ledger.undelivered),
+                whereabouts(&stack, &ledger.undelivered).await,
                 hottest_keys(&stack),
                 function_errors()
             );
@@ -575,6 +581,61 @@ async fn chaos_soak_accounts_for_every_accepted_event() {
     );
     println!("soak: the hottest keys:\n{}", hottest_keys(&stack));
     stack.stop().await;
+}
+
+/// What the queues hold, and the stored items that name each event not in history (its
+/// event item; a waiting job in the retries table): whether its work still waits somewhere.
+async fn whereabouts(stack: &local::Stack, undelivered: &[String]) -> String {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let sqs = aws_sdk_sqs::Client::new(&aws().await);
+    let mut out = Vec::new();
+    for queue in ["DeliveryQueue", "IngestQueue", "DeliveryDeadLetterQueue"] {
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(stack.queue_url(queue))
+            .attribute_names(A::All)
+            .send()
+            .await
+            .ok()
+            .and_then(|a| a.attributes)
+            .unwrap_or_default();
+        let get = |a: A| attrs.get(&a).cloned().unwrap_or_default();
+        out.push(format!(
+            "  {queue}: {} visible, {} in flight, {} delayed",
+            get(A::ApproximateNumberOfMessages),
+            get(A::ApproximateNumberOfMessagesNotVisible),
+            get(A::ApproximateNumberOfMessagesDelayed)
+        ));
+    }
+    let ddb = aws_sdk_dynamodb::Client::new(&stack.aws);
+    let mut items = Vec::new();
+    for table in ["EventsTable", "RetriesTable"] {
+        let mut pages = ddb
+            .scan()
+            .table_name(&stack.provisioned.physical[table])
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(Ok(item)) = pages.next().await {
+            items.push((table.to_owned(), format!("{item:?}")));
+        }
+    }
+    for line in undelivered
+        .iter()
+        .filter(|l| l.ends_with("not in history"))
+        .take(6)
+    {
+        let Some(key) = line.split(['(', ')']).nth(1) else {
+            continue;
+        };
+        let naming: Vec<String> = items
+            .iter()
+            .filter(|(_, item)| item.contains(key))
+            .map(|(table, item)| format!("{table}: {}", item.chars().take(300).collect::<String>()))
+            .collect();
+        out.push(format!("  {line}: named by {naming:#?}"));
+    }
+    out.join("\n")
 }
 
 /// The partition keys the meter refused most often, with what they spent (one a line).
@@ -714,9 +775,14 @@ impl Ledger {
                 let absent = accepted.difference(&seen).count();
                 if kind.delivers() {
                     for n in accepted.difference(&seen).take(5) {
+                        let key = ids
+                            .iter()
+                            .find(|((venue, _), seq)| *venue == v && *seq == n)
+                            .map(|((_, key), _)| key.as_str())
+                            .unwrap_or("?");
                         ledger
                             .undelivered
-                            .push(format!("{kind:?} v{v} seq {n}: not in history"));
+                            .push(format!("{kind:?} v{v} seq {n} ({key}): not in history"));
                     }
                 }
                 let state = match kind {
