@@ -610,6 +610,29 @@ async fn whereabouts(stack: &local::Stack, undelivered: &[String]) -> String {
             get(A::ApproximateNumberOfMessagesDelayed)
         ));
     }
+    // What waits in the delivery queue: a sample, left visible.
+    if let Ok(sample) = sqs
+        .receive_message()
+        .queue_url(stack.queue_url("DeliveryQueue"))
+        .max_number_of_messages(10)
+        .visibility_timeout(0)
+        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+        .send()
+        .await
+    {
+        for m in sample.messages() {
+            out.push(format!(
+                "  waiting (received {} times): {}",
+                m.attributes()
+                    .and_then(|a| a.get(
+                        &aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount
+                    ))
+                    .cloned()
+                    .unwrap_or_default(),
+                m.body().unwrap_or("").chars().take(240).collect::<String>()
+            ));
+        }
+    }
     let ddb = aws_sdk_dynamodb::Client::new(&stack.aws);
     let mut items = Vec::new();
     for table in ["EventsTable", "RetriesTable"] {
