@@ -76,6 +76,15 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The traffic: one event after a pause drawn from this range (ms), and a burst of 20 every
+/// `BURST_EVERY_SECONDS`: about 1.5 events a second, 7.5 deliveries, and the retries, holds
+/// and probes of the failing receivers. What this machine's stack (moto serving every call
+/// of three functions, through two proxies) drains while faults hit it: at 5 events a second
+/// (pauses of 50–250 ms, a burst every 8 s) a 60 s run passed and 120 s runs left thousands
+/// of jobs waiting in the delivery queue at the end of the drain.
+const PAUSE_MS: std::ops::Range<u64> = 500..1500;
+const BURST_EVERY_SECONDS: u64 = 40;
+
 fn soak_options() -> StackOptions {
     let mut o = local_options_with(&[
         ("RETRY_SCHEDULE_SECONDS", "1,2,2"),
@@ -322,7 +331,7 @@ async fn chaos_soak_accounts_for_every_accepted_event() {
         let venue = rng.random_range(0..venues.len());
         let burst = Instant::now() >= next_burst;
         if burst {
-            next_burst += Duration::from_secs(8);
+            next_burst += Duration::from_secs(BURST_EVERY_SECONDS);
         }
         let count = if burst { 20 } else { 1 };
         let by_queue = burst || rng.random_bool(0.5);
@@ -411,7 +420,7 @@ async fn chaos_soak_accounts_for_every_accepted_event() {
                 panic!("event {n} refused 20 times");
             });
         }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(50..250))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(PAUSE_MS))).await;
     }
     while let Some(done) = http.join_next().await {
         done.unwrap();
