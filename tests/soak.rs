@@ -172,11 +172,18 @@ impl SoakReceiver {
         req: hyper::Request<hyper::body::Incoming>,
     ) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, hyper::Error> {
         use http_body_util::BodyExt;
-        let headers: HashMap<String, String> = req
+        let mut headers: HashMap<String, String> = req
             .headers()
             .iter()
             .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
             .collect();
+        // The moment of receipt: verified later as the receiver would have verified it then
+        // (tests/verifiers/verify.py), not with a clock minutes past the timestamp tolerance.
+        let received_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        headers.insert("x-received-at".into(), received_at.to_string());
         let body = req.into_body().collect().await?.to_bytes();
         let body = String::from_utf8_lossy(&body).into_owned();
         let id = headers.get("webhook-id").cloned().unwrap_or_default();
