@@ -393,6 +393,12 @@ impl Dispatcher {
             let Some(delivery) = existing else {
                 return Ok(JobOutcome::Done("replayed delivery no longer exists"));
             };
+            // Replays are of failed deliveries: a success is this job's own first run (sent,
+            // then handed back or failed while its record was in flight) or another's. Not
+            // sent again.
+            if delivery.status == DeliveryStatus::Succeeded {
+                return Ok(JobOutcome::Done("replayed delivery succeeded already"));
+            }
             return self.replay_one(&tenant, job, &delivery, (batch, now)).await;
         }
         // A resumed copy whose delivery exists behaves like any job of it: a finished delivery
