@@ -10,7 +10,7 @@ use local::capacity::KeyUsage;
 use serde_json::json;
 
 use crate::{
-    create_endpoints, event_data, receiver, stack_with, unique, wait_until, BoxError, ADMIN_KEY,
+    create_endpoints, queue_events, receiver, stack_with, unique, wait_until, BoxError, ADMIN_KEY,
 };
 
 /// What a workload spent, key by key, and how much of its work that was (`per`: looks,
@@ -52,35 +52,6 @@ pub fn hottest(
         .min_by(|x, y| x.3.total_cmp(&y.3))
 }
 
-/// Queues `events` events through the ingest queue, in batches of 10, to `venues` in turn.
-async fn publish(
-    sqs: &aws_sdk_sqs::Client,
-    queue: &str,
-    venues: &[String],
-    events: usize,
-) -> Result<(), BoxError> {
-    for chunk in (0..events).collect::<Vec<_>>().chunks(10) {
-        let entries = chunk
-            .iter()
-            .map(|i| {
-                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(
-                        json!({"venue_id": venues[i % venues.len()], "type": "order.created", "data": event_data(*i)})
-                            .to_string(),
-                    )
-                    .build()
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        sqs.send_message_batch()
-            .queue_url(queue)
-            .set_entries(Some(entries))
-            .send()
-            .await?;
-    }
-    Ok(())
-}
-
 /// `events` deliveries at one endpoint whose receiver answers 500 to everything: its circuit
 /// opens after 3 failures and the rest are held, looking again every few seconds (cooldowns,
 /// holds and the probe's lease compressed from the template's 30 s–15 min; what a look costs
@@ -108,7 +79,7 @@ pub async fn held_backlog(moto: &str, events: usize, window: Duration) -> Result
     create_endpoints(&http, &stack, &venue, &url, 1).await?;
     let sqs = aws_sdk_sqs::Client::new(&direct);
     let before = shared::pipeline::dispatch::held_looks();
-    publish(
+    queue_events(
         &sqs,
         stack.queue_url("IngestQueue"),
         std::slice::from_ref(&venue),
@@ -179,7 +150,7 @@ pub async fn operational_events(
     let meter = stack.capacity.as_ref().ok_or("the stack meters capacity")?;
     meter.reset_usage();
     let sqs = aws_sdk_sqs::Client::new(&direct);
-    publish(
+    queue_events(
         &sqs,
         stack.queue_url("IngestQueue"),
         &venue_ids,

@@ -228,6 +228,36 @@ fn event_data(i: usize) -> Value {
     })
 }
 
+/// Queues `events` events (`event_data`) through the ingest queue as event sources send them,
+/// in batches of 10, to `venues` in turn.
+async fn queue_events(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    venues: &[String],
+    events: usize,
+) -> Result<(), BoxError> {
+    for chunk in (0..events).collect::<Vec<_>>().chunks(10) {
+        let entries = chunk
+            .iter()
+            .map(|i| {
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(
+                        json!({"venue_id": venues[i % venues.len()], "type": "order.created", "data": event_data(*i)})
+                            .to_string(),
+                    )
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        sqs.send_message_batch()
+            .queue_url(queue)
+            .set_entries(Some(entries))
+            .send()
+            .await?;
+    }
+    Ok(())
+}
+
 async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -341,25 +371,7 @@ async fn fanout_run(
         meter.reset_usage();
     }
 
-    for chunk in (0..events).collect::<Vec<_>>().chunks(10) {
-        let entries = chunk
-            .iter()
-            .map(|i| {
-                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(
-                        json!({"venue_id": venue_ids[i % venue_ids.len()], "type": "order.created", "data": event_data(*i)})
-                            .to_string(),
-                    )
-                    .build()
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        sqs.send_message_batch()
-            .queue_url(stack.queue_url("IngestQueue"))
-            .set_entries(Some(entries))
-            .send()
-            .await?;
-    }
+    queue_events(&sqs, stack.queue_url("IngestQueue"), &venue_ids, events).await?;
     let expected = warm + (fanout * events) as u64;
     let delivered = wait_until(Duration::from_secs(300), || {
         hits.load(Ordering::SeqCst) >= expected
