@@ -14,6 +14,10 @@ Usage: moto_server.py HOST PORT CREDENTIALS_OUT ACCESS_LOG
   * SQS's batch operations need the permission of the single one, as on AWS
     (SendMessageBatch -> sqs:SendMessage, DeleteMessageBatch -> sqs:DeleteMessage,
     ChangeMessageVisibilityBatch -> sqs:ChangeMessageVisibility).
+- DynamoDB's writes are atomic per item, as on AWS: moto's UpdateItem reads, changes and (for an
+  item not there yet) creates the item in steps, so two at once could lose one's change (two
+  deliveries failed for good at once, tallied in one new item, were counted once). Every write
+  runs under one lock here.
 - Every distinct (user, action, resource, allowed) is appended to ACCESS_LOG as a JSON line, for
   the least-privilege audit (`popup-local iam-audit`).
 - Faster, same answers (profiled with py-spy under the scale tests; moto was the bottleneck):
@@ -37,6 +41,7 @@ from moto import settings  # noqa: E402
 from moto.core import DEFAULT_ACCOUNT_ID  # noqa: E402
 from moto.core.exceptions import JsonRESTError, _RESTError  # noqa: E402
 from moto.core.responses import BaseResponse  # noqa: E402
+from moto.dynamodb.models import DynamoDBBackend  # noqa: E402
 from moto.dynamodb.responses import DynamoHandler  # noqa: E402
 from moto.iam import access_control  # noqa: E402
 from moto.iam.models import iam_backends  # noqa: E402
@@ -152,6 +157,28 @@ def check(self, resource):
 
 access_control.IAMRequestBase.__init__ = init
 access_control.IAMRequestBase.check_action_permitted = check
+
+# One write at a time (AWS applies each write to an item atomically; moto does it in steps).
+# Reentrant: BatchWriteItem and TransactWriteItems write through put_item and delete_item.
+write_lock = threading.RLock()
+
+
+def serialized(method):
+    def run(*args, **kwargs):
+        with write_lock:
+            return method(*args, **kwargs)
+
+    return run
+
+
+for name in (
+    "put_item",
+    "update_item",
+    "delete_item",
+    "batch_write_item",
+    "transact_write_items",
+):
+    setattr(DynamoDBBackend, name, serialized(getattr(DynamoDBBackend, name)))
 
 # The package's modules do not change while it runs.
 MOTO_MODULES = frozenset(backends.list_of_moto_modules())

@@ -826,7 +826,25 @@ async fn deliveries_failed_for_good_tell_the_operational_endpoint_once_per_windo
     })
     .await;
     let Some(events) = heard else {
-        panic!("heard: {:#?}", ops_events(&secret, &ops_rx.received()));
+        // Where the missing ones are: the venue's deliveries, and what the operational
+        // endpoint was sent (pending there, or never published).
+        let (_, venue_side) = admin
+            .get(&format!(
+                "/venues/{venue}/endpoints/{failing_id}/deliveries?limit=100"
+            ))
+            .await;
+        let (_, ops) = admin.get("/operational-endpoints").await;
+        let (_, ops_side) = admin
+            .get(&format!(
+                "/operational-endpoints/{}/deliveries",
+                ops["data"][0]["id"].as_str().unwrap_or_default()
+            ))
+            .await;
+        panic!(
+            "heard: {:#?}\nthe venue's deliveries: {venue_side:#}\nthe operational endpoint's: {ops_side:#}\nhits at the failing receiver: {}",
+            ops_events(&secret, &ops_rx.received()),
+            failing.hits().len()
+        );
     };
     // Four deliveries failed within a second or two of each other: one event, or two where
     // a window's end fell between them; never one per delivery.
