@@ -23,8 +23,21 @@ pub struct SummaryView<'a> {
     last_status_code: Option<u16>,
     last_error: Option<&'a str>,
     next_attempt_at: Option<DateTime<Utc>>,
+    /// Pending without an attempt, and why (`null` otherwise).
+    held: Option<HeldView>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+}
+
+/// Why a pending delivery waits without being attempted, and until when.
+#[derive(Serialize)]
+pub struct HeldView {
+    /// `circuit_open` (the receiver kept failing) or `endpoint_disabled`.
+    reason: &'static str,
+    message: &'static str,
+    since: DateTime<Utc>,
+    /// When the endpoint is looked at again (a probe); `null` while it is disabled.
+    next_look: Option<DateTime<Utc>>,
 }
 
 impl<'a> SummaryView<'a> {
@@ -39,6 +52,12 @@ impl<'a> SummaryView<'a> {
             last_status_code: d.last_status_code,
             last_error: d.last_error.as_deref(),
             next_attempt_at: d.next_attempt_at,
+            held: d.held.as_ref().map(|h| HeldView {
+                reason: h.reason.as_str(),
+                message: h.reason.message(),
+                since: h.since,
+                next_look: h.next_look,
+            }),
             created_at: d.created_at,
             updated_at: d.updated_at,
         }

@@ -111,6 +111,9 @@ pub struct EndpointView<'a> {
     disabled_reason: Option<&'a str>,
     /// Since when every delivery has failed, if they do.
     failing_since: Option<DateTime<Utc>>,
+    /// When it is disabled if they go on failing (`failing_since` plus the stack's
+    /// `DisableAfterSeconds`, 5 days); `null` while deliveries succeed or it is disabled.
+    disables_at: Option<DateTime<Utc>>,
     /// The circuit breaker: while open, deliveries wait without being attempted.
     circuit: CircuitView,
     created_at: DateTime<Utc>,
@@ -140,7 +143,7 @@ impl CircuitView {
 }
 
 impl<'a> EndpointView<'a> {
-    pub fn of(ep: &'a Endpoint) -> Self {
+    pub fn of(api: &Api, ep: &'a Endpoint) -> Self {
         let hint = Some(ep.auth.hint.clone());
         let signed = ep.auth.mode == AuthMode::SignedSecret;
         EndpointView {
@@ -165,6 +168,10 @@ impl<'a> EndpointView<'a> {
             enabled: ep.enabled,
             disabled_reason: ep.disabled_reason.as_deref(),
             failing_since: ep.failing_since,
+            disables_at: ep
+                .failing_since
+                .filter(|_| ep.enabled)
+                .and_then(|since| api.dispatcher.disables_at(since)),
             circuit: CircuitView::of(ep),
             created_at: ep.created_at,
             updated_at: ep.updated_at,
@@ -285,13 +292,13 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
     };
     api.store.create_endpoint(&endpoint).await?;
     tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, auth = mode.as_str(), "endpoint created");
-    Ok((StatusCode::CREATED, with_secret(&endpoint, &secret)))
+    Ok((StatusCode::CREATED, with_secret(api, &endpoint, &secret)))
 }
 
 /// The endpoint view plus the secret or token: the only responses that ever carry it are
 /// the ones that created it (create and rotate).
-fn with_secret(endpoint: &Endpoint, secret: &Secret) -> serde_json::Value {
-    let mut body = to_json(&EndpointView::of(endpoint));
+fn with_secret(api: &Api, endpoint: &Endpoint, secret: &Secret) -> serde_json::Value {
+    let mut body = to_json(&EndpointView::of(api, endpoint));
     let field = match endpoint.auth.mode {
         AuthMode::SignedSecret => "secret",
         AuthMode::BearerToken => "token",
@@ -367,7 +374,7 @@ pub async fn rotate(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -
     endpoint.updated_at = now.max(previous + chrono::Duration::microseconds(1));
     api.store.replace_endpoint(&endpoint, previous).await?;
     tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, grace, "secret rotated");
-    Ok((StatusCode::OK, with_secret(&endpoint, &secret)))
+    Ok((StatusCode::OK, with_secret(api, &endpoint, &secret)))
 }
 
 pub async fn list(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
@@ -382,7 +389,7 @@ pub async fn list(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
         .store
         .list_endpoints(tenant, limit as i32, after.as_ref())
         .await?;
-    let data: Vec<_> = page.items.iter().map(EndpointView::of).collect();
+    let data: Vec<_> = page.items.iter().map(|ep| EndpointView::of(api, ep)).collect();
     Ok((
         StatusCode::OK,
         serde_json::json!({"data": data, "next_cursor": page.next_cursor.as_deref().map(cursor::encode)}),
@@ -400,7 +407,7 @@ pub(crate) async fn load(api: &Api, tenant: &Tenant, raw_id: &str) -> Result<End
 
 pub async fn get(api: &Api, tenant: &Tenant, raw_id: &str) -> ApiResult {
     let endpoint = load(api, tenant, raw_id).await?;
-    Ok((StatusCode::OK, to_json(&EndpointView::of(&endpoint))))
+    Ok((StatusCode::OK, to_json(&EndpointView::of(api, &endpoint))))
 }
 
 pub async fn update(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -> ApiResult {
@@ -455,6 +462,15 @@ pub async fn update(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -
     endpoint.updated_at = Utc::now().max(previous + chrono::Duration::microseconds(1));
     api.store.replace_endpoint(&endpoint, previous).await?;
     tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, enabled = endpoint.enabled, "endpoint updated");
+    if endpoint.enabled {
+        // What it kept while disabled, or held at its open circuit, goes now, oldest first
+        // (a loop that was waiting for the circuit gives way to this one). If this fails the
+        // answer says so, and the same PATCH again releases it.
+        api.dispatcher
+            .backlog()
+            .start(tenant, &endpoint.endpoint_id, Utc::now(), true)
+            .await?;
+    }
     // Said to the platform's operational endpoints (once: the write above was conditional on
     // the item as read).
     let at = endpoint.updated_at;
@@ -481,7 +497,7 @@ pub async fn update(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -
         }
         _ => {}
     }
-    Ok((StatusCode::OK, to_json(&EndpointView::of(&endpoint))))
+    Ok((StatusCode::OK, to_json(&EndpointView::of(api, &endpoint))))
 }
 
 /// The endpoint's custom headers after a merge patch, validated as a whole and sealed anew.

@@ -1,6 +1,7 @@
 //! The deliver function: each record of a batch is one delivery job (the first attempts of
 //! up to ten events at one endpoint, or one delivery's retry), all attempted concurrently, or
-//! a page of a replay ([`shared::pipeline::replay`]).
+//! a page of a replay ([`shared::pipeline::replay`]), or a step of an endpoint's backlog loop
+//! ([`shared::pipeline::backlog`]).
 //! A delivery that must wait for a retry is stored as a job of its own, with its wait
 //! (`DelaySeconds` on the queue, or the retries table: [`shared::pipeline::waits`]), before its message
 //! leaves the queue: no retry waits in flight. A job that can never be processed goes to the
@@ -19,6 +20,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::future::join_all;
 use shared::delivery::backoff;
 use shared::delivery::http_client::{BuildError, DeliveryClient};
+use shared::pipeline::backlog::BacklogTask;
 use shared::pipeline::dispatch::{is_fresh, Dispatcher, Endpoints, Health, Ran};
 use shared::pipeline::operational::OpsTask;
 use shared::pipeline::removal::{PurgeTask, Remover};
@@ -26,7 +28,8 @@ use shared::pipeline::replay::{ReplayTask, Replayer};
 use shared::pipeline::waits::Waits;
 use shared::runtime::metrics::Counter;
 use shared::storage::queue::{
-    self, visibility_secs, DeliveryJob, OpsMessage, PurgeMessage, Queues, ReplayMessage,
+    self, visibility_secs, BacklogMessage, DeliveryJob, OpsMessage, PurgeMessage, Queues,
+    ReplayMessage,
 };
 use shared::storage::services::Services;
 use shared::Error;
@@ -262,6 +265,7 @@ impl Deliver {
             Ok(Message::Replay(task)) => return self.replay(&task).await,
             Ok(Message::Purge(task)) => return self.purge(&task).await,
             Ok(Message::Ops(task)) => return self.ops(&task).await,
+            Ok(Message::Backlog(task)) => return self.backlog(&task).await,
             Err(reason) => return self.poison(message_id, body, reason).await,
         };
         let no_endpoints = Endpoints::new();
@@ -303,6 +307,7 @@ impl Deliver {
             Message::Replay(task) => task.queue(&self.queues, Duration::ZERO).await,
             Message::Purge(task) => task.queue(&self.queues, 0).await,
             Message::Ops(task) => self.dispatcher.ops().queue(task, Duration::ZERO).await,
+            Message::Backlog(task) => task.queue(&self.queues, Duration::ZERO).await,
             Message::Job(_) => return false,
         };
         sent.map_err(|e| tracing::error!(error = %e, "could not hand back an unfinished task; it comes back"))
@@ -364,6 +369,17 @@ impl Deliver {
         }
     }
 
+    /// A step of an endpoint's backlog loop (it queues the next step itself).
+    async fn backlog(&self, task: &BacklogTask) -> Handled {
+        match self.dispatcher.backlog().step(task).await {
+            Ok(()) => Handled::Done(Vec::new()),
+            Err(e) => {
+                tracing::warn!(endpoint_id = %task.endpoint_id, step = task.step, error = %e, "backlog step not done; it comes back");
+                Handled::Failed
+            }
+        }
+    }
+
     /// Hands a job that can never succeed to the DLQ with its reason.
     async fn poison(&self, message_id: &str, body: &str, reason: String) -> Handled {
         tracing::error!(message_id, reason, "poison delivery job; sent to the DLQ");
@@ -389,6 +405,7 @@ enum Message {
     Replay(ReplayTask),
     Purge(PurgeTask),
     Ops(OpsTask),
+    Backlog(BacklogTask),
 }
 
 /// The job (or replay task) of a record, or why it is none.
@@ -402,6 +419,11 @@ fn parse(record: &SqsMessage) -> Result<Message, String> {
     }
     if let Ok(OpsMessage { ops }) = serde_json::from_str::<OpsMessage<OpsTask>>(body) {
         return Ok(Message::Ops(ops));
+    }
+    if let Ok(BacklogMessage { backlog }) =
+        serde_json::from_str::<BacklogMessage<BacklogTask>>(body)
+    {
+        return Ok(Message::Backlog(backlog));
     }
     match serde_json::from_str::<DeliveryJob>(body) {
         Ok(job) if !job.deliveries.is_empty() => Ok(Message::Job(job)),

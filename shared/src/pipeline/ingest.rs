@@ -25,7 +25,7 @@ pub struct Accepted {
     pub queued: bool,
 }
 
-/// What the events of one venue in a batch share: its enabled endpoints, read once (by
+/// What the events of one venue in a batch share: its endpoints, read once (by
 /// whichever event asks first), and the groups their deliveries join.
 #[derive(Default)]
 struct VenueBatch {
@@ -306,6 +306,7 @@ fn jobs_of(record: &EventRecord, resumed: bool) -> Result<Vec<DeliveryJob>> {
             resumed,
             manual: false,
             held: 0,
+            released: false,
         })
         .collect())
 }

@@ -1,8 +1,10 @@
 //! The work between the functions: accepting an event and fanning it out ([`ingest`]),
-//! attempting its deliveries ([`dispatch`]), where a retry waits ([`waits`]), replays
+//! attempting its deliveries ([`dispatch`]), where a retry waits ([`waits`]), where a
+//! delivery held at an open circuit or a disabled endpoint waits ([`backlog`]), replays
 //! ([`replay`]), a venue's removal ([`removal`]), and what the platform hears
 //! ([`operational`]). The top room: nothing else imports it.
 
+pub mod backlog;
 pub mod dispatch;
 pub mod ingest;
 pub mod operational;

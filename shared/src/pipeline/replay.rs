@@ -206,6 +206,7 @@ impl Replayer {
                 resumed: false,
                 manual: true,
                 held: 0,
+                released: false,
             })
             .collect();
         self.queues

@@ -87,6 +87,9 @@ pub struct Config {
     pub outage_backoff: Duration,
     /// How many deliveries one page of a replay queues ([`crate::pipeline::replay`]).
     pub replay_page: usize,
+    /// The most one page of an endpoint's backlog releases, a page a second
+    /// ([`crate::pipeline::backlog`]).
+    pub backlog_page_max: usize,
     /// Removing a venue ([`crate::pipeline::removal`]): items a purge step deletes (500), and how many
     /// steps the request itself runs before purge tasks take the rest (as many as 10 s allow).
     pub purge_page: usize,
@@ -261,6 +264,7 @@ impl Config {
             user_agent: format!("PopupWebhooks/{}", env!("CARGO_PKG_VERSION")),
             outage_backoff: Duration::from_millis(number("OUTAGE_BACKOFF_BASE_MS", 10_000)?.max(1)),
             replay_page: number("REPLAY_PAGE_SIZE", 100)?.clamp(1, 1000) as usize,
+            backlog_page_max: number("BACKLOG_PAGE_MAX", 1000)?.clamp(1, 10_000) as usize,
             purge_page: number("PURGE_PAGE_SIZE", 500)?.clamp(1, 1000) as usize,
             purge_inline_steps: number("PURGE_INLINE_STEPS", 1_000_000)? as usize,
             exhausted_window: Duration::from_secs(

@@ -43,6 +43,10 @@ pub struct DeliveryJob {
     /// waits longer: [`crate::delivery::breaker::BreakerPolicy::hold_wait`]).
     #[serde(default, skip_serializing_if = "crate::model::domain::is_zero")]
     pub held: u32,
+    /// Released from its endpoint's backlog ([`crate::pipeline::backlog`]): attempted only
+    /// if it is still held (another job may have attempted it meanwhile).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
 /// A replay task as it travels on the delivery queue, beside the jobs.
@@ -56,6 +60,13 @@ pub struct ReplayMessage<T> {
 #[derive(Serialize, Deserialize)]
 pub struct OpsMessage<T> {
     pub ops: T,
+}
+
+/// A step of an endpoint's backlog loop as it travels on the delivery queue
+/// ([`crate::pipeline::backlog`]).
+#[derive(Serialize, Deserialize)]
+pub struct BacklogMessage<T> {
+    pub backlog: T,
 }
 
 /// A step of a venue's removal as it travels on the delivery queue.
@@ -363,6 +374,7 @@ mod tests {
             resumed: !first,
             manual: false,
             held: 0,
+            released: false,
         }
     }
 

@@ -40,6 +40,8 @@ pub struct Health {
     tallies: Mutex<HashMap<(VenueId, EndpointId), Tally>>,
     /// Endpoints this batch marked slow already.
     slow: Mutex<HashSet<(VenueId, EndpointId)>>,
+    /// Endpoints whose backlog loop this batch made sure of already.
+    looked: Mutex<HashSet<(VenueId, EndpointId)>>,
 }
 
 impl Health {
@@ -83,6 +85,14 @@ impl Health {
         })
     }
 
+    /// `true` the first time this batch holds a delivery at `endpoint`'s open circuit: the
+    /// one time to make sure a loop looks at its backlog.
+    pub fn first_hold(&self, endpoint: &Endpoint) -> bool {
+        self.looked.lock().is_ok_and(|mut looked| {
+            looked.insert((endpoint.venue_id.clone(), endpoint.endpoint_id.clone()))
+        })
+    }
+
     /// Every endpoint's tally, emptying this.
     pub fn take(&self) -> Vec<Tally> {
         self.tallies
@@ -90,6 +100,15 @@ impl Health {
             .map(|mut t| t.drain().map(|(_, tally)| tally).collect())
             .unwrap_or_default()
     }
+}
+
+/// Why a delivery may not be attempted now.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum NotNow {
+    /// The endpoint's circuit is open (or its probe is out) until then.
+    Circuit(DateTime<Utc>),
+    /// A slow endpoint at its cap: look again after this long.
+    Cap(Duration),
 }
 
 /// A delivery let through to its attempt: whether it is the circuit's probe, and the lease
@@ -103,20 +122,17 @@ pub(super) struct Admitted {
 impl Dispatcher {
     /// Whether a delivery to `endpoint` may be attempted now: by its circuit breaker (the
     /// one probe of an endpoint whose cooldown is over goes), and, if it is slow, by a free
-    /// lease slot. `Err(wait)`: held for that long without being attempted.
+    /// lease slot. `Err`: not now, and why.
     pub(super) async fn pass(
         &self,
         tenant: &Tenant,
         endpoint: &Endpoint,
         held: u32,
         now: DateTime<Utc>,
-    ) -> Result<std::result::Result<Admitted, Duration>> {
+    ) -> Result<std::result::Result<Admitted, NotNow>> {
         let hold = |until| {
-            let wait = self
-                .breaker
-                .hold_wait(until, held, now, rand::random::<f64>());
-            tracing::debug!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, wait_ms = wait.as_millis() as u64, "held without an attempt");
-            Ok(Err(wait))
+            tracing::debug!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, %until, "not attempted: the circuit is open");
+            Ok(Err(NotNow::Circuit(until)))
         };
         let lease = now
             + chrono::TimeDelta::from_std(self.breaker.probe_lease)
@@ -168,7 +184,7 @@ impl Dispatcher {
         }
         let wait = self.breaker.cap_wait(held, rand::random::<f64>());
         tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, slots, wait_ms = wait.as_millis() as u64, "slow endpoint at its concurrency cap; held");
-        Ok(Err(wait))
+        Ok(Err(NotNow::Cap(wait)))
     }
 
     /// Marks a slow endpoint as such (once a batch, and not again while the mark stands),

@@ -13,6 +13,7 @@ use crate::delivery::breaker::BreakerPolicy;
 use crate::delivery::http_client::{text_excerpt, DeliveryClient};
 use crate::model::domain::{Attempt, DeliveryStatus, Endpoint, Event, Trigger};
 use crate::model::error::{Error, Result};
+use crate::pipeline::backlog::Backlogs;
 use crate::pipeline::operational::{DisabledBy, Notifier, OpsEvent};
 use crate::runtime::metrics::{Counter, Metrics};
 use std::collections::HashMap;
@@ -24,7 +25,8 @@ use crate::storage::queue::{DeliveryJob, Queued};
 use crate::storage::sealing::Sealer;
 use crate::storage::services::Services;
 use crate::storage::store::{
-    AttemptRecord, DeliveryRecord, GroupEntry, GroupRecord, Recorded, Store, Tenant,
+    AttemptRecord, DeliveryRecord, GroupEntry, GroupRecord, Held, Hold, HoldReason, Recorded,
+    Store, Tenant,
 };
 use futures::future::join_all;
 
@@ -32,7 +34,7 @@ mod health;
 mod manual;
 mod send;
 
-use health::Admitted;
+use health::{Admitted, NotNow};
 pub use health::{Health, Tally};
 pub use send::request_headers;
 
@@ -92,6 +94,8 @@ pub struct Dispatcher {
     breaker: BreakerPolicy,
     /// Operational events: endpoints disabled, circuits, deliveries failed for good.
     ops: Notifier,
+    /// Where deliveries held at an open circuit or a disabled endpoint wait.
+    backlog: Backlogs,
     /// What this process's attempts did, until its function flushes it ([`crate::runtime::metrics`]).
     metrics: std::sync::Arc<Metrics>,
 }
@@ -106,8 +110,16 @@ impl Dispatcher {
             policy: config.retry.clone(),
             breaker: config.breaker.clone(),
             ops: Notifier::new(services),
+            backlog: Backlogs::new(services),
             metrics: std::sync::Arc::default(),
         }
+    }
+
+    /// When an endpoint failing since `since` is disabled if it goes on failing.
+    pub fn disables_at(&self, since: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        chrono::TimeDelta::from_std(self.policy.disable_after)
+            .ok()
+            .map(|after| since + after)
     }
 
     /// The metrics of the attempts made (and their effects), for the function to flush.
@@ -118,6 +130,12 @@ impl Dispatcher {
     /// The operational events' publisher, for changes made elsewhere (the API's PATCH).
     pub fn ops(&self) -> &Notifier {
         &self.ops
+    }
+
+    /// The endpoints' backlogs (the API's PATCH releases one; the deliver function runs
+    /// their loops).
+    pub fn backlog(&self) -> &Backlogs {
+        &self.backlog
     }
 
     /// Runs one queued job. `receive` is SQS's receive count of the message. A fresh
@@ -307,8 +325,9 @@ impl Dispatcher {
                     .await?;
                 return Ok(First::Done);
             }
-            Some(Ok(_)) => {
-                self.end_unsent(tenant, job_target, "the endpoint is disabled")
+            Some(Ok(endpoint)) => {
+                // Kept for it until it is enabled again.
+                self.hold(tenant, endpoint, job_target, (HoldReason::EndpointDisabled, None))
                     .await?;
                 return Ok(First::Done);
             }
@@ -322,7 +341,13 @@ impl Dispatcher {
         }
         let admitted = match self.pass(tenant, endpoint, held, now).await? {
             Ok(admitted) => admitted,
-            Err(wait) => return Ok(First::Held(wait)),
+            Err(NotNow::Cap(wait)) => return Ok(First::Held(wait)),
+            Err(NotNow::Circuit(until)) => {
+                self.hold(tenant, endpoint, job_target, (HoldReason::CircuitOpen, Some(until)))
+                    .await?;
+                batch.circuit_hold(self, tenant, endpoint, until).await?;
+                return Ok(First::Done);
+            }
         };
         // Admission may have taken a while (a lease write): still in time?
         if !batch.may_attempt(self.http.timeout()) {
@@ -405,6 +430,10 @@ impl Dispatcher {
         // ends it, a pending one is attempted when due, and the scheduled attempt's number
         // lets only one copy record (and go on with) each attempt. Standing down whenever the
         // delivery exists would strand a pending delivery whose own job was this copy.
+        if job.released && existing.as_ref().is_none_or(|d| d.held.is_none()) {
+            // Attempted meanwhile by another job of it (a release that was repeated).
+            return Ok(JobOutcome::Done("released delivery no longer held"));
+        }
         if let Some(delivery) = &existing {
             if delivery.status != DeliveryStatus::Pending {
                 return Ok(JobOutcome::Done("delivery already finished"));
@@ -441,16 +470,24 @@ impl Dispatcher {
             Err(e) => return Err(e),
         };
         if !endpoint.enabled {
-            self.end_unsent(&tenant, job_target, "the endpoint is disabled")
-                .await?;
-            return Ok(JobOutcome::Done("endpoint disabled"));
+            // Kept for it until it is enabled again.
+            return self
+                .hold(&tenant, &endpoint, job_target, (HoldReason::EndpointDisabled, None))
+                .await;
         }
         if !batch.may_attempt(self.http.timeout()) {
             return Ok(JobOutcome::HandedBack);
         }
         let admitted = match self.pass(&tenant, &endpoint, job.held, now).await? {
             Ok(admitted) => admitted,
-            Err(wait) => return Ok(JobOutcome::Held(wait)),
+            Err(NotNow::Cap(wait)) => return Ok(JobOutcome::Held(wait)),
+            Err(NotNow::Circuit(until)) => {
+                let held = self
+                    .hold(&tenant, &endpoint, job_target, (HoldReason::CircuitOpen, Some(until)))
+                    .await?;
+                batch.circuit_hold(self, &tenant, &endpoint, until).await?;
+                return Ok(held);
+            }
         };
         if !batch.may_attempt(self.http.timeout()) {
             self.unadmit(&tenant, &endpoint, &admitted).await;
@@ -507,7 +544,16 @@ impl Dispatcher {
         }
         let admitted = match self.pass(tenant, &endpoint, job.held, now).await? {
             Ok(admitted) => admitted,
-            Err(wait) => return Ok(JobOutcome::Held(wait)),
+            // A replay paces itself by the circuit: its attempt waits on the queue.
+            Err(NotNow::Circuit(until)) => {
+                return Ok(JobOutcome::Held(self.breaker.hold_wait(
+                    until,
+                    job.held,
+                    now,
+                    rand::random::<f64>(),
+                )))
+            }
+            Err(NotNow::Cap(wait)) => return Ok(JobOutcome::Held(wait)),
         };
         batch.sent();
         let attempt = self.retry_with(tenant, &endpoint, delivery).await;
@@ -684,6 +730,36 @@ impl Dispatcher {
         }
     }
 
+    /// Records a delivery as held without an attempt (its job then leaves the queue: the
+    /// endpoint's backlog loop releases it, [`crate::pipeline::backlog`]).
+    async fn hold(
+        &self,
+        tenant: &Tenant,
+        endpoint: &Endpoint,
+        (delivery_id, _, event): (&DeliveryId, &EndpointId, &Event),
+        (reason, next_look): (HoldReason, Option<DateTime<Utc>>),
+    ) -> Result<JobOutcome> {
+        let hold = Hold {
+            reason,
+            since: Utc::now(),
+            next_look,
+        };
+        let ids = (delivery_id, &event.id, event.event_type.as_str());
+        match self
+            .store
+            .hold_delivery(tenant, &endpoint.endpoint_id, ids, &hold)
+            .await?
+        {
+            Held::Finished => Ok(JobOutcome::Done("finished meanwhile")),
+            Held::Held => {
+                self.metrics.count(Counter::DeliveriesHeld, 1);
+                HELD.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, %delivery_id, reason = reason.as_str(), "delivery held");
+                Ok(JobOutcome::Done("held: in the endpoint's backlog"))
+            }
+        }
+    }
+
     /// A delivery whose endpoint is gone ends as "the endpoint was deleted"; unless its venue
     /// was removed ([`crate::pipeline::removal`]): then nothing of it is written again.
     async fn end_deleted(
@@ -745,6 +821,24 @@ struct Batch<'a> {
 }
 
 impl Batch<'_> {
+    /// After a delivery was held at `endpoint`'s open circuit: once a batch, makes sure a
+    /// loop looks at its backlog when the circuit's cooldown ends.
+    async fn circuit_hold(
+        &self,
+        dispatcher: &Dispatcher,
+        tenant: &Tenant,
+        endpoint: &Endpoint,
+        until: DateTime<Utc>,
+    ) -> Result<()> {
+        if !self.health.first_hold(endpoint) {
+            return Ok(());
+        }
+        dispatcher
+            .backlog
+            .ensure_loop(tenant, &endpoint.endpoint_id, until)
+            .await
+    }
+
     /// Whether an attempt that may take `request_timeout` can start now.
     fn may_attempt(&self, request_timeout: Duration) -> bool {
         self.attempts_until

@@ -47,6 +47,9 @@ pub struct DeliveryRecord {
     #[serde(default)]
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub expires_at: i64,
+    /// Held without an attempt, and why ([`super::backlog`]); cleared by its next attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<super::backlog::Hold>,
     /// Read from its group's item (a first-try success), not from an item of its own.
     #[serde(skip)]
     pub in_group: bool,
@@ -162,6 +165,7 @@ impl GroupRecord {
             next_attempt_at: None,
             expires_at: self.expires_at,
             attempts: vec![entry.attempt()],
+            held: None,
             in_group: true,
         })
     }
@@ -342,7 +346,7 @@ impl Store {
              event_type = :type, created_at = if_not_exists(created_at, :now), \
              updated_at = :now, expires_at = :ttl",
         );
-        let mut remove = "";
+        let mut remove = " REMOVE held";
         let mut conditions: Vec<String> = Vec::new();
         // The attempts: appended, or (at the cap) the last ones kept, on the count read.
         let kept = previous.map_or(0, |p| p.attempts.len());
@@ -388,7 +392,7 @@ impl Store {
                 .expression_attribute_values(":next", to_attr(&rec.next_attempt_at)?);
             // In the `by_status` index while not succeeded.
             if rec.status == DeliveryStatus::Succeeded {
-                remove = " REMOVE status_key";
+                remove = " REMOVE held, status_key";
             } else {
                 set.push_str(", status_key = :status_key");
                 update = update.expression_attribute_values(
@@ -466,7 +470,7 @@ impl Store {
                  updated_at = :now, #status = :failed, last_error = :reason, \
                  attempt_count = if_not_exists(attempt_count, :zero), expires_at = :ttl, \
                  status_key = :status_key \
-                 REMOVE next_attempt_at",
+                 REMOVE next_attempt_at, held",
             )
             .condition_expression("attribute_not_exists(#status) OR #status = :pending")
             .expression_attribute_names("#status", "status")

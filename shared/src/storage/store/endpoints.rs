@@ -356,8 +356,9 @@ impl Store {
         }
     }
 
-    /// Every enabled endpoint of a venue with what fan-out needs of it (the `fanout` index:
-    /// its id and event types, not its whole item), all pages.
+    /// Every endpoint of a venue with what fan-out needs of it (the `fanout` index: its id
+    /// and event types, not its whole item), all pages. Disabled ones too: their deliveries
+    /// are kept for them, held until they are enabled ([`crate::pipeline::backlog`]).
     pub async fn fanout_endpoints(&self, tenant: &Tenant) -> Result<Vec<FanoutEndpoint>> {
         let mut found = Vec::new();
         let mut pages = self
@@ -366,9 +367,7 @@ impl Store {
             .table_name(&self.endpoints)
             .index_name("fanout")
             .key_condition_expression("venue_id = :v")
-            .filter_expression("enabled = :t")
             .expression_attribute_values(":v", s(tenant.venue().as_str()))
-            .expression_attribute_values(":t", AttributeValue::Bool(true))
             .into_paginator()
             .items()
             .send();

@@ -16,16 +16,18 @@
 //!
 //!   A replay's progress is an item of its endpoint's partition too, under its id (`rpl_…`,
 //!   outside the range of delivery ids every history query reads).
-//!   So is a tally of its deliveries failed for good in a window (`xh_…`, [`exhausted`]).
+//!   So is a tally of its deliveries failed for good in a window (`xh_…`, [`exhausted`]),
+//!   and the loop that releases its held deliveries (`bk_loop`, [`backlog`]).
 //! - retries: jobs waiting longer than SQS can delay them, by due slot and shard.
 //!
 //! One file per table: [`endpoints`], [`events`] (and the notes of events whose jobs could not
 //! be queued), [`deliveries`] (history items, attempts and their rules), [`history`] (reading
-//! an endpoint's history), [`replays`],
+//! an endpoint's history), [`replays`], [`backlog`] (deliveries held without an attempt),
 //! [`api_keys`], [`retries`]. This
 //! file holds the store itself and what they share (conditional puts, batched reads).
 
 mod api_keys;
+mod backlog;
 mod deliveries;
 mod endpoints;
 mod events;
@@ -38,6 +40,7 @@ mod stats;
 mod venues;
 
 pub use api_keys::{ApiKeyRecord, PortalSessionRecord};
+pub use backlog::{BacklogLoop, Held, Hold, HoldReason, StepClaim};
 pub use deliveries::{
     history_partition, AttemptRecord, DeliveryRecord, FailedDelivery, GroupEntry, GroupRecord,
     Recorded, MAX_KEPT_ATTEMPTS,

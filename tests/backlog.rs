@@ -1,0 +1,210 @@
+//! An endpoint's backlog (`shared::pipeline::backlog`): deliveries that meet an open circuit
+//! or a disabled endpoint are recorded once as held (pending in history, with the reason and
+//! the next look), leave the queue, and go oldest first when the endpoint can take them.
+//! On the fault suite's compressed clock.
+
+use std::time::Duration;
+
+use integration_tests::faults::{FaultReceiver, Mode};
+use integration_tests::*;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(40);
+
+async fn publish_numbered(api: &Client, venue: &str, numbers: std::ops::Range<u64>) {
+    for n in numbers {
+        let (status, body) = api
+            .post(
+                &format!("/venues/{venue}/events"),
+                json!({"type": "order.created", "data": {"n": n}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+}
+
+/// The endpoint's deliveries (one page of up to 100).
+async fn deliveries(api: &Client, endpoint: &str, query: &str) -> Vec<Value> {
+    let (status, page) = api
+        .get(&format!("{endpoint}/deliveries?limit=100{query}"))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    page["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// The `n` of each event a receiver got, in the order it got them.
+fn numbers(bodies: impl Iterator<Item = String>) -> Vec<u64> {
+    bodies
+        .filter_map(|b| serde_json::from_str::<Value>(&b).ok())
+        .filter_map(|v| v["data"]["n"].as_u64())
+        .collect()
+}
+
+/// Messages on the delivery queue, visible, delayed or in flight.
+async fn on_queue(stack: &local::Stack) -> u64 {
+    let sqs = aws_sdk_sqs::Client::new(&stack.aws);
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(stack.queue_url("DeliveryQueue"))
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap_or_default();
+    [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    ]
+    .iter()
+    .map(|name| {
+        attrs
+            .get(&aws_sdk_sqs::types::QueueAttributeName::from(*name))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    })
+    .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_endpoint_keeps_its_events_and_gets_them_when_enabled() {
+    let stack = start_with(compressed_options(&[])).await;
+    let rx = Receiver::start(200).await;
+    let api = Client::new(&stack);
+    let venue = format!("kept-{}", unique_prefix());
+    let ep = api
+        .create_endpoint(&venue, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    let endpoint = format!("/venues/{venue}/endpoints/{}", ep["id"].as_str().unwrap());
+    let (status, body) = api.patch(&endpoint, json!({"enabled": false})).await;
+    assert_eq!(status, 200, "{body}");
+
+    publish_numbered(&api, &venue, 0..5).await;
+    // Each is in history, pending, saying why; nothing reached the receiver.
+    let held = eventually(WAIT, || async {
+        let list = deliveries(&api, &endpoint, "&status=pending").await;
+        (list.len() == 5 && list.iter().all(|d| d["held"].is_object())).then_some(list)
+    })
+    .await
+    .expect("5 deliveries held for the disabled endpoint");
+    for d in &held {
+        assert_eq!(d["status"], "pending", "{d}");
+        assert_eq!(d["held"]["reason"], "endpoint_disabled", "{d}");
+        assert!(d["held"]["message"].as_str().unwrap().contains("enabled again"));
+        assert_eq!(d["held"]["next_look"], Value::Null, "{d}");
+        assert_eq!(d["attempt_count"], 0, "{d}");
+    }
+    // The event's own view shows the delivery too.
+    let event_id = held[0]["event_id"].as_str().unwrap();
+    let (status, event) = api
+        .get(&format!("/venues/{venue}/events/{event_id}"))
+        .await;
+    assert_eq!(status, 200, "{event}");
+    assert!(
+        event.to_string().contains(held[0]["id"].as_str().unwrap()),
+        "{event}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(rx.received().is_empty(), "a disabled endpoint got a request");
+
+    // Enabled again: the five go (one page: at once), and history says delivered.
+    let (status, body) = api.patch(&endpoint, json!({"enabled": true})).await;
+    assert_eq!(status, 200, "{body}");
+    let delivered = eventually(WAIT, || async {
+        let list = deliveries(&api, &endpoint, "").await;
+        (list.len() == 5 && list.iter().all(|d| d["status"] == "succeeded")).then_some(list)
+    })
+    .await
+    .expect("the five are delivered once the endpoint is enabled");
+    assert!(delivered.iter().all(|d| d["held"].is_null()));
+    let mut got = numbers(rx.received().into_iter().map(|c| c.body));
+    got.sort_unstable();
+    assert_eq!(got, vec![0, 1, 2, 3, 4], "each once");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_held_at_an_open_circuit_show_in_history_and_go_when_a_probe_succeeds() {
+    // Opens after 3 failures in a row, for 3 s (up to 6 s).
+    let stack = start_with(compressed_options(&[
+        ("BREAKER_THRESHOLD", "3"),
+        ("BREAKER_COOLDOWN_MS", "3000"),
+        ("BREAKER_MAX_COOLDOWN_MS", "6000"),
+        ("RETRY_SCHEDULE_SECONDS", "1,1,1,1,1,1,1,1"),
+    ]))
+    .await;
+    let rx = FaultReceiver::start(vec![Mode::Status(503)]).await;
+    let api = Client::new(&stack);
+    let venue = format!("held-{}", unique_prefix());
+    let ep = api
+        .create_endpoint(&venue, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    let endpoint = format!("/venues/{venue}/endpoints/{}", ep["id"].as_str().unwrap());
+    publish_numbered(&api, &venue, 0..3).await;
+    eventually(WAIT, || async {
+        let (_, ep) = api.get(&endpoint).await;
+        (ep["circuit"]["state"] == "open").then_some(())
+    })
+    .await
+    .expect("the circuit opens");
+
+    // Published while it is open: each recorded once as held, with the next look; their
+    // jobs left the queue (what is left there: the loop's step, the first three's retries).
+    publish_numbered(&api, &venue, 3..23).await;
+    let held = eventually(WAIT, || async {
+        let list = deliveries(&api, &endpoint, "&status=pending").await;
+        let held: Vec<Value> = list
+            .into_iter()
+            .filter(|d| d["held"]["reason"] == "circuit_open")
+            .collect();
+        (held.len() >= 20).then_some(held)
+    })
+    .await
+    .expect("the deliveries published while the circuit is open are held, in history");
+    for d in &held {
+        assert!(d["held"]["next_look"].is_string(), "{d}");
+        assert!(d["held"]["message"].as_str().unwrap().contains("circuit"));
+    }
+    let (_, stats) = api.get(&format!("{endpoint}/stats")).await;
+    assert!(
+        stats["deliveries"]["pending"].as_u64().unwrap() >= 20,
+        "{stats}"
+    );
+    let waiting = on_queue(&stack).await;
+    assert!(
+        waiting <= 6,
+        "{waiting} messages on the queue for 20 held deliveries"
+    );
+
+    // The receiver is back: a probe closes the circuit, and every delivery goes; those held
+    // go oldest first (a page at a time; a page's attempts run at once).
+    let before = rx.hits().len();
+    rx.set_script(vec![Mode::Status(200)]);
+    let delivered = eventually(Duration::from_secs(60), || async {
+        let list = deliveries(&api, &endpoint, "").await;
+        (list.len() == 23 && list.iter().all(|d| d["status"] == "succeeded")).then_some(list)
+    })
+    .await;
+    assert!(
+        delivered.is_some(),
+        "every delivery succeeds once the receiver is back: {:#}",
+        json!(deliveries(&api, &endpoint, "").await)
+    );
+    let mut order = Vec::new();
+    for n in numbers(rx.hits()[before..].iter().map(|h| h.body.clone())) {
+        if !order.contains(&n) {
+            order.push(n);
+        }
+    }
+    assert_eq!(order.len(), 23, "each delivered: {order:?}");
+    for (i, later) in order.iter().enumerate() {
+        for earlier in &order[..i] {
+            assert!(
+                *earlier < later + 12,
+                "{earlier} went before {later}, far older: {order:?}"
+            );
+        }
+    }
+    stack.stop().await;
+}
