@@ -91,22 +91,26 @@ async fn a_disabled_endpoint_keeps_its_events_and_gets_them_when_enabled() {
     for d in &held {
         assert_eq!(d["status"], "pending", "{d}");
         assert_eq!(d["held"]["reason"], "endpoint_disabled", "{d}");
-        assert!(d["held"]["message"].as_str().unwrap().contains("enabled again"));
+        assert!(d["held"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("enabled again"));
         assert_eq!(d["held"]["next_look"], Value::Null, "{d}");
         assert_eq!(d["attempt_count"], 0, "{d}");
     }
     // The event's own view shows the delivery too.
     let event_id = held[0]["event_id"].as_str().unwrap();
-    let (status, event) = api
-        .get(&format!("/venues/{venue}/events/{event_id}"))
-        .await;
+    let (status, event) = api.get(&format!("/venues/{venue}/events/{event_id}")).await;
     assert_eq!(status, 200, "{event}");
     assert!(
         event.to_string().contains(held[0]["id"].as_str().unwrap()),
         "{event}"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(rx.received().is_empty(), "a disabled endpoint got a request");
+    assert!(
+        rx.received().is_empty(),
+        "a disabled endpoint got a request"
+    );
 
     // Enabled again: the five go (one page: at once), and history says delivered.
     let (status, body) = api.patch(&endpoint, json!({"enabled": true})).await;

@@ -202,20 +202,24 @@ async fn subscribed_endpoints_receive_exact_signed_envelopes_from_http_and_queue
     assert_eq!(attempts[0]["response_body"], "receiver answered 200");
     assert!(attempts[0]["duration_ms"].is_u64());
 
-    // The event shows where it went: the signed and the bearer endpoint, both succeeded.
+    // The event shows where it went: the signed and the bearer endpoint, both succeeded;
+    // the disabled endpoint keeps it, held, for when it is enabled again.
     let (status, event) = api
         .get(&format!("/venues/{venue}/events/order-2-created"))
         .await;
     assert_eq!(status, 200);
     assert_eq!(event["type"], "order.created");
     assert_eq!(event["data"], json!({"order_id": "o-2"}));
-    let statuses: Vec<&str> = event["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(statuses, vec!["succeeded", "succeeded"]);
+    let went = event["deliveries"].as_array().unwrap();
+    let mut statuses: Vec<&str> = went.iter().map(|d| d["status"].as_str().unwrap()).collect();
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        vec!["pending", "succeeded", "succeeded"],
+        "{event}"
+    );
+    let kept = went.iter().find(|d| d["status"] == "pending").unwrap();
+    assert_eq!(kept["held"]["reason"], "endpoint_disabled", "{event}");
 
     stack.stop().await;
 }
@@ -726,7 +730,10 @@ async fn endpoints_paginate_patch_and_delete() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(rx.received().len(), 1);
     assert_eq!(deliveries_of(&api, &venue, &ids[2]).await.len(), 1);
-    assert!(deliveries_of(&api, &venue, &ids[0]).await.is_empty());
+    // The disabled one keeps it for when it is enabled again.
+    let kept = deliveries_of(&api, &venue, &ids[0]).await;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0]["held"]["reason"], "endpoint_disabled");
     stack.stop().await;
 }
 

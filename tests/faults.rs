@@ -358,18 +358,56 @@ async fn an_endpoint_failing_too_long_is_disabled() {
     let rx = FaultReceiver::start(vec![Mode::Status(500)]).await;
     let case = Case::new(&stack, &rx.url).await;
     case.publish(1).await;
-    let d = &case.settled(1).await[0];
-    assert_eq!(d["status"], "failed");
+    // While it fails, the endpoint says when it will be disabled.
+    let failing = eventually(WAIT, || async {
+        let ep = case.endpoint().await;
+        (ep["enabled"] == true && ep["failing_since"].is_string()).then_some(ep)
+    })
+    .await
+    .expect("the endpoint starts failing");
+    let at = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    assert_eq!(
+        at(&failing["disables_at"]) - at(&failing["failing_since"]),
+        chrono::TimeDelta::seconds(2),
+        "{failing}"
+    );
+    // Disabled: the delivery is kept for it (held, pending), not failed.
+    let held = eventually(WAIT, || async {
+        let (_, page) = case
+            .api
+            .get(&format!(
+                "/venues/{}/endpoints/{}/deliveries",
+                case.venue, case.endpoint
+            ))
+            .await;
+        let d = page["data"][0].clone();
+        (d["held"]["reason"] == "endpoint_disabled").then_some(d)
+    })
+    .await
+    .expect("the delivery is held for the disabled endpoint");
+    assert_eq!(held["status"], "pending", "{held}");
     let ep = case.endpoint().await;
+    assert_eq!(ep["disables_at"], Value::Null, "{ep}");
     assert_eq!(ep["enabled"], false, "{ep}");
     assert!(ep["disabled_reason"]
         .as_str()
         .unwrap()
         .contains("failed since"));
-    assert!(
-        attempts(d).len() < 7,
-        "disabled before the schedule ran out"
-    );
+    let tried = rx.hits().len();
+    assert!(tried < 7, "disabled before the schedule ran out: {tried}");
+    // The receiver is fixed and the venue enables the endpoint: the delivery goes.
+    rx.set_script(vec![Mode::Status(200)]);
+    let (status, body) = case
+        .api
+        .patch(
+            &format!("/venues/{}/endpoints/{}", case.venue, case.endpoint),
+            json!({"enabled": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let d = &case.settled(1).await[0];
+    assert_eq!(d["status"], "succeeded", "{d}");
+    assert_eq!(rx.hits().len(), tried + 1);
     stack.stop().await;
 }
 

@@ -389,7 +389,11 @@ pub async fn list(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
         .store
         .list_endpoints(tenant, limit as i32, after.as_ref())
         .await?;
-    let data: Vec<_> = page.items.iter().map(|ep| EndpointView::of(api, ep)).collect();
+    let data: Vec<_> = page
+        .items
+        .iter()
+        .map(|ep| EndpointView::of(api, ep))
+        .collect();
     Ok((
         StatusCode::OK,
         serde_json::json!({"data": data, "next_cursor": page.next_cursor.as_deref().map(cursor::encode)}),

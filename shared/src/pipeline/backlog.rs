@@ -157,7 +157,12 @@ impl Backlogs {
         let Some(token) = &task.token else {
             // The check: a delivery held by someone who saw the last loop still running.
             if self.store.backlog_loop(&tenant, id).await?.is_none()
-                && !self.store.held_page(&tenant, id, None, 1).await?.0.is_empty()
+                && !self
+                    .store
+                    .held_page(&tenant, id, None, 1)
+                    .await?
+                    .0
+                    .is_empty()
             {
                 self.start(&tenant, id, Utc::now(), false).await?;
             }

@@ -327,8 +327,13 @@ impl Dispatcher {
             }
             Some(Ok(endpoint)) => {
                 // Kept for it until it is enabled again.
-                self.hold(tenant, endpoint, job_target, (HoldReason::EndpointDisabled, None))
-                    .await?;
+                self.hold(
+                    tenant,
+                    endpoint,
+                    job_target,
+                    (HoldReason::EndpointDisabled, None),
+                )
+                .await?;
                 return Ok(First::Done);
             }
             None => {
@@ -343,8 +348,13 @@ impl Dispatcher {
             Ok(admitted) => admitted,
             Err(NotNow::Cap(wait)) => return Ok(First::Held(wait)),
             Err(NotNow::Circuit(until)) => {
-                self.hold(tenant, endpoint, job_target, (HoldReason::CircuitOpen, Some(until)))
-                    .await?;
+                self.hold(
+                    tenant,
+                    endpoint,
+                    job_target,
+                    (HoldReason::CircuitOpen, Some(until)),
+                )
+                .await?;
                 batch.circuit_hold(self, tenant, endpoint, until).await?;
                 return Ok(First::Done);
             }
@@ -472,7 +482,12 @@ impl Dispatcher {
         if !endpoint.enabled {
             // Kept for it until it is enabled again.
             return self
-                .hold(&tenant, &endpoint, job_target, (HoldReason::EndpointDisabled, None))
+                .hold(
+                    &tenant,
+                    &endpoint,
+                    job_target,
+                    (HoldReason::EndpointDisabled, None),
+                )
                 .await;
         }
         if !batch.may_attempt(self.http.timeout()) {
@@ -483,7 +498,12 @@ impl Dispatcher {
             Err(NotNow::Cap(wait)) => return Ok(JobOutcome::Held(wait)),
             Err(NotNow::Circuit(until)) => {
                 let held = self
-                    .hold(&tenant, &endpoint, job_target, (HoldReason::CircuitOpen, Some(until)))
+                    .hold(
+                        &tenant,
+                        &endpoint,
+                        job_target,
+                        (HoldReason::CircuitOpen, Some(until)),
+                    )
                     .await?;
                 batch.circuit_hold(self, &tenant, &endpoint, until).await?;
                 return Ok(held);
