@@ -712,6 +712,77 @@ async fn writes_whose_answers_are_lost_are_taken_as_done_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_failed_for_good_is_told_once_when_its_tally_is_done_again_later() {
+    // Windows of 4 s. The first delivery's tally lands and every answer to it is lost (the
+    // SDK's four tries): its job fails and comes back 5 s later, in another window, and
+    // tallies it again. A second delivery, failed for good in the first window, closes and
+    // tells that window, with the first delivery in it. Told once: 2 in all (a tally that
+    // took the current window each time counted the first delivery twice: 3).
+    let (stack, proxy) = proxied(options(&[
+        ("RETRY_SCHEDULE_SECONDS", "1"),
+        ("EXHAUSTED_WINDOW_SECONDS", "4"),
+        ("BREAKER_THRESHOLD", "100"),
+        ("OUTAGE_BACKOFF_BASE_MS", "5000"),
+    ]))
+    .await;
+    let (admin, ops_rx, _) = with_operational_endpoint(&stack).await;
+    let v = venue();
+    let failing = FaultReceiver::start(vec![Mode::Status(503)]).await;
+    let ep = admin
+        .create_endpoint(&v, json!({"url": failing.url, "event_types": ["*"]}))
+        .await;
+    let ep_id = ep["id"].as_str().unwrap().to_owned();
+    // Just after a window starts.
+    let into = chrono::Utc::now().timestamp_millis().rem_euclid(4000) as u64;
+    tokio::time::sleep(Duration::from_millis((4000 + 200 - into) % 4000)).await;
+    proxy.inject_times("UpdateItem", "xh_", Fault::AnswerLost, 4);
+    publish(
+        &admin,
+        &v,
+        json!({"type": "order.created", "data": {"n": 1}}),
+    )
+    .await;
+    // Failed for good about 2.9 s into the window, once the first one's tries are over.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    publish(
+        &admin,
+        &v,
+        json!({"type": "order.created", "data": {"n": 2}}),
+    )
+    .await;
+    let told = |ops_rx: &Receiver| -> Vec<Value> {
+        let mut seen = BTreeSet::new();
+        ops_rx
+            .received()
+            .into_iter()
+            .filter(|r| seen.insert(r.headers["webhook-id"].clone()))
+            .map(|r| serde_json::from_str::<Value>(&r.body).unwrap())
+            .filter(|e| e["type"] == "delivery.exhausted" && e["data"]["endpoint_id"] == ep_id)
+            .collect()
+    };
+    let counted = |events: &[Value]| -> u64 {
+        events
+            .iter()
+            .map(|e| e["data"]["count"].as_u64().unwrap())
+            .sum()
+    };
+    let both = eventually(WAIT, || async {
+        (counted(&told(&ops_rx)) >= 2).then_some(())
+    })
+    .await;
+    assert!(both.is_some(), "told: {:#?}", told(&ops_rx));
+    // The first one's job came back and tallied it again: its window closes too, untold.
+    eventually(WAIT, || async { (failing.hits().len() >= 5).then_some(()) })
+        .await
+        .expect("the first delivery's job comes back and attempts again");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let events = told(&ops_rx);
+    assert_eq!(counted(&events), 2, "{events:#?}");
+    assert_eq!(proxy.applied().get("UpdateItem AnswerLost"), Some(&4));
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eventually_consistent_read_never_ends_a_delivery() {
     let (stack, proxy) = proxied(options(&[])).await;
     // Every read that is not strongly consistent finds nothing, as a stale replica would.

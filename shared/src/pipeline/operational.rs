@@ -263,7 +263,8 @@ impl Notifier {
     /// window, whose close is queued for the window's end by every tally (a repeat of the
     /// same delivery too) until one has noted it queued. Safe to repeat for the same delivery
     /// (a job that comes back, a write retried after its answer was lost): it is counted once,
-    /// and its window is closed and told however the first try ended. An error leaves the
+    /// in one window (remembered per delivery), and its window is closed and told however the
+    /// first try ended. An error leaves the
     /// delivery to be tallied again when its job comes back.
     pub async fn exhausted(
         &self,
@@ -277,15 +278,36 @@ impl Notifier {
         let tenant = Tenant::from_internal_message(endpoint.venue_id.clone());
         let length = self.window.as_secs().max(1) as i64;
         let now = Utc::now();
-        let mut window = now.timestamp().div_euclid(length) * length;
-        // A window closed meanwhile (its end came while this one was recorded): the next.
+        let current = now.timestamp().div_euclid(length) * length;
+        // The window it was first tallied in, if it was (its job came back).
+        let mut window = self
+            .store
+            .exhausted_window(&tenant, &endpoint.endpoint_id, delivery_id, current)
+            .await?;
+        // A window closed without it (its end came while this one was recorded, or its first
+        // tally stopped before counting it): the current one, or the next.
         for _ in 0..3 {
             match self
                 .store
                 .tally_exhausted(&tenant, endpoint, window, (delivery_id, last))
                 .await?
             {
-                Tallied::Closed => window += length,
+                Tallied::Closed => {
+                    let next = if current > window {
+                        current
+                    } else {
+                        window + length
+                    };
+                    window = self
+                        .store
+                        .move_exhausted_window(
+                            &tenant,
+                            &endpoint.endpoint_id,
+                            delivery_id,
+                            (window, next),
+                        )
+                        .await?;
+                }
                 Tallied::Counted { flush_queued: true }
                 | Tallied::Already { flush_queued: true } => return Ok(()),
                 Tallied::Counted {

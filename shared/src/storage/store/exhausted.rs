@@ -4,7 +4,9 @@
 //!
 //! A tally is an item of its endpoint's history partition (`xh_{window start}`, outside the
 //! `dlv_…` range every history query reads, expiring with the history): each endpoint's
-//! tallies are its own key, never one shared by every venue. The first
+//! tallies are its own key, never one shared by every venue. Each delivery's window is chosen
+//! once and remembered (`xd_{delivery}`), so a tally repeated later (a job that comes back
+//! after its write's answers were lost) counts it in the same window. The first
 //! [`TALLY_KEPT_IDS`] delivery ids are kept in a set, so that a job that comes back and
 //! tallies its delivery again counts it once; past them the count is added to as is.
 
@@ -162,14 +164,15 @@ impl Store {
             },
             Err(e) => return Err(Error::aws("dynamodb", e)),
         };
-        if old.contains_key("closed") {
-            return Ok(Tallied::Closed);
-        }
         let seen = matches!(old.get("ids"), Some(AttributeValue::Ss(ids)) if ids.iter().any(|i| i == delivery_id.as_str()));
         if seen {
+            // Counted here before: told by this window's close (queued, or done).
             return Ok(Tallied::Already {
-                flush_queued: close_queued(&old),
+                flush_queued: close_queued(&old) || old.contains_key("closed"),
             });
+        }
+        if old.contains_key("closed") {
+            return Ok(Tallied::Closed);
         }
         // The set is full: counted without it.
         let more = self
@@ -187,6 +190,79 @@ impl Store {
         match more {
             Ok(out) => Ok(counted_as(out.attributes)),
             Err(e) if is_conditional_failure(&e) => Ok(Tallied::Closed),
+            Err(e) => Err(Error::aws("dynamodb", e)),
+        }
+    }
+
+    /// The window a delivery failed for good is counted in: `window` for its first tally
+    /// (an item `xd_{delivery}` of its endpoint's partition remembers it), the one remembered
+    /// for every later one (its job came back, a write's answers were lost), so that it is
+    /// counted in one window only, however often and whenever it is tallied.
+    pub async fn exhausted_window(
+        &self,
+        tenant: &Tenant,
+        endpoint: &EndpointId,
+        delivery_id: &DeliveryId,
+        window: i64,
+    ) -> Result<i64> {
+        let now = Utc::now();
+        let result = self
+            .ddb
+            .put_item()
+            .table_name(&self.deliveries)
+            .set_item(Some({
+                let mut item = marker_key(tenant, endpoint, delivery_id);
+                item.insert("window".into(), n(window));
+                item.insert("expires_at".into(), n(self.expiry(now)));
+                item
+            }))
+            .condition_expression("attribute_not_exists(#w)")
+            .expression_attribute_names("#w", "window")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(window),
+            Err(e) if is_conditional_failure(&e) => Ok(match e.into_service_error() {
+                aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => {
+                    c.item.as_ref().and_then(window_of).unwrap_or(window)
+                }
+                _ => window,
+            }),
+            Err(e) => Err(Error::aws("dynamodb", e)),
+        }
+    }
+
+    /// Moves a delivery's window from `from` (closed without it) to `to`; the window it has
+    /// after (another tally of it may have moved it first).
+    pub async fn move_exhausted_window(
+        &self,
+        tenant: &Tenant,
+        endpoint: &EndpointId,
+        delivery_id: &DeliveryId,
+        (from, to): (i64, i64),
+    ) -> Result<i64> {
+        let result = self
+            .ddb
+            .update_item()
+            .table_name(&self.deliveries)
+            .set_key(Some(marker_key(tenant, endpoint, delivery_id)))
+            .update_expression("SET #w = :to")
+            .condition_expression("#w = :from")
+            .expression_attribute_names("#w", "window")
+            .expression_attribute_values(":from", n(from))
+            .expression_attribute_values(":to", n(to))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(to),
+            Err(e) if is_conditional_failure(&e) => Ok(match e.into_service_error() {
+                UpdateItemError::ConditionalCheckFailedException(c) => {
+                    c.item.as_ref().and_then(window_of).unwrap_or(to)
+                }
+                _ => to,
+            }),
             Err(e) => Err(Error::aws("dynamodb", e)),
         }
     }
@@ -253,6 +329,24 @@ impl Store {
         }
         from_item(item).map(Some)
     }
+}
+
+fn marker_key(
+    tenant: &Tenant,
+    endpoint: &EndpointId,
+    delivery_id: &DeliveryId,
+) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        (
+            "history_key".to_owned(),
+            history_key(tenant, endpoint.tag()),
+        ),
+        ("delivery_id".to_owned(), s(format!("xd_{delivery_id}"))),
+    ])
+}
+
+fn window_of(item: &HashMap<String, AttributeValue>) -> Option<i64> {
+    item.get("window")?.as_n().ok()?.parse().ok()
 }
 
 fn counted_as(item: Option<HashMap<String, AttributeValue>>) -> Tallied {
