@@ -212,3 +212,86 @@ async fn deliveries_held_at_an_open_circuit_show_in_history_and_go_when_a_probe_
     }
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_endpoint_gets_its_deliveries_at_its_pace() {
+    // A delivery waits the last second or two before its turn in the invocation: the
+    // delivery queue's visibility timeout as deployed (180 s), not the compressed 2 s.
+    let mut options = compressed_options(&[]);
+    options.queue_overrides.remove("DeliveryQueue");
+    let stack = start_with(options).await;
+    let rx = FaultReceiver::start(vec![Mode::Status(200)]).await;
+    let api = Client::new(&stack);
+    let venue = format!("paced-{}", unique_prefix());
+    // Bad limits are refused and change nothing.
+    for bad in [json!(0), json!(-1), json!(1.5), json!("5"), json!(10_001)] {
+        let (status, body) = api
+            .post(
+                &format!("/venues/{venue}/endpoints"),
+                json!({"url": rx.url, "event_types": ["*"], "rate_limit": bad}),
+            )
+            .await;
+        assert_eq!(status, 422, "{bad}: {body}");
+    }
+    let (_, listed) = api.get(&format!("/venues/{venue}/endpoints")).await;
+    assert_eq!(listed["data"].as_array().map(Vec::len), Some(0), "{listed}");
+    let ep = api
+        .create_endpoint(
+            &venue,
+            json!({"url": rx.url, "event_types": ["*"], "rate_limit": 20}),
+        )
+        .await;
+    assert_eq!(ep["rate_limit"], 20, "{ep}");
+    let endpoint = format!("/venues/{venue}/endpoints/{}", ep["id"].as_str().unwrap());
+    let (status, body) = api.patch(&endpoint, json!({"rate_limit": 0})).await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = api.patch(&endpoint, json!({"rate_limit": 5})).await;
+    assert_eq!((status, &body["rate_limit"]), (200, &json!(5)), "{body}");
+
+    // 50 events at 5 a second: they arrive over at least 9 s, each once, all succeeded,
+    // about 5 in any second: each at its turn, to within milliseconds, unless the queue
+    // hands its job back late, which then goes at once (up to about twice the limit).
+    let started = std::time::Instant::now();
+    publish_numbered(&api, &venue, 0..50).await;
+    eventually(Duration::from_secs(60), || async {
+        (rx.hits().len() >= 50).then_some(())
+    })
+    .await
+    .expect("50 requests");
+    let hits = rx.hits();
+    let mut numbers = numbers(hits.iter().map(|h| h.body.clone()));
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..50).collect::<Vec<_>>(), "each once");
+    let arrivals: Vec<std::time::Instant> = hits.iter().map(|h| h.at).collect();
+    let span = *arrivals.last().unwrap() - arrivals[0];
+    assert!(span >= Duration::from_secs(9), "50 arrived within {span:?}");
+    let busiest = arrivals
+        .iter()
+        .map(|t| {
+            arrivals
+                .iter()
+                .filter(|u| **u >= *t && **u < *t + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    let offsets: Vec<u128> = arrivals
+        .iter()
+        .map(|t| (*t - arrivals[0]).as_millis())
+        .collect();
+    assert!(busiest <= 12, "{busiest} within one second: {offsets:?}");
+    let delivered = eventually(WAIT, || async {
+        let list = deliveries(&api, &endpoint, "").await;
+        (list.len() == 50 && list.iter().all(|d| d["status"] == "succeeded")).then_some(())
+    })
+    .await;
+    assert!(delivered.is_some(), "all 50 succeeded in history");
+    println!(
+        "paced: 50 deliveries at 5/s over {span:?} ({:?} after the first publish), at most {busiest} in a second",
+        started.elapsed()
+    );
+    // No limit again: the next ones go at once.
+    let (status, body) = api.patch(&endpoint, json!({"rate_limit": null})).await;
+    assert_eq!((status, &body["rate_limit"]), (200, &Value::Null), "{body}");
+    stack.stop().await;
+}

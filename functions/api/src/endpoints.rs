@@ -37,6 +37,9 @@ struct CreateEndpoint {
     /// Custom headers sent with every request: name → value.
     #[serde(default)]
     headers: Option<BTreeMap<String, String>>,
+    /// Requests a second at most; `null` or absent for none.
+    #[serde(default)]
+    rate_limit: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +72,8 @@ struct UpdateEndpoint {
     /// it, one not named is kept; `"headers": null` removes them all.
     #[serde(default, deserialize_with = "present")]
     headers: Option<Option<BTreeMap<String, Option<String>>>>,
+    #[serde(default, deserialize_with = "present")]
+    rate_limit: Option<Option<u64>>,
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one not sent (`None`, via `default`).
@@ -107,6 +112,8 @@ pub struct EndpointView<'a> {
     payload_format: PayloadFormat,
     template: Option<&'a str>,
     enabled: bool,
+    /// Requests a second at most (`null`: no limit).
+    rate_limit: Option<u32>,
     /// Why the system disabled it, if it did.
     disabled_reason: Option<&'a str>,
     /// Since when every delivery has failed, if they do.
@@ -166,6 +173,7 @@ impl<'a> EndpointView<'a> {
             payload_format: ep.payload_format,
             template: ep.template.as_deref(),
             enabled: ep.enabled,
+            rate_limit: ep.rate_limit,
             disabled_reason: ep.disabled_reason.as_deref(),
             failing_since: ep.failing_since,
             disables_at: ep
@@ -176,6 +184,21 @@ impl<'a> EndpointView<'a> {
             created_at: ep.created_at,
             updated_at: ep.updated_at,
         }
+    }
+}
+
+/// The most `rate_limit` may say (more than one endpoint's history takes anyway).
+const MAX_RATE_LIMIT: u64 = 10_000;
+
+/// `rate_limit`: requests a second, 1 to 10,000, or none.
+fn check_rate_limit(limit: Option<u64>) -> Result<Option<u32>, ApiError> {
+    match limit {
+        None => Ok(None),
+        Some(n) if (1..=MAX_RATE_LIMIT).contains(&n) => Ok(Some(n as u32)),
+        Some(n) => Err(ApiError::invalid(
+            "rate_limit",
+            format!("{n} is not a rate limit: requests a second, from 1 to {MAX_RATE_LIMIT}, or null for none"),
+        )),
     }
 }
 
@@ -287,6 +310,7 @@ pub async fn create(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
         circuit_opens: 0,
         probe_until: None,
         slow_until: None,
+        rate_limit: check_rate_limit(req.rate_limit)?,
         created_at: now,
         updated_at: now,
     };
@@ -451,6 +475,9 @@ pub async fn update(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -
     )?;
     if let Some(patch) = req.headers {
         endpoint.headers = patched_headers(api, &endpoint, patch).await?;
+    }
+    if let Some(limit) = req.rate_limit {
+        endpoint.rate_limit = check_rate_limit(limit)?;
     }
     if let Some(enabled) = req.enabled {
         let enabled = required("enabled", enabled)?;

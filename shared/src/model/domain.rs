@@ -123,6 +123,11 @@ pub struct Endpoint {
     /// …and a probe holds the endpoint until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_until: Option<DateTime<Utc>>,
+    /// At most this many requests a second to the endpoint, set by its venue (`None`: no
+    /// limit); deliveries beyond it wait on the queue for their turn
+    /// (`storage::store::pacing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
     /// Attempts took long lately: until then each takes a lease slot (an item of the
     /// endpoint's history partition: `storage::store::slots`), so that only a few run at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,8 +10,9 @@
 //!   breaker's threshold and doubling up to [`Backlogs::page_max`], a second apart (a
 //!   receiver still down opens its circuit again at its threshold, and the loop waits again
 //!   from the oldest);
-//! - nothing is held any more: the loop ends, and a check a while later starts another if
-//!   a delivery was held meanwhile by someone who saw this loop still running.
+//! - nothing is held any more (a pass from the oldest finds none): the loop ends, and a check
+//!   a while later starts another if a delivery was held meanwhile by someone who saw this
+//!   loop still running.
 //!
 //! A disabled endpoint has no loop: enabling it (or changing it: `PATCH`) starts one.
 //! The loop's item ([`crate::storage::store::BacklogLoop`]) names its one chain of tasks
@@ -34,6 +35,10 @@ use crate::storage::store::{StepClaim, Store, Tenant};
 /// The wait between two pages of a release: the attempts of one report the endpoint's
 /// health before the next goes.
 pub const PAGE_PAUSE: Duration = Duration::from_secs(1);
+
+/// How long after its last page a loop looks again from the oldest (the jobs it released
+/// have run by then, and are no longer held).
+pub const CLEAN_PASS_AFTER: Duration = Duration::from_secs(10);
 
 /// How long after a loop ends its check looks for deliveries held meanwhile.
 pub const CHECK_AFTER: Duration = Duration::from_secs(60);
@@ -229,11 +234,18 @@ impl Backlogs {
                 .max(1),
             Gate::Pass => (task.page * 2).max(threshold),
         }
-        .min(self.page_max);
+        .min(self.page_max)
+        // A rate-limited endpoint's page a second is its limit (each takes its turn too).
+        .min(endpoint.rate_limit.map_or(usize::MAX, |r| r.max(1) as usize));
         let (page, more) = self
             .store
             .held_page(tenant, id, task.after.as_ref(), size)
             .await?;
+        if page.is_empty() && !more && task.after.is_some() {
+            // At the end: once more from the oldest (a delivery released earlier may have
+            // been held again behind the cursor); the loop ends on a pass that finds none.
+            return Ok(Some((task.next(None, task.page), CLEAN_PASS_AFTER)));
+        }
         if page.is_empty() && !more {
             self.store.end_backlog_loop(tenant, id, token).await?;
             tracing::info!(venue_id = %task.venue_id, endpoint_id = %id, "backlog released; loop ended");
@@ -259,6 +271,7 @@ impl Backlogs {
                 resumed: false,
                 manual: false,
                 released: true,
+                paced_at: None,
                 held: 0,
             })
             .collect();

@@ -307,6 +307,7 @@ fn jobs_of(record: &EventRecord, resumed: bool) -> Result<Vec<DeliveryJob>> {
             manual: false,
             held: 0,
             released: false,
+            paced_at: None,
         })
         .collect())
 }

@@ -207,6 +207,7 @@ impl Replayer {
                 manual: true,
                 held: 0,
                 released: false,
+                paced_at: None,
             })
             .collect();
         self.queues

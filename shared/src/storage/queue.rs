@@ -47,6 +47,10 @@ pub struct DeliveryJob {
     /// if it is still held (another job may have attempted it meanwhile).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub released: bool,
+    /// The turn (unix ms) its delivery took at an endpoint with a rate limit
+    /// ([`crate::storage::store::Store::take_turns`]): it goes then without taking another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paced_at: Option<i64>,
 }
 
 /// A replay task as it travels on the delivery queue, beside the jobs.
@@ -375,6 +379,7 @@ mod tests {
             manual: false,
             held: 0,
             released: false,
+            paced_at: None,
         }
     }
 

@@ -45,6 +45,22 @@ const GROUP_BODY_BYTES: usize = 256;
 const DUPLICATE: &str = "duplicate job";
 /// How much of an error message an attempt keeps.
 const ERROR_BYTES: usize = 1024;
+/// A turn at a rate-limited endpoint within two seconds is waited for in the invocation
+/// (far below the queue's visibility timeout, 180 s); a later one on the queue.
+const TURN_WAIT_MS: i64 = 2000;
+
+/// Waits for a turn (unix ms) that comes within [`TURN_WAIT_MS`]; a later one is returned.
+async fn await_turn(turn: Option<i64>) -> Option<i64> {
+    let turn = turn?;
+    let left = turn - Utc::now().timestamp_millis();
+    if left > TURN_WAIT_MS {
+        return Some(turn);
+    }
+    if left > 0 {
+        tokio::time::sleep(Duration::from_millis(left as u64)).await;
+    }
+    None
+}
 
 /// What became of one delivery of a queued job.
 #[derive(Debug, PartialEq, Eq)]
@@ -55,6 +71,8 @@ pub enum JobOutcome {
     RetryIn(Duration),
     /// Not attempted: the endpoint's circuit is open; to be looked at again after this long.
     Held(Duration),
+    /// Not attempted yet: its turn at an endpoint with a rate limit is then (unix ms).
+    Paced(i64),
     /// Not attempted: too close to the invocation's deadline to send and record an attempt.
     /// Handed back as a job of its own, at once.
     HandedBack,
@@ -81,6 +99,8 @@ enum First {
     RetryIn(Duration),
     /// Not attempted, nothing recorded: the endpoint's circuit is open.
     Held(Duration),
+    /// Not attempted, nothing recorded: its turn comes then (unix ms).
+    Paced(i64),
     /// Not attempted, nothing recorded: too close to the deadline.
     HandedBack,
 }
@@ -197,6 +217,20 @@ impl Dispatcher {
                     };
                     follow_ups.push((held, wait));
                 }
+                Ok(JobOutcome::Paced(turn)) => {
+                    outcome = "waiting for its turn at a rate-limited endpoint";
+                    // Back one to two seconds before its turn (SQS delays whole seconds,
+                    // and a delayed message is received up to a batching window late): the
+                    // rest is waited when it comes back.
+                    let wait = Duration::from_secs(
+                        ((turn - Utc::now().timestamp_millis()) / 1000 - 1).max(0) as u64,
+                    );
+                    let paced = DeliveryJob {
+                        paced_at: Some(turn),
+                        ..job.single(target)
+                    };
+                    follow_ups.push((paced, wait));
+                }
                 Ok(JobOutcome::HandedBack) => {
                     outcome = "handed back: too close to the deadline";
                     self.metrics.count(Counter::HandedBack, 1);
@@ -261,12 +295,31 @@ impl Dispatcher {
         let endpoint = endpoints
             .get(&(job.venue_id.clone(), job.endpoint_id.clone()))
             .map(|e| e.as_ref().map_err(String::as_str));
-        let firsts = join_all(job.deliveries.iter().map(|queued| async {
-            let event = self.event_of(&tenant, queued).await?;
-            let ids = (&queued.delivery_id, &job.endpoint_id);
-            self.first_attempt(&tenant, (&event, job.held), ids, endpoint, (now, batch))
-                .await
-        }))
+        // At a rate-limited endpoint the group's deliveries take their turns in one write.
+        let turns = match endpoint {
+            Some(Ok(ep)) if ep.enabled && job.paced_at.is_none() => {
+                self.take_turns(&tenant, ep, job.deliveries.len()).await?
+            }
+            _ => None,
+        };
+        let tenant = &tenant;
+        let firsts = join_all(
+            job.deliveries
+                .iter()
+                .enumerate()
+                .map(|(i, queued)| async move {
+                    let turn = turns
+                        .map(|(first, every)| first + every * i as i64)
+                        .or(job.paced_at);
+                    if let Some(turn) = await_turn(turn).await {
+                        return Ok(First::Paced(turn));
+                    }
+                    let event = self.event_of(tenant, queued).await?;
+                    let ids = (&queued.delivery_id, &job.endpoint_id);
+                    self.first_attempt(tenant, (&event, job.held), ids, endpoint, (now, batch))
+                        .await
+                }),
+        )
         .await;
         let mut group = GroupRecord {
             venue_id: job.venue_id.clone(),
@@ -292,6 +345,7 @@ impl Dispatcher {
                 Ok(First::Done) => Ok(JobOutcome::Done("recorded")),
                 Ok(First::RetryIn(wait)) => Ok(JobOutcome::RetryIn(wait)),
                 Ok(First::Held(wait)) => Ok(JobOutcome::Held(wait)),
+                Ok(First::Paced(turn)) => Ok(JobOutcome::Paced(turn)),
                 Ok(First::HandedBack) => Ok(JobOutcome::HandedBack),
                 Err(e) => Err(e),
             };
@@ -406,6 +460,7 @@ impl Dispatcher {
         Ok(match recorded {
             JobOutcome::RetryIn(wait) => First::RetryIn(wait),
             JobOutcome::Held(wait) => First::Held(wait),
+            JobOutcome::Paced(turn) => First::Paced(turn),
             JobOutcome::HandedBack => First::HandedBack,
             JobOutcome::Done(_) => First::Done,
         })
@@ -490,6 +545,9 @@ impl Dispatcher {
                 )
                 .await;
         }
+        if let Some(turn) = self.turn_of(&tenant, &endpoint, job).await? {
+            return Ok(JobOutcome::Paced(turn));
+        }
         if !batch.may_attempt(self.http.timeout()) {
             return Ok(JobOutcome::HandedBack);
         }
@@ -559,6 +617,9 @@ impl Dispatcher {
                 ))
             }
         };
+        if let Some(turn) = self.turn_of(tenant, &endpoint, job).await? {
+            return Ok(JobOutcome::Paced(turn));
+        }
         if !batch.may_attempt(self.http.timeout()) {
             return Ok(JobOutcome::HandedBack);
         }
@@ -748,6 +809,49 @@ impl Dispatcher {
                 record_event(&record)
             }
         }
+    }
+
+    /// At an endpoint with a rate limit, `count` turns for a job's deliveries: the first
+    /// (unix ms) and the time between two.
+    async fn take_turns(
+        &self,
+        tenant: &Tenant,
+        endpoint: &Endpoint,
+        count: usize,
+    ) -> Result<Option<(i64, i64)>> {
+        let Some(limit) = endpoint.rate_limit else {
+            return Ok(None);
+        };
+        let every = (1000 / i64::from(limit.max(1))).max(1);
+        let first = self
+            .store
+            .take_turns(
+                tenant,
+                &endpoint.endpoint_id,
+                (count as u32, every),
+                Utc::now().timestamp_millis(),
+            )
+            .await?;
+        Ok(Some((first, every)))
+    }
+
+    /// A single delivery's turn at a rate-limited endpoint (taken now, or by the job before
+    /// it was queued again): waited for here if it comes within a second, else returned (the
+    /// job goes back on the queue until then).
+    async fn turn_of(
+        &self,
+        tenant: &Tenant,
+        endpoint: &Endpoint,
+        job: &DeliveryJob,
+    ) -> Result<Option<i64>> {
+        let turn = match job.paced_at {
+            Some(turn) => Some(turn),
+            None => self
+                .take_turns(tenant, endpoint, 1)
+                .await?
+                .map(|(first, _)| first),
+        };
+        Ok(await_turn(turn).await)
     }
 
     /// Records a delivery as held without an attempt (its job then leaves the queue: the

@@ -17,7 +17,8 @@
 //!   A replay's progress is an item of its endpoint's partition too, under its id (`rpl_…`,
 //!   outside the range of delivery ids every history query reads).
 //!   So is a tally of its deliveries failed for good in a window (`xh_…`, [`exhausted`]),
-//!   and the loop that releases its held deliveries (`bk_loop`, [`backlog`]).
+//!   and the loop that releases its held deliveries (`bk_loop`, [`backlog`]), and the next
+//!   free turn of an endpoint with a rate limit (`rl_pace`, [`pacing`]).
 //! - retries: jobs waiting longer than SQS can delay them, by due slot and shard.
 //!
 //! One file per table: [`endpoints`], [`events`] (and the notes of events whose jobs could not
@@ -33,6 +34,7 @@ mod endpoints;
 mod events;
 mod exhausted;
 mod history;
+mod pacing;
 mod replays;
 mod retries;
 mod slots;
