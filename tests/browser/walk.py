@@ -4,7 +4,7 @@ accessible name. Run by tests/portal.rs, which gives it the portal links and the
 checks what the receivers got.
 
     walk.py <input.json>   input: {"url", "expired_url", "signed_receiver", "bearer_receiver",
-                                   "failing_receiver", "busy_receiver", "heal_file", "own_token",
+                                   "failing_receiver", "busy_receiver", "heal_file", "publish_file", "own_token",
                                    "header_value", "shots"}
 
 Prints one JSON object: what the page showed (the secret and token copied from it, the test
@@ -297,6 +297,13 @@ def walk(spec, shots, context, page, errors, result):
     result["preview"] = preview.inner_text()
     shot(page, shots, "edit-preview")
     accessibility(page, "edit", result)
+    # A rate limit: a bad one explained at its field, then 5 a second.
+    edit.get_by_label("Rate limit (requests a second)").fill("0")
+    edit.get_by_role("button", name="Save").click()
+    rate_error = edit.locator("[data-field=rate_limit] .field-error")
+    expect(rate_error).to_be_visible()
+    result["rate_limit_error"] = rate_error.inner_text()
+    edit.get_by_label("Rate limit (requests a second)").fill("5")
     edit.get_by_role("button", name="Save").click()
     expect(page.get_by_text("Saved.")).to_be_visible()
     result["format_shown"] = page.locator("table").inner_text()
@@ -305,8 +312,44 @@ def walk(spec, shots, context, page, errors, result):
     page.get_by_role("button", name="Disable", exact=True).click()
     expect(page.get_by_role("button", name="Enable", exact=True)).to_be_visible()
     result["disabled_text"] = page.locator(".warning", has_text="receives nothing").inner_text()
+    # An event sent while it is disabled (the runner publishes it): kept, held, in history.
+    with open(spec["publish_file"], "w") as publish:
+        publish.write("publish")
+    published = os.path.splitext(spec["publish_file"])[0] + ".done"
+    for _ in range(200):
+        if os.path.exists(published):
+            break
+        page.wait_for_timeout(50)
+    else:
+        raise AssertionError("the runner did not publish within 10 s")
+    held_row = None
+    for _ in range(20):
+        page.get_by_role("button", name="View delivery history").click()
+        expect(page.get_by_role("heading", name="Delivery history")).to_be_visible()
+        rows = page.locator("tbody tr", has_text="kept until the endpoint is enabled")
+        if rows.count():
+            held_row = rows.first.inner_text()
+            break
+        page.get_by_role("link", name="← Endpoint").click()
+        page.wait_for_timeout(500)
+    assert held_row, "the event sent while disabled is not in the history as held"
+    result["held_row"] = held_row
+    shot(page, shots, "held")
+    accessibility(page, "held", result)
+    page.get_by_role("link", name="← Endpoint").click()
     page.get_by_role("button", name="Enable", exact=True).click()
     expect(page.get_by_role("button", name="Disable", exact=True)).to_be_visible()
+    # Enabled: the kept event goes.
+    result["kept_delivered"] = False
+    for _ in range(20):
+        page.get_by_role("button", name="View delivery history").click()
+        expect(page.get_by_role("heading", name="Delivery history")).to_be_visible()
+        if not page.locator("tbody tr", has_text="Held").count():
+            result["kept_delivered"] = page.locator("tbody tr").first.inner_text()
+            page.get_by_role("link", name="← Endpoint").click()
+            break
+        page.get_by_role("link", name="← Endpoint").click()
+        page.wait_for_timeout(500)
     page.get_by_role("button", name="Delete", exact=True).click()
     confirm = page.get_by_role("dialog", name="Delete endpoint")
     expect(confirm).to_be_visible()

@@ -292,13 +292,20 @@
       h("p", { class: "muted" }, ep.description || ""),
       ep.enabled ? null : h("div", { class: "warning" },
         ep.disabled_reason ? `Disabled: ${ep.disabled_reason}. ` : "Disabled. ",
-        "It receives nothing until it is enabled again. ",
+        "It receives nothing until it is enabled again. Events sent meanwhile are kept for it " +
+          "(in its delivery history, as held) and delivered, oldest first, when you enable it. ",
         h("button", { onclick: () => setEnabled(true) }, "Enable")),
+      ep.enabled && ep.disables_at ? h("div", { class: "warning", role: "note" },
+        `Every delivery has failed since ${when(ep.failing_since)}. If none gets through, ` +
+          `this endpoint is disabled automatically on ${when(ep.disables_at)} (its events are kept for it). ` +
+          "Check the receiving app, then use Send test.") : null,
       health(stats),
       h("table", {}, h("tbody", {},
         h("tr", {}, h("th", {}, "Status"), h("td", {}, ep.enabled ? "Enabled" : "Disabled")),
         h("tr", {}, h("th", {}, "Events"), h("td", {}, ep.event_types.join(", "))),
         h("tr", {}, h("th", {}, "Payload format"), h("td", {}, ep.payload_format || "envelope")),
+        h("tr", {}, h("th", {}, "Rate limit"), h("td", {},
+          ep.rate_limit ? `${ep.rate_limit} requests a second` : h("span", { class: "muted" }, "None"))),
         h("tr", {}, h("th", {}, "Authentication"), h("td", {}, bearer ? "Bearer token" : "Signed secret")),
         h("tr", {}, h("th", {}, bearer ? "Token" : "Secret"), h("td", { class: "mono" }, (ep.auth && (ep.auth.secret_hint || ep.auth.token_hint)) || "")),
         h("tr", {}, h("th", {}, "Custom headers"), h("td", { class: "mono" },
@@ -306,7 +313,9 @@
             ? Object.entries(ep.headers).map(([n, hint]) => h("div", {}, `${n}: ${hint}`))
             : h("span", { class: "muted" }, "None"))),
         ep.circuit && ep.circuit.state !== "closed"
-          ? h("tr", {}, h("th", {}, "Circuit"), h("td", {}, `${ep.circuit.state}: deliveries wait until ${when(ep.circuit.open_until)}`))
+          ? h("tr", {}, h("th", {}, "Circuit"), h("td", {},
+              `${ep.circuit.state}: the receiver kept failing, so deliveries are held (in the history as pending) ` +
+                `until a probe at ${when(ep.circuit.open_until)} gets through; then they go, oldest first`))
           : null)),
       h("div", { class: "bar" },
         h("button", { class: "primary", onclick: () => sendTest(ep.id, outcome) }, "Send test"),
@@ -369,6 +378,12 @@
           ["envelope", "data", "template"].map((f) => h("option", { value: f, selected: (ep.payload_format || "envelope") === f },
             { envelope: "Envelope (id, type, timestamp, data)", data: "Data only", template: "Custom template" }[f])))),
       templateBox,
+      h("div", { "data-field": "rate_limit" },
+        h("label", { for: "rate_limit" }, "Rate limit (requests a second)"),
+        h("p", { class: "muted", id: "rate_limit_help" }, "Leave empty for no limit. Deliveries beyond it wait their turn."),
+        // No min or max here: the API explains a value it refuses, at this field.
+        h("input", { id: "rate_limit", type: "number", name: "rate_limit", inputmode: "numeric",
+          "aria-describedby": "rate_limit_help", value: ep.rate_limit == null ? "" : String(ep.rate_limit) })),
       h("div", { "data-field": "preview" },
         h("label", { for: "preview_type" }, "Preview for"),
         h("select", { id: "preview_type", name: "preview_type" }, catalog.map((t) => h("option", { value: t.type }, t.type))),
@@ -393,6 +408,8 @@
         description: form.description.value.trim() || null,
         event_types: [...form.querySelectorAll("input[name=event]:checked")].map((i) => i.value),
         payload_format: form.payload_format.value,
+        // Checked by the API (a whole number from 1 to 10,000), which says so at the field.
+        rate_limit: form.rate_limit.value.trim() === "" ? null : Number(form.rate_limit.value),
       };
       if (body.payload_format === "template") body.template = form.template.value;
       // A merge patch: removed ones are null, added or replaced ones their values.
@@ -526,7 +543,8 @@
         ? h("table", {},
             h("thead", {}, h("tr", {}, h("th", {}, "Status"), h("th", {}, "Event type"), h("th", {}, "Time"), h("th", {}, "Attempts"))),
             h("tbody", {}, page.data.map((d) => h("tr", {},
-              h("td", { class: "status-" + d.status }, h("a", { href: "#", onclick: (e) => { e.preventDefault(); delivery(id, d.id); } }, d.status)),
+              h("td", { class: "status-" + d.status }, h("a", { href: "#", onclick: (e) => { e.preventDefault(); delivery(id, d.id); } }, d.status),
+                d.held ? h("div", { class: "muted held" }, heldNote(d.held)) : null),
               h("td", {}, d.event_type),
               h("td", {}, when(d.created_at)),
               h("td", {}, String(d.attempt_count))))))
@@ -544,6 +562,13 @@
     );
   }
 
+  // Why a pending delivery waits without being attempted, in a few words.
+  function heldNote(held) {
+    return held.reason === "endpoint_disabled"
+      ? "Held: kept until the endpoint is enabled"
+      : `Held: the receiver kept failing; next look ${when(held.next_look)}`;
+  }
+
   async function delivery(endpointId, id) {
     loading();
     const d = await api("GET", `/venues/{venue}/deliveries/${encodeURIComponent(id)}`);
@@ -552,6 +577,9 @@
       h("p", {}, h("a", { href: "#", onclick: (e) => { e.preventDefault(); history_(endpointId); } }, "← Delivery history")),
       h("h1", {}, `${d.event_type}: ${d.status}`),
       h("p", { class: "muted" }, `Event ${d.event_id}, delivery ${d.id}`),
+      d.held ? h("div", { class: "warning", role: "note" },
+        `${d.held.message.charAt(0).toUpperCase()}${d.held.message.slice(1)}.`,
+        d.held.next_look ? ` Next look: ${when(d.held.next_look)}.` : "") : null,
       h("div", { class: "bar" }, h("button", { class: "primary", onclick: async () => {
         outcome.replaceChildren(h("p", { class: "muted" }, "Sending…"));
         try {
