@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::delivery::breaker::{BreakerPolicy, Circuit, Gate};
 use crate::model::error::{Error, Result};
 use crate::model::ids::{DeliveryId, EndpointId, VenueId};
-use crate::storage::queue::{BacklogMessage, DeliveryJob, Queued, Queues};
+use crate::storage::queue::{BacklogMessage, DeliveryJob, Queues};
 use crate::storage::services::Services;
 use crate::storage::store::{StepClaim, Store, Tenant};
 
@@ -259,20 +259,8 @@ impl Backlogs {
         let jobs: Vec<DeliveryJob> = page
             .iter()
             .map(|d| DeliveryJob {
-                venue_id: task.venue_id.clone(),
-                endpoint_id: id.clone(),
-                deliveries: vec![Queued {
-                    delivery_id: d.delivery_id.clone(),
-                    event_id: d.event_id.clone(),
-                    event_type: d.event_type.clone(),
-                    event: None,
-                }],
-                first: false,
-                resumed: false,
-                manual: false,
                 released: true,
-                paced_at: None,
-                held: 0,
+                ..DeliveryJob::of_stored(&task.venue_id, d)
             })
             .collect();
         self.queues.send_jobs(&jobs, Duration::ZERO).await?;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::delivery::breaker::{BreakerPolicy, Circuit, Gate};
 use crate::model::error::Result;
 use crate::model::ids::{EndpointId, VenueId};
-use crate::storage::queue::{DeliveryJob, Queued, Queues, ReplayMessage};
+use crate::storage::queue::{DeliveryJob, Queues, ReplayMessage};
 use crate::storage::services::Services;
 use crate::storage::store::{PageClaim, ReplayRecord, ReplayState, Store, Tenant};
 
@@ -194,20 +194,8 @@ impl Replayer {
         let jobs: Vec<DeliveryJob> = page
             .iter()
             .map(|d| DeliveryJob {
-                venue_id: task.venue_id.clone(),
-                endpoint_id: d.endpoint_id.clone(),
-                deliveries: vec![Queued {
-                    delivery_id: d.delivery_id.clone(),
-                    event_id: d.event_id.clone(),
-                    event_type: d.event_type.clone(),
-                    event: None,
-                }],
-                first: false,
-                resumed: false,
                 manual: true,
-                held: 0,
-                released: false,
-                paced_at: None,
+                ..DeliveryJob::of_stored(&task.venue_id, d)
             })
             .collect();
         self.queues

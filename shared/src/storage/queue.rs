@@ -91,6 +91,27 @@ pub struct Queued {
 }
 
 impl DeliveryJob {
+    /// The job of one stored delivery (its event read when it runs), nothing else set: a
+    /// replay's or a backlog's release sets what it is.
+    pub fn of_stored(venue_id: &VenueId, d: &crate::storage::store::FailedDelivery) -> Self {
+        Self {
+            venue_id: venue_id.clone(),
+            endpoint_id: d.endpoint_id.clone(),
+            deliveries: vec![Queued {
+                delivery_id: d.delivery_id.clone(),
+                event_id: d.event_id.clone(),
+                event_type: d.event_type.clone(),
+                event: None,
+            }],
+            first: false,
+            resumed: false,
+            manual: false,
+            held: 0,
+            released: false,
+            paced_at: None,
+        }
+    }
+
     /// Its fair-queue group: its venue (the system venue's jobs spread by their event).
     fn group(&self) -> String {
         let event = self.deliveries.first().map_or("", |d| d.event_id.as_str());

@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailur
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::deliveries::{history_key, status_key, FailedDelivery};
+use super::deliveries::{endpoint_item_key, history_key, status_key, FailedDelivery};
 use super::{from_item, is_conditional_failure, n, s, to_attr, written, Store, Tenant};
 use crate::model::domain::DeliveryStatus;
 use crate::model::error::{Error, Result};
@@ -102,13 +102,7 @@ pub enum Held {
 const LOOP: &str = "bk_loop";
 
 fn loop_key(tenant: &Tenant, endpoint: &EndpointId) -> HashMap<String, AttributeValue> {
-    HashMap::from([
-        (
-            "history_key".to_owned(),
-            history_key(tenant, endpoint.tag()),
-        ),
-        ("delivery_id".to_owned(), s(LOOP)),
-    ])
+    endpoint_item_key(tenant, endpoint, LOOP)
 }
 
 impl Store {

@@ -648,6 +648,23 @@ pub fn history_partition(venue: &VenueId, tag: u64) -> String {
     format!("{}#{tag:010x}", venue.as_str())
 }
 
+/// The key of an endpoint's own item of its history partition that is not a delivery (a
+/// tally `xh_…`, a loop `bk_loop`, lease slots `sl_leases`…): outside the `dlv_…` range every
+/// history query reads, purged and expiring with the history.
+pub(super) fn endpoint_item_key(
+    tenant: &Tenant,
+    endpoint: &EndpointId,
+    sort: impl Into<String>,
+) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        (
+            "history_key".to_owned(),
+            history_key(tenant, endpoint.tag()),
+        ),
+        ("delivery_id".to_owned(), s(sort.into())),
+    ])
+}
+
 /// The key of a delivery's item (or of its group's, given the group's id).
 pub(super) fn history_item_key(
     tenant: &Tenant,

@@ -17,7 +17,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditi
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::deliveries::history_key;
+use super::deliveries::endpoint_item_key;
 use super::{from_item, is_conditional_failure, n, s, to_attr, Store, Tenant};
 use crate::model::domain::{Attempt, Endpoint};
 use crate::model::error::{Error, Result};
@@ -88,13 +88,7 @@ fn tally_key(
     endpoint: &EndpointId,
     window: i64,
 ) -> HashMap<String, AttributeValue> {
-    HashMap::from([
-        (
-            "history_key".to_owned(),
-            history_key(tenant, endpoint.tag()),
-        ),
-        ("delivery_id".to_owned(), s(format!("xh_{window:012}"))),
-    ])
+    endpoint_item_key(tenant, endpoint, format!("xh_{window:012}"))
 }
 
 impl Store {
@@ -336,13 +330,7 @@ fn marker_key(
     endpoint: &EndpointId,
     delivery_id: &DeliveryId,
 ) -> HashMap<String, AttributeValue> {
-    HashMap::from([
-        (
-            "history_key".to_owned(),
-            history_key(tenant, endpoint.tag()),
-        ),
-        ("delivery_id".to_owned(), s(format!("xd_{delivery_id}"))),
-    ])
+    endpoint_item_key(tenant, endpoint, format!("xd_{delivery_id}"))
 }
 
 fn window_of(item: &HashMap<String, AttributeValue>) -> Option<i64> {

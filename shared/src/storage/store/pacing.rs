@@ -10,8 +10,8 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
-use super::deliveries::history_key;
-use super::{is_conditional_failure, n, s, Store, Tenant};
+use super::deliveries::endpoint_item_key;
+use super::{is_conditional_failure, n, Store, Tenant};
 use crate::model::error::{Error, Result};
 use crate::model::ids::EndpointId;
 
@@ -19,13 +19,7 @@ use crate::model::ids::EndpointId;
 const PACE: &str = "rl_pace";
 
 fn pace_key(tenant: &Tenant, endpoint: &EndpointId) -> HashMap<String, AttributeValue> {
-    HashMap::from([
-        (
-            "history_key".to_owned(),
-            history_key(tenant, endpoint.tag()),
-        ),
-        ("delivery_id".to_owned(), s(PACE)),
-    ])
+    endpoint_item_key(tenant, endpoint, PACE)
 }
 
 fn next_of(item: &HashMap<String, AttributeValue>) -> Option<i64> {

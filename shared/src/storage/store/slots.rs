@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::Utc;
 
-use super::deliveries::history_key;
-use super::{n, s, written, Store, Tenant};
+use super::deliveries::endpoint_item_key;
+use super::{n, written, Store, Tenant};
 use crate::model::error::Result;
 use crate::model::ids::EndpointId;
 
@@ -23,13 +23,7 @@ use crate::model::ids::EndpointId;
 const SLOTS: &str = "sl_leases";
 
 fn slots_key(tenant: &Tenant, endpoint: &EndpointId) -> HashMap<String, AttributeValue> {
-    HashMap::from([
-        (
-            "history_key".to_owned(),
-            history_key(tenant, endpoint.tag()),
-        ),
-        ("delivery_id".to_owned(), s(SLOTS)),
-    ])
+    endpoint_item_key(tenant, endpoint, SLOTS)
 }
 
 impl Store {
