@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make dev`: moto on loopback, the template's tables and queues, the API on 127.0.0.1:9000
-# (API_PORT), ingest and deliver on their queues. Ctrl-C stops everything.
+# (API_PORT), ingest and deliver on their queues. Ctrl-C stops everything. VENUE_PUBLISH_RATE_LIMIT
+# (events a second per venue) sets the stack parameter VenuePublishRateLimit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/moto.sh

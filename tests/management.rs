@@ -1206,3 +1206,163 @@ async fn endpoint_stats_add_up_to_what_its_history_shows() {
     }
     stack.stop().await;
 }
+
+/// One publish request with the response's status, `Retry-After` and body.
+async fn publish_raw(
+    http: &reqwest::Client,
+    api_url: &str,
+    venue: &str,
+    id: &str,
+) -> (u16, Option<String>, Value) {
+    let response = http
+        .post(format!("{api_url}/venues/{venue}/events"))
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
+        .json(&json!({"type": "order.created", "id": id, "data": {"n": id}}))
+        .send()
+        .await
+        .expect("API answers");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (
+        status,
+        retry_after,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_venue_publishing_past_its_limit_fails_no_other_venues_calls() {
+    let mut options = local_options();
+    options
+        .parameters
+        .insert("VenuePublishRateLimit".into(), "20".into());
+    let stack = start_with(options).await;
+    let api = Client::new(&stack);
+    let (loud, quiet) = (venue("loud"), venue("quiet"));
+    let rx = Receiver::start(200).await;
+    api.create_endpoint(&quiet, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    let http = reqwest::Client::new();
+
+    // The loud venue: 200 events a second for 3 s, ten times its limit of 20.
+    let flood = {
+        let (http, api_url, loud) = (http.clone(), stack.api_url.clone(), loud.clone());
+        tokio::spawn(async move {
+            let mut sent = tokio::task::JoinSet::new();
+            let mut ticks = tokio::time::interval(Duration::from_millis(5));
+            for i in 0..600 {
+                ticks.tick().await;
+                let id = format!("loud-{i}");
+                let (http, api_url, loud) = (http.clone(), api_url.clone(), loud.clone());
+                sent.spawn(async move {
+                    let answer = publish_raw(&http, &api_url, &loud, &id).await;
+                    (id, answer)
+                });
+            }
+            sent.join_all().await
+        })
+    };
+    // The quiet venue, in the same seconds: publishing, its endpoints, its event.
+    let mut calm = Vec::new();
+    for i in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let id = format!("quiet-{i}");
+        let (status, _, body) = publish_raw(&http, &stack.api_url, &quiet, &id).await;
+        calm.push(("publish", status, body));
+        let (status, body) = api.get(&format!("/venues/{quiet}/endpoints")).await;
+        calm.push(("list endpoints", status, body));
+        let (status, body) = api.get(&format!("/venues/{quiet}/events/{id}")).await;
+        calm.push(("get event", status, body));
+    }
+    let flooded = flood.await.expect("the flood ran");
+
+    for (what, status, body) in &calm {
+        assert!(
+            (200..300).contains(status),
+            "the quiet venue's {what} failed during the loud venue's flood: {status} {body}"
+        );
+    }
+    let (accepted, refused): (Vec<_>, Vec<_>) = flooded
+        .iter()
+        .partition(|(_, (status, _, _))| *status == 202);
+    for (id, (status, retry_after, body)) in &refused {
+        assert_eq!(*status, 429, "{id}: {body}");
+        assert_eq!(retry_after.as_deref(), Some("1"), "{id}: Retry-After");
+        assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    }
+    // 3 s of sending span at most 5 calendar seconds (with the answers' time): 20 in each.
+    assert!(
+        (20..=100).contains(&accepted.len()),
+        "{} of 600 accepted at a limit of 20 a second",
+        accepted.len()
+    );
+    // What was refused was not stored; what was accepted was.
+    for (id, _) in refused.iter().take(5) {
+        let (status, body) = api.get(&format!("/venues/{loud}/events/{id}")).await;
+        assert_eq!(status, 404, "a refused event was stored: {body}");
+    }
+    for (id, _) in accepted.iter().take(5) {
+        let (status, body) = api.get(&format!("/venues/{loud}/events/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The quiet venue's 30 events reach its endpoint.
+    assert_eq!(rx.wait_for(30, WAIT).await.len(), 30);
+    eprintln!(
+        "loud venue: {} of 600 accepted (limit 20 a second), {} answered 429; quiet venue: {} calls, all 2xx",
+        accepted.len(),
+        refused.len(),
+        calm.len()
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_of_route_has_its_own_throttle() {
+    let mut options = local_options();
+    options.run_ingest = false;
+    options.run_deliver = false;
+    options
+        .parameters
+        .insert("ApiThrottlingRateLimit".into(), "2".into());
+    options
+        .parameters
+        .insert("ApiThrottlingBurstLimit".into(), "4".into());
+    let stack = start_with(options).await;
+    let api = Client::new(&stack);
+    let v = venue("throttled");
+    // Management calls past the management routes' throttle: 429 from the gateway.
+    let mut listed = Vec::new();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (api, path) = (api.clone(), format!("/venues/{v}/endpoints"));
+        calls.spawn(async move { api.get(&path).await });
+    }
+    while let Some(answer) = calls.join_next().await {
+        listed.push(answer.unwrap());
+    }
+    let throttled: Vec<_> = listed.iter().filter(|(s, _)| *s == 429).collect();
+    assert!(throttled.len() >= 10, "{} of 20 throttled", throttled.len());
+    assert_eq!(throttled[0].1, json!({"message": "Too Many Requests"}));
+    // Publishing and the page have throttles of their own: not touched.
+    for i in 0..5 {
+        let (status, body) = api
+            .post(
+                &format!("/venues/{v}/events"),
+                json!({"type": "order.created", "data": {"i": i}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let page = reqwest::get(format!("{}/portal", stack.api_url))
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    // No route: the gateway's own 404.
+    let (status, body) = api.get("/").await;
+    assert_eq!((status, body), (404, json!({"message": "Not Found"})));
+    stack.stop().await;
+}

@@ -199,9 +199,16 @@ impl Stack {
                 .or(provisioned.timeouts.get(API_FUNCTION))
                 .copied()
                 .unwrap_or(gateway::INTEGRATION_TIMEOUT);
+            let routes = provisioned
+                .routes
+                .iter()
+                .filter(|r| r.function == API_FUNCTION)
+                .cloned()
+                .collect();
             tasks.push(tokio::spawn(gateway::serve(
                 listener,
                 Arc::new(api),
+                Arc::new(gateway::Routes::new(routes)),
                 timeout.min(gateway::INTEGRATION_TIMEOUT),
                 watch_rx.clone(),
             )));

@@ -49,6 +49,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         scale => Some(local::capacity::Budgets::scaled(scale.parse()?)),
     };
 
+    // Stack parameters `make dev` passes through from the environment.
+    for (variable, parameter) in [("VENUE_PUBLISH_RATE_LIMIT", "VenuePublishRateLimit")] {
+        if let Ok(value) = std::env::var(variable) {
+            if !value.is_empty() {
+                options.parameters.insert(parameter.to_owned(), value);
+            }
+        }
+    }
+
     if command == "env" {
         options.run_api = false;
         options.run_ingest = false;

@@ -52,6 +52,20 @@ pub struct QueueTrigger {
     pub timeout: std::time::Duration,
 }
 
+/// A route of the HTTP API, as a function's `Events: … Type: HttpApi` entry declares it, with
+/// the throttle API Gateway keeps for it (its own `RouteSettings`, or the API's
+/// `DefaultRouteSettings`): requests a second in the steady state, and at once.
+#[derive(Clone, Debug)]
+pub struct HttpRoute {
+    pub function: String,
+    /// `GET`, `POST`, … or `ANY`.
+    pub method: String,
+    /// `/venues/{venue_id}/events`, `/{proxy+}`, …
+    pub path: String,
+    pub rate: Option<f64>,
+    pub burst: Option<u32>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Provisioned {
     /// Logical id → physical name (tables) or URL (queues).
@@ -61,6 +75,8 @@ pub struct Provisioned {
     pub triggers: Vec<QueueTrigger>,
     /// Functions run on a `Schedule` event, with its rate.
     pub schedules: Vec<(String, std::time::Duration)>,
+    /// The HTTP API's routes, with their throttles.
+    pub routes: Vec<HttpRoute>,
     /// Each function's `Timeout` (its own, or the template's `Globals`; Lambda's default, 3 s,
     /// without either).
     pub timeouts: BTreeMap<String, std::time::Duration>,
@@ -316,6 +332,11 @@ pub async fn provision(
                 out.schedules.push((id.clone(), rate(&expression)?));
                 continue;
             }
+            if get(event, "Type").and_then(Value::as_str) == Some("HttpApi") {
+                out.routes
+                    .push(http_route(&doc, &resolver, &id, get(event, "Properties"))?);
+                continue;
+            }
             if get(event, "Type").and_then(Value::as_str) != Some("SQS") {
                 continue;
             }
@@ -392,6 +413,47 @@ pub async fn provision(
     }
     out.arns = arns.into_iter().collect();
     Ok(out)
+}
+
+/// An `HttpApi` event's route and throttle: the event's `RouteSettings` over the API's
+/// `DefaultRouteSettings` (the `ApiId` it names).
+fn http_route(
+    doc: &Value,
+    resolver: &Resolver,
+    function: &str,
+    props: Option<&Value>,
+) -> Result<HttpRoute, ProvisionError> {
+    let props = props.ok_or_else(|| bad("HttpApi event properties"))?;
+    let api_defaults = get(props, "ApiId")
+        .and_then(|r| match r {
+            Value::Tagged(tagged) if tagged.tag == "Ref" => tagged.value.as_str(),
+            _ => get(r, "Ref").and_then(Value::as_str),
+        })
+        .and_then(|api| get(doc, "Resources").and_then(|r| get(r, api)))
+        .and_then(|api| get(api, "Properties"))
+        .and_then(|p| get(p, "DefaultRouteSettings"));
+    let own = get(props, "RouteSettings");
+    let setting = |name: &str| -> Result<Option<String>, ProvisionError> {
+        own.and_then(|s| get(s, name))
+            .or_else(|| api_defaults.and_then(|s| get(s, name)))
+            .map(|v| resolver.resolve(v))
+            .transpose()
+    };
+    let number_of = |name: &str| -> Result<Option<f64>, ProvisionError> {
+        setting(name)?
+            .map(|v| {
+                v.parse::<f64>()
+                    .map_err(|_| bad(format!("{name} is not a number")))
+            })
+            .transpose()
+    };
+    Ok(HttpRoute {
+        function: function.to_owned(),
+        method: str_at(props, "Method")?.to_ascii_uppercase(),
+        path: str_at(props, "Path")?,
+        rate: number_of("ThrottlingRateLimit")?,
+        burst: number_of("ThrottlingBurstLimit")?.map(|b| b as u32),
+    })
 }
 
 pub struct Resolver<'a> {

@@ -11,6 +11,8 @@ pub struct ApiError {
     pub message: String,
     /// For a validation error: the request field it is about (the page shows it there).
     pub field: Option<String>,
+    /// Seconds to wait before sending again (the `Retry-After` header), when it helps.
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -20,6 +22,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 

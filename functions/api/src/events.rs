@@ -24,6 +24,7 @@ pub async fn publish(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
     let accepted = async {
         api.publisher.check_size(call.body.len())?;
         let request: PublishRequest = parse_json(call.body)?;
+        api.publish_limit.take(&api.store, tenant.venue()).await?;
         Ok::<_, ApiError>(api.publisher.publish(tenant, request, Utc::now()).await?)
     }
     .await

@@ -19,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod page;
 pub mod portal;
+pub mod publish_limit;
 pub mod stats;
 pub mod venues;
 
@@ -56,6 +57,7 @@ pub struct Api {
     page: page::Page,
     destinations: DestinationPolicy,
     auth: Authenticator,
+    publish_limit: std::sync::Arc<publish_limit::PublishLimit>,
     max_body_bytes: usize,
     max_endpoints_per_venue: usize,
     retention_days: i64,
@@ -94,6 +96,9 @@ impl Api {
             page: page::Page::new(&config.portal.frame_ancestors),
             destinations: config.destinations.clone(),
             auth: Authenticator::new(admin_key_sha256, services.store.clone()),
+            publish_limit: std::sync::Arc::new(publish_limit::PublishLimit::new(
+                config.limits.venue_publish_rate_limit,
+            )),
             // Room for the JSON around the largest accepted event.
             max_body_bytes: config.limits.max_payload_bytes + 16 * 1024,
             max_endpoints_per_venue: config.limits.max_endpoints_per_venue,
@@ -148,9 +153,9 @@ impl Api {
                 return response;
             }
         }
-        let (status, body) = match self.dispatch(&request).await {
-            Ok(ok) => ok,
-            Err(e) => (e.status, e.body()),
+        let (status, body, retry_after) = match self.dispatch(&request).await {
+            Ok((status, body)) => (status, body, None),
+            Err(e) => (e.status, e.body(), e.retry_after),
         };
         tracing::info!(
             method = %method,
@@ -160,7 +165,13 @@ impl Api {
             "api request"
         );
         self.dispatcher.metrics().flush("api");
-        json_response(status, &body)
+        let mut response = json_response(status, &body);
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+        }
+        response
     }
 
     async fn dispatch(&self, request: &Request) -> ApiResult {

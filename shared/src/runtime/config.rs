@@ -54,6 +54,8 @@ pub struct Limits {
     /// delivery attempt starts unless it can end `deadline_reserve` before the deadline; half
     /// of it is for recording what was sent, half for handing back what was not started.
     pub deadline_reserve: Duration,
+    /// Events a second one venue may publish over the API (`POST /events`; 429 past it).
+    pub venue_publish_rate_limit: u32,
 }
 
 /// Where a delivery job waits for its retry: on the delivery queue with `DelaySeconds` up to
@@ -181,6 +183,8 @@ impl Config {
                 retention_days: number("RETENTION_DAYS", 30)? as i64,
                 max_endpoints_per_venue: number("MAX_ENDPOINTS_PER_VENUE", 100)?.max(1) as usize,
                 deadline_reserve: Duration::from_millis(number("DEADLINE_RESERVE_MS", 6_000)?),
+                venue_publish_rate_limit: number("VENUE_PUBLISH_RATE_LIMIT", 1_000)?
+                    .clamp(1, u64::from(u32::MAX)) as u32,
             },
             retry: {
                 let defaults = RetryPolicy::default();

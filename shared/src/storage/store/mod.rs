@@ -24,7 +24,7 @@
 //! One file per table: [`endpoints`], [`events`] (and the notes of events whose jobs could not
 //! be queued), [`deliveries`] (history items, attempts and their rules), [`history`] (reading
 //! an endpoint's history), [`replays`], [`backlog`] (deliveries held without an attempt),
-//! [`api_keys`], [`retries`]. This
+//! [`api_keys`] (and each venue's publishing count, [`publish_rate`]), [`retries`]. This
 //! file holds the store itself and what they share (conditional puts, batched reads).
 
 mod api_keys;
@@ -35,6 +35,7 @@ mod events;
 mod exhausted;
 mod history;
 mod pacing;
+mod publish_rate;
 mod replays;
 mod retries;
 mod slots;
