@@ -50,7 +50,7 @@ async fn every_log_line_is_a_json_object_with_the_ids_as_fields() {
     ok.wait_for(1, Duration::from_secs(20)).await;
     failing.wait_for(1, Duration::from_secs(20)).await;
     // The attempt is recorded just after the receiver answered.
-    let delivery_id = eventually(Duration::from_secs(20), || async {
+    let _recorded = eventually(Duration::from_secs(20), || async {
         let (_, history) = api
             .get(&format!("/venues/{venue}/endpoints/{ep_id}/deliveries"))
             .await;
@@ -77,26 +77,60 @@ async fn every_log_line_is_a_json_object_with_the_ids_as_fields() {
         );
         assert!(line["message"].is_string(), "{line}");
     }
-    let accepted = lines
+    // The publish: the API's request line, with Lambda's request id.
+    let published = lines
         .iter()
-        .find(|l| l["message"] == "event accepted" && l["event_id"] == event_id.as_str())
-        .unwrap_or_else(|| panic!("no `event accepted` line for {event_id}:\n{text}"));
-    assert_eq!(accepted["venue_id"], venue.as_str());
-    assert_eq!(accepted["level"], "INFO");
-    let attempt = lines
-        .iter()
-        .find(|l| l["message"] == "delivery attempt" && l["endpoint_id"] == ep_id.as_str())
-        .unwrap_or_else(|| panic!("no `delivery attempt` line for {ep_id}:\n{text}"));
-    assert_eq!(attempt["venue_id"], venue.as_str());
-    assert_eq!(attempt["event_id"], event_id.as_str());
-    assert_eq!(attempt["delivery_id"], delivery_id.as_str());
-    assert_eq!(attempt["status_code"], 200);
+        .find(|l| l["message"] == "api request" && l["status"] == 202)
+        .unwrap_or_else(|| panic!("no `api request` line for the publish:\n{text}"));
+    assert_eq!(published["level"], "INFO");
+    assert!(
+        published["requestId"]
+            .as_str()
+            .is_some_and(|id| id.len() == 36),
+        "{published}"
+    );
+    // A success is not a line of its own (the history holds it, with its delivery id)…
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["message"] == "delivery attempt" && l["endpoint_id"] == ep_id.as_str()),
+        "a successful attempt was logged at INFO:\n{text}"
+    );
+    // …a failed attempt is, with the ids as fields.
     let failed = lines
         .iter()
         .find(|l| l["message"] == "delivery attempt" && l["status_code"] == 500)
         .unwrap_or_else(|| panic!("no failed attempt line:\n{text}"));
+    assert_eq!(failed["level"], "INFO");
     assert_eq!(failed["error_class"], "http_5xx");
     assert_eq!(failed["event_id"], event_id.as_str());
+    assert_eq!(failed["venue_id"], venue.as_str());
+    assert!(
+        failed["delivery_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{failed}"
+    );
+    // Each deliver invocation says what it did in one line: one success, one failure here.
+    let summaries: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "deliver batch")
+        .collect();
+    let total = |field: &str| {
+        summaries
+            .iter()
+            .filter_map(|l| l[field].as_u64())
+            .sum::<u64>()
+    };
+    assert_eq!(
+        (total("attempts_succeeded"), total("attempts_failed")),
+        (1, 1),
+        "{summaries:?}"
+    );
+    assert!(
+        summaries.iter().all(|l| l["requestId"].is_string()),
+        "{summaries:?}"
+    );
 
     // The metrics (embedded metric format), against what happened: one event accepted and one
     // refused by the API; at the two endpoints, one attempt each: a success, and a 500 whose

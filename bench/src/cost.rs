@@ -23,6 +23,8 @@ pub struct Prices {
     /// DynamoDB Standard table class storage, per GB-month.
     pub ddb_storage_gb_month: f64,
     pub kms_request: f64,
+    /// CloudWatch Logs (Standard class), per GB ingested.
+    pub logs_ingested_gb: f64,
 }
 
 /// AWS's published us-east-1 list prices (DynamoDB on-demand after its November 2024
@@ -38,6 +40,7 @@ pub const PRICES: Prices = Prices {
     ddb_rcu_hour: 0.000_13,
     ddb_storage_gb_month: 0.25,
     kms_request: 0.03 / 10_000.0,
+    logs_ingested_gb: 0.50,
 };
 
 /// What one delivery costs in AWS units, averaged over a workload (measured).
@@ -51,6 +54,9 @@ pub struct UnitsPerDelivery {
     /// Bytes held in DynamoDB for the retention period.
     pub stored_bytes: f64,
     pub kms_requests: f64,
+    /// Bytes of log lines (metric lines included) CloudWatch Logs ingests, its metadata
+    /// counted ([`crate::logs`]).
+    pub log_bytes: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -70,11 +76,18 @@ pub struct Breakdown {
     pub ddb_reads: f64,
     pub ddb_storage: f64,
     pub kms: f64,
+    pub logs: f64,
 }
 
 impl Breakdown {
     pub fn total(&self) -> f64 {
-        self.lambda + self.sqs + self.ddb_writes + self.ddb_reads + self.ddb_storage + self.kms
+        self.lambda
+            + self.sqs
+            + self.ddb_writes
+            + self.ddb_reads
+            + self.ddb_storage
+            + self.kms
+            + self.logs
     }
 }
 
@@ -105,6 +118,7 @@ pub fn per_million(
             * prices.ddb_storage_gb_month
             * (retention_days / 30.0),
         kms: m * units.kms_requests * prices.kms_request,
+        logs: m * units.log_bytes / 1e9 * prices.logs_ingested_gb,
     }
 }
 
@@ -153,6 +167,7 @@ mod tests {
             ddb_read_units: 0.5,
             stored_bytes: 1000.0,
             kms_requests: 0.0,
+            log_bytes: 400.0,
         }
     }
 
@@ -168,9 +183,11 @@ mod tests {
         assert!(close(b.ddb_writes, 1.5 * 0.625));
         assert!(close(b.ddb_reads, 0.5 * 0.125));
         assert!(close(b.ddb_storage, 1.0 * 0.25));
+        // 400 B a delivery: 0.4 GB per million, at $0.50 a GB.
+        assert!(close(b.logs, 0.4 * 0.50));
         assert!(close(
             b.total(),
-            b.lambda + b.sqs + b.ddb_writes + b.ddb_reads + b.ddb_storage
+            b.lambda + b.sqs + b.ddb_writes + b.ddb_reads + b.ddb_storage + b.logs
         ));
     }
 

@@ -136,7 +136,14 @@ async fn invoke(
             .take()
     });
     let limit = stop_after.map_or(trigger.timeout, |after| after.min(trigger.timeout));
-    let ran = tokio::time::timeout(limit, handler(event, started + trigger.timeout)).await;
+    let ran = tokio::time::timeout(
+        limit,
+        shared::runtime::logging::with_request_id(
+            request_id(),
+            handler(event, started + trigger.timeout),
+        ),
+    )
+    .await;
     if let Ok(mut stats) = stats.lock() {
         let entry = stats.entry(trigger.function.clone()).or_default();
         entry.count += 1;
@@ -267,4 +274,11 @@ pub fn to_event(
         })
         .collect();
     serde_json::from_value(json!({ "Records": records }))
+}
+
+/// A request id of the shape Lambda gives each invocation (36 characters), for the log lines.
+pub fn request_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:08x}-0000-4000-8000-{n:012x}", std::process::id())
 }

@@ -181,7 +181,10 @@ pub async fn serve(
                     let deadline = std::time::Instant::now() + limit;
                     let handled = tokio::time::timeout(
                         limit,
-                        api.handle_until(http::Request::from_parts(parts, body), deadline),
+                        shared::runtime::logging::with_request_id(
+                            crate::esm::request_id(),
+                            api.handle_until(http::Request::from_parts(parts, body), deadline),
+                        ),
                     )
                     .await;
                     let Ok(response) = handled else {

@@ -774,6 +774,40 @@ mod tests {
     }
 
     #[test]
+    fn every_function_logs_to_a_group_of_its_own_with_a_retention() {
+        let doc: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(crate::default_template()).unwrap())
+                .unwrap();
+        let resources = get(&doc, "Resources").unwrap().as_mapping().unwrap();
+        let retention_default = get(&doc, "Parameters")
+            .and_then(|p| get(p, "LogRetentionDays"))
+            .and_then(|p| get(p, "Default"))
+            .and_then(scalar);
+        assert_eq!(retention_default.as_deref(), Some("30"));
+        let tag_of = |v: &Value| match v {
+            Value::Tagged(t) if t.tag == "Ref" => t.value.as_str().map(str::to_owned),
+            _ => None,
+        };
+        for (id, resource) in resources {
+            if get(resource, "Type").and_then(Value::as_str) != Some("AWS::Serverless::Function") {
+                continue;
+            }
+            let config = get(resource, "Properties")
+                .and_then(|p| get(p, "LoggingConfig"))
+                .unwrap_or_else(|| panic!("{id:?} has no LoggingConfig"));
+            assert_eq!(
+                get(config, "LogFormat").and_then(scalar).as_deref(),
+                Some("JSON")
+            );
+            let group = get(config, "LogGroup").and_then(tag_of).unwrap();
+            let retention = get(resources.get(group.as_str()).unwrap(), "Properties")
+                .and_then(|p| get(p, "RetentionInDays"))
+                .and_then(tag_of);
+            assert_eq!(retention.as_deref(), Some("LogRetentionDays"), "{group}");
+        }
+    }
+
+    #[test]
     fn schedule_rates_are_read() {
         assert_eq!(super::rate("rate(1 minute)").unwrap().as_secs(), 60);
         assert_eq!(super::rate("rate(2 hours)").unwrap().as_secs(), 7200);

@@ -95,6 +95,7 @@ impl Deliver {
     /// when the reserve begins is handed back as jobs of its own (sent again, then deleted),
     /// so it neither waits in flight nor spends receives.
     pub async fn handle_until(&self, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
+        let started = Instant::now();
         // Never more than half the time there is (a function with a short timeout).
         let reserve = self
             .deadline_reserve
@@ -159,6 +160,7 @@ impl Deliver {
         let mut follow_ups = Vec::new();
         let mut waiting_on_follow_ups = Vec::new();
         let mut again = Vec::new();
+        let mut handed_back = 0;
         for (record, result) in event.records.iter().zip(results) {
             let id = record.message_id.clone().unwrap_or_default();
             match result {
@@ -174,6 +176,7 @@ impl Deliver {
                 Handled::Unfinished => match parse(record) {
                     // Sent again as a job of its own that checks each delivery's record first.
                     Ok(Message::Job(job)) => {
+                        handed_back += 1;
                         tracing::info!(endpoint_id = %job.endpoint_id, "job unfinished at the deadline; handed back");
                         // After the writes it left in flight have landed or died, so that the
                         // copy finds what they recorded.
@@ -247,7 +250,22 @@ impl Deliver {
         {
             tracing::warn!("the failed jobs' waits were not set before the deadline; they come back after the visibility timeout");
         }
-        self.dispatcher.metrics().flush("deliver");
+        // One line per invocation: each attempt is in the history, and each failed or
+        // repeated one has a line of its own.
+        let metrics = self.dispatcher.metrics();
+        let (succeeded, failed) = metrics.attempts_so_far();
+        tracing::info!(
+            records = event.records.len(),
+            attempts_succeeded = succeeded,
+            attempts_failed = failed,
+            retries_scheduled = metrics.counted(Counter::RetriesScheduled),
+            held = metrics.counted(Counter::DeliveriesHeld),
+            handed_back = handed_back,
+            failed_records = response.batch_item_failures.len(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            "deliver batch"
+        );
+        metrics.flush("deliver");
         response
     }
 

@@ -199,6 +199,7 @@ impl Ingest {
                     message: "the jobs were not queued before the deadline".into(),
                 })
             });
+        let queued_ok = queued.is_ok();
         if let Err(e) = queued {
             // Their events are stored; the retried messages re-send the stored jobs.
             tracing::warn!(error = %e, records = with_jobs.len(), "queueing failed; the events will be retried");
@@ -215,6 +216,19 @@ impl Ingest {
         {
             tracing::warn!("the failed records' waits were not set before the deadline");
         }
+        // One line per invocation (each event is in the events table, and its fate in history).
+        tracing::info!(
+            records = event.records.len(),
+            accepted = self.metrics.counted(Counter::EventsAccepted),
+            refused = self.metrics.counted(Counter::EventsRefused),
+            deliveries_queued = if queued_ok {
+                jobs.iter().map(|j| j.deliveries.len()).sum::<usize>()
+            } else {
+                0
+            },
+            failed_records = response.batch_item_failures.len(),
+            "ingest batch"
+        );
         self.metrics.flush("ingest");
         response
     }

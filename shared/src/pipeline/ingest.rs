@@ -252,7 +252,8 @@ impl Publisher {
                 queued: true,
             });
         }
-        tracing::info!(
+        // Each event is in the events table; the functions' summary lines count them.
+        tracing::debug!(
             venue_id = %tenant.venue(),
             event_id = %stored.event_id,
             event_type = %stored.event_type,

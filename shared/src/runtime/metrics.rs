@@ -109,6 +109,29 @@ impl Metrics {
         }
     }
 
+    /// Attempts gathered so far, succeeded and failed (for a per-invocation summary line).
+    pub fn attempts_so_far(&self) -> (u64, u64) {
+        self.gathered.lock().map_or((0, 0), |g| {
+            g.attempts
+                .iter()
+                .fold((0, 0), |(ok, failed), ((outcome, _), durations)| {
+                    let n = durations.len() as u64;
+                    if *outcome == "succeeded" {
+                        (ok + n, failed)
+                    } else {
+                        (ok, failed + n)
+                    }
+                })
+        })
+    }
+
+    /// A counter's value gathered so far.
+    pub fn counted(&self, counter: Counter) -> u64 {
+        self.gathered
+            .lock()
+            .map_or(0, |g| g.counters.get(&counter).copied().unwrap_or(0))
+    }
+
     /// The EMF lines of what was gathered since the last call, emptying it.
     pub fn take_lines(&self, function: &str) -> Vec<Value> {
         let gathered = match self.gathered.lock() {

@@ -673,18 +673,30 @@ impl Dispatcher {
             now,
             rand::random::<f64>(),
         );
-        tracing::info!(
-            venue_id = %tenant.venue(),
-            endpoint_id = %endpoint.endpoint_id,
-            event_id = %event.id,
-            %delivery_id,
-            attempt = number,
-            status_code = attempt.status_code,
-            duration_ms = attempt.duration_ms,
-            error_class = response.error.as_ref().map(|(c, _)| c.as_str()),
-            outcome = ?decision,
-            "delivery attempt"
-        );
+        // A line for each failed attempt; a success is in the history and the metrics (and
+        // the invocation's summary line), and a line each would be most of the logs' bill.
+        macro_rules! attempt_line {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    venue_id = %tenant.venue(),
+                    endpoint_id = %endpoint.endpoint_id,
+                    event_id = %event.id,
+                    %delivery_id,
+                    attempt = number,
+                    status_code = attempt.status_code,
+                    duration_ms = attempt.duration_ms,
+                    error_class = response.error.as_ref().map(|(c, _)| c.as_str()),
+                    outcome = ?decision,
+                    "delivery attempt"
+                )
+            };
+        }
+        if attempt.succeeded() {
+            attempt_line!(tracing::Level::DEBUG);
+        } else {
+            attempt_line!(tracing::Level::INFO);
+        }
         if number == 1 {
             let accepted = delivery_id.created_ms() as i64;
             let delay = attempt
