@@ -330,3 +330,90 @@ async fn a_dead_endpoint_opens_its_circuit_and_a_probe_closes_it() {
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_rate_opens_the_circuit_of_a_flaky_endpoint_and_not_of_a_less_flaky_one() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    // Never on failures in a row here: only the rate, half of at least 20 in 5 minutes.
+    let stack = start_with(compressed_options(&[
+        ("BREAKER_THRESHOLD", "1000"),
+        ("BREAKER_FAILURE_RATE_PERCENT", "50"),
+        ("BREAKER_RATE_MIN_ATTEMPTS", "20"),
+        ("BREAKER_RATE_WINDOW_SECONDS", "300"),
+        ("BREAKER_COOLDOWN_MS", "60000"),
+        ("RETRY_SCHEDULE_SECONDS", "1,1,1,1,1,1"),
+    ]))
+    .await;
+    let api = Client::new(&stack);
+    // One request in three fails (never two in a row), and three in four.
+    let script = |fails: &dyn Fn(usize) -> bool| {
+        (0..400)
+            .map(|i| Mode::Status(if fails(i) { 500 } else { 200 }))
+            .collect::<Vec<_>>()
+    };
+    let third = FaultReceiver::start(script(&|i| i % 3 == 2)).await;
+    let most = FaultReceiver::start(script(&|i| i % 4 != 3)).await;
+    let (a, b) = (
+        format!("third-{}", unique_prefix()),
+        format!("most-{}", unique_prefix()),
+    );
+    let ep_a = api
+        .create_endpoint(&a, json!({"url": third.url, "event_types": ["*"]}))
+        .await;
+    let ep_b = api
+        .create_endpoint(&b, json!({"url": most.url, "event_types": ["*"]}))
+        .await;
+    let path = |venue: &str, ep: &Value| {
+        format!("/venues/{venue}/endpoints/{}", ep["id"].as_str().unwrap())
+    };
+    let (path_a, path_b) = (path(&a, &ep_a), path(&b, &ep_b));
+    publish_orders(&api, &a, 0..30).await;
+    publish_orders(&api, &b, 0..30).await;
+
+    // Failing three in four: open once 20 attempts are counted, although never 1,000 in a row.
+    let opened = eventually(Duration::from_secs(40), || async {
+        let (_, ep) = api.get(&path_b).await;
+        (ep["circuit"]["state"] == "open").then_some(ep)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the circuit of an endpoint failing 3 in 4 opens ({} requests)",
+            most.hits().len()
+        )
+    });
+    assert!(
+        opened["circuit"]["failures_in_row"].as_u64().unwrap() < 1000,
+        "{opened}"
+    );
+    let at_open = most.hits().len();
+    assert!(at_open >= 20, "{at_open} attempts before it opened");
+
+    // Failing one in three: every delivery arrives, its circuit closed throughout.
+    let delivered = eventually(Duration::from_secs(60), || async {
+        let (_, ep) = api.get(&path_a).await;
+        assert_eq!(
+            ep["circuit"]["state"], "closed",
+            "one failure in three opened it: {ep}"
+        );
+        let (_, page) = api.get(&format!("{path_a}/deliveries?limit=100")).await;
+        let list = page["data"].as_array().cloned().unwrap_or_default();
+        (list.len() == 30 && list.iter().all(|d| d["status"] == "succeeded")).then_some(list)
+    })
+    .await
+    .expect("every delivery to the endpoint failing 1 in 3 succeeds");
+    let attempts = third.hits().len();
+    assert!(
+        attempts >= 40,
+        "{attempts} attempts: the window had more than its 20 to count"
+    );
+    // And the flaky one stayed open: its cooldown is a minute.
+    let (_, ep) = api.get(&path_b).await;
+    assert_eq!(ep["circuit"]["state"], "open", "{ep}");
+    eprintln!(
+        "1 in 3 failing: {} deliveries in {attempts} attempts, circuit closed; 3 in 4 failing: circuit open after {at_open} attempts, {} in all",
+        delivered.len(),
+        most.hits().len()
+    );
+    stack.stop().await;
+}

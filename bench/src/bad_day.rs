@@ -126,6 +126,7 @@ pub async fn operational_events(
             ("RETRY_SCHEDULE_SECONDS", "1"),
             ("EXHAUSTED_WINDOW_SECONDS", "2"),
             ("BREAKER_THRESHOLD", "1000"),
+            ("BREAKER_RATE_MIN_ATTEMPTS", "1000000"),
         ],
     )
     .await?;

@@ -54,8 +54,9 @@ fn rand_u16() -> u16 {
 /// The local defaults on a fresh prefix, from `infra/template.yaml` or the template that
 /// `POPUP_TEMPLATE` names (the IAM test runs a test against a copy with an action removed).
 ///
-/// The circuit breaker opens only after 1,000 failures in a row here, so that a test of
-/// retries sees every attempt it plans; the breaker's own tests (tests/scale.rs) set it.
+/// The circuit breaker opens only after 1,000 failures in a row here (and never on a failure
+/// rate), so that a test of retries sees every attempt it plans; the breaker's own tests
+/// (tests/scale.rs) set it.
 pub fn local_options() -> StackOptions {
     let mut options = StackOptions::local(
         &unique_prefix(),
@@ -65,6 +66,9 @@ pub fn local_options() -> StackOptions {
     options
         .env_overrides
         .insert("BREAKER_THRESHOLD".into(), "1000".into());
+    options
+        .env_overrides
+        .insert("BREAKER_RATE_MIN_ATTEMPTS".into(), "1000000".into());
     if let Some(template) = std::env::var_os("POPUP_TEMPLATE") {
         options.template = template.into();
     }

@@ -1,5 +1,6 @@
-//! The circuit breaker of an endpoint: after `threshold` failed attempts in a row its circuit
-//! opens, and its deliveries wait without being attempted (no request, no write: the job is
+//! The circuit breaker of an endpoint: after `threshold` failed attempts in a row, or when at
+//! least `rate_percent` of at least `rate_min_attempts` attempts failed within `rate_window`
+//! (a flaky endpoint whose failures never come in a row), its circuit opens, and its deliveries wait without being attempted (no request, no write: the job is
 //! queued again for later) until the cooldown is over. Then one delivery at a time (a probe,
 //! under a lease on the endpoint's item) finds out whether the receiver is back: a success
 //! closes the circuit, a failure opens it again for twice as long (up to `max_cooldown`).
@@ -42,11 +43,18 @@ pub struct BreakerPolicy {
     pub slow_after: Duration,
     /// …for this long (renewed while attempts stay slow).
     pub slow_for: Duration,
+    /// The failure rate that opens the circuit (a percentage of the attempts in the window)…
+    pub rate_percent: u32,
+    /// …once the window has this many attempts…
+    pub rate_min_attempts: u32,
+    /// …within this long of its first failure.
+    pub rate_window: Duration,
 }
 
 impl Default for BreakerPolicy {
-    /// 5 failures in a row; 30 s, doubling up to 10 min; holds up to 15 min; 10 attempts at
-    /// once at an endpoint whose attempts take more than 2 s.
+    /// 5 failures in a row, or half of at least 20 attempts in 5 minutes; 30 s, doubling up to
+    /// 10 min; holds up to 15 min; 10 attempts at once at an endpoint whose attempts take more
+    /// than 2 s.
     fn default() -> Self {
         Self {
             threshold: 5,
@@ -57,6 +65,9 @@ impl Default for BreakerPolicy {
             max_concurrent: 10,
             slow_after: Duration::from_secs(2),
             slow_for: Duration::from_secs(300),
+            rate_percent: 50,
+            rate_min_attempts: 20,
+            rate_window: Duration::from_secs(300),
         }
     }
 }
@@ -72,6 +83,37 @@ pub struct Circuit {
     /// The endpoint's failure clock is running (`failing_since`): a success stops it, with
     /// the same write that closes the circuit.
     pub failing: bool,
+    /// Attempts and failures counted for the failure rate.
+    pub window: FailureWindow,
+}
+
+/// The failure-rate window on the endpoint's item: attempts and failures since `since`. It
+/// starts at a batch with a failure and counts every attempt until `rate_window` has passed;
+/// an endpoint without failures has none, so counting costs it no write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FailureWindow {
+    pub since: Option<DateTime<Utc>>,
+    pub attempts: u32,
+    pub failures: u32,
+}
+
+/// What a batch writes of the window, with its [`Change`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WindowWrite {
+    Keep,
+    /// A new window from this batch.
+    Start {
+        since: DateTime<Utc>,
+        attempts: u32,
+        failures: u32,
+    },
+    /// This batch's attempts added to the running window.
+    Add {
+        attempts: u32,
+        failures: u32,
+    },
+    /// No window (the circuit opened, or closed after being open: a fresh count after it).
+    Clear,
 }
 
 impl Circuit {
@@ -82,6 +124,11 @@ impl Circuit {
             opens: endpoint.circuit_opens,
             probe_until: endpoint.probe_until,
             failing: endpoint.failing_since.is_some(),
+            window: FailureWindow {
+                since: endpoint.failure_window_since,
+                attempts: endpoint.failure_window_attempts,
+                failures: endpoint.failure_window_failures,
+            },
         }
     }
 
@@ -164,16 +211,7 @@ impl BreakerPolicy {
         }
         let in_row = circuit.failures_in_row.saturating_add(failures);
         if probed || (circuit.open_until.is_none() && in_row >= self.threshold) {
-            let opens = circuit.opens + 1;
-            let cooldown = self
-                .cooldown(opens)
-                .mul_f64(0.8 + 0.4 * draw.clamp(0.0, 1.0));
-            let until = now + TimeDelta::from_std(cooldown).unwrap_or(TimeDelta::MAX / 2);
-            return Change::Open {
-                until,
-                opens,
-                failures,
-            };
+            return self.open(circuit, failures, draw, now);
         }
         if circuit.open_until.is_some() {
             // Open already (attempts begun before it opened): nothing to add, but the
@@ -185,6 +223,76 @@ impl BreakerPolicy {
             };
         }
         Change::Count(failures)
+    }
+
+    /// Opens the circuit (again): for the cooldown of its `opens`-th opening, spread ±20% by
+    /// `draw`.
+    fn open(&self, circuit: &Circuit, failures: u32, draw: f64, now: DateTime<Utc>) -> Change {
+        let opens = circuit.opens + 1;
+        let cooldown = self
+            .cooldown(opens)
+            .mul_f64(0.8 + 0.4 * draw.clamp(0.0, 1.0));
+        let until = now + TimeDelta::from_std(cooldown).unwrap_or(TimeDelta::MAX / 2);
+        Change::Open {
+            until,
+            opens,
+            failures,
+        }
+    }
+
+    /// As [`BreakerPolicy::after`], with the failure rate: the change to write and what to
+    /// write of the window. A closed circuit whose window reaches `rate_percent` failed of at
+    /// least `rate_min_attempts` opens, whatever came last.
+    pub fn after_with_rate(
+        &self,
+        circuit: &Circuit,
+        (successes, failures, last_succeeded): (u32, u32, bool),
+        (probed, draw): (bool, f64),
+        now: DateTime<Utc>,
+    ) -> (Change, WindowWrite) {
+        let change = self.after(
+            circuit,
+            (successes, failures, last_succeeded),
+            (probed, draw),
+            now,
+        );
+        let window = &circuit.window;
+        let attempts = successes + failures;
+        let running = window
+            .since
+            .is_some_and(|since| (now - since).to_std().unwrap_or_default() < self.rate_window);
+        let (write, counted, failed) = if attempts == 0 {
+            (WindowWrite::Keep, 0, 0)
+        } else if running {
+            (
+                WindowWrite::Add { attempts, failures },
+                window.attempts.saturating_add(attempts),
+                window.failures.saturating_add(failures),
+            )
+        } else if failures > 0 {
+            (
+                WindowWrite::Start {
+                    since: now,
+                    attempts,
+                    failures,
+                },
+                attempts,
+                failures,
+            )
+        } else {
+            (WindowWrite::Keep, 0, 0)
+        };
+        match change {
+            Change::Open { .. } => (change, WindowWrite::Clear),
+            Change::Close if circuit.open_until.is_some() => (change, WindowWrite::Clear),
+            _ if circuit.open_until.is_none()
+                && counted >= self.rate_min_attempts
+                && u64::from(failed) * 100 >= u64::from(self.rate_percent) * u64::from(counted) =>
+            {
+                (self.open(circuit, failures, draw, now), WindowWrite::Clear)
+            }
+            _ => (change, write),
+        }
     }
 
     /// How long a delivery held for the `held`-th time waits: until the circuit may let it
@@ -312,6 +420,7 @@ mod tests {
             opens: 1,
             probe_until: Some(now() + secs(20)),
             failing: true,
+            window: FailureWindow::default(),
         };
         assert_eq!(
             p.after(&open, (0, 1, false), (true, 0.5), now()),
@@ -359,6 +468,91 @@ mod tests {
         assert_eq!(
             p.after(&open, (1, 0, true), (true, 0.5), now()),
             Change::Close
+        );
+    }
+
+    #[test]
+    fn a_failure_rate_over_the_window_opens_a_closed_circuit() {
+        let p = BreakerPolicy {
+            threshold: 1000,
+            ..BreakerPolicy::default()
+        };
+        let at = |s: i64| now() + secs(s);
+        // An endpoint without failures has no window: nothing to write.
+        let healthy = Circuit::default();
+        assert_eq!(
+            p.after_with_rate(&healthy, (10, 0, true), (false, 0.5), now()),
+            (Change::None, WindowWrite::Keep)
+        );
+        // A failure starts the window (and counts the batch's successes with it).
+        assert_eq!(
+            p.after_with_rate(&healthy, (2, 1, true), (false, 0.5), now())
+                .1,
+            WindowWrite::Start {
+                since: now(),
+                attempts: 3,
+                failures: 1
+            }
+        );
+        // While it runs, every attempt counts, successes too.
+        let windowed = |attempts, failures| Circuit {
+            window: FailureWindow {
+                since: Some(now()),
+                attempts,
+                failures,
+            },
+            ..Circuit::default()
+        };
+        assert_eq!(
+            p.after_with_rate(&windowed(3, 1), (4, 0, true), (false, 0.5), at(60)),
+            (
+                Change::None,
+                WindowWrite::Add {
+                    attempts: 4,
+                    failures: 0
+                }
+            )
+        );
+        // One in three failing: 7 of 21, under half; the circuit stays closed.
+        assert_eq!(
+            p.after_with_rate(&windowed(18, 6), (2, 1, true), (false, 0.5), at(60)),
+            (
+                Change::None,
+                WindowWrite::Add {
+                    attempts: 3,
+                    failures: 1
+                }
+            )
+        );
+        // Three in four failing: 15 of 20, the last attempt a success: it opens all the same.
+        let (change, window) =
+            p.after_with_rate(&windowed(16, 12), (1, 3, true), (false, 0.5), at(60));
+        assert!(
+            matches!(
+                change,
+                Change::Open {
+                    opens: 1,
+                    failures: 3,
+                    ..
+                }
+            ),
+            "{change:?}"
+        );
+        assert_eq!(window, WindowWrite::Clear);
+        // Half of fewer than 20: not yet.
+        let (change, _) = p.after_with_rate(&windowed(10, 9), (0, 1, false), (false, 0.5), at(60));
+        assert_eq!(change, Change::Count(1));
+        // A window older than `rate_window` is not added to: a failure starts a new one.
+        let (change, window) =
+            p.after_with_rate(&windowed(19, 19), (0, 1, false), (false, 0.5), at(301));
+        assert_eq!(change, Change::Count(1));
+        assert_eq!(
+            window,
+            WindowWrite::Start {
+                since: at(301),
+                attempts: 1,
+                failures: 1
+            }
         );
     }
 

@@ -123,6 +123,15 @@ pub struct Endpoint {
     /// …and a probe holds the endpoint until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_until: Option<DateTime<Utc>>,
+    /// The failure-rate window ([`crate::delivery::breaker::FailureWindow`]): since then…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_window_since: Option<DateTime<Utc>>,
+    /// …this many attempts…
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failure_window_attempts: u32,
+    /// …of which this many failed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failure_window_failures: u32,
     /// At most this many requests a second to the endpoint, set by its venue (`None`: no
     /// limit); deliveries beyond it wait on the queue for their turn
     /// (`storage::store::pacing`).
@@ -149,6 +158,9 @@ impl Endpoint {
         self.circuit_opens = 0;
         self.probe_until = None;
         self.slow_until = None;
+        self.failure_window_since = None;
+        self.failure_window_attempts = 0;
+        self.failure_window_failures = 0;
     }
 
     pub fn subscribes_to(&self, event_type: &str) -> bool {

@@ -244,6 +244,23 @@ impl Config {
                         number("SLOW_ATTEMPT_MS", ms(defaults.slow_after))?.max(1),
                     ),
                     slow_for: defaults.slow_for,
+                    rate_percent: number(
+                        "BREAKER_FAILURE_RATE_PERCENT",
+                        u64::from(defaults.rate_percent),
+                    )?
+                    .clamp(1, 100) as u32,
+                    rate_min_attempts: number(
+                        "BREAKER_RATE_MIN_ATTEMPTS",
+                        u64::from(defaults.rate_min_attempts),
+                    )?
+                    .clamp(1, u64::from(u32::MAX)) as u32,
+                    rate_window: Duration::from_secs(
+                        number(
+                            "BREAKER_RATE_WINDOW_SECONDS",
+                            defaults.rate_window.as_secs(),
+                        )?
+                        .max(1),
+                    ),
                 }
             },
             waits: {

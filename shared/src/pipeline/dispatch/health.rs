@@ -238,19 +238,24 @@ impl Dispatcher {
                     }
                 }
                 _ => {
-                    let change = self.breaker.after(
-                        &Circuit::of(endpoint),
+                    let circuit = Circuit::of(endpoint);
+                    let (change, window) = self.breaker.after_with_rate(
+                        &circuit,
                         (tally.successes, tally.failures, tally.last_succeeded),
                         (tally.probed, rand::random::<f64>()),
                         now,
                     );
                     if let Change::Open { until, opens, .. } = &change {
-                        tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %id, %until, opens, "circuit opened: deliveries wait unattempted until a probe succeeds");
+                        tracing::warn!(venue_id = %tenant.venue(), endpoint_id = %id, %until, opens, failures_in_row = circuit.failures_in_row + tally.failures, window_attempts = circuit.window.attempts + tally.successes + tally.failures, window_failures = circuit.window.failures + tally.failures, "circuit opened: deliveries wait unattempted until a probe succeeds");
                     }
                     // Said when this write opened a closed circuit, or closed an open one
                     // (not at each re-opening after a failed probe, nor twice when two
                     // batches conclude the same at once).
-                    match self.store.record_health(&tenant, id, &change, now).await {
+                    match self
+                        .store
+                        .record_health(&tenant, id, (&change, &window), now)
+                        .await
+                    {
                         Ok(true) => {
                             let event = match &change {
                                 Change::Open {

@@ -4,7 +4,7 @@
 use chrono::{Timelike, Utc};
 
 use super::Dispatcher;
-use crate::delivery::breaker::Change;
+use crate::delivery::breaker::{Change, WindowWrite};
 use crate::model::domain::{rfc3339, Attempt, DeliveryStatus, Endpoint, Event, Target, Trigger};
 use crate::model::error::{Error, Result};
 use crate::model::ids::{DeliveryId, EventId};
@@ -76,7 +76,12 @@ impl Dispatcher {
             // The receiver is back: the failure clock stops and the circuit closes.
             if self
                 .store
-                .record_health(tenant, &endpoint.endpoint_id, &Change::Close, now)
+                .record_health(
+                    tenant,
+                    &endpoint.endpoint_id,
+                    (&Change::Close, &WindowWrite::Clear),
+                    now,
+                )
                 .await?
             {
                 self.ops

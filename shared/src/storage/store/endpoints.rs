@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use super::{
     from_item, is_conditional_failure, n, s, to_attr, to_item, written, Page, Store, Tenant,
 };
-use crate::delivery::breaker::Change;
+use crate::delivery::breaker::{Change, WindowWrite};
 use crate::model::domain::Endpoint;
 use crate::model::error::{Error, Result};
 use crate::model::ids::{EndpointId, VenueId};
@@ -108,47 +108,85 @@ impl Store {
         }
     }
 
-    /// Writes a batch's effect on the endpoint's circuit. `true` when this write flipped the
-    /// circuit (opened a closed one, or closed an open one): of several batches that reach
-    /// the same conclusion at once, only one is told so (the old item says what it found).
+    /// Writes a batch's effect on the endpoint's circuit and its failure-rate window (one
+    /// write, none when neither changed). `true` when this write flipped the circuit (opened
+    /// a closed one, or closed an open one): of several batches that reach the same
+    /// conclusion at once, only one is told so (the old item says what it found).
     pub async fn record_health(
         &self,
         tenant: &Tenant,
         id: &EndpointId,
-        change: &Change,
+        (change, window): (&Change, &WindowWrite),
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let since = to_attr(&now)?;
-        let (update, values): (&str, Vec<(&str, AttributeValue)>) = match change {
-            Change::None => return Ok(false),
-            Change::Close => (
-                "SET failures_in_row = :zero, circuit_opens = :zero REMOVE failing_since, circuit_open_until, probe_until",
-                vec![(":zero", n(0))],
-            ),
-            Change::Count(failures) => (
-                "SET failing_since = if_not_exists(failing_since, :now) ADD failures_in_row :n",
-                vec![(":now", since), (":n", n(*failures))],
-            ),
+        let mut set: Vec<&str> = Vec::new();
+        let mut add: Vec<&str> = Vec::new();
+        let mut remove: Vec<&str> = Vec::new();
+        let mut values: Vec<(&str, AttributeValue)> = Vec::new();
+        match change {
+            Change::None => {}
+            Change::Close => {
+                set.push("failures_in_row = :zero, circuit_opens = :zero");
+                remove.push("failing_since, circuit_open_until, probe_until");
+                values.push((":zero", n(0)));
+            }
+            Change::Count(failures) => {
+                set.push("failing_since = if_not_exists(failing_since, :now)");
+                add.push("failures_in_row :n");
+                values.push((":now", to_attr(&now)?));
+                values.push((":n", n(*failures)));
+            }
             Change::Open {
                 until,
                 opens,
                 failures,
-            } => (
-                "SET failing_since = if_not_exists(failing_since, :now), circuit_open_until = :until, circuit_opens = :opens ADD failures_in_row :n REMOVE probe_until",
-                vec![
-                    (":now", since),
-                    (":until", to_attr(until)?),
-                    (":opens", n(*opens)),
-                    (":n", n(*failures)),
-                ],
-            ),
-        };
+            } => {
+                set.push("failing_since = if_not_exists(failing_since, :now), circuit_open_until = :until, circuit_opens = :opens");
+                add.push("failures_in_row :n");
+                remove.push("probe_until");
+                values.push((":now", to_attr(&now)?));
+                values.push((":until", to_attr(until)?));
+                values.push((":opens", n(*opens)));
+                values.push((":n", n(*failures)));
+            }
+        }
+        match window {
+            WindowWrite::Keep => {}
+            WindowWrite::Start {
+                since,
+                attempts,
+                failures,
+            } => {
+                set.push("failure_window_since = :wsince, failure_window_attempts = :wa, failure_window_failures = :wf");
+                values.push((":wsince", to_attr(since)?));
+                values.push((":wa", n(*attempts)));
+                values.push((":wf", n(*failures)));
+            }
+            WindowWrite::Add { attempts, failures } => {
+                add.push("failure_window_attempts :wa, failure_window_failures :wf");
+                values.push((":wa", n(*attempts)));
+                values.push((":wf", n(*failures)));
+            }
+            WindowWrite::Clear => {
+                remove
+                    .push("failure_window_since, failure_window_attempts, failure_window_failures");
+            }
+        }
+        if set.is_empty() && add.is_empty() && remove.is_empty() {
+            return Ok(false);
+        }
+        let mut update = String::new();
+        for (keyword, parts) in [("SET", &set), ("ADD", &add), ("REMOVE", &remove)] {
+            if !parts.is_empty() {
+                update.push_str(&format!("{keyword} {} ", parts.join(", ")));
+            }
+        }
         // Deleted meanwhile: nothing to do.
         let sent = self
             .endpoint_update(
                 tenant,
                 id,
-                (update, "attribute_exists(endpoint_id)"),
+                (update.trim_end(), "attribute_exists(endpoint_id)"),
                 None,
                 values,
             )
