@@ -136,7 +136,9 @@ async fn queue_drains(stack: &local::Stack) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_500_is_retried_on_schedule_then_failed_for_good() {
     let stack = start_with(options(&[])).await;
-    let rx = FaultReceiver::start(vec![Mode::Status(500)]).await;
+    // Each answer says which attempt it answered, in 2 KiB.
+    let body = |n: usize| format!("attempt {n} failed: {}", "x".repeat(2048)).into_bytes();
+    let rx = FaultReceiver::start((1..=4).map(|n| Mode::Body(500, body(n))).collect()).await;
     let case = Case::new(&stack, &rx.url).await;
     case.publish(1).await;
     let deliveries = case.settled(1).await;
@@ -149,6 +151,27 @@ async fn a_500_is_retried_on_schedule_then_failed_for_good() {
         assert_eq!(a["status_code"], 500);
         assert_eq!(a["error_class"], "http_5xx");
         assert_eq!(a["trigger"], "scheduled");
+        // What the receiver said is kept for the latest attempt only (a retry does not write
+        // every earlier answer again); each keeps its hint.
+        assert_eq!(
+            a["hint"], "the receiver failed: check its availability and logs",
+            "{i}"
+        );
+        let said = a["response_body"].as_str();
+        if i < 3 {
+            assert_eq!(
+                said.map(str::len),
+                None,
+                "attempt {}: its body is kept",
+                i + 1
+            );
+        } else {
+            assert!(
+                said.is_some_and(|s| s.starts_with(&format!("attempt {} failed", i + 1))),
+                "attempt {}: {a}",
+                i + 1
+            );
+        }
     }
     assert_eq!(rx.hits().len(), 4);
     for gap in gaps(&rx.hits()) {
@@ -167,21 +190,43 @@ async fn a_500_is_retried_on_schedule_then_failed_for_good() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_recovers_gets_the_delivery_and_its_failure_clock_resets() {
     let stack = start_with(options(&[])).await;
-    let rx = FaultReceiver::start(vec![Mode::Status(502), Mode::Reset, Mode::Status(200)]).await;
+    let rx = FaultReceiver::start(vec![
+        Mode::Body(502, b"bad gateway".to_vec()),
+        Mode::Body(503, b"down for maintenance".to_vec()),
+        Mode::Reset,
+        Mode::Status(200),
+    ])
+    .await;
     let case = Case::new(&stack, &rx.url).await;
     case.publish(1).await;
     let d = &case.settled(1).await[0];
     assert_eq!(d["status"], "succeeded");
+    // The success's answer and the last answered failure's are kept (why it failed); the
+    // first failure's is not written again at each retry.
+    let bodies: Vec<Value> = attempts(d)
+        .iter()
+        .map(|a| a["response_body"].clone())
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            Value::Null,
+            json!("down for maintenance"),
+            Value::Null,
+            json!("no")
+        ],
+        "{d}"
+    );
     let classes: Vec<Value> = attempts(d)
         .iter()
         .map(|a| a["error_class"].clone())
         .collect();
-    assert_eq!(classes[0], "http_5xx");
+    assert_eq!(classes[..2], ["http_5xx", "http_5xx"]);
     assert!(
-        classes[1] == "connect" || classes[1] == "other",
+        classes[2] == "connect" || classes[2] == "other",
         "{classes:?}"
     );
-    assert_eq!(classes[2], Value::Null);
+    assert_eq!(classes[3], Value::Null);
     let ep = case.endpoint().await;
     assert_eq!(
         ep["failing_since"],

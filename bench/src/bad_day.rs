@@ -10,7 +10,8 @@ use local::capacity::KeyUsage;
 use serde_json::json;
 
 use crate::{
-    create_endpoints, queue_events, receiver, stack_with, unique, wait_until, BoxError, ADMIN_KEY,
+    create_endpoints, queue_events, receiver, receiver_saying, stack_with, unique, wait_until,
+    BoxError, ADMIN_KEY,
 };
 
 /// What a workload spent, key by key, and how much of its work that was (`per`: looks,
@@ -173,4 +174,95 @@ pub async fn operational_events(
         venues: venue_ids,
         per: (venues * per_venue) as f64,
     })
+}
+
+/// `deliveries` deliveries at an endpoint answering 500 with 2 KiB to everything, each tried
+/// `attempts` times (1 s apart here, no breaker) until it fails for good: what each writes
+/// over its life, key by key.
+pub async fn failed_for_good(
+    moto: &str,
+    deliveries: usize,
+    attempts: usize,
+) -> Result<KeyRun, BoxError> {
+    let (_counts, counted, direct) = crate::proxy::clients(moto).await?;
+    let schedule = vec!["1"; attempts.saturating_sub(1)].join(",");
+    let stack = stack_with(
+        counted,
+        "x",
+        true,
+        &[
+            ("RETRY_SCHEDULE_SECONDS", schedule.as_str()),
+            ("BREAKER_THRESHOLD", "1000000"),
+            ("BREAKER_RATE_MIN_ATTEMPTS", "1000000"),
+        ],
+    )
+    .await?;
+    let http = reqwest::Client::new();
+    let (url, _) = receiver_saying(Duration::ZERO, Some(1), 2048).await?;
+    let venue = unique("v");
+    create_endpoints(&http, &stack, &venue, &url, 1).await?;
+    let meter = stack.capacity.as_ref().ok_or("the stack meters capacity")?;
+    meter.reset_usage();
+    let sqs = aws_sdk_sqs::Client::new(&direct);
+    queue_events(
+        &sqs,
+        stack.queue_url("IngestQueue"),
+        std::slice::from_ref(&venue),
+        deliveries,
+    )
+    .await?;
+    let failed_url = format!(
+        "{}/venues/{venue}/endpoints/{}/deliveries?status=failed&limit=100",
+        stack.api_url,
+        endpoint_id(&http, &stack, &venue).await?
+    );
+    let mut done = false;
+    for _ in 0..240 {
+        let page: serde_json::Value = http
+            .get(&failed_url)
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await?
+            .bytes()
+            .await
+            .map(|b| serde_json::from_slice(&b).unwrap_or_default())?;
+        if page["data"]
+            .as_array()
+            .is_some_and(|d| d.len() >= deliveries)
+        {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let keys = meter.usage();
+    stack.stop().await;
+    if !done {
+        return Err("the deliveries did not fail for good within 2 minutes".into());
+    }
+    Ok(KeyRun {
+        keys,
+        venues: vec![venue],
+        per: deliveries as f64,
+    })
+}
+
+/// The id of the venue's only endpoint.
+async fn endpoint_id(
+    http: &reqwest::Client,
+    stack: &local::Stack,
+    venue: &str,
+) -> Result<String, BoxError> {
+    let page: serde_json::Value = http
+        .get(format!("{}/venues/{venue}/endpoints", stack.api_url))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await?
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice(&b).unwrap_or_default())?;
+    page["data"][0]["id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| "no endpoint".into())
 }

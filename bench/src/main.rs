@@ -68,6 +68,19 @@ async fn receiver(
     delay: Duration,
     fail_every: Option<u64>,
 ) -> Result<(String, Arc<AtomicU64>), BoxError> {
+    receiver_saying(delay, fail_every, 2).await
+}
+
+/// [`receiver`] whose failures answer a body of `fail_body` bytes (an error page).
+async fn receiver_saying(
+    delay: Duration,
+    fail_every: Option<u64>,
+    fail_body: usize,
+) -> Result<(String, Arc<AtomicU64>), BoxError> {
+    let error_page = Bytes::from(format!(
+        "error: {}",
+        "x".repeat(fail_body.saturating_sub(7))
+    ));
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/hooks", listener.local_addr()?);
     let hits = Arc::new(AtomicU64::new(0));
@@ -75,10 +88,11 @@ async fn receiver(
     let counter = hits.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (counter, all) = (counter.clone(), all.clone());
+            let (counter, all, error_page) = (counter.clone(), all.clone(), error_page.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (counter, all) = (counter.clone(), all.clone());
+                    let (counter, all, error_page) =
+                        (counter.clone(), all.clone(), error_page.clone());
                     async move {
                         let _ = req.into_body().collect().await;
                         if !delay.is_zero() {
@@ -88,6 +102,7 @@ async fn receiver(
                         let mut response =
                             hyper::Response::new(Full::new(Bytes::from_static(b"ok")));
                         if fail_every.is_some_and(|every| n % every == every / 2) {
+                            response = hyper::Response::new(Full::new(error_page));
                             *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
                         } else {
                             counter.fetch_add(1, Ordering::SeqCst);
@@ -319,7 +334,15 @@ impl FanoutRun {
     /// The key that would reach its budget on AWS at the lowest rate of deliveries: its name
     /// (venue ids shown as `{venue}`), read and write units per delivery, and that rate.
     fn hottest_key(&self) -> Option<(String, f64, f64, f64)> {
-        bad_day::hottest(&self.keys, &self.venues, self.deliveries(), |_| true)
+        self.hottest_key_where(|_| true)
+    }
+
+    /// [`FanoutRun::hottest_key`] among the keys `filter` keeps.
+    fn hottest_key_where(
+        &self,
+        filter: impl Fn(&local::capacity::KeyUsage) -> bool,
+    ) -> Option<(String, f64, f64, f64)> {
+        bad_day::hottest(&self.keys, &self.venues, self.deliveries(), filter)
     }
 
     fn count(&self, prefix: &str) -> u64 {
@@ -340,12 +363,22 @@ async fn fanout_run(
     events: usize,
     fail_every: Option<u64>,
 ) -> Result<FanoutRun, BoxError> {
+    fanout_run_saying(moto, (fanout, venues), events, (fail_every, 2)).await
+}
+
+/// [`fanout_run`] whose receiver's failures answer `fail_body` bytes.
+async fn fanout_run_saying(
+    moto: &str,
+    (fanout, venues): (usize, usize),
+    events: usize,
+    (fail_every, fail_body): (Option<u64>, usize),
+) -> Result<FanoutRun, BoxError> {
     let (counts, counted, direct) = proxy::clients(moto).await?;
     // Failed first attempts are retried after 1 s (instead of 5 s) to keep the run short;
     // the requests a retry makes do not depend on its wait.
     let stack = stack_with(counted, "f", true, &[("RETRY_SCHEDULE_SECONDS", "1,1,1,1")]).await?;
     let http = reqwest::Client::new();
-    let (url, hits) = receiver(Duration::ZERO, fail_every).await?;
+    let (url, hits) = receiver_saying(Duration::ZERO, fail_every, fail_body).await?;
     // Events go to the venues in turn: with as many venues as events in a batch, no two
     // events of a batch share a venue (nothing to group).
     let venue_ids: Vec<String> = (0..venues.max(1)).map(|_| unique("v")).collect();
@@ -1161,6 +1194,45 @@ async fn main() -> Result<(), BoxError> {
         &mut report,
         "fan-out 1, a flaky endpoint (one request in five fails)",
         &flaky,
+    );
+
+    // Failing with 2 KiB answers: a busy endpoint failing one request in ten (its
+    // history key), and deliveries that fail for good (every attempt of their life).
+    let busy_flaky = fanout_run_saying(
+        &moto,
+        (1, 1),
+        if smoke { 20 } else { 200 },
+        (Some(10), 2048),
+    )
+    .await?;
+    if let Some((key, r, w, rate)) =
+        busy_flaky.hottest_key_where(|k| k.resource.starts_with("DeliveriesTable"))
+    {
+        report.row(
+            "hottest history key, a busy endpoint failing one request in ten with 2 KiB answers",
+            format!(
+                "{key}: {r:.3} read + {w:.3} write units per delivery (retries included); its budget (1,000 write units a second) at {rate:.0} deliveries a second"
+            ),
+            "report",
+            None,
+        );
+    }
+    let attempts = 8;
+    let failing = bad_day::failed_for_good(&moto, if smoke { 3 } else { 20 }, attempts).await?;
+    let history_writes: f64 = failing
+        .keys
+        .iter()
+        .filter(|k| k.resource.starts_with("DeliveriesTable"))
+        .map(|k| k.write_units)
+        .sum::<f64>()
+        / failing.per;
+    report.row(
+        &format!("history write units per delivery failed for good ({attempts} attempts, 2 KiB answers), over its life"),
+        format!(
+            "{history_writes:.1} (its item and index entry; the latest answer kept in full, older attempts without theirs)"
+        ),
+        "report (93 with every answer kept, same run size)",
+        None,
     );
 
     // A held backlog: deliveries at an endpoint whose circuit is open, held once while its

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::Serialize;
 use serde_json::json;
+use shared::delivery::http_client::ErrorClass;
 use shared::model::domain::{Attempt, DeliveryStatus};
 use shared::model::ids::{DeliveryId, EndpointId, EventId};
 use shared::storage::store::{DeliveryFilter, DeliveryRecord, HistoryCursor, ReplayRecord, Tenant};
@@ -146,11 +147,27 @@ async fn load_delivery(
 
 pub async fn get(api: &Api, tenant: &Tenant, raw_id: &str) -> ApiResult {
     let delivery = load_delivery(api, tenant, raw_id).await?;
+    // Older attempts are stored without their hint: it follows from the error class.
+    let attempts: Vec<Attempt> = delivery
+        .attempts
+        .iter()
+        .cloned()
+        .map(|mut attempt| {
+            if attempt.hint.is_none() {
+                attempt.hint = attempt
+                    .error_class
+                    .as_deref()
+                    .and_then(ErrorClass::parse)
+                    .map(|class| class.hint(attempt.status_code).to_owned());
+            }
+            attempt
+        })
+        .collect();
     Ok((
         StatusCode::OK,
         to_json(&DetailView {
             summary: SummaryView::of(&delivery),
-            attempts: &delivery.attempts,
+            attempts: &attempts,
         }),
     ))
 }

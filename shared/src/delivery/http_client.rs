@@ -34,6 +34,25 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// The class [`ErrorClass::as_str`] named.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            ErrorClass::Dns,
+            ErrorClass::Connect,
+            ErrorClass::Tls,
+            ErrorClass::Timeout,
+            ErrorClass::Redirect,
+            ErrorClass::BlockedAddress,
+            ErrorClass::Http4xx,
+            ErrorClass::Http5xx,
+            ErrorClass::Template,
+            ErrorClass::Secret,
+            ErrorClass::Other,
+        ]
+        .into_iter()
+        .find(|class| class.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorClass::Dns => "dns",

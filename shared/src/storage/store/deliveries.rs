@@ -187,9 +187,50 @@ impl HistoryItem {
     }
 }
 
-/// Attempts kept in full in a delivery's item; older ones are only counted
-/// (`attempt_count`), so the item stays far below DynamoDB's 400 KB.
+/// Attempts kept in a delivery's item; older ones are only counted (`attempt_count`), so the
+/// item stays far below DynamoDB's 400 KB.
 pub const MAX_KEPT_ATTEMPTS: usize = 10;
+
+/// What a delivery's item keeps of its attempts' answers (up to `RESPONSE_EXCERPT_BYTES`
+/// each): the latest attempt's, and the last failure's that had one (why it failed, once it
+/// succeeded or when the latest failure had no answer). Older attempts keep their status,
+/// error and time (their hint is derived from the error class when read). A retry's write is
+/// billed on the item's size, so with every answer kept a delivery failing with 2 KiB answers
+/// paid for all of them again at each retry; this way a failing delivery's write is about the
+/// one answer it adds.
+pub fn trim_answers(attempts: &mut [Attempt]) {
+    let Some((latest, older)) = attempts.split_last_mut() else {
+        return;
+    };
+    let mut failure_kept = answered_failure(latest);
+    for attempt in older.iter_mut().rev() {
+        if !failure_kept && answered_failure(attempt) {
+            failure_kept = true;
+            continue;
+        }
+        attempt.response_body = None;
+        attempt.hint = None;
+    }
+}
+
+fn answered_failure(attempt: &Attempt) -> bool {
+    !attempt.succeeded() && attempt.response_body.is_some()
+}
+
+/// Whether [`trim_answers`] would change anything in `attempts` once `next` is added.
+fn answers_to_trim(attempts: &[Attempt], next: &Attempt) -> bool {
+    let mut failure_kept = answered_failure(next);
+    for attempt in attempts.iter().rev() {
+        if !failure_kept && answered_failure(attempt) {
+            failure_kept = true;
+            continue;
+        }
+        if attempt.response_body.is_some() || attempt.hint.is_some() {
+            return true;
+        }
+    }
+    false
+}
 
 /// What [`Store::record_attempt`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -348,18 +389,22 @@ impl Store {
         );
         let mut remove = " REMOVE held";
         let mut conditions: Vec<String> = Vec::new();
-        // The attempts: appended, or (at the cap) the last ones kept, on the count read.
+        // The attempts: appended; or, when an older answer is to be dropped or the cap is
+        // reached, the list written again as it is to be. Either on the count read.
         let kept = previous.map_or(0, |p| p.attempts.len());
-        if kept + 1 > MAX_KEPT_ATTEMPTS {
-            let mut attempts: Vec<&Attempt> = previous
+        let to_trim = previous.is_some_and(|p| answers_to_trim(&p.attempts, &rec.attempt));
+        if kept + 1 > MAX_KEPT_ATTEMPTS || to_trim {
+            let mut attempts: Vec<Attempt> = previous
                 .map(|p| {
                     p.attempts
                         .iter()
-                        .skip(kept + 1 - MAX_KEPT_ATTEMPTS)
+                        .skip((kept + 1).saturating_sub(MAX_KEPT_ATTEMPTS))
+                        .cloned()
                         .collect()
                 })
                 .unwrap_or_default();
-            attempts.push(&rec.attempt);
+            attempts.push(rec.attempt.clone());
+            trim_answers(&mut attempts);
             set.push_str(", attempts = :attempts");
             update = update.expression_attribute_values(":attempts", to_attr(&attempts)?);
         } else {
@@ -729,5 +774,53 @@ mod tests {
         assert_eq!(members[0].event_id.as_str(), "evt_2");
         assert_eq!(members[0].endpoint_id, endpoint);
         assert!(back.member(1).is_none(), "moved out");
+    }
+
+    #[test]
+    fn an_item_keeps_the_latest_answer_and_the_last_answered_failure() {
+        let attempt = |n: u32, status: Option<u16>, body: Option<&str>| Attempt {
+            attempt: n,
+            at: Utc::now(),
+            trigger: Trigger::Scheduled,
+            status_code: status,
+            duration_ms: 1,
+            error: status.is_none_or(|s| s >= 300).then(|| "failed".to_owned()),
+            error_class: None,
+            hint: Some("a hint".into()),
+            response_body: body.map(str::to_owned),
+        };
+        let bodies = |list: &[Attempt]| -> Vec<Option<String>> {
+            list.iter().map(|a| a.response_body.clone()).collect()
+        };
+        // Failing with answers: only the latest is kept.
+        let mut failing = vec![
+            attempt(1, Some(500), Some("a")),
+            attempt(2, Some(500), Some("b")),
+            attempt(3, Some(500), Some("c")),
+        ];
+        assert!(answers_to_trim(&failing[..2], &failing[2]));
+        trim_answers(&mut failing);
+        assert_eq!(bodies(&failing), [None, None, Some("c".into())]);
+        assert_eq!(failing[0].hint, None);
+        assert_eq!(failing[2].hint.as_deref(), Some("a hint"));
+        // The latest failed without an answer (a reset): the last answer stays with it.
+        let mut reset = vec![
+            attempt(1, Some(502), Some("a")),
+            attempt(2, Some(503), Some("b")),
+            attempt(3, None, None),
+        ];
+        trim_answers(&mut reset);
+        assert_eq!(bodies(&reset), [None, Some("b".into()), None]);
+        // Then a success: its answer, and why it failed before.
+        reset.push(attempt(4, Some(200), Some("ok")));
+        assert!(answers_to_trim(&reset[..3], &reset[3]));
+        trim_answers(&mut reset);
+        assert_eq!(
+            bodies(&reset),
+            [None, Some("b".into()), None, Some("ok".into())]
+        );
+        // Nothing to trim: appended as it is.
+        let first = [attempt(1, Some(500), Some("a"))];
+        assert!(!answers_to_trim(&[], &first[0]));
     }
 }
