@@ -295,3 +295,126 @@ async fn a_rate_limited_endpoint_gets_its_deliveries_at_its_pace() {
     assert_eq!((status, &body["rate_limit"]), (200, &Value::Null), "{body}");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_held_at_an_open_circuit_is_one_item_shown_delivery_by_delivery() {
+    // Opens after 3 failures in a row, for 3 s (up to 6 s).
+    let stack = start_with(compressed_options(&[
+        ("BREAKER_THRESHOLD", "3"),
+        ("BREAKER_COOLDOWN_MS", "3000"),
+        ("BREAKER_MAX_COOLDOWN_MS", "6000"),
+        ("RETRY_SCHEDULE_SECONDS", "1,1,1,1,1,1,1,1"),
+    ]))
+    .await;
+    let rx = FaultReceiver::start(vec![Mode::Status(503)]).await;
+    let api = Client::new(&stack);
+    let venue = format!("heldbatch-{}", unique_prefix());
+    let ep = api
+        .create_endpoint(&venue, json!({"url": rx.url, "event_types": ["*"]}))
+        .await;
+    let ep_id = ep["id"].as_str().unwrap().to_owned();
+    let endpoint = format!("/venues/{venue}/endpoints/{ep_id}");
+    publish_numbered(&api, &venue, 0..3).await;
+    eventually(WAIT, || async {
+        let (_, ep) = api.get(&endpoint).await;
+        (ep["circuit"]["state"] == "open").then_some(())
+    })
+    .await
+    .expect("the circuit opens");
+
+    // Ten events in one batch of the ingest queue: one group at this endpoint, held.
+    let source = aws_sdk_sqs::Client::new(&stack.aws_of(local::iam::EVENT_SOURCE).unwrap());
+    let mut send = source
+        .send_message_batch()
+        .queue_url(stack.queue_url("IngestQueue"));
+    for n in 100..110u64 {
+        let body = json!({"venue_id": venue, "id": format!("batch-{n}"), "type": "order.created", "data": {"n": n}});
+        send = send.entries(
+            aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                .id(n.to_string())
+                .message_body(body.to_string())
+                .build()
+                .unwrap(),
+        );
+    }
+    assert!(send.send().await.unwrap().failed.is_empty());
+    let held = eventually(WAIT, || async {
+        let list = deliveries(&api, &endpoint, "&status=pending").await;
+        let held: Vec<Value> = list
+            .into_iter()
+            .filter(|d| d["held"]["reason"] == "circuit_open")
+            .filter(|d| d["event_id"].as_str().unwrap_or("").starts_with("batch-"))
+            .collect();
+        (held.len() == 10).then_some(held)
+    })
+    .await
+    .expect("each of the ten shows in history as pending, held");
+    for d in &held {
+        assert_eq!(d["attempt_count"], 0, "{d}");
+        assert!(d["held"]["next_look"].is_string(), "{d}");
+        // Its own page too, and the event's view.
+        let id = d["id"].as_str().unwrap();
+        let (status, one) = api.get(&format!("/venues/{venue}/deliveries/{id}")).await;
+        assert_eq!(status, 200, "{one}");
+        assert_eq!(one["status"], "pending", "{one}");
+        assert_eq!(one["held"]["reason"], "circuit_open", "{one}");
+        let event = d["event_id"].as_str().unwrap();
+        let (status, ev) = api.get(&format!("/venues/{venue}/events/{event}")).await;
+        assert_eq!(status, 200, "{ev}");
+        assert!(
+            ev.to_string().contains(id),
+            "the event's view names its delivery: {ev}"
+        );
+    }
+    // Recorded together: the ten are one item of the endpoint's history.
+    let tag = shared::model::ids::EndpointId::parse(&ep_id).unwrap().tag();
+    let items = aws_sdk_dynamodb::Client::new(&stack.aws)
+        .query()
+        .table_name(&stack.provisioned.physical["DeliveriesTable"])
+        .key_condition_expression("history_key = :h AND begins_with(delivery_id, :d)")
+        .expression_attribute_values(
+            ":h",
+            aws_sdk_dynamodb::types::AttributeValue::S(shared::storage::store::history_partition(
+                &shared::model::ids::VenueId::parse(&venue).unwrap(),
+                tag,
+            )),
+        )
+        .expression_attribute_values(
+            ":d",
+            aws_sdk_dynamodb::types::AttributeValue::S("dlv_".into()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    let holding: Vec<_> = items
+        .iter()
+        .filter(|i| i.contains_key("held_members"))
+        .collect();
+    assert_eq!(holding.len(), 1, "one item holds the ten: {items:?}");
+
+    // Back: the ten go, each once, and history shows each succeeded.
+    let before = rx.hits().len();
+    rx.set_script(vec![Mode::Status(200)]);
+    let done = eventually(Duration::from_secs(60), || async {
+        let list = deliveries(&api, &endpoint, "").await;
+        (list.len() == 13 && list.iter().all(|d| d["status"] == "succeeded")).then_some(list)
+    })
+    .await;
+    assert!(
+        done.is_some(),
+        "every delivery succeeds once the receiver is back: {:#}",
+        json!(deliveries(&api, &endpoint, "").await)
+    );
+    let mut got: Vec<u64> = numbers(rx.hits()[before..].iter().map(|h| h.body.clone()))
+        .into_iter()
+        .filter(|n| *n >= 100)
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (100..110).collect::<Vec<_>>(), "each of the ten once");
+    assert!(deliveries(&api, &endpoint, "&status=pending")
+        .await
+        .is_empty());
+    stack.stop().await;
+}

@@ -266,3 +266,301 @@ async fn endpoint_id(
         .map(str::to_owned)
         .ok_or_else(|| "no endpoint".into())
 }
+
+/// What one phase of [`held_outage`] cost, counted by the proxy (requests, read units) and
+/// the stack's meter (write units, as billed).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Spent {
+    pub write_units: f64,
+    pub read_units: f64,
+    /// SQS requests, empty polls left out (as in the per-delivery figures).
+    pub sqs: f64,
+}
+
+impl Spent {
+    fn of(counts: &std::collections::BTreeMap<String, u64>, keys: &[KeyUsage]) -> Self {
+        let get = |op: &str| *counts.get(op).unwrap_or(&0) as f64;
+        Spent {
+            write_units: keys.iter().map(|k| k.write_units).sum(),
+            read_units: get(crate::proxy::READ_MILLI_UNITS) / 1000.0,
+            sqs: counts
+                .iter()
+                .filter(|(k, _)| k.starts_with("AmazonSQS.") && !k.ends_with("(with messages)"))
+                .filter(|(k, _)| !k.starts_with("AmazonSQS.ReceiveMessage"))
+                .map(|(_, v)| *v as f64)
+                .sum::<f64>()
+                + get("AmazonSQS.ReceiveMessage(with messages)"),
+        }
+    }
+
+    pub fn per(self, n: f64) -> Self {
+        Spent {
+            write_units: self.write_units / n,
+            read_units: self.read_units / n,
+            sqs: self.sqs / n,
+        }
+    }
+
+    pub fn minus(self, other: Spent) -> Self {
+        Spent {
+            write_units: self.write_units - other.write_units,
+            read_units: self.read_units - other.read_units,
+            sqs: self.sqs - other.sqs,
+        }
+    }
+}
+
+/// The held backlog's accounts: per delivery of a healthy run, per held delivery of a run
+/// through an outage (held, waited, probed, released, delivered), and what the outage's
+/// waiting alone cost per second (the loop's steps and probes, whatever the backlog's size).
+pub struct Outage {
+    pub normal: Spent,
+    pub held: Spent,
+    pub waiting_per_second: Spent,
+    pub probe_cycles: f64,
+    /// The requests of the run through the outage, by operation, and its busiest keys.
+    pub details: String,
+}
+
+/// Deliveries that open an endpoint's circuit in an outage, before the counted ones are held.
+const OPENING: usize = 10;
+
+/// `events` deliveries to one endpoint, counted: once to a healthy receiver, then through an
+/// outage: the receiver fails everything (503), [`OPENING`] deliveries open its circuit
+/// (3 failures; cooldowns of 1–2 s here, 30 s–10 min in the template), the `events` are held,
+/// `outage` passes, the receiver comes back, a probe succeeds and the backlog is released and
+/// delivered; then the same outage with none held, whose cost is taken off.
+pub async fn held_outage(moto: &str, events: usize, outage: Duration) -> Result<Outage, BoxError> {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    let (counts, counted, direct) = crate::proxy::clients(moto).await?;
+    // Enough retries that no delivery fails for good while the probes fail (a failed probe
+    // is an attempt of the delivery it released).
+    let schedule = vec!["1"; 60].join(",");
+    let stack = stack_with(
+        counted,
+        "w",
+        true,
+        &[
+            ("RETRY_SCHEDULE_SECONDS", schedule.as_str()),
+            ("BREAKER_THRESHOLD", "3"),
+            ("BREAKER_COOLDOWN_MS", "1000"),
+            ("BREAKER_MAX_COOLDOWN_MS", "2000"),
+            ("BREAKER_MAX_HOLD_MS", "2000"),
+            ("REQUEST_TIMEOUT_MS", "1000"),
+        ],
+    )
+    .await?;
+    // A receiver that fails everything while `down`, and counts what it accepted.
+    let down = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hooks", listener.local_addr()?);
+    {
+        let (down, accepted) = (down.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (down, accepted) = (down.clone(), accepted.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (down, accepted) = (down.clone(), accepted.clone());
+                            async move {
+                                use http_body_util::BodyExt;
+                                let _ = req.into_body().collect().await;
+                                let mut response = hyper::Response::new(http_body_util::Full::new(
+                                    bytes::Bytes::from_static(b"ok"),
+                                ));
+                                if down.load(Ordering::SeqCst) {
+                                    *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                                } else {
+                                    accepted.fetch_add(1, Ordering::SeqCst);
+                                }
+                                Ok::<_, hyper::Error>(response)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    }
+    let http = reqwest::Client::new();
+    let venue = unique("v");
+    create_endpoints(&http, &stack, &venue, &url, 1).await?;
+    let sqs = aws_sdk_sqs::Client::new(&direct);
+    let meter = stack.capacity.as_ref().ok_or("the stack meters capacity")?;
+    let queue = stack.queue_url("IngestQueue").to_owned();
+    let venues = std::slice::from_ref(&venue);
+    // Warm, then the healthy run.
+    queue_events(&sqs, &queue, venues, 1).await?;
+    wait_until(Duration::from_secs(60), || {
+        accepted.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    counts.reset();
+    meter.reset_usage();
+    queue_events(&sqs, &queue, venues, events).await?;
+    let healthy = (1 + events) as u64;
+    if !wait_until(Duration::from_secs(120), || {
+        accepted.load(Ordering::SeqCst) >= healthy
+    })
+    .await
+    {
+        stack.stop().await;
+        return Err("the healthy run was not delivered within 2 minutes".into());
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let normal = Spent::of(&counts.snapshot(), &meter.usage());
+
+    // Two outages alike, one with `events` held and one with none: what the first costs
+    // beyond the second is what holding them costs (the deliveries that open the circuit,
+    // the probes and the waiting are in both).
+    let mut delivered = healthy;
+    let mut outage_run = |held: usize| {
+        let (down, accepted, counts, sqs, queue) = (
+            down.clone(),
+            accepted.clone(),
+            counts.clone(),
+            sqs.clone(),
+            queue.clone(),
+        );
+        let venues = venues.to_vec();
+        let (http, api, venue) = (http.clone(), stack.api_url.clone(), venue.clone());
+        delivered += (OPENING + held) as u64;
+        let all = delivered;
+        async move {
+            down.store(true, Ordering::SeqCst);
+            counts.reset();
+            meter.reset_usage();
+            // The circuit opens on these (their retries are held too, then probe).
+            queue_events(&sqs, &queue, &venues, OPENING).await?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let body = http
+                    .get(format!("{api}/venues/{venue}/endpoints"))
+                    .bearer_auth(ADMIN_KEY)
+                    .send()
+                    .await?
+                    .bytes()
+                    .await?;
+                let list: serde_json::Value = serde_json::from_slice(&body)?;
+                if list["data"][0]["circuit"]["state"] == "open" {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err::<_, BoxError>("the circuit did not open within a minute".into());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let before = shared::pipeline::dispatch::held_looks();
+            queue_events(&sqs, &queue, &venues, held).await?;
+            if !wait_until(Duration::from_secs(120), || {
+                shared::pipeline::dispatch::held_looks() - before >= held as u64
+            })
+            .await
+            {
+                return Err("the backlog was not held within 2 minutes".into());
+            }
+            let at_held = Spent::of(&counts.snapshot(), &meter.usage());
+            tokio::time::sleep(outage).await;
+            let waited = Spent::of(&counts.snapshot(), &meter.usage()).minus(at_held);
+            down.store(false, Ordering::SeqCst);
+            if !wait_until(Duration::from_secs(180), || {
+                accepted.load(Ordering::SeqCst) >= all
+            })
+            .await
+            {
+                let list = http
+                    .get(format!("{api}/venues/{venue}/endpoints"))
+                    .bearer_auth(ADMIN_KEY)
+                    .send()
+                    .await?
+                    .bytes()
+                    .await?;
+                let list: serde_json::Value = serde_json::from_slice(&list)?;
+                let ep = list["data"][0]["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let pending = http
+                    .get(format!(
+                        "{api}/venues/{venue}/endpoints/{ep}/deliveries?status=pending"
+                    ))
+                    .bearer_auth(ADMIN_KEY)
+                    .send()
+                    .await?
+                    .text()
+                    .await?;
+                return Err(format!(
+                    "the backlog was not delivered within 3 minutes of the way back: {} of {all} accepted; pending: {pending}",
+                    accepted.load(Ordering::SeqCst)
+                )
+                .into());
+            }
+            // The loop's last passes and its end.
+            tokio::time::sleep(Duration::from_secs(12)).await;
+            Ok((Spent::of(&counts.snapshot(), &meter.usage()), waited))
+        }
+    };
+    let (through, waited) = match outage_run(events).await {
+        Ok(r) => r,
+        Err(e) => {
+            stack.stop().await;
+            return Err(e);
+        }
+    };
+    let details_of_through = counts.snapshot();
+    let keys = meter.usage();
+    let (baseline, _) = match outage_run(0).await {
+        Ok(r) => r,
+        Err(e) => {
+            stack.stop().await;
+            return Err(e);
+        }
+    };
+    // Where the held deliveries' units went: each key's units beyond the outage with none.
+    let base_keys = meter.usage();
+    let mut beyond: Vec<(String, f64, f64)> = keys
+        .iter()
+        .map(|k| {
+            let base = base_keys
+                .iter()
+                .find(|b| b.resource == k.resource && b.key == k.key);
+            (
+                format!(
+                    "{} {}",
+                    k.resource,
+                    k.key.replace(venue.as_str(), "{venue}")
+                ),
+                (k.read_units - base.map_or(0.0, |b| b.read_units)) / events as f64,
+                (k.write_units - base.map_or(0.0, |b| b.write_units)) / events as f64,
+            )
+        })
+        .collect();
+    beyond.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
+    let details = format!(
+        "requests of the outage with {events} held {:?}; per held delivery beyond the outage with none, by key: {}",
+        details_of_through,
+        beyond
+            .iter()
+            .take(6)
+            .map(|(k, r, w)| format!("{k}: {r:.2} read, {w:.2} write units"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    stack.stop().await;
+    let n = events as f64;
+    Ok(Outage {
+        normal: normal.per(n),
+        held: through.minus(baseline).per(n),
+        waiting_per_second: waited.per(outage.as_secs_f64()),
+        // Cooldowns of 1–2 s (1.5 s on average): a probe cycle each.
+        probe_cycles: outage.as_secs_f64() / 1.5,
+        details,
+    })
+}

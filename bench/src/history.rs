@@ -63,6 +63,9 @@ async fn write_history(
                 expires_at: store.expiry(Utc::now()),
                 entries,
                 moved: Vec::new(),
+                held_members: Vec::new(),
+                held: None,
+                version: 0,
             })
             .await?;
     }
@@ -136,6 +139,9 @@ pub async fn history_run(moto: &str, report: &mut Report, smoke: bool) -> Result
                 })
                 .collect(),
             moved: Vec::new(),
+            held_members: Vec::new(),
+            held: None,
+            version: 0,
         })
         .await?;
     write_history(&services.store, &tenant, busy, (busy_groups / 10, 0)).await?;

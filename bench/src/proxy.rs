@@ -97,6 +97,21 @@ pub fn read_milli_units(op: &str, request: &[u8], response: &[u8]) -> u64 {
     }
 }
 
+/// The table (and index) a DynamoDB Query or GetItem reads, for the per-table counts
+/// (`"{op} of {table}"`, `"read units (thousandths) of {table}"`), which no per-delivery
+/// figure sums: they say where reads went.
+fn read_place(op: &str, request: &[u8]) -> Option<String> {
+    if op != "DynamoDB_20120810.Query" && op != "DynamoDB_20120810.GetItem" {
+        return None;
+    }
+    let request: serde_json::Value = serde_json::from_slice(request).ok()?;
+    let table = request["TableName"].as_str()?;
+    Some(match request["IndexName"].as_str() {
+        Some(index) => format!("{table}/{index}"),
+        None => table.to_owned(),
+    })
+}
+
 /// DynamoDB's size of an item in its wire JSON: names plus values (the capacity meter's rule).
 fn item_size(item: &serde_json::Value) -> usize {
     item.as_object().map_or(0, local::capacity::item_size)
@@ -172,6 +187,10 @@ pub async fn start(target: &str) -> std::io::Result<(String, Counts)> {
                         }
                         if read > 0 {
                             counts.add_n(READ_MILLI_UNITS, read);
+                        }
+                        if let Some(place) = read_place(&op, &request_body) {
+                            counts.add(&format!("{op} of {place}"));
+                            counts.add_n(&format!("read units (thousandths) of {place}"), read);
                         }
                         if op == "AmazonSQS.ReceiveMessage"
                             && body.windows(10).any(|w| w == b"\"Messages\"")

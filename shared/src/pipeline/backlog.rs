@@ -30,7 +30,7 @@ use crate::model::error::{Error, Result};
 use crate::model::ids::{DeliveryId, EndpointId, VenueId};
 use crate::storage::queue::{BacklogMessage, DeliveryJob, Queues};
 use crate::storage::services::Services;
-use crate::storage::store::{StepClaim, Store, Tenant};
+use crate::storage::store::{HeldItem, StepClaim, Store, Tenant};
 
 /// The wait between two pages of a release: the attempts of one report the endpoint's
 /// health before the next goes.
@@ -161,15 +161,12 @@ impl Backlogs {
         let id = &task.endpoint_id;
         let Some(token) = &task.token else {
             // The check: a delivery held by someone who saw the last loop still running.
-            if self.store.backlog_loop(&tenant, id).await?.is_none()
-                && !self
-                    .store
-                    .held_page(&tenant, id, None, 1)
-                    .await?
-                    .0
-                    .is_empty()
-            {
-                self.start(&tenant, id, Utc::now(), false).await?;
+            // (A page that found none but read on may have more: a loop looks.)
+            if self.store.backlog_loop(&tenant, id).await?.is_none() {
+                let (page, next) = self.store.held_page(&tenant, id, None, 1).await?;
+                if !page.is_empty() || next.is_some() {
+                    self.start(&tenant, id, Utc::now(), false).await?;
+                }
             }
             return Ok(());
         };
@@ -237,10 +234,11 @@ impl Backlogs {
         .min(self.page_max)
         // A rate-limited endpoint's page a second is its limit (each takes its turn too).
         .min(endpoint.rate_limit.map_or(usize::MAX, |r| r.max(1) as usize));
-        let (page, more) = self
+        let (page, next) = self
             .store
             .held_page(tenant, id, task.after.as_ref(), size)
             .await?;
+        let more = next.is_some();
         if page.is_empty() && !more && task.after.is_some() {
             // At the end: once more from the oldest (a delivery released earlier may have
             // been held again behind the cursor); the loop ends on a pass that finds none.
@@ -256,19 +254,27 @@ impl Backlogs {
             check.queue(&self.queues, CHECK_AFTER).await?;
             return Ok(None);
         }
+        let released: usize = page.iter().map(HeldItem::size).sum();
         let jobs: Vec<DeliveryJob> = page
             .iter()
-            .map(|d| DeliveryJob {
-                released: true,
-                ..DeliveryJob::of_stored(&task.venue_id, d)
+            .map(|held| match held {
+                HeldItem::Single(d) => DeliveryJob {
+                    released: true,
+                    ..DeliveryJob::of_stored(&task.venue_id, d)
+                },
+                // A group's held members go as one job: their first attempts, together.
+                HeldItem::Group(g) => DeliveryJob {
+                    released: true,
+                    first: true,
+                    ..DeliveryJob::of_held_group(&task.venue_id, id, g)
+                },
             })
             .collect();
         self.queues.send_jobs(&jobs, Duration::ZERO).await?;
-        tracing::info!(venue_id = %task.venue_id, endpoint_id = %id, released = jobs.len(), "backlog page released");
-        let after = page
-            .last()
-            .map(|d| d.delivery_id.clone())
+        tracing::info!(venue_id = %task.venue_id, endpoint_id = %id, released, jobs = jobs.len(), "backlog page released");
+        let after = next
+            .or_else(|| page.last().map(|d| d.id().clone()))
             .or(task.after.clone());
-        Ok(Some((task.next(after, jobs.len()), PAGE_PAUSE)))
+        Ok(Some((task.next(after, released), PAGE_PAUSE)))
     }
 }

@@ -112,6 +112,34 @@ impl DeliveryJob {
         }
     }
 
+    /// The job of a group's held members (their events read when it runs), nothing else set.
+    pub fn of_held_group(
+        venue_id: &VenueId,
+        endpoint_id: &crate::model::ids::EndpointId,
+        g: &crate::storage::store::HeldGroup,
+    ) -> Self {
+        Self {
+            venue_id: venue_id.clone(),
+            endpoint_id: endpoint_id.clone(),
+            deliveries: g
+                .held_members
+                .iter()
+                .map(|h| Queued {
+                    delivery_id: g.delivery_id.member(h.i),
+                    event_id: h.e.clone(),
+                    event_type: h.t.clone(),
+                    event: None,
+                })
+                .collect(),
+            first: false,
+            resumed: false,
+            manual: false,
+            held: 0,
+            released: false,
+            paced_at: None,
+        }
+    }
+
     /// Its fair-queue group: its venue (the system venue's jobs spread by their event).
     fn group(&self) -> String {
         let event = self.deliveries.first().map_or("", |d| d.event_id.as_str());
@@ -124,6 +152,19 @@ impl DeliveryJob {
             deliveries: vec![delivery],
             first: false,
             ..self.clone()
+        }
+    }
+
+    /// One of its deliveries as a job of its own; a released group's member stays one
+    /// (`group`: first attempts that go by the group's item).
+    pub fn alone(&self, delivery: Queued, group: bool) -> Self {
+        if group {
+            Self {
+                deliveries: vec![delivery],
+                ..self.clone()
+            }
+        } else {
+            self.single(delivery)
         }
     }
 

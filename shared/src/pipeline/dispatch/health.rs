@@ -42,6 +42,8 @@ pub struct Health {
     slow: Mutex<HashSet<(VenueId, EndpointId)>>,
     /// Endpoints whose backlog loop this batch made sure of already.
     looked: Mutex<HashSet<(VenueId, EndpointId)>>,
+    /// Endpoints whose half-open circuit's probe a delivery of this batch tried to take.
+    probing: Mutex<HashSet<(VenueId, EndpointId)>>,
 }
 
 impl Health {
@@ -93,6 +95,15 @@ impl Health {
         })
     }
 
+    /// `true` the first time a delivery of this batch tries to take `endpoint`'s probe: the
+    /// others meet the circuit as open without a write (ten of a released group trying at
+    /// once paid for nine refused writes of the endpoint's item).
+    pub fn first_probe_try(&self, endpoint: &Endpoint) -> bool {
+        self.probing.lock().is_ok_and(|mut probing| {
+            probing.insert((endpoint.venue_id.clone(), endpoint.endpoint_id.clone()))
+        })
+    }
+
     /// Every endpoint's tally, emptying this.
     pub fn take(&self) -> Vec<Tally> {
         self.tallies
@@ -127,7 +138,7 @@ impl Dispatcher {
         &self,
         tenant: &Tenant,
         endpoint: &Endpoint,
-        held: u32,
+        (held, health): (u32, &Health),
         now: DateTime<Utc>,
     ) -> Result<std::result::Result<Admitted, NotNow>> {
         let hold = |until| {
@@ -141,10 +152,11 @@ impl Dispatcher {
             Gate::Pass => false,
             Gate::Hold(until) => return hold(until),
             Gate::Probe => {
-                if !self
-                    .store
-                    .take_probe(tenant, &endpoint.endpoint_id, now, lease)
-                    .await?
+                if !health.first_probe_try(endpoint)
+                    || !self
+                        .store
+                        .take_probe(tenant, &endpoint.endpoint_id, now, lease)
+                        .await?
                 {
                     return hold(lease);
                 }

@@ -25,7 +25,8 @@ use crate::storage::queue::{DeliveryJob, Queued};
 use crate::storage::sealing::Sealer;
 use crate::storage::services::Services;
 use crate::storage::store::{
-    AttemptRecord, DeliveryRecord, GroupEntry, GroupRecord, HoldReason, Recorded, Store, Tenant,
+    AttemptRecord, DeliveryRecord, GroupEntry, GroupRecord, HeldEntry, Hold, HoldReason, Recorded,
+    Store, Tenant,
 };
 use futures::future::join_all;
 
@@ -81,12 +82,47 @@ enum First {
     Done,
     /// Recorded in an item of its own, pending: back after this long.
     RetryIn(Duration),
-    /// Not attempted, nothing recorded: the endpoint's circuit is open.
+    /// Not attempted, nothing recorded: the endpoint is slow and at its cap.
     Held(Duration),
+    /// Not attempted: held in the group's item (its circuit is open, or it is disabled),
+    /// released later by the endpoint's backlog loop.
+    Kept(HeldEntry, Hold),
     /// Not attempted, nothing recorded: its turn comes then (unix ms).
     Paced(i64),
     /// Not attempted, nothing recorded: too close to the deadline.
     HandedBack,
+}
+
+/// What a group's first attempts settled, for its item ([`Dispatcher::record_group`]).
+#[derive(Default)]
+struct Settled {
+    /// First-try successes.
+    entries: Vec<GroupEntry>,
+    /// Members held (again): in the item's `held_members`, with `hold`.
+    kept: Vec<HeldEntry>,
+    hold: Option<Hold>,
+    /// Places no longer held in the item (attempted, held again, or in an item of their own).
+    gone: Vec<usize>,
+}
+
+/// A member held at its first attempt, for its group's item.
+fn kept(
+    delivery_id: &DeliveryId,
+    event: &Event,
+    (reason, next_look): (HoldReason, Option<DateTime<Utc>>),
+) -> First {
+    First::Kept(
+        HeldEntry {
+            i: delivery_id.group().map_or(0, |(_, i)| i),
+            e: event.id.clone(),
+            t: event.event_type.clone(),
+        },
+        Hold {
+            reason,
+            since: Utc::now(),
+            next_look,
+        },
+    )
 }
 
 #[derive(Clone)]
@@ -169,7 +205,9 @@ impl Dispatcher {
             unrecorded: AtomicU32::new(0),
             metrics: &self.metrics,
         };
-        let results: Vec<(Queued, Result<JobOutcome>)> = if is_fresh(job, receive) {
+        let released_group = is_released_group(job);
+        let results: Vec<(Queued, Result<JobOutcome>)> = if is_fresh(job, receive) || released_group
+        {
             self.first_attempts(job, endpoints, &batch).await?
         } else {
             join_all(job.deliveries.iter().map(|d| async {
@@ -189,7 +227,13 @@ impl Dispatcher {
                 // ([`crate::pipeline::waits`]): nothing waits in flight.
                 Ok(JobOutcome::RetryIn(wait)) => {
                     outcome = "waiting for a retry";
-                    follow_ups.push((job.single(target), wait));
+                    // Attempted, so no longer held: its retry is an ordinary one (a released
+                    // job's retry that stood down for that left the delivery pending for good).
+                    let retry = DeliveryJob {
+                        released: false,
+                        ..job.single(target)
+                    };
+                    follow_ups.push((retry, wait));
                 }
                 Ok(JobOutcome::Held(wait)) => {
                     outcome = "held: the endpoint's circuit is open, or it is slow and at its cap";
@@ -197,7 +241,7 @@ impl Dispatcher {
                     HELD.fetch_add(1, Ordering::Relaxed);
                     let held = DeliveryJob {
                         held: job.held + 1,
-                        ..job.single(target)
+                        ..job.alone(target, released_group)
                     };
                     follow_ups.push((held, wait));
                 }
@@ -211,7 +255,7 @@ impl Dispatcher {
                     );
                     let paced = DeliveryJob {
                         paced_at: Some(turn),
-                        ..job.single(target)
+                        ..job.alone(target, released_group)
                     };
                     follow_ups.push((paced, wait));
                 }
@@ -219,8 +263,8 @@ impl Dispatcher {
                     outcome = "handed back: too close to the deadline";
                     self.metrics.count(Counter::HandedBack, 1);
                     let again = DeliveryJob {
-                        resumed: true,
-                        ..job.single(target)
+                        resumed: !released_group,
+                        ..job.alone(target, released_group)
                     };
                     follow_ups.push((again, Duration::ZERO));
                 }
@@ -251,7 +295,7 @@ impl Dispatcher {
     pub async fn endpoints_of(&self, jobs: &[(&DeliveryJob, u32)]) -> Result<Endpoints> {
         let keys: Vec<(Tenant, EndpointId)> = jobs
             .iter()
-            .filter(|(job, receive)| is_fresh(job, *receive))
+            .filter(|(job, receive)| is_fresh(job, *receive) || is_released_group(job))
             .map(|(job, _)| {
                 (
                     Tenant::from_internal_message(job.venue_id.clone()),
@@ -266,8 +310,10 @@ impl Dispatcher {
     }
 
     /// The first attempts of a fresh group (up to ten events at one endpoint), concurrently;
-    /// the successes are recorded together in the group's item, everything else in an item
-    /// of its own.
+    /// the successes and the members held (an open circuit, a disabled endpoint) are recorded
+    /// together in the group's item, everything else in an item of its own. A released
+    /// group's job ([`is_released_group`]) goes by its item: only the members still held there
+    /// go, and the item is written again from what it was.
     async fn first_attempts(
         &self,
         job: &DeliveryJob,
@@ -276,58 +322,111 @@ impl Dispatcher {
     ) -> Result<Vec<(Queued, Result<JobOutcome>)>> {
         let tenant = Tenant::from_internal_message(job.venue_id.clone());
         let now = Utc::now();
+        let group_id = job
+            .deliveries
+            .first()
+            .and_then(|d| d.delivery_id.group())
+            .map(|(g, _)| g)
+            .ok_or_else(|| Error::Corrupt("a first-attempt job without a group".into()))?;
+        let (read, deliveries): (Option<GroupRecord>, Vec<&Queued>) = if job.released {
+            let item = self.store.get_group(&tenant, &group_id).await?;
+            let held: Vec<usize> = item
+                .as_ref()
+                .map(|g| g.still_held().map(|h| h.i).collect())
+                .unwrap_or_default();
+            let still: Vec<&Queued> = job
+                .deliveries
+                .iter()
+                .filter(|q| {
+                    q.delivery_id
+                        .group()
+                        .is_some_and(|(_, i)| held.contains(&i))
+                })
+                .collect();
+            (item, still)
+        } else {
+            (None, job.deliveries.iter().collect())
+        };
+        let mut results: Vec<(Queued, Result<JobOutcome>)> = job
+            .deliveries
+            .iter()
+            .filter(|q| !deliveries.iter().any(|d| d.delivery_id == q.delivery_id))
+            .map(|q| {
+                (
+                    q.clone(),
+                    Ok(JobOutcome::Done("released delivery no longer held")),
+                )
+            })
+            .collect();
+        if deliveries.is_empty() {
+            return Ok(results);
+        }
         let endpoint = endpoints
             .get(&(job.venue_id.clone(), job.endpoint_id.clone()))
             .map(|e| e.as_ref().map_err(String::as_str));
         // At a rate-limited endpoint the group's deliveries take their turns in one write.
         let turns = match endpoint {
             Some(Ok(ep)) if ep.enabled && job.paced_at.is_none() => {
-                self.take_turns(&tenant, ep, job.deliveries.len()).await?
+                self.take_turns(&tenant, ep, deliveries.len()).await?
             }
             _ => None,
         };
+        // A released group's events were stored a while ago: read together, eventually
+        // consistent (one that is not there yet is read on its own, strongly consistent).
+        let originals = deliveries;
+        let mut deliveries: Vec<Queued> = originals.iter().map(|q| (*q).clone()).collect();
+        if job.released {
+            let ids: Vec<crate::model::ids::EventId> =
+                deliveries.iter().map(|q| q.event_id.clone()).collect();
+            let events = self.store.get_stored_events(&tenant, &ids).await?;
+            for queued in deliveries.iter_mut().filter(|q| q.event.is_none()) {
+                if let Some(record) = events.iter().find(|r| r.event_id == queued.event_id) {
+                    queued.event = Some(record_event(record)?);
+                }
+            }
+        }
         let tenant = &tenant;
-        let firsts = join_all(
-            job.deliveries
-                .iter()
-                .enumerate()
-                .map(|(i, queued)| async move {
-                    let turn = turns
-                        .map(|(first, every)| first + every * i as i64)
-                        .or(job.paced_at);
-                    if let Some(turn) = await_turn(turn).await {
-                        return Ok(First::Paced(turn));
-                    }
-                    let event = self.event_of(tenant, queued).await?;
-                    let ids = (&queued.delivery_id, &job.endpoint_id);
-                    self.first_attempt(tenant, (&event, job.held), ids, endpoint, (now, batch))
-                        .await
-                }),
-        )
+        let firsts = join_all(deliveries.iter().enumerate().map(|(i, queued)| async move {
+            let turn = turns
+                .map(|(first, every)| first + every * i as i64)
+                .or(job.paced_at);
+            if let Some(turn) = await_turn(turn).await {
+                return Ok(First::Paced(turn));
+            }
+            let event = self.event_of(tenant, queued).await?;
+            let ids = (&queued.delivery_id, &job.endpoint_id);
+            self.first_attempt(tenant, (&event, job.held), ids, endpoint, (now, batch))
+                .await
+        }))
         .await;
-        let mut group = GroupRecord {
-            venue_id: job.venue_id.clone(),
-            endpoint_id: job.endpoint_id.clone(),
-            delivery_id: job
-                .deliveries
-                .first()
-                .and_then(|d| d.delivery_id.group())
-                .map(|(g, _)| g)
-                .ok_or_else(|| Error::Corrupt("a first-attempt job without a group".into()))?,
-            created_at: now,
-            expires_at: self.store.expiry(now),
-            entries: Vec::new(),
-            moved: Vec::new(),
-        };
-        let mut results = Vec::new();
-        for (queued, first) in job.deliveries.iter().zip(firsts) {
+        // What this run settled: successes, members held (again), and those done elsewhere
+        // (an item of their own); the rest stay as the item has them.
+        let mut settled = Settled::default();
+        // (Follow-ups carry the deliveries as they came: a stored event is not inlined.)
+        for (queued, first) in originals.into_iter().zip(firsts) {
+            let index = queued.delivery_id.group().map_or(0, |(_, i)| i);
             let result = match first {
                 Ok(First::Delivered(entry)) => {
-                    group.entries.push(entry);
+                    settled.entries.push(entry);
+                    settled.gone.push(index);
                     Ok(JobOutcome::Done("delivered"))
                 }
-                Ok(First::Done) => Ok(JobOutcome::Done("recorded")),
-                Ok(First::RetryIn(wait)) => Ok(JobOutcome::RetryIn(wait)),
+                Ok(First::Kept(entry, hold)) => {
+                    self.metrics.count(Counter::DeliveriesHeld, 1);
+                    HELD.fetch_add(1, Ordering::Relaxed);
+                    settled.gone.push(index);
+                    settled.kept.push(entry);
+                    settled.hold = Some(hold);
+                    Ok(JobOutcome::Done("held: in the endpoint's backlog"))
+                }
+                Ok(First::Done) => {
+                    settled.gone.push(index);
+                    Ok(JobOutcome::Done("recorded"))
+                }
+                Ok(First::RetryIn(wait)) => {
+                    settled.gone.push(index);
+                    Ok(JobOutcome::RetryIn(wait))
+                }
                 Ok(First::Held(wait)) => Ok(JobOutcome::Held(wait)),
                 Ok(First::Paced(turn)) => Ok(JobOutcome::Paced(turn)),
                 Ok(First::HandedBack) => Ok(JobOutcome::HandedBack),
@@ -335,15 +434,73 @@ impl Dispatcher {
             };
             results.push((queued.clone(), result));
         }
-        if !group.entries.is_empty() {
+        self.record_group(tenant, job, (group_id, read), settled, now, batch)
+            .await?;
+        Ok(results)
+    }
+
+    /// Writes what a group's first attempts settled into its item: a new one, or (a released
+    /// group) the one read, again from a fresh read if another copy wrote between.
+    async fn record_group(
+        &self,
+        tenant: &Tenant,
+        job: &DeliveryJob,
+        (group_id, mut read): (DeliveryId, Option<GroupRecord>),
+        settled: Settled,
+        now: DateTime<Utc>,
+        batch: &Batch<'_>,
+    ) -> Result<()> {
+        let successes = settled.entries.len();
+        if !job.released {
+            if settled.entries.is_empty() && settled.kept.is_empty() {
+                return Ok(());
+            }
+            let group = GroupRecord {
+                venue_id: job.venue_id.clone(),
+                endpoint_id: job.endpoint_id.clone(),
+                delivery_id: group_id,
+                created_at: now,
+                expires_at: self.store.expiry(now),
+                entries: settled.entries,
+                moved: Vec::new(),
+                held_members: settled.kept,
+                held: settled.hold,
+                version: 0,
+            };
             if self.store.put_group(&group).await? {
-                batch.recorded(group.entries.len());
+                batch.recorded(successes);
             } else {
                 // This copy's successes went out and are not the ones in the history.
                 tracing::warn!(group = %group.delivery_id, "group recorded by another copy of its job");
             }
+            return Ok(());
         }
-        Ok(results)
+        for _ in 0..4 {
+            let Some(base) = read.take() else {
+                // The item is gone (the venue or endpoint was removed): nothing to record in.
+                return Ok(());
+            };
+            let mut group = base.clone();
+            group.held_members.retain(|h| !settled.gone.contains(&h.i));
+            group.held_members.extend(settled.kept.iter().cloned());
+            if settled.hold.is_some() {
+                group.held = settled.hold.clone();
+            }
+            for entry in &settled.entries {
+                if !group.entries.iter().any(|e| e.i == entry.i) {
+                    group.entries.push(entry.clone());
+                }
+            }
+            group.version = base.version + 1;
+            if self.store.replace_group(&group, base.version).await? {
+                batch.recorded(successes);
+                return Ok(());
+            }
+            read = self.store.get_group(tenant, &group.delivery_id).await?;
+        }
+        Err(Error::Conflict(
+            "a released group's item kept changing under this job; it comes back".into(),
+        ))
     }
 
     async fn first_attempt(
@@ -363,16 +520,13 @@ impl Dispatcher {
                     .await?;
                 return Ok(First::Done);
             }
-            Some(Ok(endpoint)) => {
+            Some(Ok(_)) => {
                 // Kept for it until it is enabled again.
-                self.hold(
-                    tenant,
-                    endpoint,
-                    job_target,
+                return Ok(kept(
+                    delivery_id,
+                    event,
                     (HoldReason::EndpointDisabled, None),
-                )
-                .await?;
-                return Ok(First::Done);
+                ));
             }
             None => {
                 self.end_deleted(tenant, job_target).await?;
@@ -382,19 +536,19 @@ impl Dispatcher {
         if !batch.may_attempt(self.http.timeout()) {
             return Ok(First::HandedBack);
         }
-        let admitted = match self.pass(tenant, endpoint, held, now).await? {
+        let admitted = match self
+            .pass(tenant, endpoint, (held, batch.health), now)
+            .await?
+        {
             Ok(admitted) => admitted,
             Err(NotNow::Cap(wait)) => return Ok(First::Held(wait)),
             Err(NotNow::Circuit(until)) => {
-                self.hold(
-                    tenant,
-                    endpoint,
-                    job_target,
-                    (HoldReason::CircuitOpen, Some(until)),
-                )
-                .await?;
                 batch.circuit_hold(self, tenant, endpoint, until).await?;
-                return Ok(First::Done);
+                return Ok(kept(
+                    delivery_id,
+                    event,
+                    (HoldReason::CircuitOpen, Some(until)),
+                ));
             }
         };
         // Admission may have taken a while (a lease write): still in time?
@@ -535,7 +689,10 @@ impl Dispatcher {
         if !batch.may_attempt(self.http.timeout()) {
             return Ok(JobOutcome::HandedBack);
         }
-        let admitted = match self.pass(&tenant, &endpoint, job.held, now).await? {
+        let admitted = match self
+            .pass(&tenant, &endpoint, (job.held, batch.health), now)
+            .await?
+        {
             Ok(admitted) => admitted,
             Err(NotNow::Cap(wait)) => return Ok(JobOutcome::Held(wait)),
             Err(NotNow::Circuit(until)) => {
@@ -607,7 +764,10 @@ impl Dispatcher {
         if !batch.may_attempt(self.http.timeout()) {
             return Ok(JobOutcome::HandedBack);
         }
-        let admitted = match self.pass(tenant, &endpoint, job.held, now).await? {
+        let admitted = match self
+            .pass(tenant, &endpoint, (job.held, batch.health), now)
+            .await?
+        {
             Ok(admitted) => admitted,
             // A replay paces itself by the circuit: its attempt waits on the queue.
             Err(NotNow::Circuit(until)) => {
@@ -933,11 +1093,20 @@ fn unreadable(reason: &str) -> String {
 /// A fresh fan-out's job on its first receive: nothing of its deliveries exists yet, so
 /// nothing is read but its endpoints, and its successes share one history item.
 pub fn is_fresh(job: &DeliveryJob, receive: u32) -> bool {
+    job.first && !job.resumed && !job.manual && receive == 1 && one_group(job)
+}
+
+/// Members of a group held at their first attempts and released by the endpoint's backlog
+/// loop: however often the job comes, its group's item says which are still to go.
+pub fn is_released_group(job: &DeliveryJob) -> bool {
+    job.first && job.released && !job.manual && one_group(job)
+}
+
+fn one_group(job: &DeliveryJob) -> bool {
     let group = job.deliveries.first().and_then(|d| d.delivery_id.group());
-    let one_group = group.as_ref().is_some_and(|(g, _)| {
+    group.as_ref().is_some_and(|(g, _)| {
         job.deliveries
             .iter()
             .all(|d| d.delivery_id.group().is_some_and(|(h, _)| &h == g))
-    });
-    job.first && !job.resumed && !job.manual && receive == 1 && one_group
+    })
 }

@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailur
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::deliveries::{endpoint_item_key, history_key, status_key, FailedDelivery};
+use super::deliveries::{endpoint_item_key, history_key, status_key, FailedDelivery, HeldEntry};
 use super::{from_item, is_conditional_failure, n, s, to_attr, written, Store, Tenant};
 use crate::model::domain::DeliveryStatus;
 use crate::model::error::{Error, Result};
@@ -98,6 +98,40 @@ pub enum Held {
     Finished,
 }
 
+/// A held item of an endpoint's backlog, as the `by_status` index has it.
+#[derive(Clone, Debug)]
+pub enum HeldItem {
+    /// A delivery's own item (held at a retry, or a test send).
+    Single(FailedDelivery),
+    /// A group's members held at their first attempts: released together, as one job.
+    Group(HeldGroup),
+}
+
+/// A group item's held members, as the `by_status` index has them.
+#[derive(Clone, Debug, Deserialize)]
+pub struct HeldGroup {
+    pub delivery_id: DeliveryId,
+    pub held_members: Vec<HeldEntry>,
+}
+
+impl HeldItem {
+    /// The item's id (where the next page goes on from).
+    pub fn id(&self) -> &DeliveryId {
+        match self {
+            HeldItem::Single(d) => &d.delivery_id,
+            HeldItem::Group(g) => &g.delivery_id,
+        }
+    }
+
+    /// How many deliveries it holds.
+    pub fn size(&self) -> usize {
+        match self {
+            HeldItem::Single(_) => 1,
+            HeldItem::Group(g) => g.held_members.len().max(1),
+        }
+    }
+}
+
 /// The sort key of an endpoint's loop item.
 const LOOP: &str = "bk_loop";
 
@@ -155,18 +189,21 @@ impl Store {
         }
     }
 
-    /// The endpoint's held deliveries, oldest first, after `after`: up to `limit`, and whether
-    /// there may be more. From the `by_status` index's pending entries (those with `held`).
+    /// The endpoint's held items, oldest first, after `after`: up to `limit` deliveries (a
+    /// group counts its held members), and where the next page goes on after (`None`: no more;
+    /// past pending deliveries that wait for a retry, read and left out, so a page that finds
+    /// none still moves on). From the `by_status` index's pending entries (those with `held`).
     pub async fn held_page(
         &self,
         tenant: &Tenant,
         endpoint: &EndpointId,
         after: Option<&DeliveryId>,
         limit: usize,
-    ) -> Result<(Vec<FailedDelivery>, bool)> {
+    ) -> Result<(Vec<HeldItem>, Option<DeliveryId>)> {
         let pending = DeliveryStatus::Pending;
         let (from, to) = ("dlv_", "dlv_~");
-        let mut found = Vec::new();
+        let mut found: Vec<HeldItem> = Vec::new();
+        let mut count = 0;
         let mut start: Option<HashMap<String, AttributeValue>> = after.map(|after| {
             HashMap::from([
                 (
@@ -183,20 +220,29 @@ impl Store {
             let out = self
                 .by_status_query(tenant, endpoint, pending, (from, to))
                 .filter_expression("attribute_exists(held)")
-                .limit((limit - found.len()).clamp(1, 1000) as i32)
+                .limit(limit.saturating_sub(count).clamp(1, 1000) as i32)
                 .set_exclusive_start_key(start)
                 .send()
                 .await
                 .map_err(|e| Error::aws("dynamodb", e))?;
             for item in out.items.unwrap_or_default() {
-                found.push(from_item::<FailedDelivery>(item)?);
+                let held = if item.contains_key("held_members") {
+                    let group: HeldGroup = from_item(item)?;
+                    HeldItem::Group(group)
+                } else {
+                    HeldItem::Single(from_item::<FailedDelivery>(item)?)
+                };
+                count += held.size();
+                found.push(held);
             }
             start = out.last_evaluated_key;
-            if start.is_none() || found.len() >= limit {
+            if start.is_none() || count >= limit {
                 break;
             }
         }
-        Ok((found, start.is_some()))
+        let next =
+            start.and_then(|key| DeliveryId::parse(key.get("delivery_id")?.as_s().ok()?).ok());
+        Ok((found, next))
     }
 
     /// The endpoint's backlog loop, if one runs (strongly consistent).

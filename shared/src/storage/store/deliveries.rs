@@ -70,6 +70,26 @@ pub struct GroupRecord {
     /// Places of members moved to an item of their own (a manual retry of them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub moved: Vec<usize>,
+    /// Members held without an attempt (the endpoint's circuit was open, or it is disabled):
+    /// recorded here together, one write for the group, instead of an item each. While there
+    /// are any, the item is `pending` in the `by_status` index with `held` (why, the next
+    /// look), and the endpoint's backlog loop releases the group as one job.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_members: Vec<HeldEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<super::backlog::Hold>,
+    /// Counts the item's writes once it holds members: a released group's write is
+    /// conditional on the version it read (another copy of its job may have written since).
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// A member of a group held without an attempt: its place, its event and the event's type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldEntry {
+    pub i: usize,
+    pub e: EventId,
+    pub t: String,
 }
 
 /// One first-try success in a group item: the member's place, its event and what its
@@ -132,6 +152,12 @@ impl GroupRecord {
             .iter()
             .find(|e| e.i == index)
             .and_then(|e| self.delivery(e))
+            .or_else(|| {
+                self.held_members
+                    .iter()
+                    .find(|h| h.i == index)
+                    .and_then(|h| self.held_delivery(h))
+            })
     }
 
     /// Every delivery this item holds, newest (highest place) first.
@@ -140,9 +166,47 @@ impl GroupRecord {
             .entries
             .iter()
             .filter_map(|e| self.delivery(e))
+            .chain(
+                self.held_members
+                    .iter()
+                    .filter_map(|h| self.held_delivery(h)),
+            )
             .collect();
         members.sort_by(|a, b| b.delivery_id.cmp(&a.delivery_id));
         members
+    }
+
+    /// The members still held here (not moved out to an item of their own).
+    pub fn still_held(&self) -> impl Iterator<Item = &HeldEntry> {
+        self.held_members
+            .iter()
+            .filter(|h| !self.moved.contains(&h.i))
+    }
+
+    fn held_delivery(&self, entry: &HeldEntry) -> Option<DeliveryRecord> {
+        if self.moved.contains(&entry.i) {
+            return None;
+        }
+        let hold = self.held.clone()?;
+        Some(DeliveryRecord {
+            delivery_id: self.delivery_id.member(entry.i),
+            venue_id: self.venue_id.clone(),
+            endpoint_id: self.endpoint_id.clone(),
+            event_id: entry.e.clone(),
+            event_type: entry.t.clone(),
+            status: DeliveryStatus::Pending,
+            attempt_count: 0,
+            scheduled_attempts: 0,
+            created_at: self.created_at,
+            updated_at: hold.since,
+            last_status_code: None,
+            last_error: None,
+            next_attempt_at: None,
+            expires_at: self.expires_at,
+            attempts: Vec::new(),
+            held: Some(hold),
+            in_group: true,
+        })
     }
 
     fn delivery(&self, entry: &GroupEntry) -> Option<DeliveryRecord> {
@@ -272,13 +336,72 @@ impl Store {
     /// Records the first-try successes of a group in one item. Returns `false` if the group
     /// was recorded before (a copy of its job ran first).
     pub async fn put_group(&self, group: &GroupRecord) -> Result<bool> {
+        let item = self.group_item(group)?;
+        self.put_new(&self.deliveries, item, "delivery_id").await
+    }
+
+    /// Writes a released group's item in place of the one read at version `read` (its
+    /// `group.version` is the next). `false`: another write came between (a copy of the job).
+    pub async fn replace_group(&self, group: &GroupRecord, read: u64) -> Result<bool> {
+        let item = self.group_item(group)?;
+        let result = self
+            .ddb
+            .put_item()
+            .table_name(&self.deliveries)
+            .set_item(Some(item))
+            .condition_expression("#version = :read")
+            .expression_attribute_names("#version", "version")
+            .expression_attribute_values(":read", n(read))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(Error::aws("dynamodb", e)),
+        }
+    }
+
+    /// A group's item as stored, in the `by_status` index as pending while it holds members.
+    fn group_item(&self, group: &GroupRecord) -> Result<HashMap<String, AttributeValue>> {
         let mut item = to_item(group)?;
         let tenant = Tenant::from_internal_message(group.venue_id.clone());
         item.insert(
             "history_key".into(),
             history_key(&tenant, group.delivery_id.tag()),
         );
-        self.put_new(&self.deliveries, item, "delivery_id").await
+        if group.still_held().next().is_some() {
+            item.insert(
+                "status_key".into(),
+                s(status_key(
+                    &tenant,
+                    &group.endpoint_id,
+                    DeliveryStatus::Pending,
+                )),
+            );
+        } else {
+            item.remove("held");
+        }
+        Ok(item)
+    }
+
+    /// A group's item as it is now (strongly consistent): what a released group's job goes by.
+    pub async fn get_group(
+        &self,
+        tenant: &Tenant,
+        group: &DeliveryId,
+    ) -> Result<Option<GroupRecord>> {
+        let item = self
+            .batch_get_keys(
+                &self.deliveries,
+                vec![history_item_key(tenant, group)],
+                true,
+            )
+            .await?
+            .pop();
+        match item.map(HistoryItem::from_item).transpose()? {
+            Some(HistoryItem::Group(g)) if g.venue_id == *tenant.venue() => Ok(Some(g)),
+            _ => Ok(None),
+        }
     }
 
     /// Records one attempt in its delivery's own item, creating it on its first attempt.
@@ -640,9 +763,15 @@ impl Store {
             .table_name(&self.deliveries)
             .key("history_key", history_key(tenant, group.tag()))
             .key("delivery_id", s(group.as_str()))
-            .update_expression("SET moved = list_append(if_not_exists(moved, :empty), :index)")
+            // A new version: a released group's write of the item read before loses.
+            .update_expression(
+                "SET moved = list_append(if_not_exists(moved, :empty), :index), \
+                 version = if_not_exists(version, :zero) + :one",
+            )
             .condition_expression("attribute_exists(delivery_id)")
             .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":index", AttributeValue::L(vec![n(index)]))
             .send()
             .await;
@@ -763,17 +892,43 @@ mod tests {
                     GroupEntry::success(i, (&event, "order.created"), attempt(200 + i as u16))
                 })
                 .collect(),
-            moved: vec![1],
+            moved: vec![1, 4],
+            // Two held at their first attempts, one of them since moved out (a manual retry).
+            held_members: [3, 4]
+                .into_iter()
+                .map(|i| HeldEntry {
+                    i,
+                    e: EventId::parse(&format!("evt_{i}")).unwrap(),
+                    t: "order.paid".into(),
+                })
+                .collect(),
+            held: Some(super::super::backlog::Hold {
+                reason: super::super::backlog::HoldReason::CircuitOpen,
+                since: at,
+                next_look: Some(at + chrono::Duration::minutes(1)),
+            }),
+            version: 2,
         };
         let item = to_item(&record).unwrap();
         let back: GroupRecord = from_item(item).unwrap();
         let members = back.members();
         let ids: Vec<_> = members.iter().map(|d| d.delivery_id.clone()).collect();
-        assert_eq!(ids, vec![group.member(2), group.member(0)]);
-        assert_eq!(members[0].attempts[0].status_code, Some(202));
-        assert_eq!(members[0].event_id.as_str(), "evt_2");
-        assert_eq!(members[0].endpoint_id, endpoint);
+        assert_eq!(ids, vec![group.member(3), group.member(2), group.member(0)]);
+        assert_eq!(members[1].attempts[0].status_code, Some(202));
+        assert_eq!(members[1].event_id.as_str(), "evt_2");
+        assert_eq!(members[1].endpoint_id, endpoint);
         assert!(back.member(1).is_none(), "moved out");
+        assert!(back.member(4).is_none(), "moved out while held");
+        let held = back.member(3).unwrap();
+        assert_eq!(held.status, DeliveryStatus::Pending);
+        assert_eq!(held.event_type, "order.paid");
+        assert_eq!(held.attempt_count, 0);
+        assert!(held.attempts.is_empty());
+        assert_eq!(
+            held.held.map(|h| h.next_look),
+            Some(Some(at + chrono::Duration::minutes(1)))
+        );
+        assert_eq!(back.still_held().map(|h| h.i).collect::<Vec<_>>(), vec![3]);
     }
 
     #[test]

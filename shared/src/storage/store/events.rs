@@ -228,6 +228,35 @@ impl Store {
             .filter(|r| r.expires_at > now))
     }
 
+    /// Events of the venue stored a while ago (a released backlog's): one BatchGetItem,
+    /// eventually consistent (half the read units; an event is never changed once stored).
+    /// Those not found (or expired) are left out.
+    pub async fn get_stored_events(
+        &self,
+        tenant: &Tenant,
+        ids: &[EventId],
+    ) -> Result<Vec<EventRecord>> {
+        let keys = ids
+            .iter()
+            .map(|id| {
+                HashMap::from([
+                    (
+                        "venue_id".to_owned(),
+                        s(tenant.venue().spread_by(id.as_str())),
+                    ),
+                    ("event_id".to_owned(), s(id.as_str())),
+                ])
+            })
+            .collect();
+        let now = Utc::now().timestamp();
+        self.batch_get_keys(&self.events, keys, false)
+            .await?
+            .into_iter()
+            .map(event_record)
+            .filter(|r| r.as_ref().map_or(true, |r| r.expires_at > now))
+            .collect()
+    }
+
     // ---- events stored whose jobs could not be queued ----
 
     /// Notes that an event was stored but its jobs could not be queued, so that the sweeper

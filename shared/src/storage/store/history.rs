@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 
-use super::deliveries::{history_key, HistoryItem};
+use super::deliveries::{history_item_key, history_key, HistoryItem};
 use super::{s, DeliveryRecord, Page, Store, Tenant};
 use crate::model::domain::DeliveryStatus;
 use crate::model::error::{Error, Result};
@@ -168,14 +168,27 @@ impl Store {
         let (ids, last) = self
             .by_status(tenant, endpoint, status, (from, to), limit, start)
             .await?;
-        let found = self.get_deliveries(tenant, &ids).await?;
-        let mut by_id: HashMap<DeliveryId, DeliveryRecord> = found
-            .into_iter()
-            .map(|d| (d.delivery_id.clone(), d))
-            .collect();
+        // A group's item is in the index while it holds members: they are its records.
+        let keys = ids.iter().map(|id| history_item_key(tenant, id)).collect();
+        let mut by_id: HashMap<String, Vec<DeliveryRecord>> = HashMap::new();
+        for item in self.batch_get_keys(&self.deliveries, keys, false).await? {
+            let (id, records) = match HistoryItem::from_item(item)? {
+                HistoryItem::Single(d) => (d.delivery_id.to_string(), vec![d]),
+                HistoryItem::Group(g) => (g.delivery_id.to_string(), g.members()),
+            };
+            by_id.insert(id, records);
+        }
+        let venue = tenant.venue();
         let records = ids
             .into_iter()
-            .filter_map(|id| by_id.remove(&id).map(|d| (id, d)))
+            .flat_map(|id| {
+                by_id
+                    .remove(id.as_str())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|d| d.venue_id == *venue)
+                    .map(move |d| (id.clone(), d))
+            })
             .collect();
         Ok((records, last))
     }

@@ -43,10 +43,10 @@ mod stats;
 mod venues;
 
 pub use api_keys::{ApiKeyRecord, PortalSessionRecord};
-pub use backlog::{BacklogLoop, Held, Hold, HoldReason, StepClaim};
+pub use backlog::{BacklogLoop, Held, HeldGroup, HeldItem, Hold, HoldReason, StepClaim};
 pub use deliveries::{
     history_partition, AttemptRecord, DeliveryRecord, FailedDelivery, GroupEntry, GroupRecord,
-    Recorded, MAX_KEPT_ATTEMPTS,
+    HeldEntry, Recorded, MAX_KEPT_ATTEMPTS,
 };
 pub use endpoints::FanoutEndpoint;
 pub use events::{EventRecord, UnqueuedNote, NOTE_TRIES};
