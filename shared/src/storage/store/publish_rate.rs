@@ -11,6 +11,14 @@ use crate::model::ids::VenueId;
 /// How long a second's counter is kept (TTL) after its second.
 const KEPT_SECONDS: i64 = 60;
 
+/// The keys of `venue`'s counters that may still be stored at `now` (unix seconds): a
+/// removal deletes them with the venue's keys (they would go by TTL within a minute anyway).
+pub(super) fn publish_counter_keys(venue: &VenueId, now: i64) -> Vec<String> {
+    (now - KEPT_SECONDS - 1..=now + 1)
+        .map(|second| format!("pub#{}#{second}", venue.as_str()))
+        .collect()
+}
+
 impl Store {
     /// Counts one event published by `venue` in the second `second` (unix seconds) if fewer
     /// than `limit` were counted in it: `true`; otherwise `false` and nothing is counted. One

@@ -92,6 +92,16 @@ impl Store {
                 s(id.as_str()),
             )]))?);
         }
+        // Its publishing counters of the last minute (no `venue_id`: not in the index).
+        for key in super::publish_rate::publish_counter_keys(
+            tenant.venue(),
+            chrono::Utc::now().timestamp(),
+        ) {
+            requests.push(delete_request(HashMap::from([(
+                "key_id".to_owned(),
+                s(key.as_str()),
+            )]))?);
+        }
         self.write_batches(&self.api_keys, requests).await?;
         Ok((keys, sessions))
     }
