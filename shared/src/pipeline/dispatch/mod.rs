@@ -633,6 +633,12 @@ impl Dispatcher {
         // ends it, a pending one is attempted when due, and the scheduled attempt's number
         // lets only one copy record (and go on with) each attempt. Standing down whenever the
         // delivery exists would strand a pending delivery whose own job was this copy.
+        if let Some(d) = existing.as_ref().filter(|d| d.in_group && d.held.is_some()) {
+            // A member held in its group's item, reached by a job of its own (its fresh job
+            // came back after an error): it goes on in an item of its own, so the group's
+            // release leaves it out.
+            self.store.move_out_of_group(&tenant, d).await?;
+        }
         if job.released && existing.as_ref().is_none_or(|d| d.held.is_none()) {
             // Attempted meanwhile by another job of it (a release that was repeated).
             return Ok(JobOutcome::Done("released delivery no longer held"));

@@ -755,6 +755,13 @@ impl Store {
             "history_key".into(),
             history_key(tenant, delivery.delivery_id.tag()),
         );
+        // A held member stays in the `by_status` index as pending (and its backlog's).
+        if delivery.status != DeliveryStatus::Succeeded {
+            item.insert(
+                "status_key".into(),
+                s(status_key(tenant, &delivery.endpoint_id, delivery.status)),
+            );
+        }
         // Already moved by a concurrent retry: that copy is as good as this one.
         self.put_new(&self.deliveries, item, "delivery_id").await?;
         let result = self
