@@ -180,6 +180,25 @@ async fn deliveries_held_at_an_open_circuit_show_in_history_and_go_when_a_probe_
         waiting <= 6,
         "{waiting} messages on the queue for 20 held deliveries"
     );
+    // Retried by hand while the receiver still fails: the attempt is recorded, and the
+    // delivery stays held (its backlog still releases it; nothing else would).
+    let tried = held[0]["id"].as_str().unwrap();
+    let (status, answer) = api
+        .post(
+            &format!("/venues/{venue}/deliveries/{tried}/retry"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let (_, after) = api
+        .get(&format!("/venues/{venue}/deliveries/{tried}"))
+        .await;
+    assert_eq!(after["status"], "pending", "{after}");
+    assert_eq!(after["attempt_count"], 1, "{after}");
+    assert_eq!(
+        after["held"]["reason"], "circuit_open",
+        "still held: {after}"
+    );
 
     // The receiver is back: a probe closes the circuit, and every delivery goes; those held
     // go oldest first (a page at a time; a page's attempts run at once).

@@ -510,7 +510,12 @@ impl Store {
              event_type = :type, created_at = if_not_exists(created_at, :now), \
              updated_at = :now, expires_at = :ttl",
         );
-        let mut remove = " REMOVE held";
+        // A manual attempt that fails leaves a held delivery held: no retry is scheduled for
+        // it, so its endpoint's backlog must still release it (it waited for nothing before).
+        let keep_held = rec.scheduled.is_none()
+            && rec.status != DeliveryStatus::Succeeded
+            && rec.previous.is_some_and(|p| p.held.is_some());
+        let mut remove = if keep_held { "" } else { " REMOVE held" };
         let mut conditions: Vec<String> = Vec::new();
         // The attempts: appended; or, when an older answer is to be dropped or the cap is
         // reached, the list written again as it is to be. Either on the count read.
