@@ -10,8 +10,8 @@ use local::capacity::KeyUsage;
 use serde_json::json;
 
 use crate::{
-    create_endpoints, queue_events, receiver, receiver_saying, stack_with, unique, wait_until,
-    BoxError, ADMIN_KEY,
+    admin_get, create_endpoints, queue_events, receiver, receiver_saying, stack_with, unique,
+    wait_until, BoxError, ADMIN_KEY,
 };
 
 /// What a workload spent, key by key, and how much of its work that was (`per`: looks,
@@ -214,7 +214,7 @@ pub async fn failed_for_good(
     let failed_url = format!(
         "{}/venues/{venue}/endpoints/{}/deliveries?status=failed&limit=100",
         stack.api_url,
-        endpoint_id(&http, &stack, &venue).await?
+        endpoint_id(&http, &stack.api_url, &venue).await?
     );
     let mut done = false;
     for _ in 0..240 {
@@ -248,19 +248,8 @@ pub async fn failed_for_good(
 }
 
 /// The id of the venue's only endpoint.
-async fn endpoint_id(
-    http: &reqwest::Client,
-    stack: &local::Stack,
-    venue: &str,
-) -> Result<String, BoxError> {
-    let page: serde_json::Value = http
-        .get(format!("{}/venues/{venue}/endpoints", stack.api_url))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await?
-        .bytes()
-        .await
-        .map(|b| serde_json::from_slice(&b).unwrap_or_default())?;
+async fn endpoint_id(http: &reqwest::Client, api: &str, venue: &str) -> Result<String, BoxError> {
+    let page = admin_get(http, &format!("{api}/venues/{venue}/endpoints")).await?;
     page["data"][0]["id"]
         .as_str()
         .map(str::to_owned)
@@ -441,14 +430,7 @@ pub async fn held_outage(moto: &str, events: usize, outage: Duration) -> Result<
             queue_events(&sqs, &queue, &venues, OPENING).await?;
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             loop {
-                let body = http
-                    .get(format!("{api}/venues/{venue}/endpoints"))
-                    .bearer_auth(ADMIN_KEY)
-                    .send()
-                    .await?
-                    .bytes()
-                    .await?;
-                let list: serde_json::Value = serde_json::from_slice(&body)?;
+                let list = admin_get(&http, &format!("{api}/venues/{venue}/endpoints")).await?;
                 if list["data"][0]["circuit"]["state"] == "open" {
                     break;
                 }
@@ -475,27 +457,12 @@ pub async fn held_outage(moto: &str, events: usize, outage: Duration) -> Result<
             })
             .await
             {
-                let list = http
-                    .get(format!("{api}/venues/{venue}/endpoints"))
-                    .bearer_auth(ADMIN_KEY)
-                    .send()
-                    .await?
-                    .bytes()
-                    .await?;
-                let list: serde_json::Value = serde_json::from_slice(&list)?;
-                let ep = list["data"][0]["id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                let pending = http
-                    .get(format!(
-                        "{api}/venues/{venue}/endpoints/{ep}/deliveries?status=pending"
-                    ))
-                    .bearer_auth(ADMIN_KEY)
-                    .send()
-                    .await?
-                    .text()
-                    .await?;
+                let ep = endpoint_id(&http, &api, &venue).await?;
+                let pending = admin_get(
+                    &http,
+                    &format!("{api}/venues/{venue}/endpoints/{ep}/deliveries?status=pending"),
+                )
+                .await?;
                 return Err(format!(
                     "the backlog was not delivered within 3 minutes of the way back: {} of {all} accepted; pending: {pending}",
                     accepted.load(Ordering::SeqCst)

@@ -278,6 +278,18 @@ async fn queue_events(
     Ok(())
 }
 
+/// A GET of the stack's API with the admin key, its answer as JSON (`null` if it is not).
+async fn admin_get(http: &reqwest::Client, url: &str) -> Result<Value, BoxError> {
+    let body = http
+        .get(url)
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    Ok(serde_json::from_slice(&body).unwrap_or_default())
+}
+
 async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -421,28 +433,22 @@ async fn fanout_run_saying(
     if !delivered {
         // What the first venue's endpoints and histories say, to tell why.
         let mut seen = Vec::new();
-        let list: Value = http
-            .get(format!("{}/venues/{venue}/endpoints", stack.api_url))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await?
-            .bytes()
-            .await
-            .map(|b| serde_json::from_slice(&b).unwrap_or_default())?;
+        let list = admin_get(
+            &http,
+            &format!("{}/venues/{venue}/endpoints", stack.api_url),
+        )
+        .await?;
         for ep in list["data"].as_array().cloned().unwrap_or_default() {
             let id = ep["id"].as_str().unwrap_or_default();
             for status in ["pending", "failed"] {
-                let page: Value = http
-                    .get(format!(
+                let page = admin_get(
+                    &http,
+                    &format!(
                         "{}/venues/{venue}/endpoints/{id}/deliveries?status={status}&limit=5",
                         stack.api_url
-                    ))
-                    .bearer_auth(ADMIN_KEY)
-                    .send()
-                    .await?
-                    .bytes()
-                    .await
-                    .map(|b| serde_json::from_slice(&b).unwrap_or_default())?;
+                    ),
+                )
+                .await?;
                 seen.push(format!("{id} {status}: {}", page["data"]));
             }
             seen.push(format!("{id} circuit: {}", ep["circuit"]));

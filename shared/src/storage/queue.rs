@@ -94,15 +94,28 @@ impl DeliveryJob {
     /// The job of one stored delivery (its event read when it runs), nothing else set: a
     /// replay's or a backlog's release sets what it is.
     pub fn of_stored(venue_id: &VenueId, d: &crate::storage::store::FailedDelivery) -> Self {
-        Self {
-            venue_id: venue_id.clone(),
-            endpoint_id: d.endpoint_id.clone(),
-            deliveries: vec![Queued {
+        Self::bare(
+            venue_id,
+            &d.endpoint_id,
+            vec![Queued {
                 delivery_id: d.delivery_id.clone(),
                 event_id: d.event_id.clone(),
                 event_type: d.event_type.clone(),
                 event: None,
             }],
+        )
+    }
+
+    /// A job of these deliveries, nothing else set.
+    fn bare(
+        venue_id: &VenueId,
+        endpoint_id: &crate::model::ids::EndpointId,
+        deliveries: Vec<Queued>,
+    ) -> Self {
+        Self {
+            venue_id: venue_id.clone(),
+            endpoint_id: endpoint_id.clone(),
+            deliveries,
             first: false,
             resumed: false,
             manual: false,
@@ -118,26 +131,17 @@ impl DeliveryJob {
         endpoint_id: &crate::model::ids::EndpointId,
         g: &crate::storage::store::HeldGroup,
     ) -> Self {
-        Self {
-            venue_id: venue_id.clone(),
-            endpoint_id: endpoint_id.clone(),
-            deliveries: g
-                .held_members
-                .iter()
-                .map(|h| Queued {
-                    delivery_id: g.delivery_id.member(h.i),
-                    event_id: h.e.clone(),
-                    event_type: h.t.clone(),
-                    event: None,
-                })
-                .collect(),
-            first: false,
-            resumed: false,
-            manual: false,
-            held: 0,
-            released: false,
-            paced_at: None,
-        }
+        let deliveries = g
+            .held_members
+            .iter()
+            .map(|h| Queued {
+                delivery_id: g.delivery_id.member(h.i),
+                event_id: h.e.clone(),
+                event_type: h.t.clone(),
+                event: None,
+            })
+            .collect();
+        Self::bare(venue_id, endpoint_id, deliveries)
     }
 
     /// Its fair-queue group: its venue (the system venue's jobs spread by their event).

@@ -184,54 +184,52 @@ impl GroupRecord {
     }
 
     fn held_delivery(&self, entry: &HeldEntry) -> Option<DeliveryRecord> {
-        if self.moved.contains(&entry.i) {
+        let hold = self.held.clone()?;
+        let mut record = self.record(entry.i, (&entry.e, &entry.t), hold.since)?;
+        record.status = DeliveryStatus::Pending;
+        record.held = Some(hold);
+        Some(record)
+    }
+
+    /// The member at `index` as a record with nothing attempted, unless it moved out.
+    fn record(
+        &self,
+        index: usize,
+        (event_id, event_type): (&EventId, &str),
+        updated_at: DateTime<Utc>,
+    ) -> Option<DeliveryRecord> {
+        if self.moved.contains(&index) {
             return None;
         }
-        let hold = self.held.clone()?;
         Some(DeliveryRecord {
-            delivery_id: self.delivery_id.member(entry.i),
+            delivery_id: self.delivery_id.member(index),
             venue_id: self.venue_id.clone(),
             endpoint_id: self.endpoint_id.clone(),
-            event_id: entry.e.clone(),
-            event_type: entry.t.clone(),
+            event_id: event_id.clone(),
+            event_type: event_type.to_owned(),
             status: DeliveryStatus::Pending,
             attempt_count: 0,
             scheduled_attempts: 0,
             created_at: self.created_at,
-            updated_at: hold.since,
+            updated_at,
             last_status_code: None,
             last_error: None,
             next_attempt_at: None,
             expires_at: self.expires_at,
             attempts: Vec::new(),
-            held: Some(hold),
+            held: None,
             in_group: true,
         })
     }
 
     fn delivery(&self, entry: &GroupEntry) -> Option<DeliveryRecord> {
-        if self.moved.contains(&entry.i) {
-            return None;
-        }
-        Some(DeliveryRecord {
-            delivery_id: self.delivery_id.member(entry.i),
-            venue_id: self.venue_id.clone(),
-            endpoint_id: self.endpoint_id.clone(),
-            event_id: entry.e.clone(),
-            event_type: entry.t.clone(),
-            status: DeliveryStatus::Succeeded,
-            attempt_count: 1,
-            scheduled_attempts: 1,
-            created_at: self.created_at,
-            updated_at: entry.at,
-            last_status_code: Some(entry.c),
-            last_error: None,
-            next_attempt_at: None,
-            expires_at: self.expires_at,
-            attempts: vec![entry.attempt()],
-            held: None,
-            in_group: true,
-        })
+        let mut record = self.record(entry.i, (&entry.e, &entry.t), entry.at)?;
+        record.status = DeliveryStatus::Succeeded;
+        record.attempt_count = 1;
+        record.scheduled_attempts = 1;
+        record.last_status_code = Some(entry.c);
+        record.attempts = vec![entry.attempt()];
+        Some(record)
     }
 }
 
