@@ -564,9 +564,10 @@
 
   // Why a pending delivery waits without being attempted, in a few words.
   function heldNote(held) {
-    return held.reason === "endpoint_disabled"
-      ? "Held: kept until the endpoint is enabled"
-      : `Held: the receiver kept failing; next look ${when(held.next_look)}`;
+    if (held.reason === "endpoint_disabled") return "Held: kept until the endpoint is enabled";
+    if (held.reason === "host_not_answering")
+      return `Held: the receiving server is not answering; next look ${when(held.next_look)}`;
+    return `Held: the receiver kept failing; next look ${when(held.next_look)}`;
   }
 
   async function delivery(endpointId, id) {

@@ -33,7 +33,8 @@ pub struct SummaryView<'a> {
 /// Why a pending delivery waits without being attempted, and until when.
 #[derive(Serialize)]
 pub struct HeldView {
-    /// `circuit_open` (the receiver kept failing) or `endpoint_disabled`.
+    /// `circuit_open` (the receiver kept failing), `host_not_answering` (its server answers
+    /// none of the endpoints at it) or `endpoint_disabled`.
     reason: &'static str,
     message: &'static str,
     since: DateTime<Utc>,

@@ -49,12 +49,20 @@ pub struct BreakerPolicy {
     pub rate_min_attempts: u32,
     /// …within this long of its first failure.
     pub rate_window: Duration,
+    /// Different endpoints whose attempts hang (or cannot connect) within one
+    /// `host_window` that put their host on the not-answering list
+    /// ([`crate::delivery::host_breaker`]); 0: no host breaker.
+    pub host_endpoints: u32,
+    pub host_window: Duration,
+    /// How old the not-answering list a deliverer goes by may be.
+    pub host_refresh: Duration,
 }
 
 impl Default for BreakerPolicy {
     /// 5 failures in a row, or half of at least 20 attempts in 5 minutes; 30 s, doubling up to
     /// 10 min; holds up to 15 min; 10 attempts at once at an endpoint whose attempts take more
-    /// than 2 s.
+    /// than 2 s; a host whose attempts hang at 5 different endpoints within a minute is not
+    /// answering (the list of such hosts read at most once a second).
     fn default() -> Self {
         Self {
             threshold: 5,
@@ -68,6 +76,9 @@ impl Default for BreakerPolicy {
             rate_percent: 50,
             rate_min_attempts: 20,
             rate_window: Duration::from_secs(300),
+            host_endpoints: 5,
+            host_window: Duration::from_secs(60),
+            host_refresh: Duration::from_secs(1),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod breaker;
 pub mod destination;
 pub mod envelope;
+pub mod host_breaker;
 pub mod http_client;
 pub mod retry;
 pub mod signing;

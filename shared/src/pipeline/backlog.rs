@@ -10,6 +10,8 @@
 //!   breaker's threshold and doubling up to [`Backlogs::page_max`], a second apart (a
 //!   receiver still down opens its circuit again at its threshold, and the loop waits again
 //!   from the oldest);
+//! - its host is not answering ([`crate::delivery::host_breaker`]): wait for the host's
+//!   cooldown, then release one (the host's probe);
 //! - nothing is held any more (a pass from the oldest finds none): the loop ends, and a check
 //!   a while later starts another if a delivery was held meanwhile by someone who saw this
 //!   loop still running.
@@ -28,9 +30,11 @@ use serde::{Deserialize, Serialize};
 use crate::delivery::breaker::{BreakerPolicy, Circuit, Gate};
 use crate::model::error::{Error, Result};
 use crate::model::ids::{DeliveryId, EndpointId, VenueId};
+use crate::pipeline::hosts::HostWatch;
 use crate::storage::queue::{BacklogMessage, DeliveryJob, Queues};
 use crate::storage::services::Services;
 use crate::storage::store::{HeldItem, StepClaim, Store, Tenant};
+use std::sync::Arc;
 
 /// The wait between two pages of a release: the attempts of one report the endpoint's
 /// health before the next goes.
@@ -98,11 +102,14 @@ pub struct Backlogs {
     /// The most a page releases (`BACKLOG_PAGE_MAX`, 1,000): with a page a second, the
     /// fastest a backlog goes.
     page_max: usize,
+    /// The hosts that are not answering: an endpoint's backlog waits for its host too.
+    hosts: Arc<HostWatch>,
 }
 
 impl Backlogs {
-    pub fn new(services: &Services) -> Self {
+    pub fn new(services: &Services, hosts: Arc<HostWatch>) -> Self {
         Self {
+            hosts,
             store: services.store.clone(),
             queues: services.queues.clone(),
             breaker: services.config.breaker.clone(),
@@ -234,6 +241,22 @@ impl Backlogs {
         .min(self.page_max)
         // A rate-limited endpoint's page a second is its limit (each takes its turn too).
         .min(endpoint.rate_limit.map_or(usize::MAX, |r| r.max(1) as usize));
+        // Its host not answering: the backlog waits for the host's cooldown (spread, so the
+        // backlogs of a thousand endpoints at it do not all look at once), and then one goes
+        // (the host's probe, if no other delivery took it first).
+        let size = match self.hosts.host(&endpoint.url) {
+            Some(host) => match self.hosts.gate(&host, now).await {
+                Gate::Hold(until) => {
+                    let wait = (until - now).to_std().unwrap_or_default().max(PAGE_PAUSE);
+                    let wait = wait + wait.mul_f64(0.1 * rand::random::<f64>());
+                    tracing::info!(venue_id = %task.venue_id, endpoint_id = %id, %host, wait_s = wait.as_secs(), "backlog waits: the host is not answering");
+                    return Ok(Some((task.next(None, 0), wait)));
+                }
+                Gate::Probe => 1,
+                Gate::Pass => size,
+            },
+            None => size,
+        };
         let (page, next) = self
             .store
             .held_page(tenant, id, task.after.as_ref(), size)

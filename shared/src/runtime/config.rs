@@ -261,6 +261,21 @@ impl Config {
                         )?
                         .max(1),
                     ),
+                    host_endpoints: number(
+                        "HOST_BREAKER_ENDPOINTS",
+                        u64::from(defaults.host_endpoints),
+                    )?
+                    .min(10_000) as u32,
+                    host_window: Duration::from_secs(
+                        number(
+                            "HOST_BREAKER_WINDOW_SECONDS",
+                            defaults.host_window.as_secs(),
+                        )?
+                        .max(1),
+                    ),
+                    host_refresh: Duration::from_millis(
+                        number("HOST_LIST_REFRESH_MS", ms(defaults.host_refresh))?.max(1),
+                    ),
                 }
             },
             waits: {

@@ -13,11 +13,12 @@ use chrono::{DateTime, Utc};
 
 use super::Dispatcher;
 use crate::delivery::breaker::{Change, Circuit, Gate};
+use crate::delivery::host_breaker::HostCircuit;
 use crate::model::domain::{rfc3339, Attempt, Endpoint};
 use crate::model::error::Result;
 use crate::model::ids::{EndpointId, VenueId};
 use crate::pipeline::operational::{DisabledBy, OpsEvent};
-use crate::storage::store::Tenant;
+use crate::storage::store::{HoldReason, Tenant};
 
 /// The attempts of a batch at one endpoint.
 #[derive(Debug)]
@@ -44,6 +45,10 @@ pub struct Health {
     looked: Mutex<HashSet<(VenueId, EndpointId)>>,
     /// Endpoints whose half-open circuit's probe a delivery of this batch tried to take.
     probing: Mutex<HashSet<(VenueId, EndpointId)>>,
+    /// Hosts whose probe a delivery of this batch tried to take.
+    host_probing: Mutex<HashSet<String>>,
+    /// Endpoints whose hanging attempt struck their host in this batch already.
+    struck: Mutex<HashSet<(VenueId, EndpointId)>>,
 }
 
 impl Health {
@@ -104,6 +109,20 @@ impl Health {
         })
     }
 
+    /// `true` the first time a delivery of this batch tries to take `host`'s probe.
+    pub fn first_host_probe_try(&self, host: &str) -> bool {
+        self.host_probing
+            .lock()
+            .is_ok_and(|mut probing| probing.insert(host.to_owned()))
+    }
+
+    /// `true` the first time an attempt of this batch at `endpoint` strikes its host.
+    pub fn first_strike(&self, endpoint: &Endpoint) -> bool {
+        self.struck.lock().is_ok_and(|mut struck| {
+            struck.insert((endpoint.venue_id.clone(), endpoint.endpoint_id.clone()))
+        })
+    }
+
     /// Every endpoint's tally, emptying this.
     pub fn take(&self) -> Vec<Tally> {
         self.tallies
@@ -120,13 +139,27 @@ pub(super) enum NotNow {
     Circuit(DateTime<Utc>),
     /// A slow endpoint at its cap: look again after this long.
     Cap(Duration),
+    /// The endpoint's host is not answering (or its probe is out) until then.
+    Host(DateTime<Utc>),
 }
 
-/// A delivery let through to its attempt: whether it is the circuit's probe, and the lease
-/// slot it holds at a slow endpoint (slot, lease end in unix ms).
+impl NotNow {
+    /// Why a delivery held so waits.
+    pub(super) fn reason(self) -> HoldReason {
+        match self {
+            NotNow::Host(_) => HoldReason::HostNotAnswering,
+            NotNow::Circuit(_) | NotNow::Cap(_) => HoldReason::CircuitOpen,
+        }
+    }
+}
+
+/// A delivery let through to its attempt: whether it is the circuit's probe, whether it is
+/// its host's probe, and the lease slot it holds at a slow endpoint (slot, lease end in unix
+/// ms).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Admitted {
     pub(super) probed: bool,
+    pub(super) host_probe: bool,
     pub(super) slot: Option<(u32, i64)>,
 }
 
@@ -164,9 +197,17 @@ impl Dispatcher {
                 true
             }
         };
+        let host_probe = match self.host_pass(endpoint, health, (now, lease)).await? {
+            Ok(host_probe) => host_probe,
+            Err(until) => return Ok(Err(NotNow::Host(until))),
+        };
         let slow = endpoint.slow_until.is_some_and(|until| until > now);
         if !slow {
-            return Ok(Ok(Admitted { probed, slot: None }));
+            return Ok(Ok(Admitted {
+                probed,
+                host_probe,
+                slot: None,
+            }));
         }
         // The slots free by one read; a try at up to two of them (another deliverer may take
         // one first); all taken: wait while the others finish, having written nothing.
@@ -190,6 +231,7 @@ impl Dispatcher {
             {
                 return Ok(Ok(Admitted {
                     probed,
+                    host_probe,
                     slot: Some((slot, lease.timestamp_millis())),
                 }));
             }
@@ -197,6 +239,151 @@ impl Dispatcher {
         let wait = self.breaker.cap_wait(held, rand::random::<f64>());
         tracing::info!(venue_id = %tenant.venue(), endpoint_id = %endpoint.endpoint_id, slots, wait_ms = wait.as_millis() as u64, "slow endpoint at its concurrency cap; held");
         Ok(Err(NotNow::Cap(wait)))
+    }
+
+    /// Whether the endpoint's host lets a delivery through: `Ok(false)` it answers,
+    /// `Ok(true)` this delivery is the probe of a host whose cooldown is over, `Err(until)`
+    /// it is not answering (or another delivery probes it) until then.
+    async fn host_pass(
+        &self,
+        endpoint: &Endpoint,
+        health: &Health,
+        (now, lease): (DateTime<Utc>, DateTime<Utc>),
+    ) -> Result<std::result::Result<bool, DateTime<Utc>>> {
+        let Some(host) = self.hosts.host(&endpoint.url) else {
+            return Ok(Ok(false));
+        };
+        match self.hosts.gate(&host, now).await {
+            Gate::Pass => Ok(Ok(false)),
+            Gate::Hold(until) => {
+                tracing::debug!(endpoint_id = %endpoint.endpoint_id, %host, %until, "not attempted: the host is not answering");
+                Ok(Err(until))
+            }
+            Gate::Probe => {
+                if !health.first_host_probe_try(&host)
+                    || !self.store.take_host_probe(&host, now, lease).await?
+                {
+                    return Ok(Err(lease));
+                }
+                if let Some(c) = self.hosts.circuit(&host).await {
+                    self.hosts.note(
+                        &host,
+                        Some(HostCircuit {
+                            probe_until: Some(lease),
+                            ..c
+                        }),
+                    );
+                }
+                tracing::info!(endpoint_id = %endpoint.endpoint_id, %host, "host not answering, cooldown over: this delivery is its probe");
+                Ok(Ok(true))
+            }
+        }
+    }
+
+    /// An attempt at `endpoint` has no answer after `slow_after` (or could not connect):
+    /// a strike at its host, once a batch per endpoint. `true`: the host is not answering
+    /// (it was on the list, or this strike put it there), and an attempt still waiting there
+    /// may stop.
+    pub(super) async fn strike(&self, endpoint: &Endpoint, health: &Health) -> bool {
+        let Some(host) = self.hosts.host(&endpoint.url) else {
+            return false;
+        };
+        if self.hosts.circuit(&host).await.is_some() {
+            return true;
+        }
+        if !health.first_strike(endpoint) {
+            return false;
+        }
+        let now = Utc::now();
+        let window = self.breaker.host_window_of(now);
+        let cap = self.breaker.host_endpoints;
+        let struck = match self
+            .store
+            .strike_host(&host, endpoint.endpoint_id.as_str(), (window, cap), now)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(%host, error = %e, "could not strike the host");
+                return false;
+            }
+        };
+        if !self.breaker.host_trips(struck) {
+            return false;
+        }
+        let circuit = self.breaker.host_open(1, rand::random::<f64>(), now);
+        match self.store.open_host(&host, &circuit).await {
+            Ok(opened) => {
+                if opened {
+                    tracing::warn!(%host, endpoints = struck, until = %circuit.open_until, "host not answering: attempts at it stop waiting, and deliveries to its endpoints are held until a probe gets an answer");
+                    self.hosts.note(&host, Some(circuit));
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(%host, error = %e, "could not put the host on the not-answering list");
+                false
+            }
+        }
+    }
+
+    /// An attempt still waiting after `slow_after`: it strikes its host, then waits for its
+    /// answer while the host is answering others; `None` once the host is not answering (by
+    /// this strike, or by the list a second old at most), and the attempt stops waiting.
+    pub(super) async fn wait_or_stop<F: std::future::Future>(
+        &self,
+        send: &mut std::pin::Pin<&mut F>,
+        endpoint: &Endpoint,
+        health: &Health,
+    ) -> Option<F::Output> {
+        if self.strike(endpoint, health).await {
+            return None;
+        }
+        let Some(host) = self.hosts.host(&endpoint.url) else {
+            return Some(send.await);
+        };
+        let look = (self.breaker.host_refresh / 4).max(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                sent = send.as_mut() => return Some(sent),
+                () = tokio::time::sleep(look) => {}
+                () = self.hosts.listed() => {}
+            }
+            if self.hosts.circuit(&host).await.is_some() {
+                return None;
+            }
+        }
+    }
+
+    /// After a host's probe: an answer of any kind takes it off the list; none opens it
+    /// again for twice as long.
+    pub(super) async fn host_probed(&self, endpoint: &Endpoint, answered: bool) {
+        let Some(host) = self.hosts.host(&endpoint.url) else {
+            return;
+        };
+        let now = Utc::now();
+        let again = match (answered, self.hosts.circuit(&host).await) {
+            (false, Some(c)) => Some(self.breaker.host_open(
+                c.opens + 1,
+                rand::random::<f64>(),
+                now,
+            )),
+            (false, None) => Some(self.breaker.host_open(1, rand::random::<f64>(), now)),
+            (true, _) => None,
+        };
+        match self.store.after_host_probe(&host, again.as_ref()).await {
+            Ok(()) => {
+                if answered {
+                    tracing::warn!(%host, "host answers again: its endpoints' deliveries go");
+                } else {
+                    tracing::info!(%host, "host probe got no answer; not answering for longer");
+                }
+                self.hosts.note(&host, again);
+            }
+            Err(e) => {
+                tracing::warn!(%host, error = %e, "could not record the host's probe");
+            }
+        }
     }
 
     /// Marks a slow endpoint as such (once a batch, and not again while the mark stands),

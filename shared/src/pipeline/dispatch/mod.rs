@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::delivery::breaker::BreakerPolicy;
-use crate::delivery::http_client::{text_excerpt, DeliveryClient};
+use crate::delivery::http_client::{text_excerpt, DeliveryClient, ErrorClass};
 use crate::model::domain::{Attempt, DeliveryStatus, Endpoint, Event, Trigger};
 use crate::model::error::{Error, Result};
 use crate::pipeline::backlog::Backlogs;
+use crate::pipeline::hosts::HostWatch;
 use crate::pipeline::operational::{DisabledBy, Notifier, OpsEvent};
 use crate::runtime::metrics::{Counter, Metrics};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::delivery::retry::{Decision, Outcome, RetryPolicy};
 use crate::model::ids::{DeliveryId, EndpointId, VenueId};
@@ -136,6 +138,8 @@ pub struct Dispatcher {
     ops: Notifier,
     /// Where deliveries held at an open circuit or a disabled endpoint wait.
     backlog: Backlogs,
+    /// The hosts that are not answering.
+    hosts: Arc<HostWatch>,
     /// What this process's attempts did, until its function flushes it ([`crate::runtime::metrics`]).
     metrics: std::sync::Arc<Metrics>,
 }
@@ -143,6 +147,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(services: &Services, http: DeliveryClient) -> Self {
         let config = &services.config;
+        let hosts = HostWatch::new(services.store.clone(), config.breaker.clone());
         Self {
             store: services.store.clone(),
             sealer: services.sealer.clone(),
@@ -150,7 +155,8 @@ impl Dispatcher {
             policy: config.retry.clone(),
             breaker: config.breaker.clone(),
             ops: Notifier::new(services),
-            backlog: Backlogs::new(services),
+            backlog: Backlogs::new(services, hosts.clone()),
+            hosts,
             metrics: std::sync::Arc::default(),
         }
     }
@@ -542,13 +548,9 @@ impl Dispatcher {
         {
             Ok(admitted) => admitted,
             Err(NotNow::Cap(wait)) => return Ok(First::Held(wait)),
-            Err(NotNow::Circuit(until)) => {
+            Err(not_now @ (NotNow::Circuit(until) | NotNow::Host(until))) => {
                 batch.circuit_hold(self, tenant, endpoint, until).await?;
-                return Ok(kept(
-                    delivery_id,
-                    event,
-                    (HoldReason::CircuitOpen, Some(until)),
-                ));
+                return Ok(kept(delivery_id, event, (not_now.reason(), Some(until))));
             }
         };
         // Admission may have taken a while (a lease write): still in time?
@@ -701,13 +703,13 @@ impl Dispatcher {
         {
             Ok(admitted) => admitted,
             Err(NotNow::Cap(wait)) => return Ok(JobOutcome::Held(wait)),
-            Err(NotNow::Circuit(until)) => {
+            Err(not_now @ (NotNow::Circuit(until) | NotNow::Host(until))) => {
                 let held = self
                     .hold(
                         &tenant,
                         &endpoint,
                         job_target,
-                        (HoldReason::CircuitOpen, Some(until)),
+                        (not_now.reason(), Some(until)),
                     )
                     .await?;
                 batch.circuit_hold(self, &tenant, &endpoint, until).await?;
@@ -776,7 +778,7 @@ impl Dispatcher {
         {
             Ok(admitted) => admitted,
             // A replay paces itself by the circuit: its attempt waits on the queue.
-            Err(NotNow::Circuit(until)) => {
+            Err(NotNow::Circuit(until) | NotNow::Host(until)) => {
                 return Ok(JobOutcome::Held(self.breaker.hold_wait(
                     until,
                     job.held,
@@ -823,16 +825,35 @@ impl Dispatcher {
         batch.sent();
         let send = self.send(endpoint, event, Trigger::Scheduled, number, now);
         tokio::pin!(send);
+        let started = Instant::now();
         let sent = tokio::select! {
             sent = &mut send => sent,
             () = tokio::time::sleep(self.breaker.slow_after) => {
                 self.mark_slow(tenant, endpoint, batch.health).await;
-                send.await
+                if admitted.host_probe {
+                    // The host's probe waits its full time: an answer of any kind is news.
+                    send.await
+                } else {
+                    match self.wait_or_stop(&mut send, endpoint, batch.health).await {
+                        Some(sent) => sent,
+                        None => Ok(self.stopped_waiting(endpoint, number, now, started.elapsed())),
+                    }
+                }
             }
         };
 
         self.unadmit(tenant, endpoint, &admitted).await;
         let (attempt, response) = sent?;
+        let unanswered = matches!(
+            response.error.as_ref().map(|(c, _)| c),
+            Some(ErrorClass::Timeout | ErrorClass::Connect)
+        ) && response.status_code.is_none();
+        if admitted.host_probe {
+            self.host_probed(endpoint, !unanswered).await;
+        } else if unanswered {
+            // A refused connection tells on the host too (a timeout struck already).
+            self.strike(endpoint, batch.health).await;
+        }
         let decision = self.policy.decide(
             number,
             &Outcome::of(&response, now),

@@ -58,6 +58,43 @@ impl Dispatcher {
             ),
             Err(e) => return Err(e),
         };
+        Ok(self.described(response, trigger, attempt_number, now))
+    }
+
+    /// An attempt at a host that is not answering, stopped after `waited` without an answer
+    /// (so that it does not hold its invocation for the whole timeout): a timeout.
+    pub(super) fn stopped_waiting(
+        &self,
+        endpoint: &Endpoint,
+        attempt_number: u32,
+        now: DateTime<Utc>,
+        waited: std::time::Duration,
+    ) -> (Attempt, Response) {
+        let host = crate::delivery::host_breaker::host_of(&endpoint.url).unwrap_or_default();
+        let response = Response {
+            status_code: None,
+            duration: waited,
+            error: Some((
+                ErrorClass::Timeout,
+                format!(
+                    "no answer after {:.1} s, and {host} answers none of its other endpoints either: stopped waiting (a timeout; retried once the host answers again)",
+                    waited.as_secs_f64()
+                ),
+            )),
+            body_excerpt: None,
+            retry_after: None,
+        };
+        self.described(response, Trigger::Scheduled, attempt_number, now)
+    }
+
+    /// The attempt that describes `response`, counted in the metrics.
+    fn described(
+        &self,
+        response: Response,
+        trigger: Trigger,
+        attempt_number: u32,
+        now: DateTime<Utc>,
+    ) -> (Attempt, Response) {
         let attempt = Attempt {
             attempt: attempt_number,
             at: now,
@@ -80,7 +117,7 @@ impl Dispatcher {
         };
         // Every attempt, whatever started it (schedule, retry, replay, test).
         self.metrics.attempt(&attempt);
-        Ok((attempt, response))
+        (attempt, response)
     }
 }
 

@@ -30,6 +30,9 @@ pub enum HoldReason {
     CircuitOpen,
     /// The endpoint is disabled: its events are kept for it until it is enabled again.
     EndpointDisabled,
+    /// The endpoint's host answers none of its endpoints (a receiver shared by many, down):
+    /// one probe at the host looks again ([`crate::delivery::host_breaker`]).
+    HostNotAnswering,
 }
 
 impl HoldReason {
@@ -37,6 +40,7 @@ impl HoldReason {
         match self {
             HoldReason::CircuitOpen => "circuit_open",
             HoldReason::EndpointDisabled => "endpoint_disabled",
+            HoldReason::HostNotAnswering => "host_not_answering",
         }
     }
 
@@ -48,6 +52,9 @@ impl HoldReason {
             }
             HoldReason::EndpointDisabled => {
                 "held: the endpoint is disabled; this event is kept for it and sent when the endpoint is enabled again"
+            }
+            HoldReason::HostNotAnswering => {
+                "held: the receiving server is not answering this endpoint nor the others at the same address; it is tried again at the next look, and once it answers the held deliveries go, oldest first"
             }
         }
     }

@@ -34,6 +34,7 @@ mod endpoints;
 mod events;
 mod exhausted;
 mod history;
+mod hosts;
 mod pacing;
 mod publish_rate;
 mod replays;

@@ -1,0 +1,181 @@
+//! The breakers of destination hosts ([`crate::delivery::host_breaker`]): two kinds of small
+//! item in the deliveries table, under keys no venue's history uses (`~…`; venue ids are
+//! `[A-Za-z0-9_-]`):
+//!
+//! - a host's strikes of one window (`~host#{host}`, `strikes#{window}`): the set of
+//!   endpoints whose attempts hung there, at most `cap` of them (so a write stays one unit
+//!   however many endpoints hang), expiring a day later;
+//! - the not-answering list (`~hosts`, `not_answering`): one attribute per host on it
+//!   (`h_{host}`: until when it is open, how many times in a row, a probe's lease). Every
+//!   deliverer reads it at most once a second (half a read unit); it is written only when a
+//!   host trips, is probed, or answers again.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::{is_conditional_failure, n, s, written, Store};
+use crate::delivery::host_breaker::HostCircuit;
+use crate::model::error::{Error, Result};
+
+const LIST: &str = "~hosts";
+const LIST_SORT: &str = "not_answering";
+
+fn list_key() -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        ("history_key".to_owned(), s(LIST)),
+        ("delivery_id".to_owned(), s(LIST_SORT)),
+    ])
+}
+
+fn attr(host: &str) -> String {
+    format!("h_{host}")
+}
+
+fn ms(at: DateTime<Utc>) -> AttributeValue {
+    n(at.timestamp_millis())
+}
+
+fn circuit_of(value: &AttributeValue) -> Option<HostCircuit> {
+    let m = value.as_m().ok()?;
+    let at = |k: &str| -> Option<DateTime<Utc>> {
+        let ms: i64 = m.get(k)?.as_n().ok()?.parse().ok()?;
+        Utc.timestamp_millis_opt(ms).single()
+    };
+    Some(HostCircuit {
+        open_until: at("u")?,
+        opens: m.get("o")?.as_n().ok()?.parse().ok()?,
+        probe_until: at("p"),
+    })
+}
+
+fn circuit_value(c: &HostCircuit) -> AttributeValue {
+    let mut m = HashMap::from([
+        ("u".to_owned(), ms(c.open_until)),
+        ("o".to_owned(), n(c.opens)),
+    ]);
+    if let Some(p) = c.probe_until {
+        m.insert("p".to_owned(), ms(p));
+    }
+    AttributeValue::M(m)
+}
+
+impl Store {
+    /// The not-answering list: each host on it and its circuit (one eventually consistent
+    /// read of a small item).
+    pub async fn hosts_not_answering(&self) -> Result<HashMap<String, HostCircuit>> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.deliveries)
+            .set_key(Some(list_key()))
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        Ok(out
+            .item
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("h_")?.to_owned(), circuit_of(v)?)))
+            .collect())
+    }
+
+    /// A strike at `host` by `endpoint` in window `window`: how many different endpoints
+    /// struck in it so far (`cap` when that many had already: the write is refused, and
+    /// costs one unit, so the item never grows past `cap` ids).
+    pub async fn strike_host(
+        &self,
+        host: &str,
+        endpoint: &str,
+        (window, cap): (i64, u32),
+        now: DateTime<Utc>,
+    ) -> Result<usize> {
+        let result = self
+            .ddb
+            .update_item()
+            .table_name(&self.deliveries)
+            .key("history_key", s(format!("~host#{host}")))
+            .key("delivery_id", s(format!("strikes#{window}")))
+            .update_expression("ADD endpoints :e SET expires_at = :exp")
+            .condition_expression("attribute_not_exists(endpoints) OR size(endpoints) < :cap OR contains(endpoints, :one)")
+            .expression_attribute_values(":e", AttributeValue::Ss(vec![endpoint.to_owned()]))
+            .expression_attribute_values(":one", s(endpoint))
+            .expression_attribute_values(":cap", n(cap.max(1)))
+            .expression_attribute_values(":exp", n((now + chrono::Duration::days(1)).timestamp()))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(out
+                .attributes
+                .as_ref()
+                .and_then(|a| a.get("endpoints"))
+                .and_then(|v| v.as_ss().ok())
+                .map_or(1, Vec::len)),
+            Err(e) if is_conditional_failure(&e) => Ok(cap as usize),
+            Err(e) => Err(Error::aws("dynamodb", e)),
+        }
+    }
+
+    /// Puts `host` on the list as `circuit`, unless it is on it already: `true` if this
+    /// write did.
+    pub async fn open_host(&self, host: &str, circuit: &HostCircuit) -> Result<bool> {
+        let result = self
+            .ddb
+            .update_item()
+            .table_name(&self.deliveries)
+            .set_key(Some(list_key()))
+            .update_expression("SET #h = :c")
+            .condition_expression("attribute_not_exists(#h)")
+            .expression_attribute_names("#h", attr(host))
+            .expression_attribute_values(":c", circuit_value(circuit))
+            .send()
+            .await;
+        written(result)
+    }
+
+    /// Takes the probe of a host whose cooldown is over, until `lease`: `true` if this
+    /// delivery is the probe.
+    pub async fn take_host_probe(
+        &self,
+        host: &str,
+        now: DateTime<Utc>,
+        lease: DateTime<Utc>,
+    ) -> Result<bool> {
+        let result = self
+            .ddb
+            .update_item()
+            .table_name(&self.deliveries)
+            .set_key(Some(list_key()))
+            .update_expression("SET #h.p = :lease")
+            .condition_expression(
+                "attribute_exists(#h) AND #h.u <= :now AND (attribute_not_exists(#h.p) OR #h.p < :now)",
+            )
+            .expression_attribute_names("#h", attr(host))
+            .expression_attribute_values(":now", ms(now))
+            .expression_attribute_values(":lease", ms(lease))
+            .send()
+            .await;
+        written(result)
+    }
+
+    /// After a host's probe: `None`, it answered (off the list); `Some`, it did not (open
+    /// again so).
+    pub async fn after_host_probe(&self, host: &str, again: Option<&HostCircuit>) -> Result<()> {
+        let update = self
+            .ddb
+            .update_item()
+            .table_name(&self.deliveries)
+            .set_key(Some(list_key()))
+            .condition_expression("attribute_exists(#h)")
+            .expression_attribute_names("#h", attr(host));
+        let update = match again {
+            None => update.update_expression("REMOVE #h"),
+            Some(c) => update
+                .update_expression("SET #h = :c")
+                .expression_attribute_values(":c", circuit_value(c)),
+        };
+        written(update.send().await).map(|_| ())
+    }
+}
