@@ -327,30 +327,45 @@ impl Dispatcher {
         }
     }
 
-    /// An attempt still waiting after `slow_after`: it strikes its host, then waits for its
-    /// answer while the host is answering others; `None` once the host is not answering (by
-    /// this strike, or by the list a second old at most), and the attempt stops waiting.
-    pub(super) async fn wait_or_stop<F: std::future::Future>(
+    /// Waits for an attempt's answer (`send`), and meanwhile: once it has run `slow_after`,
+    /// marks the endpoint slow and strikes its host; `None` as soon as the host is not
+    /// answering (this strike put it on the list, or the list says so, a second old at most):
+    /// the attempt stops waiting. A host's probe (`host_probe`) waits its full time: an answer
+    /// of any kind is news.
+    pub(super) async fn watched<F: std::future::Future>(
         &self,
         send: &mut std::pin::Pin<&mut F>,
+        tenant: &Tenant,
         endpoint: &Endpoint,
-        health: &Health,
+        (health, host_probe): (&Health, bool),
     ) -> Option<F::Output> {
-        if self.strike(endpoint, health).await {
-            return None;
-        }
-        let Some(host) = self.hosts.host(&endpoint.url) else {
-            return Some(send.await);
+        let host = if host_probe {
+            None
+        } else {
+            self.hosts.host(&endpoint.url)
         };
+        let slow = tokio::time::sleep(self.breaker.slow_after);
+        tokio::pin!(slow);
+        let mut slow_seen = false;
         let look = (self.breaker.host_refresh / 4).max(Duration::from_millis(50));
         loop {
             tokio::select! {
                 sent = send.as_mut() => return Some(sent),
-                () = tokio::time::sleep(look) => {}
-                () = self.hosts.listed() => {}
+                () = &mut slow, if !slow_seen => {
+                    slow_seen = true;
+                    self.mark_slow(tenant, endpoint, health).await;
+                    if host.is_some() && self.strike(endpoint, health).await {
+                        return None;
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep(look), if host.is_some() => {}
+                () = self.hosts.listed(), if host.is_some() => {}
             }
-            if self.hosts.circuit(&host).await.is_some() {
-                return None;
+            if let Some(host) = &host {
+                if self.hosts.circuit(host).await.is_some() {
+                    return None;
+                }
             }
         }
     }

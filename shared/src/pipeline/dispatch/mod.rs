@@ -812,7 +812,8 @@ impl Dispatcher {
     }
 
     /// Sends one scheduled attempt and decides what follows it. An attempt still running
-    /// after `slow_after` marks its endpoint slow; a lease slot it holds is freed after.
+    /// after `slow_after` marks its endpoint slow and strikes its host; one at a host that is
+    /// not answering stops waiting; a lease slot it holds is freed after.
     async fn attempt(
         &self,
         tenant: &Tenant,
@@ -826,20 +827,12 @@ impl Dispatcher {
         let send = self.send(endpoint, event, Trigger::Scheduled, number, now);
         tokio::pin!(send);
         let started = Instant::now();
-        let sent = tokio::select! {
-            sent = &mut send => sent,
-            () = tokio::time::sleep(self.breaker.slow_after) => {
-                self.mark_slow(tenant, endpoint, batch.health).await;
-                if admitted.host_probe {
-                    // The host's probe waits its full time: an answer of any kind is news.
-                    send.await
-                } else {
-                    match self.wait_or_stop(&mut send, endpoint, batch.health).await {
-                        Some(sent) => sent,
-                        None => Ok(self.stopped_waiting(endpoint, number, now, started.elapsed())),
-                    }
-                }
-            }
+        let sent = match self
+            .watched(&mut send, tenant, endpoint, (batch.health, admitted.host_probe))
+            .await
+        {
+            Some(sent) => sent,
+            None => Ok(self.stopped_waiting(endpoint, number, now, started.elapsed())),
         };
 
         self.unadmit(tenant, endpoint, &admitted).await;
