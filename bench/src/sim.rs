@@ -6,8 +6,10 @@
 //! every request until the 15 s timeout. What it reports: SQS in-flight messages, retries
 //! pending (delayed on the queue, or in the retries table), requests sent to the dead
 //! receiver, the other venues' publish-to-attempt time, and when everything is delivered
-//! after the receiver is back. The same day is run twice: as built, and as it was before
-//! (no breaker, every waiting retry in flight) for comparison.
+//! after the receiver is back, and what the day costs beyond a normal one. The same day is
+//! run three times: as built; with per-endpoint breakers alone (held deliveries re-queued,
+//! as built until 2026-12-05); and as it was before any breaker (every waiting retry in
+//! flight).
 //!
 //! ```sh
 //! cargo run --release -p bench --bin popup-sim            # the day of SCALE.md
@@ -24,6 +26,18 @@
 //! - SQS fair queues serve the venues with little backlog first: healthy venues' jobs go
 //!   before the receiver's backlog. Their publish-to-attempt time is the 1 s batching window
 //!   plus the time to serve the healthy backlog ahead of them.
+//! - The host breaker ([`shared::delivery::host_breaker`]): it trips once attempts at one
+//!   sampled endpoint (a hundred real ones, past the 5 it takes) have hung `slow_after`, and
+//!   every deliverer knows `host_refresh` later (the one that tripped it knows at once):
+//!   attempts still waiting there stop then; from then on deliveries to its endpoints are
+//!   held once in their endpoint's backlog, and one probe per host cooldown (with the full
+//!   timeout) looks. Once one is answered, each endpoint's loop releases its backlog in pages
+//!   (its breaker's threshold, doubling to 1,000 a second), as deliver's spare capacity
+//!   allows.
+//! - The day's cost beyond a normal day counts held deliveries, loop steps, failed attempts
+//!   and the invocation time the dead receiver holds, in units each ([`HELD`], [`LOOP_STEP`],
+//!   [`FAILED`]; derived from the write path), at `popup-bench`'s prices, against a normal
+//!   day at `make bench`'s fan-out 1 cost.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -31,6 +45,11 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use shared::delivery::breaker::{BreakerPolicy, Change, Circuit, Gate};
 use shared::delivery::retry::{Decision, Outcome, RetryPolicy};
+
+/// The prices of `popup-bench`'s cost model.
+#[allow(dead_code)]
+#[path = "cost.rs"]
+mod cost;
 
 /// SQS's in-flight limit per standard queue.
 const IN_FLIGHT_LIMIT: f64 = 120_000.0;
@@ -51,6 +70,9 @@ struct Day {
     max_queue_delay: u64,
     /// As built (`true`), or before: no breaker, waits in flight.
     built: bool,
+    /// With the host breaker and backlog loops (`false`: per-endpoint breakers only, held
+    /// deliveries re-queued, as built until 2026-12-05).
+    host_breaker: bool,
 }
 
 impl Day {
@@ -67,6 +89,7 @@ impl Day {
             healthy_batch_secs: 0.3,
             max_queue_delay: 900,
             built: true,
+            host_breaker: true,
         }
     }
 
@@ -97,8 +120,30 @@ struct Endpoint {
     circuit: Circuit,
     slow_until: Option<u64>,
     due: BTreeMap<u64, Vec<Cohort>>,
-    /// Attempts under way: (second they end, how many, failed?, one of them the probe?).
-    running: VecDeque<(u64, f64, bool, bool)>,
+    /// Attempts under way: (second they end, how many, failed?, one of them the probe?,
+    /// second they started).
+    running: VecDeque<(u64, f64, bool, bool, u64)>,
+    /// Deliveries held (recorded once) waiting for the endpoint's backlog loop.
+    backlog: f64,
+    /// The loop's last page.
+    page: f64,
+}
+
+/// The receiver's host breaker (as built): when it tripped, when deliverers know, its
+/// cooldown, a probe under way (second it ends, answered?), and when it answered again.
+#[derive(Default, Debug)]
+struct Host {
+    known_at: Option<u64>,
+    open_until: u64,
+    opens: u32,
+    probe: Option<(u64, bool)>,
+    closed_at: Option<u64>,
+}
+
+impl Host {
+    fn listed(&self, t: u64) -> bool {
+        self.known_at.is_some_and(|k| k <= t) && self.closed_at.is_none()
+    }
 }
 
 #[derive(Default, Debug)]
@@ -116,6 +161,16 @@ struct Figures {
     caught_up_after: Option<u64>,
     failed_for_good: f64,
     peak_table_writes_per_sec: f64,
+    /// The other venues' worst publish-to-attempt in the outage's first minute (s).
+    worst_first_minute: f64,
+    /// Deliveries held (recorded once, waiting in their endpoint's backlog).
+    held_once: f64,
+    /// Steps of backlog loops (a task on the queue each).
+    loop_steps: f64,
+    /// Attempts at the dead receiver, failed (each recorded with its retry).
+    failed_attempts: f64,
+    /// Invocation-seconds held by attempts at the dead receiver.
+    dead_invocation_secs: f64,
 }
 
 /// A deterministic draw in [0, 1) (the jitter), so that runs repeat.
@@ -159,8 +214,12 @@ fn run(day: &Day) -> Figures {
             slow_until: None,
             due: BTreeMap::new(),
             running: VecDeque::new(),
+            backlog: 0.0,
+            page: 0.0,
         })
         .collect();
+    let mut host = Host::default();
+    let host_breaker = day.built && day.host_breaker && breaker.host_endpoints > 0;
     let mut draws = Draws(7);
     let mut f = Figures::default();
     // The other venues' jobs waiting for deliver: (second published, how many); and how
@@ -180,10 +239,22 @@ fn run(day: &Day) -> Figures {
         let (mut in_table, mut delayed, mut pending) = (0.0, 0.0, 0.0);
         let mut table_writes = 0.0;
         let mut attempts_running = 0.0;
+        if host_breaker {
+            step_host(
+                &mut host,
+                &mut endpoints,
+                &breaker,
+                day,
+                t,
+                &mut draws,
+                &mut f,
+            );
+        }
+        let listed = host.listed(t);
         for ep in &mut endpoints {
             // Attempts that end now tell the breaker what happened.
             while ep.running.front().is_some_and(|r| r.0 <= t) {
-                let (_, n, failed, probed) = ep.running.pop_front().unwrap_or_default();
+                let (_, n, failed, probed, _) = ep.running.pop_front().unwrap_or_default();
                 let counts = if failed {
                     (0, n.ceil() as u32, false)
                 } else {
@@ -210,7 +281,16 @@ fn run(day: &Day) -> Figures {
                 held: 0,
                 count: per_endpoint,
             });
-            let due: Vec<Cohort> = ep.due.remove(&t).unwrap_or_default();
+            if host_breaker && !listed && ep.backlog > 0.0 {
+                release(ep, &breaker, (t, now), scale, &mut f);
+            }
+            let mut due: Vec<Cohort> = ep.due.remove(&t).unwrap_or_default();
+            if listed {
+                // The host is not answering: held once, in the endpoint's backlog.
+                let n: f64 = due.drain(..).map(|c| c.count).sum();
+                ep.backlog += n;
+                f.held_once += n * scale;
+            }
             let in_flight_here: f64 = ep.running.iter().map(|r| r.1).sum();
             let mut free_slots = if ep.slow_until.is_some_and(|s| s > t) {
                 (breaker.max_concurrent as f64 - in_flight_here).max(0.0)
@@ -222,6 +302,11 @@ fn run(day: &Day) -> Figures {
                 let mut probed = false;
                 match breaker.gate(&ep.circuit, now) {
                     Gate::Pass => {}
+                    Gate::Hold(_) if host_breaker => {
+                        ep.backlog += count;
+                        f.held_once += count * scale;
+                        continue;
+                    }
                     Gate::Hold(until) => {
                         hold(
                             ep,
@@ -286,12 +371,13 @@ fn run(day: &Day) -> Figures {
                     continue;
                 }
                 if !down {
-                    ep.running.push_back((t, admitted, false, probed));
+                    ep.running.push_back((t, admitted, false, probed, t));
                     continue;
                 }
                 f.requests_to_dead += admitted * scale;
+                f.failed_attempts += admitted * scale;
                 let ends = t + day.timeout_secs;
-                ep.running.push_back((ends, admitted, true, probed));
+                ep.running.push_back((ends, admitted, true, probed, t));
                 if t + breaker.slow_after.as_secs() < ends {
                     ep.slow_until =
                         Some(t + breaker.slow_after.as_secs() + breaker.slow_for.as_secs());
@@ -320,6 +406,7 @@ fn run(day: &Day) -> Figures {
             }
             attempts_running += ep.running.iter().filter(|r| r.2).map(|r| r.1).sum::<f64>();
             if count_now {
+                pending += ep.backlog;
                 for (due_at, cohorts) in &ep.due {
                     let n: f64 = cohorts.iter().map(|c| c.count).sum();
                     pending += n;
@@ -333,6 +420,7 @@ fn run(day: &Day) -> Figures {
         }
         // Deliver's invocations: each attempt at the dead receiver holds one for the timeout.
         let busy_dead = (attempts_running * scale).min(day.concurrency);
+        f.dead_invocation_secs += busy_dead;
         let free = day.concurrency - busy_dead;
         let service = free * 10.0 / day.healthy_batch_secs;
         healthy_queue.push_back((t, healthy_rate));
@@ -356,6 +444,10 @@ fn run(day: &Day) -> Figures {
                 healthy_queue.pop_front();
             }
         }
+        // Those still waiting count too (none served in a second is not a fast second).
+        if let Some(front) = healthy_queue.front() {
+            worst_now = worst_now.max(t - front.0 + 1);
+        }
         spare_per_endpoint = capacity.max(0.0) / day.shared_endpoints;
         let mut in_flight = busy_dead * 10.0 + (service - capacity) * day.healthy_batch_secs;
         if !day.built {
@@ -373,13 +465,17 @@ fn run(day: &Day) -> Figures {
         }
         f.peak_table_writes_per_sec = f.peak_table_writes_per_sec.max(table_writes * scale);
         f.worst_other_latency = f.worst_other_latency.max(worst_now as f64);
+        if down && t < day.outage_start + 60 {
+            f.worst_first_minute = f.worst_first_minute.max(worst_now as f64);
+        }
         if count_now && t >= day.outage_start + day.outage_secs && f.caught_up_after.is_none() {
             // Caught up: nothing of the receiver's is waiting but what is due this second.
             let waiting: f64 = endpoints
                 .iter()
                 .flat_map(|ep| ep.due.range(t + 1..).flat_map(|(_, c)| c.iter()))
                 .map(|c| c.count)
-                .sum();
+                .sum::<f64>()
+                + endpoints.iter().map(|ep| ep.backlog).sum::<f64>();
             if waiting <= 1e-6 && healthy_backlog <= 1e-6 {
                 f.caught_up_after = Some(t - day.outage_start - day.outage_secs);
                 break;
@@ -396,6 +492,105 @@ fn run(day: &Day) -> Figures {
         }
     }
     f
+}
+
+/// The host breaker's second `t`: a strike trips it once attempts at a sampled endpoint
+/// (a hundred real ones, past the 5 it takes) have hung `slow_after`; deliverers know a
+/// second later, and their attempts still waiting there stop; then one probe per cooldown
+/// (doubling), with the full timeout, until one is answered.
+fn step_host(
+    host: &mut Host,
+    endpoints: &mut [Endpoint],
+    breaker: &BreakerPolicy,
+    day: &Day,
+    t: u64,
+    draws: &mut Draws,
+    f: &mut Figures,
+) {
+    let slow = breaker.slow_after.as_secs();
+    let refresh = breaker.host_refresh.as_secs().max(1);
+    if host.known_at.is_none() {
+        let struck = endpoints
+            .iter()
+            .any(|ep| ep.running.iter().any(|r| r.2 && r.4 + slow <= t));
+        if struck {
+            host.known_at = Some(t + refresh);
+        }
+        return;
+    }
+    if host.known_at == Some(t) {
+        // Known everywhere: the attempts still waiting there stop now.
+        for ep in endpoints.iter_mut() {
+            for r in ep.running.iter_mut().filter(|r| r.2 && r.0 > t) {
+                r.0 = t;
+            }
+            ep.running.make_contiguous().sort_by_key(|r| r.0);
+        }
+        host.opens = 1;
+        let open = breaker.host_open(1, draws.next(), at(t));
+        host.open_until = t + secs_until(t, open.open_until);
+        f.loop_steps += day.shared_endpoints;
+        return;
+    }
+    if host.closed_at.is_some() {
+        return;
+    }
+    match host.probe {
+        Some((ends, answered)) if ends <= t => {
+            host.probe = None;
+            if answered {
+                host.closed_at = Some(t);
+            } else {
+                host.opens += 1;
+                let open = breaker.host_open(host.opens, draws.next(), at(t));
+                host.open_until = t + secs_until(t, open.open_until);
+                // Each backlog loop waits again, a step each.
+                f.loop_steps += day.shared_endpoints;
+            }
+        }
+        None if t >= host.open_until => {
+            let down = day.down(t);
+            if down {
+                f.requests_to_dead += 1.0;
+                f.failed_attempts += 1.0;
+            }
+            let ends = if down { t + day.timeout_secs } else { t + 1 };
+            host.probe = Some((ends, !down));
+        }
+        _ => {}
+    }
+}
+
+/// An endpoint's backlog loop at second `t` (its host answering): by its own circuit, the
+/// probe, or a page (the breaker's threshold, doubling up to 1,000 a second); the released
+/// deliveries are due next second.
+fn release(
+    ep: &mut Endpoint,
+    breaker: &BreakerPolicy,
+    (t, now): (u64, DateTime<Utc>),
+    scale: f64,
+    f: &mut Figures,
+) {
+    let size = match breaker.gate(&ep.circuit, now) {
+        Gate::Hold(_) => return,
+        Gate::Probe => 1.0,
+        Gate::Pass => {
+            if ep.page == 0.0 {
+                breaker.threshold as f64
+            } else {
+                (ep.page * 2.0).min(1_000.0)
+            }
+        }
+    };
+    let n = size.min(ep.backlog);
+    ep.backlog -= n;
+    ep.page = size;
+    f.loop_steps += scale;
+    ep.due.entry(t + 1).or_default().push(Cohort {
+        attempts: 0,
+        held: 1,
+        count: n,
+    });
 }
 
 /// Puts `count` deliveries of `cohort` back, held, to look again after
@@ -440,20 +635,19 @@ fn main() {
         "{} deliveries/s from {} venues; {} endpoints at one receiver, down {} hanging every request until the {} s timeout; deliver concurrency {}",
         day.deliveries_per_sec, day.venues, day.shared_endpoints, hours(day.outage_secs), day.timeout_secs, day.concurrency
     );
-    for built in [true, false] {
+    let runs = [
+        ("as built (host breaker, endpoint breakers and cap, backlog loops, no retry in flight):", true, true),
+        ("per-endpoint breakers only (held deliveries re-queued; as built until 2026-12-05):", true, false),
+        ("before (no breaker, every waiting retry in flight):", false, false),
+    ];
+    for (title, built, host_breaker) in runs {
         let f = run(&Day {
             built,
+            host_breaker,
             ..day.clone()
         });
         println!();
-        println!(
-            "{}",
-            if built {
-                "as built (breaker, cap, no retry in flight):"
-            } else {
-                "before (no breaker, every waiting retry in flight):"
-            }
-        );
+        println!("{title}");
         println!("  peak SQS in-flight messages: {:.0}", f.peak_in_flight);
         match f.stalled_at {
             Some(s) => println!(
@@ -463,7 +657,7 @@ fn main() {
         }
         if built {
             println!(
-                "  peak retries pending: {:.0} ({:.0} delayed on the queue, {:.0} in the retries table); peak retries-table writes {:.0}/s",
+                "  peak deliveries pending: {:.0} ({:.0} on the queue, {:.0} in the retries table, the rest held in backlogs); peak retries-table writes {:.0}/s",
                 f.peak_pending, f.peak_delayed, f.peak_in_table, f.peak_table_writes_per_sec
             );
         } else {
@@ -473,12 +667,12 @@ fn main() {
             );
         }
         println!(
-            "  requests sent to the dead receiver: {:.0}; holds (re-queued unattempted): {:.0}",
-            f.requests_to_dead, f.held_passes
+            "  requests sent to the dead receiver: {:.0}; holds re-queued unattempted: {:.0}; held once in backlogs: {:.0}",
+            f.requests_to_dead, f.held_passes, f.held_once
         );
         println!(
-            "  other venues' publish-to-attempt: worst {:.1} s during the outage, p99 over the day {:.1} s",
-            f.worst_other_latency, f.p99_other_latency
+            "  other venues' publish-to-attempt: worst {:.1} s in the outage's first minute, {:.1} s during the outage, p99 over the day {:.1} s",
+            f.worst_first_minute, f.worst_other_latency, f.p99_other_latency
         );
         match f.caught_up_after {
             Some(s) => println!(
@@ -491,6 +685,64 @@ fn main() {
             ),
         }
         println!("  deliveries failed for good: {:.0}", f.failed_for_good);
+        if built && host_breaker {
+            let c = day_cost(&day, &f);
+            println!(
+                "  the day's cost beyond a normal day: ${:.0} (held ${:.0}, backlog loops ${:.0}, failed attempts ${:.0}, invocations held by the dead receiver ${:.2}): {:.1}% of a normal day (${:.0})",
+                c.extra(), c.held, c.loops, c.failed, c.invocations, 100.0 * c.extra() / c.normal, c.normal
+            );
+        }
+    }
+}
+
+/// Units (write, read, SQS requests) of the day's extra work, each; derived from the write
+/// path, not measured (docs/SCALE.md says how).
+///
+/// A held delivery alone at its endpoint in its ingest batch (as on this day: one event a
+/// second per venue): its pending item and `by_status` entry written when held, and both
+/// again when it is released and delivered, where a first-try success writes its group's
+/// item once with no index entry: 3 writes more; the loop's page query and the released job's
+/// strongly consistent read of its item: 1.5 reads; its share of the release's
+/// SendMessageBatch, and its job's receive and delete: 0.3 requests. (`make bench` measures a
+/// held delivery that came ten at a time: 0.47, 0.79, 0.25.)
+const HELD: [f64; 3] = [3.0, 1.5, 0.3];
+/// A backlog loop's step: its task sent, received, deleted; its item claimed and finished;
+/// the endpoint's and the loop's items read.
+const LOOP_STEP: [f64; 3] = [2.0, 2.0, 3.0];
+/// A failed attempt: its delivery's item with the attempt and the retry, and its `by_status`
+/// entry; its retry through the queue.
+const FAILED: [f64; 3] = [3.0, 0.0, 3.0];
+/// A normal day's delivery, at fan-out 1 as on this day, logs included: dollars per
+/// million (`make bench`, 2026-12-05, docs/PERFORMANCE.md).
+const NORMAL_PER_MILLION: f64 = 1.172;
+/// Deliver's memory (GB), as the template sets it.
+const DELIVER_GB: f64 = 0.25;
+
+struct DayCost {
+    held: f64,
+    loops: f64,
+    failed: f64,
+    invocations: f64,
+    normal: f64,
+}
+
+impl DayCost {
+    fn extra(&self) -> f64 {
+        self.held + self.loops + self.failed + self.invocations
+    }
+}
+
+fn day_cost(day: &Day, f: &Figures) -> DayCost {
+    let p = &cost::PRICES;
+    let dollars = |[w, r, q]: [f64; 3], n: f64| {
+        n * (w * p.ddb_write_unit + r * p.ddb_read_unit + q * p.sqs_request)
+    };
+    DayCost {
+        held: dollars(HELD, f.held_once),
+        loops: dollars(LOOP_STEP, f.loop_steps),
+        failed: dollars(FAILED, f.failed_attempts),
+        invocations: f.dead_invocation_secs * DELIVER_GB * p.lambda_gb_second,
+        normal: day.deliveries_per_sec * 86_400.0 / 1e6 * NORMAL_PER_MILLION,
     }
 }
 
@@ -512,6 +764,20 @@ mod tests {
         assert_eq!(built.stalled_at, None);
         assert!(built.caught_up_after.is_some(), "{built:?}");
         assert_eq!(built.failed_for_good, 0.0);
+        // The host breaker: the other venues wait 5 s at most in the outage's first minute
+        // (34 s with per-endpoint breakers alone), and the dead receiver gets the first
+        // seconds' attempts and probes.
+        assert!(built.worst_first_minute <= 5.0, "{built:?}");
+        assert!(built.requests_to_dead < 10_000.0, "{built:?}");
+        let endpoint_only = run(&Day {
+            host_breaker: false,
+            ..day.clone()
+        });
+        assert!(endpoint_only.worst_first_minute > 20.0, "{endpoint_only:?}");
+        assert!(
+            endpoint_only.requests_to_dead > 2.0 * built.requests_to_dead,
+            "{endpoint_only:?} {built:?}"
+        );
         let before = run(&Day {
             built: false,
             ..day

@@ -828,7 +828,12 @@ impl Dispatcher {
         tokio::pin!(send);
         let started = Instant::now();
         let sent = match self
-            .watched(&mut send, tenant, endpoint, (batch.health, admitted.host_probe))
+            .watched(
+                &mut send,
+                tenant,
+                endpoint,
+                (batch.health, admitted.host_probe),
+            )
             .await
         {
             Some(sent) => sent,
