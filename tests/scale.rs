@@ -412,6 +412,89 @@ async fn a_dead_receiver_shared_by_a_hundred_venues_does_not_slow_another() {
     run.stack.stop().await;
 }
 
+/// A shared host that is slow but answers (every request after 800 ms, where an attempt
+/// strikes its host at 300 ms) trips its breaker once at most: its probe is answered, slowly,
+/// and from then on its slow attempts do not strike it. Every delivery arrives, and a second
+/// wave goes at the first try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_shared_host_that_answers_is_not_cut_off_again() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut options = compressed_options(&[
+        ("REQUEST_TIMEOUT_MS", "5000"),
+        ("SLOW_ATTEMPT_MS", "300"),
+        ("BREAKER_COOLDOWN_MS", "1000"),
+        ("BREAKER_MAX_COOLDOWN_MS", "2000"),
+        ("BREAKER_MAX_HOLD_MS", "2000"),
+        ("RETRY_SCHEDULE_SECONDS", "1,1,1,1,1,1,1,1,1,1,1,1"),
+        ("HOST_BREAKER_ENDPOINTS", "5"),
+    ]);
+    options.queue_overrides.remove("DeliveryQueue");
+    let stack = start_with(options).await;
+    let api = Client::new(&stack);
+    let slow = FaultReceiver::start(vec![Mode::Hang(Duration::from_millis(800))]).await;
+    let prefix = unique_prefix();
+    let mut endpoints = Vec::new();
+    for v in 0..10 {
+        let venue = format!("slow-{prefix}-{v}");
+        let ep = api
+            .create_endpoint(
+                &venue,
+                json!({"url": format!("{}/{v}", slow.url), "event_types": ["*"]}),
+            )
+            .await;
+        endpoints.push((
+            venue.clone(),
+            format!("/venues/{venue}/endpoints/{}", ep["id"].as_str().unwrap()),
+        ));
+    }
+    let all_succeeded = |want: usize| {
+        let (api, endpoints) = (api.clone(), endpoints.clone());
+        async move {
+            eventually(Duration::from_secs(60), || async {
+                let mut lists = Vec::new();
+                for (_, endpoint) in &endpoints {
+                    let (_, page) = api.get(&format!("{endpoint}/deliveries?limit=100")).await;
+                    let list = page["data"].as_array().cloned().unwrap_or_default();
+                    if list.len() < want || list.iter().any(|d| d["status"] != "succeeded") {
+                        return None;
+                    }
+                    lists.push(list);
+                }
+                Some(lists)
+            })
+            .await
+        }
+    };
+    for (venue, _) in &endpoints {
+        publish_orders(&api, venue, 0..3).await;
+    }
+    all_succeeded(3)
+        .await
+        .expect("every delivery to the slow host arrives");
+    // The second wave: at the first try, none stopped.
+    for (venue, _) in &endpoints {
+        publish_orders(&api, venue, 3..6).await;
+    }
+    let lists = all_succeeded(6).await.expect("the second wave arrives");
+    let mut second_wave_attempts = 0;
+    for list in &lists {
+        for d in list {
+            let n = d["attempt_count"].as_u64().unwrap();
+            // Newest first: the first three are the second wave.
+            second_wave_attempts += n;
+        }
+        second_wave_attempts -= list[3..]
+            .iter()
+            .map(|d| d["attempt_count"].as_u64().unwrap())
+            .sum::<u64>();
+    }
+    assert_eq!(
+        second_wave_attempts, 30,
+        "every delivery of the second wave at its first try"
+    );
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_endpoint_opens_its_circuit_and_a_probe_closes_it() {
     let _alone = ONE_AT_A_TIME.lock().await;

@@ -4,7 +4,6 @@
 //! writes at once. A read that fails leaves the list as it was (the host breaker is a
 //! guard; it never stops a delivery on its own failure).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -12,9 +11,9 @@ use chrono::{DateTime, Utc};
 
 use crate::delivery::breaker::{BreakerPolicy, Gate};
 use crate::delivery::host_breaker::{host_of, HostCircuit};
-use crate::storage::store::Store;
+use crate::storage::store::{HostList, Store};
 
-type List = Arc<HashMap<String, HostCircuit>>;
+type List = Arc<HostList>;
 
 pub struct HostWatch {
     store: Store,
@@ -79,7 +78,17 @@ impl HostWatch {
 
     /// The host's circuit, by a list at most `host_refresh` old (`None`: answering).
     pub async fn circuit(&self, host: &str) -> Option<HostCircuit> {
-        self.current().await.get(host).copied()
+        self.current().await.not_answering.get(host).copied()
+    }
+
+    /// Until when the host answers slowly (its probe was answered, slowly), if it does now.
+    pub async fn answering_slowly(&self, host: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.current()
+            .await
+            .slow
+            .get(host)
+            .copied()
+            .filter(|until| *until > now)
     }
 
     /// The host's gate now.
@@ -88,8 +97,33 @@ impl HostWatch {
             .host_gate(self.circuit(host).await.as_ref(), now)
     }
 
-    /// What this deliverer just wrote of a host (`None`: off the list).
-    pub fn note(&self, host: &str, circuit: Option<HostCircuit>) {
+    /// What this deliverer just wrote of a host: on the list so, or off it (`None`), and
+    /// answering slowly until `slow`.
+    pub fn note(&self, host: &str, circuit: Option<HostCircuit>, slow: Option<DateTime<Utc>>) {
+        self.change(|list| match circuit {
+            Some(c) => {
+                list.not_answering.insert(host.to_owned(), c);
+            }
+            None => {
+                list.not_answering.remove(host);
+            }
+        });
+        if let Some(until) = slow {
+            self.note_slow(host, until);
+        }
+        if circuit.is_some() {
+            self.listed.notify_waiters();
+        }
+    }
+
+    /// That this deliverer just kept a host as answering slowly until `until`.
+    pub fn note_slow(&self, host: &str, until: DateTime<Utc>) {
+        self.change(|list| {
+            list.slow.insert(host.to_owned(), until);
+        });
+    }
+
+    fn change(&self, f: impl FnOnce(&mut HostList)) {
         let Ok(mut slot) = self.list.lock() else {
             return;
         };
@@ -97,16 +131,8 @@ impl HostWatch {
             .take()
             .unwrap_or_else(|| (Instant::now(), List::default()));
         let mut list = (*list).clone();
-        let listed = circuit.is_some();
-        match circuit {
-            Some(c) => list.insert(host.to_owned(), c),
-            None => list.remove(host),
-        };
+        f(&mut list);
         *slot = Some((at, Arc::new(list)));
-        drop(slot);
-        if listed {
-            self.listed.notify_waiters();
-        }
     }
 
     /// Resolves when this deliverer next puts a host on the list.

@@ -47,6 +47,8 @@ pub struct Health {
     probing: Mutex<HashSet<(VenueId, EndpointId)>>,
     /// Hosts whose probe a delivery of this batch tried to take.
     host_probing: Mutex<HashSet<String>>,
+    /// Hosts answering slowly that this batch kept so already.
+    slow_answers: Mutex<HashSet<String>>,
     /// Endpoints whose hanging attempt struck their host in this batch already.
     struck: Mutex<HashSet<(VenueId, EndpointId)>>,
 }
@@ -114,6 +116,13 @@ impl Health {
         self.host_probing
             .lock()
             .is_ok_and(|mut probing| probing.insert(host.to_owned()))
+    }
+
+    /// `true` the first time an attempt of this batch answered slowly at `host`.
+    pub fn first_slow_answer(&self, host: &str) -> bool {
+        self.slow_answers
+            .lock()
+            .is_ok_and(|mut hosts| hosts.insert(host.to_owned()))
     }
 
     /// `true` the first time an attempt of this batch at `endpoint` strikes its host.
@@ -272,6 +281,7 @@ impl Dispatcher {
                             probe_until: Some(lease),
                             ..c
                         }),
+                        None,
                     );
                 }
                 tracing::info!(endpoint_id = %endpoint.endpoint_id, %host, "host not answering, cooldown over: this delivery is its probe");
@@ -291,10 +301,12 @@ impl Dispatcher {
         if self.hosts.circuit(&host).await.is_some() {
             return true;
         }
-        if !health.first_strike(endpoint) {
+        let now = Utc::now();
+        // Its probe was answered, slowly: slow attempts there are no news.
+        if self.hosts.answering_slowly(&host, now).await.is_some() || !health.first_strike(endpoint)
+        {
             return false;
         }
-        let now = Utc::now();
         let window = self.breaker.host_window_of(now);
         let cap = self.breaker.host_endpoints;
         let struck = match self
@@ -316,7 +328,7 @@ impl Dispatcher {
             Ok(opened) => {
                 if opened {
                     tracing::warn!(%host, endpoints = struck, until = %circuit.open_until, "host not answering: attempts at it stop waiting, and deliveries to its endpoints are held until a probe gets an answer");
-                    self.hosts.note(&host, Some(circuit));
+                    self.hosts.note(&host, Some(circuit), None);
                 }
                 true
             }
@@ -370,13 +382,16 @@ impl Dispatcher {
         }
     }
 
-    /// After a host's probe: an answer of any kind takes it off the list; none opens it
-    /// again for twice as long.
-    pub(super) async fn host_probed(&self, endpoint: &Endpoint, answered: bool) {
+    /// After a host's probe: an answer of any kind takes it off the list (one that took
+    /// longer than `slow_after` keeps it as answering slowly for `slow_for`, so its slow
+    /// attempts do not strike it again); none opens it again for twice as long.
+    pub(super) async fn host_probed(&self, endpoint: &Endpoint, answered: bool, took: Duration) {
         let Some(host) = self.hosts.host(&endpoint.url) else {
             return;
         };
         let now = Utc::now();
+        let slow = (answered && took >= self.breaker.slow_after)
+            .then(|| now + chrono::TimeDelta::from_std(self.breaker.slow_for).unwrap_or_default());
         let again = match (answered, self.hosts.circuit(&host).await) {
             (false, Some(c)) => Some(self.breaker.host_open(
                 c.opens + 1,
@@ -386,17 +401,44 @@ impl Dispatcher {
             (false, None) => Some(self.breaker.host_open(1, rand::random::<f64>(), now)),
             (true, _) => None,
         };
-        match self.store.after_host_probe(&host, again.as_ref()).await {
+        let outcome = match &again {
+            Some(c) => Err(c),
+            None => Ok(slow),
+        };
+        match self.store.after_host_probe(&host, outcome).await {
             Ok(()) => {
                 if answered {
-                    tracing::warn!(%host, "host answers again: its endpoints' deliveries go");
+                    tracing::warn!(%host, slowly = slow.is_some(), "host answers again: its endpoints' deliveries go");
                 } else {
                     tracing::info!(%host, "host probe got no answer; not answering for longer");
                 }
-                self.hosts.note(&host, again);
+                self.hosts.note(&host, again, slow);
             }
             Err(e) => {
                 tracing::warn!(%host, error = %e, "could not record the host's probe");
+            }
+        }
+    }
+
+    /// An attempt answered after `slow_after` at a host answering slowly: keeps it so for
+    /// `slow_for` from now, written when less than half of that is left (once a batch).
+    pub(super) async fn answered_slowly(&self, endpoint: &Endpoint, health: &Health) {
+        let Some(host) = self.hosts.host(&endpoint.url) else {
+            return;
+        };
+        let now = Utc::now();
+        let Some(until) = self.hosts.answering_slowly(&host, now).await else {
+            return;
+        };
+        let slow_for = chrono::TimeDelta::from_std(self.breaker.slow_for).unwrap_or_default();
+        if until - now > slow_for / 2 || !health.first_slow_answer(&host) {
+            return;
+        }
+        let until = now + slow_for;
+        match self.store.host_answers_slowly(&host, until).await {
+            Ok(()) => self.hosts.note_slow(&host, until),
+            Err(e) => {
+                tracing::warn!(%host, error = %e, "could not keep the host as answering slowly")
             }
         }
     }

@@ -847,10 +847,13 @@ impl Dispatcher {
             Some(ErrorClass::Timeout | ErrorClass::Connect)
         ) && response.status_code.is_none();
         if admitted.host_probe {
-            self.host_probed(endpoint, !unanswered).await;
+            self.host_probed(endpoint, !unanswered, started.elapsed())
+                .await;
         } else if unanswered {
             // A refused connection tells on the host too (a timeout struck already).
             self.strike(endpoint, batch.health).await;
+        } else if started.elapsed() >= self.breaker.slow_after {
+            self.answered_slowly(endpoint, batch.health).await;
         }
         let decision = self.policy.decide(
             number,

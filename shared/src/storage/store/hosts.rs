@@ -8,7 +8,9 @@
 //! - the not-answering list (`~hosts`, `not_answering`): one attribute per host on it
 //!   (`h_{host}`: until when it is open, how many times in a row, a probe's lease). Every
 //!   deliverer reads it at most once a second (half a read unit); it is written only when a
-//!   host trips, is probed, or answers again.
+//!   host trips, is probed, or answers again. A host whose probe was answered, but slowly,
+//!   is kept on it as *answering slowly* until then (`s_{host}`): its slow attempts do not
+//!   strike it, so a slow receiver that works is not cut off again and again.
 
 use std::collections::HashMap;
 
@@ -61,10 +63,18 @@ fn circuit_value(c: &HostCircuit) -> AttributeValue {
     AttributeValue::M(m)
 }
 
+/// The not-answering list as read.
+#[derive(Clone, Debug, Default)]
+pub struct HostList {
+    pub not_answering: HashMap<String, HostCircuit>,
+    /// Hosts answering slowly, until then.
+    pub slow: HashMap<String, DateTime<Utc>>,
+}
+
 impl Store {
-    /// The not-answering list: each host on it and its circuit (one eventually consistent
-    /// read of a small item).
-    pub async fn hosts_not_answering(&self) -> Result<HashMap<String, HostCircuit>> {
+    /// The not-answering list: each host on it and its circuit, and the hosts answering
+    /// slowly (one eventually consistent read of a small item).
+    pub async fn hosts_not_answering(&self) -> Result<HostList> {
         let out = self
             .ddb
             .get_item()
@@ -73,12 +83,38 @@ impl Store {
             .send()
             .await
             .map_err(|e| Error::aws("dynamodb", e))?;
-        Ok(out
-            .item
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix("h_")?.to_owned(), circuit_of(v)?)))
-            .collect())
+        let item = out.item.unwrap_or_default();
+        Ok(HostList {
+            not_answering: item
+                .iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix("h_")?.to_owned(), circuit_of(v)?)))
+                .collect(),
+            slow: item
+                .iter()
+                .filter_map(|(k, v)| {
+                    let ms: i64 = v.as_n().ok()?.parse().ok()?;
+                    Some((
+                        k.strip_prefix("s_")?.to_owned(),
+                        Utc.timestamp_millis_opt(ms).single()?,
+                    ))
+                })
+                .collect(),
+        })
+    }
+
+    /// Keeps `host` as answering slowly until `until`.
+    pub async fn host_answers_slowly(&self, host: &str, until: DateTime<Utc>) -> Result<()> {
+        let result = self
+            .ddb
+            .update_item()
+            .table_name(&self.deliveries)
+            .set_key(Some(list_key()))
+            .update_expression("SET #s = :until")
+            .expression_attribute_names("#s", format!("s_{host}"))
+            .expression_attribute_values(":until", ms(until))
+            .send()
+            .await;
+        written(result).map(|_| ())
     }
 
     /// A strike at `host` by `endpoint` in window `window`: how many different endpoints
@@ -160,9 +196,13 @@ impl Store {
         written(result)
     }
 
-    /// After a host's probe: `None`, it answered (off the list); `Some`, it did not (open
-    /// again so).
-    pub async fn after_host_probe(&self, host: &str, again: Option<&HostCircuit>) -> Result<()> {
+    /// After a host's probe: `Ok(slow_until)`, it answered (off the list; answering slowly
+    /// until then, if it was slow); `Err`, it did not (open again so).
+    pub async fn after_host_probe(
+        &self,
+        host: &str,
+        outcome: std::result::Result<Option<DateTime<Utc>>, &HostCircuit>,
+    ) -> Result<()> {
         let update = self
             .ddb
             .update_item()
@@ -170,9 +210,13 @@ impl Store {
             .set_key(Some(list_key()))
             .condition_expression("attribute_exists(#h)")
             .expression_attribute_names("#h", attr(host));
-        let update = match again {
-            None => update.update_expression("REMOVE #h"),
-            Some(c) => update
+        let update = match outcome {
+            Ok(None) => update.update_expression("REMOVE #h"),
+            Ok(Some(until)) => update
+                .update_expression("REMOVE #h SET #s = :until")
+                .expression_attribute_names("#s", format!("s_{host}"))
+                .expression_attribute_values(":until", ms(until)),
+            Err(c) => update
                 .update_expression("SET #h = :c")
                 .expression_attribute_values(":c", circuit_value(c)),
         };

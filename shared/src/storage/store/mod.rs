@@ -53,6 +53,7 @@ pub use endpoints::FanoutEndpoint;
 pub use events::{EventRecord, UnqueuedNote, NOTE_TRIES};
 pub use exhausted::{ExhaustedTally, LastFailure, Tallied, TALLY_KEPT_IDS};
 pub use history::{DeliveryFilter, HistoryCursor};
+pub use hosts::HostList;
 pub use replays::{PageClaim, ReplayRecord, ReplayState};
 pub use retries::Waiting;
 pub use stats::{AttemptCounts, DeliveryCounts, EndpointStats, Percentiles};
