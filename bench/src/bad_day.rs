@@ -311,6 +311,28 @@ pub struct Outage {
     pub details: String,
 }
 
+/// Queues `events` events: at once, or (`alone`) one at a time, each after the ingest
+/// batching window of the one before.
+async fn queue_counted(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    venues: &[String],
+    events: usize,
+    alone: bool,
+) -> Result<(), BoxError> {
+    if !alone {
+        return queue_events(sqs, queue, venues, events).await;
+    }
+    for _ in 0..events {
+        queue_events(sqs, queue, venues, 1).await?;
+        tokio::time::sleep(ALONE_PAUSE).await;
+    }
+    Ok(())
+}
+
+/// Between two events that come alone: past the ingest batching window (1 s).
+const ALONE_PAUSE: Duration = Duration::from_millis(1_300);
+
 /// Deliveries that open an endpoint's circuit in an outage, before the counted ones are held.
 const OPENING: usize = 10;
 
@@ -318,8 +340,16 @@ const OPENING: usize = 10;
 /// outage: the receiver fails everything (503), [`OPENING`] deliveries open its circuit
 /// (3 failures; cooldowns of 1–2 s here, 30 s–10 min in the template), the `events` are held,
 /// `outage` passes, the receiver comes back, a probe succeeds and the backlog is released and
-/// delivered; then the same outage with none held, whose cost is taken off.
-pub async fn held_outage(moto: &str, events: usize, outage: Duration) -> Result<Outage, BoxError> {
+/// delivered; then the same outage with none held, whose cost is taken off. `alone`: the
+/// counted events (healthy and held) come one at a time, each in an ingest batch of its own
+/// (each delivery alone in its group, as when every venue publishes an event a second);
+/// otherwise all at once, ten to a batch.
+pub async fn held_outage(
+    moto: &str,
+    events: usize,
+    outage: Duration,
+    alone: bool,
+) -> Result<Outage, BoxError> {
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
@@ -327,6 +357,10 @@ pub async fn held_outage(moto: &str, events: usize, outage: Duration) -> Result<
     // Enough retries that no delivery fails for good while the probes fail (a failed probe
     // is an attempt of the delivery it released).
     let schedule = vec!["1"; 60].join(",");
+    // Events that come alone arrive over half a minute: a cooldown as long keeps them from
+    // each meeting a half-open circuit (as they would not with the template's 30 s–10 min).
+    let cooldown = if alone { "30000" } else { "1000" };
+    let max_cooldown = if alone { "30000" } else { "2000" };
     let stack = stack_with(
         counted,
         "w",
@@ -334,9 +368,9 @@ pub async fn held_outage(moto: &str, events: usize, outage: Duration) -> Result<
         &[
             ("RETRY_SCHEDULE_SECONDS", schedule.as_str()),
             ("BREAKER_THRESHOLD", "3"),
-            ("BREAKER_COOLDOWN_MS", "1000"),
-            ("BREAKER_MAX_COOLDOWN_MS", "2000"),
-            ("BREAKER_MAX_HOLD_MS", "2000"),
+            ("BREAKER_COOLDOWN_MS", cooldown),
+            ("BREAKER_MAX_COOLDOWN_MS", max_cooldown),
+            ("BREAKER_MAX_HOLD_MS", max_cooldown),
             ("REQUEST_TIMEOUT_MS", "1000"),
         ],
     )
@@ -393,7 +427,7 @@ pub async fn held_outage(moto: &str, events: usize, outage: Duration) -> Result<
     tokio::time::sleep(Duration::from_secs(2)).await;
     counts.reset();
     meter.reset_usage();
-    queue_events(&sqs, &queue, venues, events).await?;
+    queue_counted(&sqs, &queue, venues, events, alone).await?;
     let healthy = (1 + events) as u64;
     if !wait_until(Duration::from_secs(120), || {
         accepted.load(Ordering::SeqCst) >= healthy
@@ -440,7 +474,11 @@ pub async fn held_outage(moto: &str, events: usize, outage: Duration) -> Result<
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let before = shared::pipeline::dispatch::held_looks();
-            queue_events(&sqs, &queue, &venues, held).await?;
+            queue_counted(&sqs, &queue, &venues, held, alone).await?;
+            if alone && held == 0 {
+                // As long an outage as the run whose events came one at a time.
+                tokio::time::sleep(ALONE_PAUSE * events as u32).await;
+            }
             if !wait_until(Duration::from_secs(120), || {
                 shared::pipeline::dispatch::held_looks() - before >= held as u64
             })

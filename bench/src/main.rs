@@ -1029,14 +1029,22 @@ async fn main() -> Result<(), BoxError> {
         return Ok(());
     }
     // `--held`: only the held backlog's accounts, printed with their details (to diagnose).
-    if std::env::args().any(|a| a == "--held") {
+    let alone = std::env::args().any(|a| a == "--held-alone");
+    if alone || std::env::args().any(|a| a == "--held") {
         let moto = std::env::var("AWS_ENDPOINT_URL")?;
         // The functions' lines on stderr, as RUST_LOG says.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
             .try_init();
-        let o = bad_day::held_outage(&moto, 50, Duration::from_secs(6)).await?;
+        let n = if alone { 20 } else { 50 };
+        let o = bad_day::held_outage(&moto, n, Duration::from_secs(6), alone).await?;
+        let extra = o.held.minus(o.normal);
+        println!(
+            "a held delivery ({}) beyond a normal one: {:.2} write units, {:.2} read units, {:.2} SQS requests",
+            if alone { "each alone in its ingest batch" } else { "ten to an ingest batch" },
+            extra.write_units, extra.read_units, extra.sqs
+        );
         println!(
             "normal {:?}\nheld {:?}\nwaiting per second {:?}\n{}",
             o.normal, o.held, o.waiting_per_second, o.details
@@ -1316,7 +1324,7 @@ async fn main() -> Result<(), BoxError> {
     } else {
         (300, Duration::from_secs(30))
     };
-    let o = bad_day::held_outage(&moto, held_n, outage).await?;
+    let o = bad_day::held_outage(&moto, held_n, outage, false).await?;
     let extra = o.held.minus(o.normal);
     let cycle = o.waiting_per_second.per(1.0 / 1.5);
     // Ten hours of 10-minute cooldowns (60 probe cycles) over the backlog of an endpoint

@@ -35,9 +35,9 @@
 //!   (its breaker's threshold, doubling to 1,000 a second), as deliver's spare capacity
 //!   allows.
 //! - The day's cost beyond a normal day counts held deliveries, loop steps, failed attempts
-//!   and the invocation time the dead receiver holds, in units each ([`HELD`], [`LOOP_STEP`],
-//!   [`FAILED`]; derived from the write path), at `popup-bench`'s prices, against a normal
-//!   day at `make bench`'s fan-out 1 cost.
+//!   and the invocation time the dead receiver holds, in units each ([`HELD`], measured;
+//!   [`LOOP_STEP`], [`FAILED`], derived from the write path), at `popup-bench`'s prices,
+//!   against a normal day at `make bench`'s fan-out 1 cost.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -695,17 +695,14 @@ fn main() {
     }
 }
 
-/// Units (write, read, SQS requests) of the day's extra work, each; derived from the write
-/// path, not measured (docs/SCALE.md says how).
+/// Units (write, read, SQS requests) of the day's extra work, each.
 ///
 /// A held delivery alone at its endpoint in its ingest batch (as on this day: one event a
-/// second per venue): its pending item and `by_status` entry written when held, and both
-/// again when it is released and delivered, where a first-try success writes its group's
-/// item once with no index entry: 3 writes more; the loop's page query and the released job's
-/// strongly consistent read of its item: 1.5 reads; its share of the release's
-/// SendMessageBatch, and its job's receive and delete: 0.3 requests. (`make bench` measures a
-/// held delivery that came ten at a time: 0.47, 0.79, 0.25.)
-const HELD: [f64; 3] = [3.0, 1.5, 0.3];
+/// second per venue), beyond a normal delivery: measured by `popup-bench --held-alone`
+/// (2026-12-05: 20 held, each alone; its pending item and `by_status` entry written when
+/// held, both again when it is released and delivered). `make bench` measures 0.47, 0.79,
+/// 0.25 for deliveries that came ten at a time, whose held members share one item.
+const HELD: [f64; 3] = [2.30, 0.92, 0.45];
 /// A backlog loop's step: its task sent, received, deleted; its item claimed and finished;
 /// the endpoint's and the loop's items read.
 const LOOP_STEP: [f64; 3] = [2.0, 2.0, 3.0];

@@ -22,8 +22,10 @@
 //!
 //! One endpoint hanging never trips its host (it takes `endpoints` distinct ones), so a
 //! venue's slow endpoint at a shared platform stays that venue's affair. A host whose every
-//! request is slow but answered trips, then closes at its first probe; it costs its venues a
-//! cooldown's wait, not a delivery.
+//! request is slow but answered trips once: its probe is answered (slowly), and the host is
+//! then kept as *answering slowly* for `slow_for` (renewed while its attempts are answered
+//! slowly), during which its slow attempts do not strike it. That costs its venues one
+//! cooldown's wait and a retry of the attempts that stopped, once.
 
 use chrono::{DateTime, TimeDelta, Utc};
 
