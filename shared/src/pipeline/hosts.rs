@@ -91,6 +91,14 @@ impl HostWatch {
             .filter(|until| *until > now)
     }
 
+    /// The list's entries gone stale, to remove with this deliverer's next write of it
+    /// ([`HostList::stale`]).
+    pub fn stale(&self, host: &str, now: DateTime<Utc>) -> Vec<String> {
+        self.cached_list()
+            .map(|list| list.stale(host, now))
+            .unwrap_or_default()
+    }
+
     /// The host's gate now.
     pub async fn gate(&self, host: &str, now: DateTime<Utc>) -> Gate {
         self.policy

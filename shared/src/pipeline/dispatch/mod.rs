@@ -2,7 +2,7 @@
 //! per queued job (this file: a job's deliveries, their attempts and records); the API's
 //! manual retry and send-test ([`manual`]) use the same [`Dispatcher::send`] ([`send`]);
 //! [`health`] decides whether an endpoint may be tried now and records what the attempts
-//! said about it; [`waiting`] holds what may not go now, and paces a rate-limited endpoint.
+//! said about it; [`host`] does the same for the endpoint's host; [`waiting`] holds what may not go now, and paces a rate-limited endpoint.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -33,6 +33,7 @@ use crate::storage::store::{
 use futures::future::join_all;
 
 mod health;
+mod host;
 mod manual;
 mod send;
 mod waiting;

@@ -10,7 +10,10 @@
 //!   deliverer reads it at most once a second (half a read unit); it is written only when a
 //!   host trips, is probed, or answers again. A host whose probe was answered, but slowly,
 //!   is kept on it as *answering slowly* until then (`s_{host}`): its slow attempts do not
-//!   strike it, so a slow receiver that works is not cut off again and again.
+//!   strike it, so a slow receiver that works is not cut off again and again. Each write that
+//!   adds to the list also removes entries gone stale (answering slowly no longer; not
+//!   answering a day past its cooldown, with no delivery to probe it since), so the item
+//!   stays the size of what is current.
 
 use std::collections::HashMap;
 
@@ -37,6 +40,36 @@ fn attr(host: &str) -> String {
 
 fn ms(at: DateTime<Utc>) -> AttributeValue {
     n(at.timestamp_millis())
+}
+
+/// An update of the list: `sets` and `removes` (with their own names), and the `stale`
+/// entries of other hosts removed with it (the list prunes itself as it is written).
+fn list_update(
+    sets: &[&str],
+    removes: &[&str],
+    stale: &[String],
+) -> (String, Vec<(String, String)>) {
+    let names: Vec<(String, String)> = stale
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (format!("#x{i}"), a.clone()))
+        .collect();
+    let removes: Vec<&str> = removes
+        .iter()
+        .copied()
+        .chain(names.iter().map(|(k, _)| k.as_str()))
+        .collect();
+    let mut expression = String::new();
+    if !sets.is_empty() {
+        expression = format!("SET {}", sets.join(", "));
+    }
+    if !removes.is_empty() {
+        if !expression.is_empty() {
+            expression.push(' ');
+        }
+        expression.push_str(&format!("REMOVE {}", removes.join(", ")));
+    }
+    (expression, names)
 }
 
 fn circuit_of(value: &AttributeValue) -> Option<HostCircuit> {
@@ -71,6 +104,33 @@ pub struct HostList {
     pub slow: HashMap<String, DateTime<Utc>>,
 }
 
+impl HostList {
+    /// The entries of hosts other than `host` that are stale at `now` (their attribute
+    /// names): answering slowly no longer, or not answering a day past their cooldown and
+    /// not being probed (nothing has gone there since); at most 20.
+    pub fn stale(&self, host: &str, now: DateTime<Utc>) -> Vec<String> {
+        let day = chrono::TimeDelta::days(1);
+        let open = self
+            .not_answering
+            .iter()
+            .filter(|(h, c)| {
+                h.as_str() != host
+                    && c.open_until + day < now
+                    && c.probe_until.is_none_or(|p| p < now)
+            })
+            .map(|(h, _)| attr(h));
+        let slow = self
+            .slow
+            .iter()
+            .filter(|(h, until)| h.as_str() != host && **until < now)
+            .map(|(h, _)| format!("s_{h}"));
+        let mut stale: Vec<String> = open.chain(slow).collect();
+        stale.sort();
+        stale.truncate(20);
+        stale
+    }
+}
+
 impl Store {
     /// The not-answering list: each host on it and its circuit, and the hosts answering
     /// slowly (one eventually consistent read of a small item).
@@ -102,14 +162,21 @@ impl Store {
         })
     }
 
-    /// Keeps `host` as answering slowly until `until`.
-    pub async fn host_answers_slowly(&self, host: &str, until: DateTime<Utc>) -> Result<()> {
+    /// Keeps `host` as answering slowly until `until` (and removes `stale` entries).
+    pub async fn host_answers_slowly(
+        &self,
+        host: &str,
+        until: DateTime<Utc>,
+        stale: &[String],
+    ) -> Result<()> {
+        let (expression, names) = list_update(&["#s = :until"], &[], stale);
         let result = self
             .ddb
             .update_item()
             .table_name(&self.deliveries)
             .set_key(Some(list_key()))
-            .update_expression("SET #s = :until")
+            .update_expression(expression)
+            .set_expression_attribute_names(Some(names.into_iter().collect()))
             .expression_attribute_names("#s", format!("s_{host}"))
             .expression_attribute_values(":until", ms(until))
             .send()
@@ -155,14 +222,21 @@ impl Store {
     }
 
     /// Puts `host` on the list as `circuit`, unless it is on it already: `true` if this
-    /// write did.
-    pub async fn open_host(&self, host: &str, circuit: &HostCircuit) -> Result<bool> {
+    /// write did (and removed `stale` entries).
+    pub async fn open_host(
+        &self,
+        host: &str,
+        circuit: &HostCircuit,
+        stale: &[String],
+    ) -> Result<bool> {
+        let (expression, names) = list_update(&["#h = :c"], &[], stale);
         let result = self
             .ddb
             .update_item()
             .table_name(&self.deliveries)
             .set_key(Some(list_key()))
-            .update_expression("SET #h = :c")
+            .update_expression(expression)
+            .set_expression_attribute_names(Some(names.into_iter().collect()))
             .condition_expression("attribute_not_exists(#h)")
             .expression_attribute_names("#h", attr(host))
             .expression_attribute_values(":c", circuit_value(circuit))
@@ -202,24 +276,77 @@ impl Store {
         &self,
         host: &str,
         outcome: std::result::Result<Option<DateTime<Utc>>, &HostCircuit>,
+        stale: &[String],
     ) -> Result<()> {
+        let (sets, removes): (&[&str], &[&str]) = match outcome {
+            Ok(None) => (&[], &["#h"]),
+            Ok(Some(_)) => (&["#s = :until"], &["#h"]),
+            Err(_) => (&["#h = :c"], &[]),
+        };
+        let (expression, names) = list_update(sets, removes, stale);
         let update = self
             .ddb
             .update_item()
             .table_name(&self.deliveries)
             .set_key(Some(list_key()))
+            .update_expression(expression)
             .condition_expression("attribute_exists(#h)")
+            .set_expression_attribute_names(Some(names.into_iter().collect()))
             .expression_attribute_names("#h", attr(host));
         let update = match outcome {
-            Ok(None) => update.update_expression("REMOVE #h"),
+            Ok(None) => update,
             Ok(Some(until)) => update
-                .update_expression("REMOVE #h SET #s = :until")
                 .expression_attribute_names("#s", format!("s_{host}"))
                 .expression_attribute_values(":until", ms(until)),
-            Err(c) => update
-                .update_expression("SET #h = :c")
-                .expression_attribute_values(":c", circuit_value(c)),
+            Err(c) => update.expression_attribute_values(":c", circuit_value(c)),
         };
         written(update.send().await).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap()
+    }
+
+    #[test]
+    fn a_write_of_the_list_removes_what_went_stale() {
+        let circuit = |open_until, probe_until| HostCircuit {
+            open_until,
+            opens: 1,
+            probe_until,
+        };
+        let day = 86_400;
+        let list = HostList {
+            not_answering: HashMap::from([
+                ("down:443".to_owned(), circuit(at(-60), None)),
+                ("forgotten:443".to_owned(), circuit(at(-day - 1), None)),
+                ("probed:443".to_owned(), circuit(at(-day - 1), Some(at(5)))),
+                ("this:443".to_owned(), circuit(at(-day - 1), None)),
+            ]),
+            slow: HashMap::from([
+                ("slow:443".to_owned(), at(60)),
+                ("was-slow:443".to_owned(), at(-1)),
+                ("this:443".to_owned(), at(-1)),
+            ]),
+        };
+        assert_eq!(
+            list.stale("this:443", at(0)),
+            vec!["h_forgotten:443".to_owned(), "s_was-slow:443".to_owned()]
+        );
+        let (expression, names) =
+            list_update(&["#h = :c"], &["#r"], &list.stale("this:443", at(0)));
+        assert_eq!(expression, "SET #h = :c REMOVE #r, #x0, #x1");
+        assert_eq!(
+            names,
+            vec![
+                ("#x0".to_owned(), "h_forgotten:443".to_owned()),
+                ("#x1".to_owned(), "s_was-slow:443".to_owned())
+            ]
+        );
+        assert_eq!(list_update(&[], &["#h"], &[]).0, "REMOVE #h");
     }
 }
