@@ -316,6 +316,11 @@
           ? h("tr", {}, h("th", {}, "Circuit"), h("td", {},
               `${ep.circuit.state}: the receiver kept failing, so deliveries are held (in the history as pending) ` +
                 `until a probe at ${when(ep.circuit.open_until)} gets through; then they go, oldest first`))
+          : null,
+        ep.host_not_answering
+          ? h("tr", {}, h("th", {}, "Receiving server"), h("td", {},
+              `not answering (${ep.host_not_answering.host}, for this and other endpoints): deliveries are held ` +
+                `(in the history as pending) until it answers a try at ${when(ep.host_not_answering.next_look)}; then they go, oldest first`))
           : null)),
       h("div", { class: "bar" },
         h("button", { class: "primary", onclick: () => sendTest(ep.id, outcome) }, "Send test"),

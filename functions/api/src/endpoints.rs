@@ -123,6 +123,9 @@ pub struct EndpointView<'a> {
     disables_at: Option<DateTime<Utc>>,
     /// The circuit breaker: while open, deliveries wait without being attempted.
     circuit: CircuitView,
+    /// The endpoint's host (a receiver other endpoints share), while it answers none of
+    /// them: its deliveries are held until one probe there gets an answer.
+    host_not_answering: Option<HostView>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -136,6 +139,15 @@ pub struct CircuitView {
     failures_in_row: u32,
     /// When it lets a probe through, while open.
     open_until: Option<DateTime<Utc>>,
+}
+
+/// A host that is not answering, as the API shows it.
+#[derive(Serialize)]
+pub struct HostView {
+    /// `host:port`.
+    host: String,
+    /// When one request there looks again.
+    next_look: DateTime<Utc>,
 }
 
 impl CircuitView {
@@ -181,8 +193,22 @@ impl<'a> EndpointView<'a> {
                 .filter(|_| ep.enabled)
                 .and_then(|since| api.dispatcher.disables_at(since)),
             circuit: CircuitView::of(ep),
+            host_not_answering: None,
             created_at: ep.created_at,
             updated_at: ep.updated_at,
+        }
+    }
+
+    /// As [`EndpointView::of`], with whether its host is answering now.
+    pub async fn now(api: &Api, ep: &'a Endpoint) -> Self {
+        let host_not_answering = api
+            .dispatcher
+            .host_not_answering(&ep.url)
+            .await
+            .map(|(host, next_look)| HostView { host, next_look });
+        EndpointView {
+            host_not_answering,
+            ..Self::of(api, ep)
         }
     }
 }
@@ -416,11 +442,10 @@ pub async fn list(api: &Api, tenant: &Tenant, call: &Call<'_>) -> ApiResult {
         .store
         .list_endpoints(tenant, limit as i32, after.as_ref())
         .await?;
-    let data: Vec<_> = page
-        .items
-        .iter()
-        .map(|ep| EndpointView::of(api, ep))
-        .collect();
+    let mut data = Vec::with_capacity(page.items.len());
+    for ep in &page.items {
+        data.push(EndpointView::now(api, ep).await);
+    }
     Ok((
         StatusCode::OK,
         serde_json::json!({"data": data, "next_cursor": page.next_cursor.as_deref().map(cursor::encode)}),
@@ -438,7 +463,10 @@ pub(crate) async fn load(api: &Api, tenant: &Tenant, raw_id: &str) -> Result<End
 
 pub async fn get(api: &Api, tenant: &Tenant, raw_id: &str) -> ApiResult {
     let endpoint = load(api, tenant, raw_id).await?;
-    Ok((StatusCode::OK, to_json(&EndpointView::of(api, &endpoint))))
+    Ok((
+        StatusCode::OK,
+        to_json(&EndpointView::now(api, &endpoint).await),
+    ))
 }
 
 pub async fn update(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -> ApiResult {
@@ -531,7 +559,10 @@ pub async fn update(api: &Api, tenant: &Tenant, raw_id: &str, call: &Call<'_>) -
         }
         _ => {}
     }
-    Ok((StatusCode::OK, to_json(&EndpointView::of(api, &endpoint))))
+    Ok((
+        StatusCode::OK,
+        to_json(&EndpointView::now(api, &endpoint).await),
+    ))
 }
 
 /// The endpoint's custom headers after a merge patch, validated as a whole and sealed anew.

@@ -16,6 +16,18 @@ use crate::model::error::Result;
 use crate::storage::store::Tenant;
 
 impl Dispatcher {
+    /// The host of an endpoint at `url` and its next look, while it is not answering (by the
+    /// list a second old at most).
+    pub async fn host_not_answering(&self, url: &str) -> Option<(String, DateTime<Utc>)> {
+        let host = self.hosts.host(url)?;
+        let circuit = self.hosts.circuit(&host).await?;
+        let next_look = circuit
+            .probe_until
+            .filter(|p| *p > circuit.open_until)
+            .unwrap_or(circuit.open_until);
+        Some((host, next_look))
+    }
+
     /// Whether the endpoint's host lets a delivery through: `Ok(false)` it answers,
     /// `Ok(true)` this delivery is the probe of a host whose cooldown is over, `Err(until)`
     /// it is not answering (or another delivery probes it) until then.
