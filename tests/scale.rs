@@ -274,18 +274,7 @@ async fn beside_a_dead_host(dead: bool) -> DeadHostRun {
     let mut publishers = tokio::task::JoinSet::new();
     let mut venues = Vec::new();
     if dead {
-        let prefix = unique_prefix();
-        for v in 0..100 {
-            let venue = format!("crm-{prefix}-{v}");
-            let ep = api
-                .create_endpoint(
-                    &venue,
-                    json!({"url": format!("{}/{v}", hanging.url), "event_types": ["*"]}),
-                )
-                .await;
-            let endpoint = format!("/venues/{venue}/endpoints/{}", ep["id"].as_str().unwrap());
-            venues.push((venue, endpoint));
-        }
+        venues = endpoints_at(&api, &hanging.url, "crm", 100).await;
         for chunk in venues.chunks(20) {
             let (api, chunk) = (api.clone(), chunk.to_vec());
             publishers.spawn(async move {
@@ -329,6 +318,25 @@ async fn beside_a_dead_host(dead: bool) -> DeadHostRun {
         hanging,
         venues,
     }
+}
+
+/// `n` venues, each with one endpoint at `url` (its own path there): each venue's name and
+/// its endpoint's path in the API.
+async fn endpoints_at(api: &Client, url: &str, name: &str, n: usize) -> Vec<(String, String)> {
+    let prefix = unique_prefix();
+    let mut endpoints = Vec::new();
+    for v in 0..n {
+        let venue = format!("{name}-{prefix}-{v}");
+        let ep = api
+            .create_endpoint(
+                &venue,
+                json!({"url": format!("{url}/{v}"), "event_types": ["*"]}),
+            )
+            .await;
+        let endpoint = format!("/venues/{venue}/endpoints/{}", ep["id"].as_str().unwrap());
+        endpoints.push((venue, endpoint));
+    }
+    endpoints
 }
 
 struct DeadHostRun {
@@ -451,21 +459,7 @@ async fn a_slow_shared_host_that_answers_is_not_cut_off_again() {
     let stack = start_with(options).await;
     let api = Client::new(&stack);
     let slow = FaultReceiver::start(vec![Mode::Hang(Duration::from_millis(800))]).await;
-    let prefix = unique_prefix();
-    let mut endpoints = Vec::new();
-    for v in 0..10 {
-        let venue = format!("slow-{prefix}-{v}");
-        let ep = api
-            .create_endpoint(
-                &venue,
-                json!({"url": format!("{}/{v}", slow.url), "event_types": ["*"]}),
-            )
-            .await;
-        endpoints.push((
-            venue.clone(),
-            format!("/venues/{venue}/endpoints/{}", ep["id"].as_str().unwrap()),
-        ));
-    }
+    let endpoints = endpoints_at(&api, &slow.url, "slow", 10).await;
     let all_succeeded = |want: usize| {
         let (api, endpoints) = (api.clone(), endpoints.clone());
         async move {

@@ -132,6 +132,16 @@ impl HostList {
 }
 
 impl Store {
+    /// A write of the not-answering list.
+    fn list_write(
+        &self,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.ddb
+            .update_item()
+            .table_name(&self.deliveries)
+            .set_key(Some(list_key()))
+    }
+
     /// The not-answering list: each host on it and its circuit, and the hosts answering
     /// slowly (one eventually consistent read of a small item).
     pub async fn hosts_not_answering(&self) -> Result<HostList> {
@@ -171,10 +181,7 @@ impl Store {
     ) -> Result<()> {
         let (expression, names) = list_update(&["#s = :until"], &[], stale);
         let result = self
-            .ddb
-            .update_item()
-            .table_name(&self.deliveries)
-            .set_key(Some(list_key()))
+            .list_write()
             .update_expression(expression)
             .set_expression_attribute_names(Some(names.into_iter().collect()))
             .expression_attribute_names("#s", format!("s_{host}"))
@@ -231,10 +238,7 @@ impl Store {
     ) -> Result<bool> {
         let (expression, names) = list_update(&["#h = :c"], &[], stale);
         let result = self
-            .ddb
-            .update_item()
-            .table_name(&self.deliveries)
-            .set_key(Some(list_key()))
+            .list_write()
             .update_expression(expression)
             .set_expression_attribute_names(Some(names.into_iter().collect()))
             .condition_expression("attribute_not_exists(#h)")
@@ -254,10 +258,7 @@ impl Store {
         lease: DateTime<Utc>,
     ) -> Result<bool> {
         let result = self
-            .ddb
-            .update_item()
-            .table_name(&self.deliveries)
-            .set_key(Some(list_key()))
+            .list_write()
             .update_expression("SET #h.p = :lease")
             .condition_expression(
                 "attribute_exists(#h) AND #h.u <= :now AND (attribute_not_exists(#h.p) OR #h.p < :now)",
@@ -285,10 +286,7 @@ impl Store {
         };
         let (expression, names) = list_update(sets, removes, stale);
         let update = self
-            .ddb
-            .update_item()
-            .table_name(&self.deliveries)
-            .set_key(Some(list_key()))
+            .list_write()
             .update_expression(expression)
             .condition_expression("attribute_exists(#h)")
             .set_expression_attribute_names(Some(names.into_iter().collect()))
