@@ -17,9 +17,22 @@ async fn publish_orders(
     venue: &str,
     numbers: std::ops::Range<usize>,
 ) -> Vec<(usize, std::time::Instant)> {
+    publish_orders_timed(api, venue, numbers)
+        .await
+        .into_iter()
+        .map(|(n, sent, _)| (n, sent))
+        .collect()
+}
+
+/// As [`publish_orders`], with when each was sent and when it was accepted (its 202).
+async fn publish_orders_timed(
+    api: &Client,
+    venue: &str,
+    numbers: std::ops::Range<usize>,
+) -> Vec<(usize, std::time::Instant, std::time::Instant)> {
     let mut published = Vec::new();
     for n in numbers {
-        published.push((n, std::time::Instant::now()));
+        let sent = std::time::Instant::now();
         let (status, body) = api
             .post(
                 &format!("/venues/{venue}/events"),
@@ -27,8 +40,28 @@ async fn publish_orders(
             )
             .await;
         assert_eq!(status, 202, "{body}");
+        published.push((n, sent, std::time::Instant::now()));
     }
     published
+}
+
+/// The 100 events' publish-to-attempt times at `receiver` (sorted), from `published` (when
+/// each event, by its `data.n`, was published).
+async fn times_to_attempt(
+    receiver: &FaultReceiver,
+    published: &std::collections::HashMap<u64, std::time::Instant>,
+) -> Vec<Duration> {
+    let hits = receiver.wait_for(100, Duration::from_secs(120)).await;
+    assert_eq!(hits.len(), 100, "every healthy event delivered");
+    let mut times: Vec<Duration> = hits
+        .iter()
+        .map(|hit| {
+            let body: Value = serde_json::from_str(&hit.body).unwrap();
+            hit.at - published[&body["data"]["n"].as_u64().unwrap()]
+        })
+        .collect();
+    times.sort();
+    times
 }
 
 /// The tests of this file run one at a time: each loads the machine, and the isolation
@@ -193,16 +226,7 @@ async fn healthy_times(dead: bool) -> Vec<Duration> {
             .into_iter()
             .map(|(n, at)| (n as u64, at))
             .collect();
-    let hits = healthy.wait_for(100, Duration::from_secs(120)).await;
-    assert_eq!(hits.len(), 100, "every healthy event delivered");
-    let mut times: Vec<Duration> = hits
-        .iter()
-        .map(|hit| {
-            let body: Value = serde_json::from_str(&hit.body).unwrap();
-            hit.at - published[&body["data"]["n"].as_u64().unwrap()]
-        })
-        .collect();
-    times.sort();
+    let times = times_to_attempt(&healthy, &published).await;
     if dead {
         // The hanging endpoint was cut off: its circuit is open, and it got a small part of
         // its 500 deliveries (the others wait unattempted).
@@ -286,31 +310,14 @@ async fn beside_a_dead_host(dead: bool) -> DeadHostRun {
     }
     // From each event's acceptance (its 202): moto, one process for every table, answers the
     // API's writes slower under the other venues' 500 events, which DynamoDB would not.
-    let mut published = std::collections::HashMap::new();
-    for n in 0..100u64 {
-        let (status, body) = api
-            .post(
-                &format!("/venues/{quiet}/events"),
-                json!({"type": "order.created", "data": {"n": n}}),
-            )
-            .await;
-        assert_eq!(status, 202, "{body}");
-        published.insert(n, std::time::Instant::now());
-    }
+    let published: std::collections::HashMap<u64, std::time::Instant> =
+        publish_orders_timed(&api, &quiet, 0..100)
+            .await
+            .into_iter()
+            .map(|(n, _, accepted)| (n as u64, accepted))
+            .collect();
     while publishers.join_next().await.is_some() {}
-    let hits = healthy.wait_for(100, Duration::from_secs(120)).await;
-    assert_eq!(hits.len(), 100, "every healthy event delivered");
-    let mut by_n: Vec<(u64, Duration)> = hits
-        .iter()
-        .map(|hit| {
-            let body: Value = serde_json::from_str(&hit.body).unwrap();
-            let n = body["data"]["n"].as_u64().unwrap();
-            (n, hit.at - published[&n])
-        })
-        .collect();
-    by_n.sort();
-    let mut times: Vec<Duration> = by_n.into_iter().map(|(_, t)| t).collect();
-    times.sort();
+    let times = times_to_attempt(&healthy, &published).await;
     DeadHostRun {
         times,
         requests: hanging.hits().len(),
